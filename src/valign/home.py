@@ -1,0 +1,16 @@
+"""Where valign keeps prepared models and other per-user state (``VALIGN_HOME``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def valign_home() -> Path:
+    """The cache folder: ``$VALIGN_HOME``, else ``~/.cache/valign``.
+
+    Example:
+        >>> valign_home() / "models"
+        PosixPath('/home/me/.cache/valign/models')
+    """
+    return Path(os.environ.get("VALIGN_HOME") or Path.home() / ".cache" / "valign").expanduser()

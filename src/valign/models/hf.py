@@ -1,0 +1,274 @@
+"""Local transformers models: ``hf:<path or hub id>[+<adapter dir>]`` and ``embedded``.
+
+Generation is batched — requests sorted by length, batches sized by a token budget,
+left padding — and runs on `LlamaDecoder` for Llama-family models (the fast path) or
+on ``model.generate`` for anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+from valign.errors import ModelError
+from valign.models.base import BaseChatModel, GenRequest, normalise
+from valign.types import Completion, Conversation, GenConfig, TokenLogprob
+
+DEFAULT_TOKEN_BUDGET = 16384  # prompt + new tokens per batch: ~64 short chats on a CPU
+MAX_BATCH = 128
+
+
+def _adapter_fingerprint(adapter: Path) -> str:
+    """Short hash of the adapter weights, so a retrained adapter never hits stale cache."""
+    h = hashlib.sha256()
+    for f in sorted(adapter.glob("adapter_model.*")) + sorted(adapter.glob("adapter_config.json")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:10]
+
+
+class HFChatModel(BaseChatModel):
+    """A causal LM loaded with transformers, optionally with a PEFT LoRA adapter.
+
+    Example:
+        >>> m = HFChatModel("/models/SmolLM2-135M-Instruct", adapter="runs/demo/03-sft/adapter")
+        >>> m.generate([[{"role": "user", "content": "Hi"}]], GenConfig(max_new_tokens=16))
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        adapter: str | os.PathLike | None = None,
+        *,
+        name: str | None = None,
+        load_in_4bit: bool = False,
+        token_budget: int = DEFAULT_TOKEN_BUDGET,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.path = str(path)
+        self.adapter = Path(adapter) if adapter else None
+        self.token_budget = token_budget
+        self.max_batch = max_batch
+        local = Path(self.path).expanduser()
+        source = str(local) if local.exists() else self.path
+        kwargs: dict = {"dtype": torch.float32}
+        if load_in_4bit:
+            kwargs.update(_four_bit_kwargs())
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source)
+            self.model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        except OSError as e:
+            where = "the folder" if local.exists() else "the model hub (not a local folder; is the hub reachable?)"
+            raise ModelError(f"could not load model '{self.path}' from {where}: {str(e).splitlines()[0]}") from e
+        if self.adapter is not None:
+            self.model = _attach_adapter(self.model, self.adapter, merge=not load_in_4bit)
+        self.model.eval()
+        if self.tokenizer.chat_template is None:
+            raise ModelError(f"model '{self.path}' has no chat template; use an instruct/chat checkpoint.")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.eos_ids = _eos_ids(self.tokenizer, self.model)
+        from valign.models import llama_decode
+
+        self.decoder = llama_decode.LlamaDecoder(self.model) if llama_decode.supports(self.model) else None
+        base = name or f"hf:{self.path}"
+        self.name = base if self.adapter is None else f"{base}+{self.adapter}#{_adapter_fingerprint(self.adapter)}"
+
+    # -- prompts ----------------------------------------------------------------------
+
+    def render(self, conv: Conversation, answer_prefix: str = "") -> list[int]:
+        """Token ids of the chat-templated conversation, ready for the assistant's turn."""
+        text = self.tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text + answer_prefix, add_special_tokens=False)["input_ids"]
+
+    def _batches(self, lengths: list[int], max_new: int) -> list[list[int]]:
+        """Positions grouped into batches: longest first, each within the token budget."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            width = (lengths[current[0]] if current else lengths[i]) + max_new
+            if current and ((len(current) + 1) * width > self.token_budget or len(current) >= self.max_batch):
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
+        return batches
+
+    # -- generation -------------------------------------------------------------------
+
+    def _generate_batches(self, requests: list[GenRequest], cfg: GenConfig) -> Iterator[list[tuple[int, Completion]]]:
+        prompts = [self.render(r.messages) for r in requests]
+        for batch in self._batches([len(p) for p in prompts], cfg.max_new_tokens):
+            if self.decoder is not None:
+                outs = self._decode_fast([prompts[i] for i in batch], [requests[i] for i in batch], cfg)
+            else:
+                outs = self._decode_generic([prompts[i] for i in batch], [requests[i] for i in batch], cfg)
+            yield [(i, comp) for i, comp in zip(batch, outs)]
+
+    def _completion(self, prompt: list[int], tokens: list[int], finish: str, lps=None) -> Completion:
+        text_tokens = tokens[:-1] if finish == "stop" and tokens and tokens[-1] in self.eos_ids else tokens
+        logprobs = None
+        if lps is not None:
+            dec = self.tokenizer.decode
+            logprobs = [
+                TokenLogprob(token=dec([t]), logprob=lp, top=[(dec([a]), alp) for a, alp in alts]) for t, lp, alts in lps
+            ]
+        return Completion(
+            text=self.tokenizer.decode(text_tokens, skip_special_tokens=True),
+            finish_reason=finish,  # type: ignore[arg-type]
+            prompt_tokens=len(prompt),
+            completion_tokens=len(tokens),
+            logprobs=logprobs,
+        )
+
+    def _decode_fast(self, prompts: list[list[int]], reqs: list[GenRequest], cfg: GenConfig) -> list[Completion]:
+        from valign.models.llama_decode import SamplingRow
+
+        rows = [SamplingRow(cfg.temperature, cfg.top_p, cfg.max_new_tokens, r.seed) for r in reqs]
+        out = self.decoder.generate(prompts, rows, self.eos_ids, top_logprobs=cfg.logprobs)  # type: ignore[union-attr]
+        return [
+            self._completion(p, toks, fin, out.logprobs[k] if out.logprobs else None)
+            for k, (p, toks, fin) in enumerate(zip(prompts, out.tokens, out.finish))
+        ]
+
+    def _decode_generic(self, prompts: list[list[int]], reqs: list[GenRequest], cfg: GenConfig) -> list[Completion]:
+        """Any architecture, through ``model.generate`` (seeded per batch, not per row)."""
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device)
+        if reqs[0].seed is not None:
+            torch.manual_seed(reqs[0].seed)
+        sample = cfg.temperature > 0
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=cfg.max_new_tokens,
+                do_sample=sample,
+                temperature=cfg.temperature if sample else None,
+                top_p=cfg.top_p if sample else None,
+                top_k=None,
+                pad_token_id=pad,
+                eos_token_id=sorted(self.eos_ids),
+                output_scores=cfg.logprobs > 0,
+                return_dict_in_generate=True,
+            )
+        results = []
+        for k, p in enumerate(prompts):
+            new = out.sequences[k, width:].tolist()
+            stop = next((i for i, t in enumerate(new) if t in self.eos_ids), None)
+            tokens = new[: stop + 1] if stop is not None else new
+            lps = None
+            if cfg.logprobs:
+                lps = []
+                for step, tok in enumerate(tokens):
+                    logp = torch.log_softmax(out.scores[step][k].float(), -1)
+                    top_v, top_i = logp.topk(cfg.logprobs)
+                    lps.append((tok, float(logp[tok]), list(zip(top_i.tolist(), top_v.tolist()))))
+            results.append(self._completion(p, tokens, "stop" if stop is not None else "length", lps))
+        return results
+
+    # -- option probabilities ---------------------------------------------------------
+
+    def _choice_probs(self, convs: list[Conversation], options: list[str], answer_prefix: str) -> list[dict[str, float]]:
+        import torch
+
+        prompts = [self.render(c, answer_prefix) for c in convs]
+        option_ids = self._option_first_tokens(convs[0], options, answer_prefix)
+        results: list[dict[str, float]] = [{}] * len(prompts)
+        for batch in self._batches([len(p) for p in prompts], 1):
+            batch_prompts = [prompts[i] for i in batch]
+            if self.decoder is not None:
+                logits = self.decoder.logits_last(batch_prompts)
+            else:
+                logits = self._logits_generic(batch_prompts)
+            probs = torch.softmax(logits.float(), dim=-1)
+            for row, i in enumerate(batch):
+                results[i] = normalise({o: float(probs[row, t]) for o, t in option_ids.items()})
+        return results
+
+    def _option_first_tokens(self, conv: Conversation, options: list[str], prefix: str) -> dict[str, int]:
+        """The token each option starts with, in context (after the prompt and prefix)."""
+        base = self.render(conv, prefix)
+        first: dict[str, int] = {}
+        for o in options:
+            full = self.render(conv, prefix + o)
+            k = next((i for i, (a, b) in enumerate(zip(base, full)) if a != b), len(base))
+            if k >= len(full):
+                raise ModelError(f"option {o!r} adds no token after the prompt; use non-empty options.")
+            first[o] = full[k]
+        clashes = {t for t in first.values() if list(first.values()).count(t) > 1}
+        if clashes:
+            same = [o for o, t in first.items() if t in clashes]
+            raise ModelError(
+                f"options {same!r} start with the same token, so their probabilities cannot be told apart; "
+                "use options that differ in their first token, such as 'A' and 'B'."
+            )
+        return first
+
+    def _logits_generic(self, prompts: list[list[int]]):
+        import torch
+
+        pad = self.tokenizer.pad_token_id
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device)
+        with torch.inference_mode():
+            return self.model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1].cpu()
+
+
+def _eos_ids(tokenizer, model) -> set[int]:
+    ids: set[int] = set()
+    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, (list, tuple)):
+            ids.update(int(x) for x in source)
+    for tok in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None and tid >= 0:
+            ids.add(tid)
+    return ids
+
+
+def _four_bit_kwargs() -> dict:
+    """QLoRA-style 4-bit loading; needs CUDA and bitsandbytes, else a clear error."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelError("4-bit loading needs a CUDA GPU and none is visible; drop `load_in_4bit`/`qlora` on this machine.")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError("4-bit loading needs bitsandbytes; run `pip install bitsandbytes`.")
+    from transformers import BitsAndBytesConfig
+
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        ),
+        "dtype": torch.bfloat16,
+        "device_map": "auto",
+    }
+
+
+def _attach_adapter(model, adapter: Path, merge: bool):
+    if not (adapter / "adapter_config.json").exists():
+        raise ModelError(f"no LoRA adapter at {adapter} (adapter_config.json is missing); check the path.")
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(model, str(adapter))
+    # Merged weights give identical outputs and let the fast decoder run the model.
+    return peft_model.merge_and_unload() if merge else peft_model

@@ -1,0 +1,188 @@
+"""Run folders and the artifacts that make every stage resumable.
+
+```
+runs/<name>/config.yaml                 the resolved config
+runs/<name>/cache.sqlite                completion cache
+runs/<name>/<NN>-<stage>/started.json   the fingerprint the rows below belong to
+runs/<name>/<NN>-<stage>/rows.jsonl     appended per batch, flushed and fsynced
+runs/<name>/<NN>-<stage>/manifest.json  written last: the stage is done
+```
+
+A stage is done when its manifest's fingerprint matches; a stage with rows but no
+manifest resumes from the ids already written; rows from another fingerprint are
+discarded, since they answer a different question.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from valign.errors import ValignError
+from valign.types import Row
+
+FORMAT_VERSION = 1  # bump when a stage's row format changes incompatibly
+
+
+def fingerprint(stage: str, config: Any, inputs: dict[str, str], templates: dict[str, str] | None = None) -> str:
+    """Hash of everything that determines a stage's output.
+
+    Example:
+        >>> fingerprint("respond", {"gen": {"temperature": 0.7}}, inputs={})
+        'a3f1…'
+    """
+    payload = {
+        "format": FORMAT_VERSION,
+        "stage": stage,
+        "config": config,
+        "inputs": dict(sorted(inputs.items())),
+        "templates": dict(sorted((templates or {}).items())),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (for data and template files in fingerprints)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _fsync_write(path: Path, text: str) -> None:
+    """Write a small file atomically: temp file, fsync, rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class RowLog:
+    """An append-only JSONL file of rows with unique ids, safe against ``kill -9``.
+
+    Each `append` writes whole lines, flushes and fsyncs before returning. On open, a
+    torn last line (the process died mid-write) is cut off, so the file always holds
+    complete rows only.
+
+    Example:
+        >>> log = RowLog("runs/demo/01-respond/rows.jsonl")
+        >>> log.append([{"id": "p1", "response": "…"}]); "p1" in log.ids
+        True
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.ids: set[str] = set()
+        self._repair_and_index()
+
+    def _repair_and_index(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):  # torn tail from a killed writer
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+                os.fsync(f.fileno())
+        for line in data[:end].splitlines():
+            if line.strip():
+                self.ids.add(json.loads(line)["id"])
+
+    def append(self, rows: Iterable[Row]) -> int:
+        fresh = []
+        for row in rows:
+            if "id" not in row:
+                raise ValueError("every row needs an 'id'")
+            if row["id"] in self.ids:
+                continue  # written before a crash; never duplicate
+            self.ids.add(row["id"])
+            fresh.append(json.dumps(row, ensure_ascii=False))
+        if fresh:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write("\n".join(fresh) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        return len(fresh)
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(read_rows(self.path))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def read_rows(path: str | Path) -> list[Row]:
+    """All complete rows of a JSONL file."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.endswith("\n") and line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
+class StageDir:
+    """One stage's folder: its rows, its start marker and its manifest."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def rows_path(self) -> Path:
+        return self.path / "rows.jsonl"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    def manifest(self) -> dict[str, Any] | None:
+        if not self.manifest_path.exists():
+            return None
+        return json.loads(self.manifest_path.read_text())
+
+    def is_done(self, fp: str) -> bool:
+        m = self.manifest()
+        return m is not None and m.get("fingerprint") == fp
+
+    def begin(self, fp: str) -> RowLog:
+        """Open the stage for (re)starting under fingerprint `fp`, keeping rows only
+        if they were written under the same fingerprint."""
+        started = self.path / "started.json"
+        previous = json.loads(started.read_text()).get("fingerprint") if started.exists() else None
+        if previous != fp or self.manifest_path.exists():
+            self.reset()
+        self.path.mkdir(parents=True, exist_ok=True)
+        if previous != fp or not started.exists():
+            _fsync_write(started, json.dumps({"fingerprint": fp, "started": time.time()}))
+        return RowLog(self.rows_path)
+
+    def reset(self) -> None:
+        """Remove every artifact of the stage (its rows, manifest, adapters)."""
+        import shutil
+
+        if self.path.exists():
+            shutil.rmtree(self.path)
+
+    def finish(self, fp: str, info: dict[str, Any]) -> dict[str, Any]:
+        manifest = {"fingerprint": fp, **info, "versions": package_versions(), "finished": time.time()}
+        _fsync_write(self.manifest_path, json.dumps(manifest, indent=2, default=str))
+        return manifest
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("valign", "torch", "transformers", "peft", "trl", "openai"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out

@@ -1,0 +1,73 @@
+"""What a stage is: a config, the earlier stages it reads, and a `run` that appends rows.
+
+The pipeline (`valign.pipeline`) computes each stage's fingerprint from
+`Stage.describe` and its inputs' fingerprints, skips finished stages, and hands a
+`StageContext` to `run`, which must only append rows whose ids are not yet written —
+that is all it takes to resume a killed run without duplicates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from rich.console import Console
+
+from valign.cache import CompletionCache
+from valign.models.base import ChatModel
+from valign.runs import RowLog, read_rows
+from valign.types import Row
+
+
+class ModelPool:
+    """Loads each model spec once per run and attaches the run's completion cache."""
+
+    def __init__(self, cache: CompletionCache | None) -> None:
+        self.cache = cache
+        self._models: dict[str, ChatModel] = {}
+
+    def get(self, spec: str) -> ChatModel:
+        if spec not in self._models:
+            from valign.models.registry import load_model
+
+            model = load_model(spec)
+            if self.cache is not None and hasattr(model, "with_cache"):
+                model.with_cache(self.cache)  # type: ignore[attr-defined]
+            self._models[spec] = model
+        return self._models[spec]
+
+
+@dataclass
+class StageContext:
+    """Everything a running stage may touch."""
+
+    run_config: Any  # valign.config.RunConfig (typed loosely to avoid an import cycle)
+    config: Any  # this stage's own config section
+    dir: Path
+    rows: RowLog
+    models: ModelPool
+    input_dirs: dict[str, Path]
+    console: Console
+    info: dict[str, Any] = field(default_factory=dict)  # extra manifest fields
+
+    def input_rows(self, stage: str) -> list[Row]:
+        """The finished rows of an earlier stage."""
+        return read_rows(self.input_dirs[stage] / "rows.jsonl")
+
+
+class Stage(Protocol):
+    """A pipeline stage. Example: see `valign.stages.respond.RespondStage`."""
+
+    name: ClassVar[str]
+
+    def inputs(self, run_config: Any) -> list[str]:
+        """Names of the earlier stages whose rows this stage reads."""
+        ...
+
+    def describe(self, run_config: Any) -> dict[str, Any]:
+        """Everything besides inputs that determines the output (config, data hashes,
+        templates); it is hashed into the fingerprint."""
+        ...
+
+    def run(self, ctx: StageContext) -> None: ...

@@ -1,0 +1,115 @@
+"""`respond`: the model answers every prompt — the first stage of the Kantian pipeline.
+
+Rows: ``id``, ``prompt`` (the user's text), ``messages`` (the prompt conversation plus
+the assistant's answer, TRL's conversational format), ``response``, ``model``,
+``temperature``, ``finish_reason``, ``completion_tokens`` and any extra fields of the
+prompt row (``source``, ``kind``, …).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from valign.datasets import load_prompts, resolve_source
+from valign.runs import file_digest
+from valign.stages.base import StageContext
+from valign.types import GenConfig
+
+
+class RespondConfig(BaseModel):
+    """Settings of the `respond` stage.
+
+    Example (YAML):
+        respond:
+          prompts: demo              # a shipped set, or a .jsonl/.csv path
+          limit: 16
+          chunk: 32                  # rows written per checkpoint
+          gen: {temperature: 0.7, max_new_tokens: 128}
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: str = "demo"
+    limit: int | None = Field(None, ge=1)
+    system_prompt: str | None = None
+    model: str | None = None  # defaults to the run's model
+    chunk: int = Field(32, ge=1)
+    gen: GenConfig = Field(default_factory=lambda: GenConfig(max_new_tokens=256))
+    _source_file: Path = PrivateAttr()
+
+    def model_post_init(self, context: Any) -> None:
+        # Resolve the prompt source once, relative to the config file's folder, so a
+        # missing file is a config error before any model loads.
+        base = context.get("base_dir") if isinstance(context, dict) else None
+        self._source_file = resolve_source(self.prompts, base)
+
+    @property
+    def source_file(self) -> Path:
+        return self._source_file
+
+
+class RespondStage:
+    name: ClassVar[str] = "respond"
+
+    def inputs(self, run_config: Any) -> list[str]:
+        return []
+
+    def describe(self, run_config: Any) -> dict[str, Any]:
+        cfg: RespondConfig = run_config.respond
+        return {
+            "config": cfg.model_dump(mode="json"),
+            "model": cfg.model or run_config.model,
+            "seed": run_config.seed,
+            "prompts_sha256": file_digest(cfg.source_file),
+        }
+
+    def run(self, ctx: StageContext) -> None:
+        cfg: RespondConfig = ctx.config
+        prompts = load_prompts(cfg.source_file)[: cfg.limit]
+        gen = cfg.gen if cfg.gen.seed is not None else cfg.gen.model_copy(update={"seed": ctx.run_config.seed})
+        spec = cfg.model or ctx.run_config.model
+        todo = [p for p in prompts if not set(_row_ids(p["id"], gen.n)) <= ctx.rows.ids]
+        ctx.info["counts"] = {"prompts": len(prompts), "resumed_done": len(prompts) - len(todo)}
+        if todo:
+            model = ctx.models.get(spec)
+            ctx.console.print(f"respond: {len(todo)} of {len(prompts)} prompts to answer with {spec}")
+            for start in range(0, len(todo), cfg.chunk):
+                chunk = todo[start : start + cfg.chunk]
+                convs = [_conversation(p["messages"], cfg.system_prompt) for p in chunk]
+                done = len(prompts) - len(todo) + start
+                outs = model.generate(convs, gen, progress=f"respond {done}/{len(prompts)}")
+                rows = []
+                for comp in outs:
+                    p = chunk[comp.index]
+                    extra = {k: v for k, v in p.items() if k not in ("id", "prompt", "messages")}
+                    rows.append(
+                        {
+                            **extra,
+                            "id": _row_ids(p["id"], gen.n)[comp.sample],
+                            "prompt_id": p["id"],
+                            "prompt": p["prompt"],
+                            "messages": [*convs[comp.index], {"role": "assistant", "content": comp.text}],
+                            "response": comp.text,
+                            "model": comp.model or spec,
+                            "temperature": gen.temperature,
+                            "sample": comp.sample,
+                            "finish_reason": comp.finish_reason,
+                            "completion_tokens": comp.completion_tokens,
+                        }
+                    )
+                ctx.rows.append(rows)
+        ctx.info["counts"]["rows"] = len(ctx.rows)
+
+
+def _row_ids(prompt_id: str, n: int) -> list[str]:
+    """Row ids of a prompt's answers: the prompt id itself, or ``id#j`` for n samples."""
+    return [prompt_id] if n == 1 else [f"{prompt_id}#{j}" for j in range(n)]
+
+
+def _conversation(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    if system_prompt and messages[0]["role"] != "system":
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return list(messages)

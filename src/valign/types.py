@@ -1,0 +1,80 @@
+"""The data contract between modules: messages, generation settings, completions, rows.
+
+Conversations are plain lists of ``{"role": ..., "content": ...}`` dicts, the shape every
+chat template, TRL dataset and OpenAI-compatible server already uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Message(TypedDict):
+    """One chat message. Example: ``{"role": "user", "content": "Hi"}``."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+Conversation = list[Message]
+"""A conversation: ``[{"role": "user", "content": "Is lying ever right?"}]``."""
+
+Row = dict[str, Any]
+"""A stage's output row: a dict with a stable ``id`` and TRL's column names."""
+
+
+class GenConfig(BaseModel):
+    """Everything that changes what a model generates (and so keys the cache).
+
+    ``n`` samples are drawn per conversation; with ``seed`` set, sample ``j`` of a
+    conversation is reproducible on its own, whatever else shares its batch.
+    ``logprobs`` asks for that many top alternatives per generated token (0 = none).
+
+    Example:
+        >>> GenConfig(temperature=1.0, max_new_tokens=64, seed=0, n=2)
+        GenConfig(temperature=1.0, top_p=1.0, max_new_tokens=64, seed=0, n=2, logprobs=0)
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: float = Field(0.7, ge=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(512, ge=1, le=32768)
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=128)
+    logprobs: int = Field(0, ge=0, le=20)
+
+    def for_sample(self) -> dict[str, Any]:
+        """The fields that identify one sample (everything but ``n``)."""
+        return self.model_dump(exclude={"n"})
+
+
+class TokenLogprob(BaseModel):
+    """A generated token, its log-probability and the most likely alternatives."""
+
+    token: str
+    logprob: float
+    top: list[tuple[str, float]] = Field(default_factory=list)
+
+
+class Completion(BaseModel):
+    """One sampled answer to one conversation.
+
+    ``index`` is the conversation's position in the request, ``sample`` the sample
+    number within it (0 … n-1). ``cached`` is true when no model call was made.
+
+    Example:
+        >>> Completion(text="Hello!", index=0, sample=0, completion_tokens=3, model="embedded")
+    """
+
+    text: str
+    index: int = 0
+    sample: int = 0
+    finish_reason: Literal["stop", "length"] = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model: str = ""
+    cached: bool = False
+    logprobs: list[TokenLogprob] | None = None
