@@ -32,6 +32,7 @@ class GenProgress:
     def __init__(self, description: str | None, total: int, done: int = 0) -> None:
         self.enabled = description is not None
         self.tokens = 0
+        self._depth = 0  # re-entrant: a stage may hold one bar open across many calls
         self.started = time.perf_counter()
         if self.enabled:
             self._progress = Progress(
@@ -46,8 +47,9 @@ class GenProgress:
             self._task = self._progress.add_task(description or "", total=total + done, completed=done, tokens=0)
 
     def __enter__(self) -> "GenProgress":
-        if self.enabled:
+        if self.enabled and self._depth == 0:
             self._progress.start()
+        self._depth += 1
         return self
 
     def advance(self, n: int, tokens: int = 0) -> None:
@@ -56,5 +58,6 @@ class GenProgress:
             self._progress.update(self._task, advance=n, tokens=self.tokens)
 
     def __exit__(self, *exc: object) -> None:
-        if self.enabled:
+        self._depth -= 1
+        if self.enabled and self._depth == 0:
             self._progress.stop()

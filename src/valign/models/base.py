@@ -98,11 +98,12 @@ class BaseChatModel(ABC):
     # -- the public API -------------------------------------------------------------------
 
     def generate(
-        self, convs: list[Conversation], cfg: GenConfig | None = None, *, progress: str | None = None
+        self, convs: list[Conversation], cfg: GenConfig | None = None, *, progress: str | GenProgress | None = None
     ) -> list[Completion]:
         """``n`` completions per conversation, grouped by conversation (``index * n + sample``).
 
-        ``progress`` names a progress bar to show (done/total, tok/s, ETA).
+        ``progress`` names a progress bar to show (done/total, tok/s, ETA), or is a
+        `GenProgress` the caller keeps open across several calls.
         """
         cfg = cfg or GenConfig()
         requests = [
@@ -123,7 +124,8 @@ class BaseChatModel(ABC):
         missing = [pos for pos, res in enumerate(results) if res is None]
         if missing:
             todo = [requests[pos] for pos in missing]
-            with GenProgress(progress, total=len(todo), done=len(requests) - len(todo)) as bar:
+            bar = progress if isinstance(progress, GenProgress) else GenProgress(progress, total=len(todo))
+            with bar:
                 for batch in self._generate_batches(todo, cfg):
                     stored = []
                     for local, comp in batch:

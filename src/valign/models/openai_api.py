@@ -158,11 +158,16 @@ class OpenAIChatModel(BaseChatModel):
         chunk: list[tuple[int, Completion]] = []
         # Chunks of about `concurrency` results: often enough that a killed run keeps
         # its work (the caller caches each chunk), rarely enough to keep SQLite cheap.
-        for item in self._run_concurrently([lambda pool, p=p: one(pool, p) for p in range(len(requests))]):
-            chunk.append(item)
-            if len(chunk) >= self.concurrency:
-                yield chunk
-                chunk = []
+        try:
+            for item in self._run_concurrently([lambda pool, p=p: one(pool, p) for p in range(len(requests))]):
+                chunk.append(item)
+                if len(chunk) >= self.concurrency:
+                    yield chunk
+                    chunk = []
+        except ModelError:
+            if chunk:
+                yield chunk  # what finished before the failure is cached, not lost
+            raise
         if chunk:
             yield chunk
 
@@ -236,7 +241,7 @@ class OpenAIChatModel(BaseChatModel):
             url = pool.urls[i]
             self.attempts += 1
             self.sent_per_url[url] += 1
-            retry_after = 0.0
+            retry_after, status = 0.0, None
             try:
                 return await pool.clients[i].chat.completions.create(model=self.model, **params), url
             except openai.APIStatusError as e:
@@ -252,11 +257,14 @@ class OpenAIChatModel(BaseChatModel):
             finally:
                 pool.release(i)
             if attempt == self.max_retries:
-                raise ModelError(
-                    f"{failure}, {attempt + 1} attempt(s) in total; check that the server is up and the URL is right, "
-                    "or raise max_retries/timeout."
+                fix = (
+                    "it is rate-limiting us: lower concurrency or raise max_retries"
+                    if status == 429
+                    else "check that the server is up and the URL is right, or raise max_retries/timeout"
                 )
-            # Exponential backoff with full jitter, so many workers do not retry in step.
+                raise ModelError(f"{failure}, {attempt + 1} attempt(s) in total; {fix}.")
+            # Exponential backoff, jittered ±50% so many requests do not retry in step;
+            # a server's Retry-After wins when it asks for longer.
             delay = min(MAX_BACKOFF, self.backoff * 2**attempt) * (0.5 + random.random())
             await asyncio.sleep(max(delay, min(retry_after, MAX_BACKOFF)))
         raise AssertionError("unreachable")

@@ -14,9 +14,10 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from valign.datasets import load_prompts, resolve_source
+from valign.progress import GenProgress
 from valign.runs import file_digest
 from valign.stages.base import StageContext
-from valign.types import GenConfig
+from valign.types import Completion, Conversation, GenConfig, Row
 
 
 class RespondConfig(BaseModel):
@@ -73,35 +74,34 @@ class RespondStage:
         spec = cfg.model or ctx.run_config.model
         todo = [p for p in prompts if not set(_row_ids(p["id"], gen.n)) <= ctx.rows.ids]
         ctx.info["counts"] = {"prompts": len(prompts), "resumed_done": len(prompts) - len(todo)}
-        if todo:
-            model = ctx.models.get(spec)
-            ctx.console.print(f"respond: {len(todo)} of {len(prompts)} prompts to answer with {spec}")
+        if not todo:
+            return
+        model = ctx.models.get(spec)
+        ctx.console.print(f"respond: {len(todo)} of {len(prompts)} prompts to answer with {spec}")
+        with GenProgress("respond", total=len(todo) * gen.n, done=(len(prompts) - len(todo)) * gen.n) as bar:
+            # One checkpoint per chunk: a kill loses at most the chunk in flight.
             for start in range(0, len(todo), cfg.chunk):
                 chunk = todo[start : start + cfg.chunk]
                 convs = [_conversation(p["messages"], cfg.system_prompt) for p in chunk]
-                done = len(prompts) - len(todo) + start
-                outs = model.generate(convs, gen, progress=f"respond {done}/{len(prompts)}")
-                rows = []
-                for comp in outs:
-                    p = chunk[comp.index]
-                    extra = {k: v for k, v in p.items() if k not in ("id", "prompt", "messages")}
-                    rows.append(
-                        {
-                            **extra,
-                            "id": _row_ids(p["id"], gen.n)[comp.sample],
-                            "prompt_id": p["id"],
-                            "prompt": p["prompt"],
-                            "messages": [*convs[comp.index], {"role": "assistant", "content": comp.text}],
-                            "response": comp.text,
-                            "model": comp.model or spec,
-                            "temperature": gen.temperature,
-                            "sample": comp.sample,
-                            "finish_reason": comp.finish_reason,
-                            "completion_tokens": comp.completion_tokens,
-                        }
-                    )
-                ctx.rows.append(rows)
-        ctx.info["counts"]["rows"] = len(ctx.rows)
+                outs = model.generate(convs, gen, progress=bar)
+                ctx.rows.append(_answer_row(chunk[c.index], convs[c.index], c, gen, spec) for c in outs)
+
+
+def _answer_row(prompt: Row, conv: Conversation, comp: Completion, gen: GenConfig, spec: str) -> Row:
+    extra = {k: v for k, v in prompt.items() if k not in ("id", "prompt", "messages")}
+    return {
+        **extra,
+        "id": _row_ids(prompt["id"], gen.n)[comp.sample],
+        "prompt_id": prompt["id"],
+        "prompt": prompt["prompt"],
+        "messages": [*conv, {"role": "assistant", "content": comp.text}],
+        "response": comp.text,
+        "model": comp.model or spec,
+        "temperature": gen.temperature,
+        "sample": comp.sample,
+        "finish_reason": comp.finish_reason,
+        "completion_tokens": comp.completion_tokens,
+    }
 
 
 def _row_ids(prompt_id: str, n: int) -> list[str]:

@@ -1,0 +1,122 @@
+"""`valign bench`: performance figures as ratios against a baseline measured in the same run.
+
+These machines are noisy, so no figure is meaningful alone: each benchmark times
+valign's way and the plain way back to back and reports both and their ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+# Long-answer prompts, so that most rows use their whole token budget.
+_TOPICS = [
+    "a lighthouse keeper", "a lost dog", "a young inventor", "two rival bakers", "a retired astronaut",
+    "a city without cars", "a talking tree", "a night train", "a chess prodigy", "a flooded village",
+    "a shy dragon", "a desert market", "a robot gardener", "a forgotten library", "a winter festival",
+    "a stubborn goat",
+]
+_STYLES = ["Write a long story about {}.", "Describe in detail a day in the life of {}.",
+           "Write a detailed essay on what we can learn from {}.", "Tell a long bedtime story about {}."]
+
+
+def bench_prompts(n: int) -> list[list[dict]]:
+    return [
+        [{"role": "user", "content": _STYLES[(i // len(_TOPICS)) % len(_STYLES)].format(_TOPICS[i % len(_TOPICS)])}]
+        for i in range(n)
+    ]
+
+
+def matmul_flops(size: int = 2048, repeats: int = 10) -> float:
+    """Best sustained fp32 matmul FLOP/s on this machine (square GEMM, all threads)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = max(best, repeats * 2 * size**3 / (time.perf_counter() - t))
+    return best
+
+
+def bench_generate(prompts: int = 64, new_tokens: int = 128, baseline_prompts: int = 8, json_out: Path | None = None) -> dict:
+    """Embedded-model generation: valign's batched engine vs one ``generate`` call per prompt.
+
+    Reports tokens/s of both, their ratio, and the share of the compute-bound limit
+    (measured matmul FLOP/s ÷ 2·parameters, the FLOPs of one token's forward pass).
+    """
+    import torch
+
+    from valign.models.registry import load_model
+    from valign.types import GenConfig
+
+    console = Console()
+    model = load_model("embedded")  # no cache attached: every token is generated
+    hf, tok = model.model, model.tokenizer  # type: ignore[attr-defined]
+    params = sum(p.numel() for p in hf.parameters())
+    convs = bench_prompts(prompts)
+    cfg = GenConfig(temperature=0.7, max_new_tokens=new_tokens, seed=0)
+
+    # Warm both paths up (thread pools, allocator, kernel selection) before timing.
+    with torch.inference_mode():
+        warm = torch.tensor([model.render(convs[0])])  # type: ignore[attr-defined]
+        hf.generate(warm, attention_mask=torch.ones_like(warm), max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    model.generate(convs[:2], cfg.model_copy(update={"max_new_tokens": 4}))
+
+    # Baseline: the plain transformers way, one generate() call per prompt.
+    torch.manual_seed(0)
+    base_tokens, t = 0, time.perf_counter()
+    with torch.inference_mode():
+        for conv in convs[:baseline_prompts]:
+            ids = torch.tensor([model.render(conv)])  # type: ignore[attr-defined]
+            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=True,
+                              temperature=0.7, top_p=1.0, top_k=None, pad_token_id=tok.pad_token_id)
+            base_tokens += out.shape[1] - ids.shape[1]
+    base_rate = base_tokens / (time.perf_counter() - t)
+
+    t = time.perf_counter()
+    outs = model.generate(convs, cfg)
+    ours_s = time.perf_counter() - t
+    ours_tokens = sum(c.completion_tokens for c in outs)
+    ours_rate = ours_tokens / ours_s
+
+    peak = matmul_flops()
+    limit = peak / (2 * params)
+    result = {
+        "benchmark": "generate",
+        "model": "embedded (SmolLM2-135M-Instruct, fp32, CPU)",
+        "parameters": params,
+        "threads": torch.get_num_threads(),
+        "prompts": prompts,
+        "new_tokens": new_tokens,
+        "baseline": {"method": "one model.generate call per prompt", "prompts": baseline_prompts,
+                     "tokens": base_tokens, "tok_per_s": round(base_rate, 1)},
+        "valign": {"method": "batched LlamaDecoder", "tokens": ours_tokens, "seconds": round(ours_s, 2),
+                   "tok_per_s": round(ours_rate, 1)},
+        "speedup": round(ours_rate / base_rate, 2),
+        "matmul_gflops": round(peak / 1e9, 1),
+        "compute_bound_tok_per_s": round(limit, 1),
+        "fraction_of_limit": round(ours_rate / limit, 3),
+        "targets": {"speedup": 7.0, "fraction_of_limit": 0.60},
+    }
+    table = Table(title="valign bench generate")
+    for col in ("", "tok/s", "note"):
+        table.add_column(col)
+    table.add_row("naive baseline", f"{base_rate:,.1f}", f"{baseline_prompts} prompts, one generate() each")
+    table.add_row("valign", f"{ours_rate:,.1f}", f"{prompts} prompts × ≤{new_tokens} tokens, {ours_tokens} tokens")
+    table.add_row("speed-up", f"{result['speedup']:.2f}×", "target ≥ 7×")
+    table.add_row("compute-bound limit", f"{limit:,.1f}", f"{peak / 1e9:,.0f} GFLOP/s ÷ 2·{params / 1e6:.1f}M params")
+    table.add_row("share of limit", f"{ours_rate / limit:.1%}", "target ≥ 60%")
+    console.print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,55 @@
+"""Shared fixtures: the real embedded model (loaded once) and a scripted model for
+control-flow tests."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Iterator
+
+import pytest
+
+from valign.models.base import BaseChatModel, GenRequest, normalise
+from valign.types import Completion, Conversation, GenConfig
+
+
+class ScriptedModel(BaseChatModel):
+    """Answers deterministically from the messages and counts every request it serves.
+
+    ``choice`` maps an option to its score (before normalising), so tests can script
+    a judge with a known preference or position bias.
+    """
+
+    def __init__(self, name: str = "scripted", batch: int = 4, choice: dict[str, float] | None = None) -> None:
+        self.name = name
+        self.batch = batch
+        self.calls = 0  # requests generated (not served from cache)
+        self.choice_calls = 0
+        self.choice = choice or {}
+
+    def _generate_batches(self, requests: list[GenRequest], cfg: GenConfig) -> Iterator[list[tuple[int, Completion]]]:
+        for start in range(0, len(requests), self.batch):
+            out = []
+            for pos in range(start, min(start + self.batch, len(requests))):
+                r = requests[pos]
+                self.calls += 1
+                tag = hashlib.sha256(repr((r.conv, r.seed, cfg.temperature)).encode()).hexdigest()[:6]
+                text = f"answer to '{r.messages[-1]['content'][:30]}' #{r.sample} {tag}"
+                out.append((pos, Completion(text=text, completion_tokens=len(text.split()))))
+            yield out
+
+    def _choice_probs(self, convs: list[Conversation], options: list[str], answer_prefix: str) -> list[dict[str, float]]:
+        self.choice_calls += len(convs)
+        return [normalise({o: self.choice.get(o, 1.0) for o in options}) for _ in convs]
+
+
+@pytest.fixture
+def scripted() -> ScriptedModel:
+    return ScriptedModel()
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The real SmolLM2-135M-Instruct (prepared by `make install`), loaded once."""
+    from valign.models.registry import load_model
+
+    return load_model("embedded")

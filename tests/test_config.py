@@ -1,0 +1,68 @@
+import pytest
+
+from valign.config import load_config
+from valign.errors import ConfigError, ValignError
+
+GOOD = """
+name: t
+model: embedded
+stages: [respond]
+respond:
+  prompts: demo
+  gen: {temperature: 0.5, max_new_tokens: 16}
+"""
+
+
+def write(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_valid_config_and_overrides(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD), ["respond.gen.temperature=1.0", "seed=7", "respond.limit=3"])
+    assert cfg.respond.gen.temperature == 1.0 and cfg.seed == 7 and cfg.respond.limit == 3
+    assert cfg.respond.source_file.name == "demo.jsonl"
+
+
+def test_shipped_demo_config_validates():
+    cfg = load_config("configs/kantian-demo.yaml")
+    assert cfg.stages == ["respond"] and cfg.model == "embedded"
+
+
+@pytest.mark.parametrize(
+    "text, override, expected",
+    [
+        (GOOD, "respond.gen.temperatur=1", "unknown setting 'respond.gen.temperatur'; did you mean 'temperature'?"),
+        (GOOD, "respond.gen.temperature=hot", "respond.gen.temperature: Input should be a valid number"),
+        (GOOD, "respond.gen.max_new_tokens=0", "respond.gen.max_new_tokens"),
+        (GOOD, "stages=[respond, polish]", "unknown stage 'polish'"),
+        (GOOD, "modle=embedded", "unknown setting 'modle'; did you mean 'model'?"),
+        (GOOD, "name=has space", "name"),
+        (GOOD, "respond.prompts=no_such_file.jsonl", "prompt source 'no_such_file.jsonl' is neither a file nor a shipped set"),
+        (GOOD, "justakey", "--set 'justakey' must look like key=value"),
+        (GOOD, "respond.prompts.x=1", "'prompts' holds a value, not a section"),
+    ],
+)
+def test_errors_name_the_key_and_the_fix(tmp_path, text, override, expected):
+    with pytest.raises(ValignError) as e:
+        load_config(write(tmp_path, text), [override])
+    assert expected in str(e.value)
+    assert "\n" not in str(e.value), "one sentence, no traceback-like dump"
+
+
+def test_bad_yaml_names_the_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"not valid YAML at line \d"):
+        load_config(write(tmp_path, "name: t\nrespond:\n  gen: [unclosed\n"))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_prompts_path_relative_to_config_folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "p.jsonl").write_text('{"id": "a", "prompt": "hi"}\n')
+    cfg = load_config(write(tmp_path / "sub", "name: t\nrespond:\n  prompts: p.jsonl\n"))
+    assert cfg.respond.source_file == (tmp_path / "sub" / "p.jsonl").resolve()
