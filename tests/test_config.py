@@ -66,3 +66,12 @@ def test_prompts_path_relative_to_config_folder(tmp_path):
     (tmp_path / "sub" / "p.jsonl").write_text('{"id": "a", "prompt": "hi"}\n')
     cfg = load_config(write(tmp_path / "sub", "name: t\nrespond:\n  prompts: p.jsonl\n"))
     assert cfg.respond.source_file == (tmp_path / "sub" / "p.jsonl").resolve()
+
+
+def test_backend_options_reach_the_right_backend(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD), ["backends.openai.api_key_env=MY_KEY", "backends.local.token_budget=4096"])
+    assert cfg.backends.for_spec("openai:m@http://x/v1")["api_key_env"] == "MY_KEY"
+    assert cfg.backends.for_spec("embedded")["token_budget"] == 4096
+    assert cfg.backends.for_spec("run:runs/x/03-sft")["token_budget"] == 4096
+    with pytest.raises(ConfigError, match="did you mean 'api_key_env'"):
+        load_config(write(tmp_path, GOOD), ["backends.openai.api_key=sk-123"])

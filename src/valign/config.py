@@ -21,6 +21,51 @@ from valign.stages.respond import RespondConfig
 KNOWN_STAGES = ("respond",)
 
 
+class OpenAIOptions(BaseModel):
+    """How `openai:` models are reached. The key itself never goes in a config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(16, ge=1, le=1024)
+    max_retries: int = Field(5, ge=0, le=50)
+    timeout: float = Field(120.0, gt=0)
+
+
+class LocalOptions(BaseModel):
+    """How `embedded`, `hf:` and `run:` models run on this machine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token_budget: int = Field(16384, ge=256)
+    max_batch: int = Field(128, ge=1)
+    load_in_4bit: bool = False
+
+
+class BackendOptions(BaseModel):
+    """Per-backend options, applied to every model a run loads.
+
+    Example (YAML):
+        backends:
+          openai: {api_key_env: MY_SERVER_KEY, concurrency: 64}
+          local: {token_budget: 8192}
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    openai: OpenAIOptions = Field(default_factory=OpenAIOptions)
+    local: LocalOptions = Field(default_factory=LocalOptions)
+    vllm: dict[str, Any] = Field(default_factory=dict)  # passed to vllm.LLM(...)
+
+    def for_spec(self, spec: str) -> dict[str, Any]:
+        """Keyword arguments for `load_model(spec)`."""
+        if spec.startswith("openai:"):
+            return self.openai.model_dump()
+        if spec.startswith("vllm:"):
+            return dict(self.vllm)
+        return self.local.model_dump()
+
+
 class RunConfig(BaseModel):
     """A whole run: which model, which stages in which order, and each stage's settings.
 
@@ -37,6 +82,7 @@ class RunConfig(BaseModel):
     seed: int = 0
     runs_dir: Path = Path("runs")
     cache: bool = True
+    backends: BackendOptions = Field(default_factory=BackendOptions)
     stages: list[str] = Field(default_factory=lambda: ["respond"], min_length=1)
     respond: RespondConfig = Field(default_factory=RespondConfig)
 

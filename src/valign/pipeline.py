@@ -57,7 +57,7 @@ def run_pipeline(
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     (cfg.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     cache = CompletionCache(cfg.run_dir / "cache.sqlite") if cfg.cache else None
-    models = ModelPool(cache)
+    models = ModelPool(cache, cfg.backends.for_spec)
     dirs = stage_dirs(cfg)
     fps: dict[str, str] = {}
     outcomes: list[StageOutcome] = []

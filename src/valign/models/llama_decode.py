@@ -112,9 +112,8 @@ class LlamaDecoder:
     # -- the forward pass -------------------------------------------------------------
 
     def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return w * xf.to(x.dtype)
+        # One fused kernel instead of five elementwise passes (same result as Llama's RMSNorm).
+        return F.rms_norm(x.float(), (x.shape[-1],), w.float(), self.eps).to(x.dtype)
 
     @staticmethod
     def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

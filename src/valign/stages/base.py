@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 from rich.console import Console
 
@@ -23,15 +23,16 @@ from valign.types import Row
 class ModelPool:
     """Loads each model spec once per run and attaches the run's completion cache."""
 
-    def __init__(self, cache: CompletionCache | None) -> None:
+    def __init__(self, cache: CompletionCache | None, options: Callable[[str], dict[str, Any]] | None = None) -> None:
         self.cache = cache
+        self.options = options or (lambda spec: {})
         self._models: dict[str, ChatModel] = {}
 
     def get(self, spec: str) -> ChatModel:
         if spec not in self._models:
             from valign.models.registry import load_model
 
-            model = load_model(spec)
+            model = load_model(spec, **self.options(spec))
             if self.cache is not None and hasattr(model, "with_cache"):
                 model.with_cache(self.cache)  # type: ignore[attr-defined]
             self._models[spec] = model
