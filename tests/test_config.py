@@ -22,7 +22,7 @@ def write(tmp_path, text, name="c.yaml"):
 def test_valid_config_and_overrides(tmp_path):
     cfg = load_config(write(tmp_path, GOOD), ["respond.gen.temperature=1.0", "seed=7", "respond.limit=3"])
     assert cfg.respond.gen.temperature == 1.0 and cfg.seed == 7 and cfg.respond.limit == 3
-    assert cfg.respond.source_file.name == "demo.jsonl"
+    assert len(cfg.respond.rows) == 3 and cfg.respond.rows[0]["id"] == "demo-red-01"
 
 
 def test_shipped_demo_config_validates():
@@ -39,7 +39,8 @@ def test_shipped_demo_config_validates():
         (GOOD, "stages=[respond, polish]", "unknown stage 'polish'"),
         (GOOD, "modle=embedded", "unknown setting 'modle'; did you mean 'model'?"),
         (GOOD, "name=has space", "name"),
-        (GOOD, "respond.prompts=no_such_file.jsonl", "prompt source 'no_such_file.jsonl' is neither a file nor a shipped set"),
+        (GOOD, "respond.prompts=no_such_file.jsonl", "prompt source 'no_such_file.jsonl' is not a known set or an existing file"),
+        (GOOD, "respond.prompts={red_team: 5000, benign: 1}", "hold 1658 distinct prompts, but the mix asks for 5000"),
         (GOOD, "justakey", "--set 'justakey' must look like key=value"),
         (GOOD, "respond.prompts.x=1", "'prompts' holds a value, not a section"),
     ],
@@ -65,7 +66,15 @@ def test_prompts_path_relative_to_config_folder(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "p.jsonl").write_text('{"id": "a", "prompt": "hi"}\n')
     cfg = load_config(write(tmp_path / "sub", "name: t\nrespond:\n  prompts: p.jsonl\n"))
-    assert cfg.respond.source_file == (tmp_path / "sub" / "p.jsonl").resolve()
+    assert [r["id"] for r in cfg.respond.rows] == ["a"]
+
+
+def test_prompt_mix_in_the_config(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD), ["respond.prompts={red_team: 6, benign: 4, red_team_sources: [advbench], seed: 3}"])
+    kinds = [r["kind"] for r in cfg.respond.rows]
+    assert kinds.count("red_team") == 6 and kinds.count("benign") == 4
+    again = load_config(write(tmp_path, GOOD), ["respond.prompts={red_team: 6, benign: 4, red_team_sources: [advbench], seed: 3}"])
+    assert [r["id"] for r in again.respond.rows] == [r["id"] for r in cfg.respond.rows]
 
 
 def test_backend_options_reach_the_right_backend(tmp_path):

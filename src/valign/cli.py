@@ -20,6 +20,79 @@ app.add_typer(bench_app, name="bench")
 console = Console(stderr=True, soft_wrap=True)
 
 
+constitution_app = typer.Typer(help="Show constitutions: shipped names or files.", no_args_is_help=True)
+prompts_app = typer.Typer(help="Prompt sources and seeded red-team/benign mixes.", no_args_is_help=True)
+app.add_typer(constitution_app, name="constitution")
+app.add_typer(prompts_app, name="prompts")
+
+
+@constitution_app.command("show")
+def constitution_show(
+    name_or_path: str = typer.Argument(..., help="A shipped constitution (e.g. kantian) or a .yaml/.yml/.json/.jsonl file."),
+    fmt: str = typer.Option("markdown", "--format", "-f", help="markdown, text, yaml or json."),
+    details: bool = typer.Option(False, "--details", "-d", help="Also show critique/revision requests, provenance and worked examples."),
+) -> None:
+    """Print a constitution; a file that does not validate names the entry and field."""
+    from valign.constitution import load_constitution
+
+    c = load_constitution(name_or_path)
+    if fmt in ("markdown", "text"):
+        typer.echo(c.render(fmt, details=details), nl=False)  # type: ignore[arg-type]
+    elif fmt == "yaml":
+        typer.echo(c.to_yaml(), nl=False)
+    elif fmt == "json":
+        typer.echo(c.model_dump_json(indent=2))
+    else:
+        raise ValignError(f"--format '{fmt}' is not one of markdown, text, yaml, json.")
+
+
+@constitution_app.command("list")
+def constitution_list() -> None:
+    """The constitutions shipped with valign."""
+    from valign.constitution import load_constitution, shipped_constitutions
+
+    for name in shipped_constitutions():
+        c = load_constitution(name)
+        typer.echo(f"{name}\tv{c.version}\t{len(c.principles)} principles\t{c.description[:70]}")
+
+
+@prompts_app.command("list")
+def prompts_list() -> None:
+    """Named prompt sources and the spec forms a mix accepts."""
+    from valign.prompt_sets import list_sources
+
+    for name, about in list_sources().items():
+        typer.echo(f"{name}\t{about}")
+
+
+@prompts_app.command("mix")
+def prompts_mix(
+    red_team: int = typer.Option(..., min=0, help="Red-team prompts to draw."),
+    benign: int = typer.Option(..., min=0, help="Benign prompts to draw."),
+    red_team_source: list[str] = typer.Option([], "--red-team-source", help="Repeatable; default harmbench, advbench, donotanswer."),
+    benign_source: list[str] = typer.Option([], "--benign-source", help="Repeatable; default benign."),
+    seed: int = typer.Option(0, help="Seed of the draw."),
+    held_out: int = typer.Option(0, min=0, help="Further red-team prompts reserved for evaluation."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the rows (held-out ones too, with split=held_out) as JSONL."),
+) -> None:
+    """Draw a seeded, de-duplicated mix and print where its rows came from."""
+    import json
+
+    from valign.prompt_sets import PromptMixConfig, build_prompt_mix
+
+    sources = {"red_team_sources": red_team_source} if red_team_source else {}
+    if benign_source:
+        sources["benign_sources"] = benign_source
+    cfg = PromptMixConfig(red_team=red_team, benign=benign, seed=seed, held_out=held_out, **sources)
+    mix = build_prompt_mix(cfg)
+    typer.echo(mix.summary())
+    if out is not None:
+        with open(out, "w", encoding="utf-8") as f:
+            for row in mix.rows + mix.held_out:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        typer.echo(f"wrote {len(mix.rows) + len(mix.held_out)} rows to {out}")
+
+
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="Run config YAML, e.g. configs/kantian-demo.yaml."),

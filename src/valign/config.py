@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from valign.errors import ConfigError
 from valign.stages.respond import RespondConfig
+from valign.stages.revise import ReviseConfig
+from valign.stages.sft import SFTStageConfig
 
-KNOWN_STAGES = ("respond",)
+KNOWN_STAGES = ("respond", "revise", "sft")
 
 
 class OpenAIOptions(BaseModel):
@@ -83,8 +85,22 @@ class RunConfig(BaseModel):
     runs_dir: Path = Path("runs")
     cache: bool = True
     backends: BackendOptions = Field(default_factory=BackendOptions)
+    constitution: str = "kantian"  # a shipped name or a constitution file
     stages: list[str] = Field(default_factory=lambda: ["respond"], min_length=1)
     respond: RespondConfig = Field(default_factory=RespondConfig)
+    revise: ReviseConfig = Field(default_factory=ReviseConfig)
+    sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
+
+    @field_validator("constitution")
+    @classmethod
+    def _constitution_loads(cls, value: str, info: ValidationInfo) -> str:
+        from valign.constitution import load_constitution
+
+        base = (info.context or {}).get("base_dir")
+        if base is not None and (Path(base) / value).is_file():
+            value = str((Path(base) / value).resolve())
+        load_constitution(value)  # fails now, with the file and entry, not mid-run
+        return value
 
     @field_validator("stages")
     @classmethod

@@ -20,8 +20,10 @@ from valign.errors import ValignError
 from valign.runs import StageDir, fingerprint
 from valign.stages.base import ModelPool, Stage, StageContext
 from valign.stages.respond import RespondStage
+from valign.stages.revise import ReviseStage
+from valign.stages.sft import SFTStage
 
-STAGES: dict[str, Stage] = {s.name: s for s in (RespondStage(),)}
+STAGES: dict[str, Stage] = {s.name: s for s in (RespondStage(), ReviseStage(), SFTStage())}
 
 
 @dataclass

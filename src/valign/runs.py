@@ -47,11 +47,6 @@ def fingerprint(stage: str, config: Any, inputs: dict[str, str], templates: dict
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (for data and template files in fingerprints)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def _fsync_write(path: Path, text: str) -> None:
     """Write a small file atomically: temp file, fsync, rename."""
     tmp = path.with_name(path.name + ".tmp")

@@ -8,14 +8,17 @@ prompt row (``source``, ``kind``, …).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from valign.datasets import load_prompts, resolve_source
+from valign.errors import ValignError
 from valign.progress import GenProgress
-from valign.runs import file_digest
+from valign.prompt_sets import PromptMixConfig, build_prompt_mix, load_source
 from valign.stages.base import StageContext
 from valign.types import Completion, Conversation, GenConfig, Row
 
@@ -25,7 +28,10 @@ class RespondConfig(BaseModel):
 
     Example (YAML):
         respond:
-          prompts: demo              # a shipped set, or a .jsonl/.csv path
+          prompts: demo              # a shipped set, a .jsonl/.csv path, a named source
+                                     # (advbench, harmbench, donotanswer, hub:…, hh-red-team:…)
+          # or a seeded, de-duplicated mix:
+          # prompts: {red_team: 600, benign: 150, red_team_sources: [harmbench, advbench], seed: 0}
           limit: 16
           chunk: 32                  # rows written per checkpoint
           gen: {temperature: 0.7, max_new_tokens: 128}
@@ -33,23 +39,42 @@ class RespondConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompts: str = "demo"
+    prompts: str | PromptMixConfig = "demo"
     limit: int | None = Field(None, ge=1)
     system_prompt: str | None = None
     model: str | None = None  # defaults to the run's model
     chunk: int = Field(32, ge=1)
     gen: GenConfig = Field(default_factory=lambda: GenConfig(max_new_tokens=256))
-    _source_file: Path = PrivateAttr()
+    _rows: list[Row] = PrivateAttr(default_factory=list)
 
     def model_post_init(self, context: Any) -> None:
-        # Resolve the prompt source once, relative to the config file's folder, so a
-        # missing file is a config error before any model loads.
+        # Load the prompts once, relative to the config file's folder, so a missing file
+        # or an impossible mix is a config error before any model loads.
         base = context.get("base_dir") if isinstance(context, dict) else None
-        self._source_file = resolve_source(self.prompts, base)
+        self._rows = _load(self.prompts, base)[: self.limit]
 
     @property
-    def source_file(self) -> Path:
-        return self._source_file
+    def rows(self) -> list[Row]:
+        """The prompt rows this stage answers (after `limit`)."""
+        return self._rows
+
+
+def _load(prompts: str | PromptMixConfig, base_dir: Path | None) -> list[Row]:
+    if isinstance(prompts, PromptMixConfig):
+        return build_prompt_mix(prompts, base_dir).rows
+    try:
+        path = resolve_source(prompts, base_dir)
+    except ValignError:
+        return load_source(prompts, base_dir)  # named wheel/hub sources; a clear error otherwise
+    return load_prompts(path)
+
+
+def rows_digest(rows: list[Row]) -> str:
+    """Hash of the prompts themselves (ids and conversations), for the fingerprint."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps([r["id"], r["messages"]], ensure_ascii=False).encode())
+    return h.hexdigest()
 
 
 class RespondStage:
@@ -64,12 +89,12 @@ class RespondStage:
             "config": cfg.model_dump(mode="json"),
             "model": cfg.model or run_config.model,
             "seed": run_config.seed,
-            "prompts_sha256": file_digest(cfg.source_file),
+            "prompts_sha256": rows_digest(cfg.rows),
         }
 
     def run(self, ctx: StageContext) -> None:
         cfg: RespondConfig = ctx.config
-        prompts = load_prompts(cfg.source_file)[: cfg.limit]
+        prompts = cfg.rows
         gen = cfg.gen if cfg.gen.seed is not None else cfg.gen.model_copy(update={"seed": ctx.run_config.seed})
         spec = cfg.model or ctx.run_config.model
         todo = [p for p in prompts if not set(_row_ids(p["id"], gen.n)) <= ctx.rows.ids]

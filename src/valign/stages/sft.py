@@ -1,0 +1,198 @@
+"""`sft`: supervised fine-tuning on the constitutional revisions, with TRL + PEFT LoRA.
+
+Training rows are TRL's conversational prompt–completion format — ``prompt`` (the
+user's turns) and ``completion`` (the revised assistant answer) — so TRL computes the
+loss on the assistant's tokens only and applies the model's own chat template. Benign
+answers from `respond` can be mixed in (``include_respond_kinds``), as the seed mixed
+benign examples in for balance.
+
+The stage writes the training rows (``rows.jsonl``), the LoRA adapter (``adapter/``),
+the loss curve (``train_log.jsonl``) and a manifest whose ``model`` entry lets later
+stages load ``run:<this folder>``. A killed run resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from valign.errors import ValignError
+from valign.stages.base import StageContext
+from valign.types import Row
+
+
+class SFTStageConfig(BaseModel):
+    """Settings of the `sft` stage (LoRA by default; ``qlora: true`` loads the base in 4 bit).
+
+    Example (YAML):
+        sft:
+          lora: {r: 8, alpha: 16, dropout: 0.05, target_modules: all-linear}
+          learning_rate: 2.0e-4
+          epochs: 1
+          batch_size: 4
+          gradient_accumulation_steps: 1
+          max_length: 512
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    class Lora(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        r: int = Field(8, ge=1)
+        alpha: int = Field(16, ge=1)
+        dropout: float = Field(0.05, ge=0, lt=1)
+        target_modules: str | list[str] = "all-linear"
+
+    lora: Lora = Field(default_factory=Lora)
+    qlora: bool = False
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, ge=-1)  # -1: run `epochs`
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16)
+    warmup_steps: float = Field(0, ge=0)  # a whole number of steps, or a fraction (< 1) of training
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int = Field(50, ge=1)
+    include_respond_kinds: list[str] = Field(default_factory=lambda: ["benign"])
+    model: str | None = None  # the base; defaults to the run's model
+
+
+class SFTStage:
+    name: ClassVar[str] = "sft"
+
+    def inputs(self, run_config: Any) -> list[str]:
+        return ["respond", "revise"]
+
+    def describe(self, run_config: Any) -> dict[str, Any]:
+        cfg: SFTStageConfig = run_config.sft
+        return {"config": cfg.model_dump(mode="json"), "model": cfg.model or run_config.model, "seed": run_config.seed}
+
+    def run(self, ctx: StageContext) -> None:
+        cfg: SFTStageConfig = ctx.config
+        base_spec = cfg.model or ctx.run_config.model
+        rows = training_rows(ctx.input_rows("revise"), ctx.input_rows("respond"), cfg.include_respond_kinds)
+        if not rows:
+            raise ValignError("sft has no training rows: revise produced none; check respond/revise settings.")
+        ctx.rows.append(rows)
+        log = train_lora(base_spec, rows, cfg, ctx.dir, seed=ctx.run_config.seed)
+        ctx.info["model"] = {"base": base_spec, "adapter": "adapter"}
+        ctx.info["counts"] = {"train_rows": len(rows), "revised": sum(r["origin"] == "revise" for r in rows)}
+        ctx.info["train"] = log
+
+
+def training_rows(revised: list[Row], answered: list[Row], respond_kinds: list[str]) -> list[Row]:
+    """Prompt–completion rows: every final revision, plus `respond` answers of the given
+    kinds whose prompt was not revised."""
+    out: list[Row] = []
+    revised_prompts = {r["prompt_id"] for r in revised}
+    for r in revised:
+        out.append(_pc_row(r, "revise"))
+    for r in answered:
+        if r.get("kind") in respond_kinds and r["prompt_id"] not in revised_prompts and r["response"].strip():
+            out.append(_pc_row(r, "respond"))
+    return out
+
+
+def _pc_row(r: Row, origin: str) -> Row:
+    prompt = r["messages"][:-1]
+    return {
+        "id": f"{origin}:{r['id']}",
+        "prompt": prompt,
+        "completion": [{"role": "assistant", "content": r["messages"][-1]["content"]}],
+        "origin": origin,
+        "kind": r.get("kind"),
+        "principle_ids": r.get("principle_ids", []),
+    }
+
+
+def base_model_path(spec: str) -> str:
+    """A local checkpoint to train from; remote backends cannot be fine-tuned here."""
+    if spec == "embedded":
+        from valign.models.embedded import embedded_dir, is_prepared, prepare_embedded
+
+        if not is_prepared():
+            prepare_embedded()
+        return str(embedded_dir())
+    if spec.startswith("hf:") and "+" not in spec:
+        return spec[3:]
+    raise ValignError(
+        f"sft trains a LoRA adapter on a local base model, and '{spec}' is not one; "
+        "set sft.model to 'embedded' or 'hf:<path or hub id>'."
+    )
+
+
+def train_lora(base_spec: str, rows: list[Row], cfg: SFTStageConfig, out_dir: Path, seed: int = 0) -> dict[str, Any]:
+    """Fine-tune a LoRA adapter with TRL's SFTTrainer; returns the loss curve."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    path = base_model_path(base_spec)
+    on_gpu = torch.cuda.is_available()
+    load_kw: dict[str, Any] = {"dtype": torch.float32}
+    if cfg.qlora:
+        from valign.models.hf import _four_bit_kwargs
+
+        load_kw = _four_bit_kwargs()  # a clear error on a machine without CUDA/bitsandbytes
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, **load_kw)
+    if cfg.qlora:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model)
+    data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    ckpt_dir = out_dir / "checkpoints"
+    args = SFTConfig(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=int(cfg.warmup_steps) if cfg.warmup_steps >= 1 else cfg.warmup_steps,
+        max_length=cfg.max_length,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        seed=seed,
+        report_to="none",
+        use_cpu=not on_gpu,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        disable_tqdm=True,
+    )
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=lora)
+    resume = any(ckpt_dir.glob("checkpoint-*")) if ckpt_dir.exists() else False
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    adapter = out_dir / "adapter"
+    trainer.model.save_pretrained(adapter)
+    tokenizer.save_pretrained(adapter)
+    history = trainer.state.log_history
+    with open(out_dir / "train_log.jsonl", "w") as f:
+        for entry in history:
+            f.write(json.dumps(entry) + "\n")
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the adapter is the result; checkpoints only served resuming
+    losses = [e["loss"] for e in history if "loss" in e]
+    final = next((e for e in reversed(history) if "train_runtime" in e), {})
+    return {
+        "steps": trainer.state.global_step,
+        "loss": losses,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "runtime_s": final.get("train_runtime"),
+        "resumed_from_checkpoint": resume,
+    }

@@ -1,0 +1,128 @@
+"""The revise and sft stages: control flow on a scripted model, then for real on the
+embedded model (revise rows, a killed run resumed, LoRA training, run: loading)."""
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from tests.conftest import ScriptedModel
+from valign.config import load_config
+from valign.constitution import load_constitution
+from valign.pipeline import run_pipeline
+from valign.runs import read_rows
+from valign.stages.revise import critique_conversation, pick_principle
+
+
+def test_principle_per_round_is_stable_and_follows_the_weights():
+    c = load_constitution("kantian")
+    assert pick_principle(c, 0, "row-1", 0).id == pick_principle(c, 0, "row-1", 0).id
+    counts = Counter(pick_principle(c, 0, f"row-{i}", 0).id for i in range(6000))
+    total_w = sum(p.weight for p in c.principles)
+    for p in c.principles:
+        expected = 6000 * p.weight / total_w
+        assert abs(counts[p.id] - expected) < 5 * expected**0.5 + 5, p.id
+
+
+def test_critique_conversation_shows_examples_then_the_task():
+    c = load_constitution("kantian")
+    state = {"prompt_messages": [{"role": "user", "content": "Q?"}], "response": "A."}
+    p = c.principles[0]
+    conv = critique_conversation(state, p, c.few_shot[:1], c)
+    ex = c.few_shot[0]
+    assert conv[0] == {"role": "user", "content": ex.prompt}
+    assert conv[3]["content"] == ex.critique and conv[5]["content"] == ex.revision
+    assert conv[2]["content"] == c.get(ex.principle).critique_request
+    assert conv[-3:] == [
+        {"role": "user", "content": "Q?"},
+        {"role": "assistant", "content": "A."},
+        {"role": "user", "content": p.critique_request},
+    ]
+
+
+def _config(tmp_path, stages, extra=""):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"name: t\nruns_dir: {tmp_path / 'runs'}\nmodel: MODEL\nstages: {stages}\n"
+        "respond:\n  prompts: demo\n  limit: 6\n  chunk: 6\n  gen: {max_new_tokens: 24}\n"
+        "revise:\n  rounds: 2\n  few_shot: 1\n  chunk: 3\n  critique_gen: {max_new_tokens: 24}\n  gen: {max_new_tokens: 32}\n"
+        + extra
+    )
+    return path
+
+
+def test_revise_rows_on_a_scripted_model(tmp_path, monkeypatch):
+    model = ScriptedModel()
+    monkeypatch.setattr("valign.models.registry.load_model", lambda spec, **kw: model)
+    cfg = load_config(_config(tmp_path, "[respond, revise]"))
+    run_pipeline(cfg)
+    rows = read_rows(cfg.run_dir / "02-revise" / "rows.jsonl")
+    assert len(rows) == 6
+    for r in rows:
+        assert len(r["rounds"]) == 2 and len(r["principle_ids"]) == 2
+        assert r["initial_response"] != r["response"]
+        assert r["response"] == r["rounds"][-1]["revision"] == r["messages"][-1]["content"]
+        assert r["messages"][0] == {"role": "user", "content": r["prompt"]}
+        for rnd in r["rounds"]:
+            assert rnd["critique"] and rnd["critique_request"] and rnd["revision_request"]
+    # 6 answers, then 6 × 2 rounds × (critique + revision)
+    assert model.calls == 6 + 24
+
+
+@pytest.mark.slow
+def test_revise_then_sft_on_the_embedded_model(tmp_path):
+    path = _config(
+        tmp_path,
+        "[respond, revise, sft]",
+        "sft:\n  max_steps: 3\n  batch_size: 2\n  max_length: 256\n  learning_rate: 1.0e-3\n  include_respond_kinds: []\n",
+    )
+    path.write_text(path.read_text().replace("model: MODEL", "model: embedded"))
+    cfg = load_config(path, ["revise.rounds=1"])
+    out = run_pipeline(cfg)
+    assert [o.status for o in out] == ["ran", "ran", "ran"]
+    revised = read_rows(cfg.run_dir / "02-revise" / "rows.jsonl")
+    assert len(revised) == 6 and all(r["rounds"][0]["critique"] and r["response"] for r in revised)
+
+    sft_dir = cfg.run_dir / "03-sft"
+    manifest = json.loads((sft_dir / "manifest.json").read_text())
+    assert manifest["model"] == {"base": "embedded", "adapter": "adapter"}
+    assert manifest["train"]["steps"] == 3 and len(manifest["train"]["loss"]) == 3
+    assert (sft_dir / "train_log.jsonl").exists() and (sft_dir / "adapter" / "adapter_config.json").exists()
+    assert not (sft_dir / "checkpoints").exists()
+
+    from safetensors.torch import load_file
+
+    weights = load_file(sft_dir / "adapter" / "adapter_model.safetensors")
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b), "LoRA B starts at zero; training changed it"
+
+    from valign.models.registry import load_model
+    from valign.types import GenConfig
+
+    tuned = load_model(f"run:{sft_dir}")
+    assert tuned.generate([[{"role": "user", "content": "Hello"}]], GenConfig(max_new_tokens=8))[0].completion_tokens > 0
+
+    again = run_pipeline(load_config(path, ["revise.rounds=1"]))
+    assert [o.status for o in again] == ["skipped"] * 3
+
+
+@pytest.mark.slow
+def test_shipped_demo_config_runs_end_to_end(tmp_path):
+    """`make run`'s pipeline, shrunk by overrides only, so the shipped file itself is tested."""
+    cfg = load_config(
+        "configs/kantian-demo.yaml",
+        [
+            f"runs_dir={tmp_path}",
+            "respond.prompts.red_team=4",
+            "respond.prompts.benign=2",
+            "respond.gen.max_new_tokens=24",
+            "revise.critique_gen.max_new_tokens=24",
+            "revise.gen.max_new_tokens=32",
+            "sft.max_steps=2",
+        ],
+    )
+    out = run_pipeline(cfg)
+    assert [o.name for o in out] == ["respond", "revise", "sft"]
+    assert [o.rows for o in out] == [6, 4, 6], "4 revised red-team answers + 2 benign answers train"
+    assert json.loads((out[2].dir / "manifest.json").read_text())["train"]["steps"] == 2
