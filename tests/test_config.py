@@ -25,11 +25,6 @@ def test_valid_config_and_overrides(tmp_path):
     assert len(cfg.respond.rows) == 3 and cfg.respond.rows[0]["id"] == "demo-red-01"
 
 
-def test_shipped_demo_config_validates():
-    cfg = load_config("configs/kantian-demo.yaml")
-    assert cfg.stages == ["respond"] and cfg.model == "embedded"
-
-
 @pytest.mark.parametrize(
     "text, override, expected",
     [
@@ -84,3 +79,16 @@ def test_backend_options_reach_the_right_backend(tmp_path):
     assert cfg.backends.for_spec("run:runs/x/03-sft")["token_budget"] == 4096
     with pytest.raises(ConfigError, match="did you mean 'api_key_env'"):
         load_config(write(tmp_path, GOOD), ["backends.openai.api_key=sk-123"])
+
+
+@pytest.mark.parametrize("name", ["kantian-demo", "kantian-llama70b"])
+def test_shipped_configs_validate(name):
+    cfg = load_config(f"configs/{name}.yaml")
+    assert cfg.stages == ["respond", "revise", "sft"] and cfg.constitution == "kantian"
+    assert len(cfg.respond.rows) > 0
+
+
+def test_the_seed_setting_uses_qlora_and_a_server():
+    cfg = load_config("configs/kantian-llama70b.yaml")
+    assert cfg.sft.qlora and cfg.model.startswith("openai:") and cfg.backends.openai.api_key_env == "VLLM_API_KEY"
+    assert len(cfg.respond.rows) == 1560
