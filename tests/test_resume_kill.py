@@ -57,3 +57,34 @@ def _demo_path():
     from valign.datasets import resolve_source
 
     return resolve_source("demo")
+
+
+def test_revise_killed_mid_stage_resumes_without_duplicates(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"name: killed\nruns_dir: {tmp_path / 'runs'}\nmodel: embedded\nstages: [respond, revise]\n"
+        "respond:\n  prompts: demo\n  limit: 8\n  chunk: 8\n  gen: {max_new_tokens: 16}\n"
+        "revise:\n  chunk: 2\n  few_shot: 0\n  critique_gen: {max_new_tokens: 16}\n  gen: {max_new_tokens: 16}\n"
+    )
+    cmd = [sys.executable, "-m", "valign.cli", "run", str(cfg)]
+    rows_path = tmp_path / "runs" / "killed" / "02-revise" / "rows.jsonl"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if rows_path.exists() and len(rows_path.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()[-500:]}")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    at_kill = len(read_rows(rows_path))
+    assert 2 <= at_kill < 8
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-800:]
+    assert "01-respond: up to date, skipped" in done.stderr
+    assert f"resuming after {at_kill} rows" in done.stderr
+    rows = read_rows(rows_path)
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)) == 8
+    assert all(r["rounds"] and r["principle_ids"] and r["initial_response"] is not None for r in rows)

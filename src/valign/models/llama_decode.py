@@ -161,13 +161,19 @@ class LlamaDecoder:
             cache_k[i][:, :, start:end] = k
             cache_v[i][:, :, start:end] = v
             keys, values = cache_k[i][:, :, :end], cache_v[i][:, :, :end]
-            # Group query heads under their kv head: [B, nkv, group*S, d] x [B, nkv, d, T].
-            qg = q.reshape(B, nkv, group * S, d)
-            scores = torch.matmul(qg, keys.transpose(-1, -2)) * scale
-            scores = scores.view(B, nkv, group, S, end) + bias.unsqueeze(1)
-            att = torch.softmax(scores.float(), dim=-1).to(h.dtype)
-            out = torch.matmul(att.view(B, nkv, group * S, end), values)  # [B, nkv, group*S, d]
-            out = out.view(B, nq, S, d).transpose(1, 2).reshape(B, S, nq * d)
+            if S > 1:
+                # Prefill: torch's fused attention never materialises the S×S scores,
+                # which for long prompts (few-shot chats) would dominate the time.
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, enable_gqa=True)
+            else:
+                # Decode: group query heads under their kv head, [B, nkv, group, d] x
+                # [B, nkv, d, T], which beats the fused kernel for a single query.
+                qg = q.reshape(B, nkv, group * S, d)
+                scores = torch.matmul(qg, keys.transpose(-1, -2)) * scale
+                scores = scores.view(B, nkv, group, S, end) + bias.unsqueeze(1)
+                att = torch.softmax(scores.float(), dim=-1).to(h.dtype)
+                out = torch.matmul(att.view(B, nkv, group * S, end), values).view(B, nq, S, d)
+            out = out.transpose(1, 2).reshape(B, S, nq * d)
             h = h + F.linear(out, L.o_w)
             x = self._norm(h, L.post_norm)
             gate, up = F.linear(x, L.gate_up_w).chunk(2, dim=-1)
