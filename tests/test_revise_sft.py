@@ -126,3 +126,13 @@ def test_shipped_demo_config_runs_end_to_end(tmp_path):
     assert [o.name for o in out] == ["respond", "revise", "sft"]
     assert [o.rows for o in out] == [6, 4, 6], "4 revised red-team answers + 2 benign answers train"
     assert json.loads((out[2].dir / "manifest.json").read_text())["train"]["steps"] == 2
+
+
+@pytest.mark.slow
+def test_bench_train_plain_loss_matches_trl_and_reports_the_peak_share(tmp_path):
+    from valign.bench import bench_train
+
+    res = bench_train(steps=3, batch=2, seq=64, json_out=tmp_path / "t.json")
+    assert res["same_losses"], "valign's plain cross-entropy gives TRL's loss values"
+    assert res["baseline"]["tok_per_s"] > 0 and res["valign"]["tok_per_s"] > 0
+    assert 0 < res["fraction_of_peak"] < 1.5 and res["lora_flops_per_token"] == 4 * res["parameters"]

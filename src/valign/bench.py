@@ -152,3 +152,83 @@ def bench_generate(prompts: int = 64, new_tokens: int = 128, baseline_prompts: i
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))
     return result
+
+
+def bench_train(steps: int = 6, batch: int = 8, seq: int = 128, json_out: Path | None = None) -> dict:
+    """LoRA SFT throughput on the embedded model: valign's trainer vs TRL's defaults.
+
+    Both train the same rows (every row exactly ``seq`` tokens, so no padding) with the
+    same LoRA settings; the first step is not timed. FLOPs per token: about 4·parameters
+    for LoRA (forward, plus the backward pass through the activations; the frozen
+    weights need no gradient) and 6·parameters for full fine-tuning.
+    """
+    import tempfile
+
+    import torch
+    from transformers import TrainerCallback
+
+    from valign.stages.sft import SFTStageConfig, build_sft_trainer, load_base
+
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+
+        def on_step_end(self, args, state, control, **kw):  # type: ignore[override]
+            self.ends.append(time.perf_counter())
+
+    tokenizer, _ = load_base("embedded", qlora=False)
+    filler = " ".join(f"word{i % 50}" for i in range(seq * 2))
+    rows = [
+        {"prompt": [{"role": "user", "content": f"Continue the list {i}."}], "completion": [{"role": "assistant", "content": filler}]}
+        for i in range(steps * batch)
+    ]
+    cfg = SFTStageConfig(max_steps=steps, batch_size=batch, max_length=seq, logging_steps=1, save_steps=10_000)
+
+    def run(plain: bool, checkpointing: bool) -> tuple[float, list[float]]:
+        _, model = load_base("embedded", qlora=False)
+        clock = StepClock()
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = build_sft_trainer(
+                model, tokenizer, rows, cfg.model_copy(update={"gradient_checkpointing": checkpointing}),
+                Path(tmp), plain_loss=plain, callbacks=[clock],
+            )
+            trainer.train()
+        per_step = (clock.ends[-1] - clock.ends[0]) / (len(clock.ends) - 1)
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        return batch * seq / per_step, losses
+
+    _, model = load_base("embedded", qlora=False)
+    params = sum(p.numel() for p in model.parameters())
+    del model
+    base_rate, base_losses = run(plain=False, checkpointing=True)  # TRL's defaults
+    ours_rate, ours_losses = run(plain=True, checkpointing=False)
+    peak = matmul_flops()
+    frac = ours_rate * 4 * params / peak
+    result = {
+        "benchmark": "train",
+        "model": "embedded (SmolLM2-135M-Instruct, fp32, CPU), LoRA r=8 all-linear",
+        "parameters": params,
+        "batch": batch,
+        "seq": seq,
+        "steps_timed": steps - 1,
+        "baseline": {"method": "TRL SFTTrainer defaults (gradient checkpointing, chunked log-prob loss)",
+                     "tok_per_s": round(base_rate, 1)},
+        "valign": {"method": "valign sft (plain cross-entropy, no checkpointing on CPU)", "tok_per_s": round(ours_rate, 1)},
+        "speedup": round(ours_rate / base_rate, 2),
+        "same_losses": all(abs(a - b) < 1e-3 for a, b in zip(base_losses, ours_losses)),
+        "matmul_gflops": round(peak / 1e9, 1),
+        "lora_flops_per_token": 4 * params,
+        "fraction_of_peak": round(frac, 3),
+        "targets": {"fraction_of_peak": 0.50},
+    }
+    table = Table(title="valign bench train")
+    for col in ("", "tok/s", "note"):
+        table.add_column(col)
+    table.add_row("TRL defaults", f"{base_rate:,.1f}", "gradient checkpointing, chunked log-prob loss")
+    table.add_row("valign sft", f"{ours_rate:,.1f}", f"{result['speedup']:.2f}× · losses identical: {result['same_losses']}")
+    table.add_row("share of peak", f"{frac:.1%}", f"4·{params / 1e6:.1f}M FLOPs/token ÷ {peak / 1e9:,.0f} GFLOP/s · target ≥ 50%")
+    Console().print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+    return result

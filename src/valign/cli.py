@@ -160,6 +160,19 @@ def bench_generate(
     run_bench(prompts=prompts, new_tokens=new_tokens, baseline_prompts=baseline_prompts, json_out=json_out)
 
 
+@bench_app.command("train")
+def bench_train(
+    steps: int = typer.Option(6, help="Training steps per trainer (the first is not timed)."),
+    batch: int = typer.Option(8, help="Rows per step."),
+    seq: int = typer.Option(128, help="Tokens per row."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+) -> None:
+    """LoRA SFT tokens/s on the embedded model, valign vs TRL's defaults, and the share of matmul peak."""
+    from valign.bench import bench_train as run_bench
+
+    run_bench(steps=steps, batch=batch, seq=seq, json_out=json_out)
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2; bugs keep their traceback."""
     try:
