@@ -17,10 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from valign.errors import ConfigError
 from valign.stages.respond import RespondConfig
+from valign.stages.pairs import PairsConfig
+from valign.stages.preference import DPOStageConfig, KTOStageConfig
 from valign.stages.revise import ReviseConfig
 from valign.stages.sft import SFTStageConfig
 
-KNOWN_STAGES = ("respond", "revise", "sft")
+KNOWN_STAGES = ("respond", "revise", "sft", "pairs", "dpo", "kto")
 
 
 class OpenAIOptions(BaseModel):
@@ -90,6 +92,9 @@ class RunConfig(BaseModel):
     respond: RespondConfig = Field(default_factory=RespondConfig)
     revise: ReviseConfig = Field(default_factory=ReviseConfig)
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    dpo: DPOStageConfig = Field(default_factory=DPOStageConfig)
+    kto: KTOStageConfig = Field(default_factory=KTOStageConfig)
 
     @field_validator("constitution")
     @classmethod

@@ -1,0 +1,260 @@
+"""`dpo` and `kto`: preference optimisation with TRL, continuing from the SFT adapter.
+
+DPO trains on the judge's ``prompt/chosen/rejected`` rows. When the run has an `sft`
+stage, the policy is base + the SFT adapter, loaded trainable, and the reference is
+that same SFT model: TRL copies the adapter as a frozen "ref" adapter, so no second
+model sits in memory. Reference log-probs are precomputed once by default.
+
+KTO trains on ``prompt/completion/label`` rows: by default each judged pair gives a
+desirable (chosen) and an undesirable (rejected) example; ``kto.rows`` can name any
+JSONL file of such rows instead.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from valign.errors import ValignError
+from valign.runs import read_rows
+from valign.stages.base import StageContext
+from valign.types import Row
+
+
+class _TrainBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    beta: float = Field(0.1, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, ge=-1)
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16)
+    precompute_ref_log_probs: bool = True
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int = Field(50, ge=1)
+    lora_r: int = Field(8, ge=1)  # used only when there is no SFT adapter to continue
+    lora_alpha: int = Field(16, ge=1)
+    qlora: bool = False
+    model: str | None = None  # the base; defaults to the run's model
+
+
+class DPOStageConfig(_TrainBase):
+    """Settings of the `dpo` stage.
+
+    Example (YAML):
+        dpo: {beta: 0.1, loss_type: sigmoid, learning_rate: 5.0e-5, epochs: 1, batch_size: 4}
+    """
+
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"] = "sigmoid"
+
+
+class KTOStageConfig(_TrainBase):
+    """Settings of the `kto` stage.
+
+    Example (YAML):
+        kto: {beta: 0.1, desirable_weight: 1.0, undesirable_weight: 1.0, rows: null}
+    """
+
+    desirable_weight: float = Field(1.0, gt=0)
+    undesirable_weight: float = Field(1.0, gt=0)
+    rows: str | None = None  # a JSONL of prompt/completion/label rows; default: from the judge
+
+
+class _PreferenceStage:
+    name: ClassVar[str]
+
+    def inputs(self, run_config: Any) -> list[str]:
+        cfg = getattr(run_config, self.name)
+        deps = [] if getattr(cfg, "rows", None) else ["judge"]
+        if cfg.model is None and "sft" in run_config.stages:
+            deps.append("sft")
+        return deps
+
+    def describe(self, run_config: Any) -> dict[str, Any]:
+        cfg = getattr(run_config, self.name)
+        out = {"config": cfg.model_dump(mode="json"), "model": cfg.model or run_config.model, "seed": run_config.seed}
+        rows_file = getattr(cfg, "rows", None)
+        if rows_file:
+            out["rows_sha256"] = _digest(Path(rows_file))
+        return out
+
+
+class DPOStage(_PreferenceStage):
+    name: ClassVar[str] = "dpo"
+
+    def run(self, ctx: StageContext) -> None:
+        cfg: DPOStageConfig = ctx.config
+        rows = preference_rows(ctx.input_rows("judge"))
+        if not rows:
+            raise ValignError("dpo has no preference pairs: the judge kept none; lower judge.min_margin or add prompts.")
+        ctx.rows.append(rows)
+        ctx.info.update(_train(ctx, cfg, rows, "dpo"))
+
+
+class KTOStage(_PreferenceStage):
+    name: ClassVar[str] = "kto"
+
+    def run(self, ctx: StageContext) -> None:
+        cfg: KTOStageConfig = ctx.config
+        rows = read_kto_file(Path(cfg.rows)) if cfg.rows else kto_rows(preference_rows(ctx.input_rows("judge")))
+        if not rows:
+            raise ValignError("kto has no rows; give kto.rows (prompt/completion/label JSONL) or let the judge keep pairs.")
+        ctx.rows.append(rows)
+        ctx.info.update(_train(ctx, cfg, rows, "kto"))
+
+
+def preference_rows(judged: list[Row]) -> list[Row]:
+    """The judge's kept pairs, in TRL's conversational prompt/chosen/rejected format."""
+    out = []
+    for r in judged:
+        if not r.get("kept", True) or not r.get("chosen") or not r.get("rejected"):
+            continue
+        out.append(
+            {
+                "id": r["id"],
+                "prompt": r["prompt"] if isinstance(r["prompt"], list) else r.get("prompt_messages"),
+                "chosen": r["chosen"],
+                "rejected": r["rejected"],
+                **({"weight": r["weight"]} if "weight" in r else {}),
+            }
+        )
+    return out
+
+
+def kto_rows(pairs: list[Row]) -> list[Row]:
+    """Unpaired rows for KTO: each pair's chosen answer is desirable, its rejected one not."""
+    out = []
+    for p in pairs:
+        out.append({"id": f"{p['id']}:chosen", "prompt": p["prompt"], "completion": p["chosen"], "label": True})
+        out.append({"id": f"{p['id']}:rejected", "prompt": p["prompt"], "completion": p["rejected"], "label": False})
+    return out
+
+
+def read_kto_file(path: Path) -> list[Row]:
+    """prompt/completion/label rows from a JSONL file (strings or conversations)."""
+    if not path.exists():
+        raise ValignError(f"kto.rows file {path} does not exist; write prompt/completion/label JSONL rows there.")
+    rows = []
+    for n, r in enumerate(read_rows(path), 1):
+        if not {"prompt", "completion", "label"} <= set(r) or not isinstance(r["label"], bool):
+            raise ValignError(f"{path} row {n} needs 'prompt', 'completion' and a true/false 'label'.")
+        prompt = r["prompt"] if isinstance(r["prompt"], list) else [{"role": "user", "content": r["prompt"]}]
+        completion = r["completion"] if isinstance(r["completion"], list) else [{"role": "assistant", "content": r["completion"]}]
+        rows.append({"id": str(r.get("id") or f"row-{n}"), "prompt": prompt, "completion": completion, "label": r["label"]})
+    return rows
+
+
+def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, PeftModel
+
+    from valign.stages.sft import load_base
+
+    base_spec = cfg.model or ctx.run_config.model
+    tokenizer, base = load_base(base_spec, cfg.qlora)
+    sft_dir = ctx.input_dirs.get("sft")
+    peft_config = None
+    if sft_dir is not None:
+        # Continue the SFT adapter; TRL keeps a frozen copy of it as the reference.
+        model = PeftModel.from_pretrained(base, str(sft_dir / "adapter"), is_trainable=True)
+    else:
+        model = base
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
+    on_gpu = torch.cuda.is_available()
+    common = dict(
+        output_dir=str(ctx.dir / "checkpoints"),
+        beta=cfg.beta,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        gradient_checkpointing=on_gpu,
+        max_length=cfg.max_length,
+        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        seed=ctx.run_config.seed,
+        report_to="none",
+        use_cpu=not on_gpu,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        disable_tqdm=True,
+    )
+    if kind == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+        args = DPOConfig(loss_type=[cfg.loss_type], **common)  # type: ignore[attr-defined]
+        trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config)
+    else:
+        from trl import KTOConfig, KTOTrainer
+
+        data = Dataset.from_list([{k: r[k] for k in ("prompt", "completion", "label")} for r in rows])
+        args = KTOConfig(desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight, **common)  # type: ignore[attr-defined]
+        trainer = KTOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config)
+    ckpt = ctx.dir / "checkpoints"
+    resume = ckpt.exists() and any(ckpt.glob("checkpoint-*"))
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.model.save_pretrained(ctx.dir / "adapter", selected_adapters=["default"])
+    history = trainer.state.log_history
+    with open(ctx.dir / "train_log.jsonl", "w") as f:
+        for entry in history:
+            f.write(json.dumps(entry) + "\n")
+    shutil.rmtree(ckpt, ignore_errors=True)
+    series = lambda key: [e[key] for e in history if key in e]  # noqa: E731
+    return {
+        "model": {"base": base_spec, "adapter": "adapter"},
+        "counts": {"train_rows": len(rows)},
+        "train": {
+            "steps": trainer.state.global_step,
+            "loss": series("loss"),
+            "reward_accuracy": series("rewards/accuracies"),
+            "reward_margin": series("rewards/margins"),
+            "continued_from_sft": sft_dir is not None,
+        },
+    }
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    if not path.exists():
+        raise ValignError(f"{path} does not exist; check the path in the config.")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def pair_margins(spec: str, rows: list[Row]) -> list[float]:
+    """log p(chosen) − log p(rejected) under a model, summed over the answer tokens:
+    the quantity DPO pushes up. Used to check that training moved the model.
+
+    Example:
+        >>> pair_margins("run:runs/demo/06-dpo", rows)[:2]
+        [1.7, -0.3]
+    """
+    import torch
+
+    from valign.models.registry import load_model
+
+    model = load_model(spec)
+    hf, tok = model.model, model.tokenizer  # type: ignore[attr-defined]
+
+    def logp(prompt: list, answer: list) -> float:
+        head = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        full = tok.apply_chat_template(prompt + answer, tokenize=False)
+        head_ids = tok(head, add_special_tokens=False)["input_ids"]
+        ids = tok(full, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logits = hf(torch.tensor([ids])).logits[0, :-1].float()
+        lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None]).squeeze(1)
+        return float(lp[len(head_ids) - 1 :].sum())
+
+    return [logp(r["prompt"], r["chosen"]) - logp(r["prompt"], r["rejected"]) for r in rows]
