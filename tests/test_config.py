@@ -84,11 +84,13 @@ def test_backend_options_reach_the_right_backend(tmp_path):
 @pytest.mark.parametrize("name", ["kantian-demo", "kantian-llama70b"])
 def test_shipped_configs_validate(name):
     cfg = load_config(f"configs/{name}.yaml")
-    assert cfg.stages == ["respond", "revise", "sft"] and cfg.constitution == "kantian"
+    assert cfg.stages == ["respond", "revise", "sft", "pairs", "judge", "dpo"] and cfg.constitution == "kantian"
     assert len(cfg.respond.rows) > 0
 
 
 def test_the_seed_setting_uses_qlora_and_a_server():
     cfg = load_config("configs/kantian-llama70b.yaml")
     assert cfg.sft.qlora and cfg.model.startswith("openai:") and cfg.backends.openai.api_key_env == "VLLM_API_KEY"
+    assert cfg.backends.for_spec(cfg.judge.model)["api_key_env"] == "OPENAI_API_KEY", "the API judge has its own key"
+    assert cfg.backends.for_spec(cfg.model)["api_key_env"] == "VLLM_API_KEY"
     assert len(cfg.respond.rows) == 1560

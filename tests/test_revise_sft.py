@@ -120,12 +120,18 @@ def test_shipped_demo_config_runs_end_to_end(tmp_path):
             "revise.critique_gen.max_new_tokens=24",
             "revise.gen.max_new_tokens=32",
             "sft.max_steps=2",
+            "pairs.gen.max_new_tokens=24",
+            "judge.min_margin=0",
+            "dpo.max_steps=2",
         ],
     )
     out = run_pipeline(cfg)
-    assert [o.name for o in out] == ["respond", "revise", "sft"]
-    assert [o.rows for o in out] == [6, 4, 6], "4 revised red-team answers + 2 benign answers train"
+    assert [o.name for o in out] == ["respond", "revise", "sft", "pairs", "judge", "dpo"]
+    assert [o.rows for o in out[:5]] == [6, 4, 6, 4, 4], "4 revised red-team answers + 2 benign answers train"
     assert json.loads((out[2].dir / "manifest.json").read_text())["train"]["steps"] == 2
+    dpo = json.loads((out[5].dir / "manifest.json").read_text())
+    assert dpo["model"] == {"base": "embedded", "adapter": "adapter"} and dpo["train"]["continued_from_sft"]
+    assert len(dpo["train"]["reward_accuracy"]) == 2
 
 
 @pytest.mark.slow

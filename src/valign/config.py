@@ -17,12 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from valign.errors import ConfigError
 from valign.stages.respond import RespondConfig
+from valign.stages.judge import JudgeConfig
 from valign.stages.pairs import PairsConfig
 from valign.stages.preference import DPOStageConfig, KTOStageConfig
 from valign.stages.revise import ReviseConfig
 from valign.stages.sft import SFTStageConfig
 
-KNOWN_STAGES = ("respond", "revise", "sft", "pairs", "dpo", "kto")
+KNOWN_STAGES = ("respond", "revise", "sft", "pairs", "judge", "dpo", "kto")
 
 
 class OpenAIOptions(BaseModel):
@@ -58,13 +59,20 @@ class BackendOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     openai: OpenAIOptions = Field(default_factory=OpenAIOptions)
+    # A policy server and an API judge need different keys: base-URL prefix → variable.
+    api_key_envs: dict[str, str] = Field(default_factory=dict)
     local: LocalOptions = Field(default_factory=LocalOptions)
     vllm: dict[str, Any] = Field(default_factory=dict)  # passed to vllm.LLM(...)
 
     def for_spec(self, spec: str) -> dict[str, Any]:
         """Keyword arguments for `load_model(spec)`."""
         if spec.startswith("openai:"):
-            return self.openai.model_dump()
+            options = self.openai.model_dump()
+            urls = spec.rpartition("@")[2]
+            for prefix, env in self.api_key_envs.items():
+                if urls.startswith(prefix):
+                    options["api_key_env"] = env
+            return options
         if spec.startswith("vllm:"):
             return dict(self.vllm)
         return self.local.model_dump()
@@ -93,6 +101,7 @@ class RunConfig(BaseModel):
     revise: ReviseConfig = Field(default_factory=ReviseConfig)
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
     dpo: DPOStageConfig = Field(default_factory=DPOStageConfig)
     kto: KTOStageConfig = Field(default_factory=KTOStageConfig)
 

@@ -19,6 +19,7 @@ from valign.config import RunConfig
 from valign.errors import ValignError
 from valign.runs import StageDir, fingerprint
 from valign.stages.base import ModelPool, Stage, StageContext
+from valign.stages.judge import JudgeStage
 from valign.stages.pairs import PairsStage
 from valign.stages.preference import DPOStage, KTOStage
 from valign.stages.respond import RespondStage
@@ -26,7 +27,8 @@ from valign.stages.revise import ReviseStage
 from valign.stages.sft import SFTStage
 
 STAGES: dict[str, Stage] = {
-    s.name: s for s in (RespondStage(), ReviseStage(), SFTStage(), PairsStage(), DPOStage(), KTOStage())
+    s.name: s
+    for s in (RespondStage(), ReviseStage(), SFTStage(), PairsStage(), JudgeStage(), DPOStage(), KTOStage())
 }
 
 

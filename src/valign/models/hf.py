@@ -203,6 +203,11 @@ class HFChatModel(BaseChatModel):
         for o in options:
             full = self.render(conv, prefix + o)
             k = next((i for i, (a, b) in enumerate(zip(base, full)) if a != b), len(base))
+            if k < len(base):
+                raise ModelError(
+                    f"option {o!r} merges with the end of the prompt into one token, so its probability cannot "
+                    "be read; end the answer prefix with a space or a bracket, e.g. 'The answer is: ('."
+                )
             if k >= len(full):
                 raise ModelError(f"option {o!r} adds no token after the prompt; use non-empty options.")
             first[o] = full[k]
