@@ -116,3 +116,50 @@ def test_kto_trains_on_judged_pairs(tmp_path, sft_dir):
     KTOStage().run(ctx)
     assert ctx.info["train"]["steps"] == 2 and ctx.info["counts"]["train_rows"] == 8
     assert (ctx.dir / "adapter" / "adapter_config.json").exists()
+
+
+def test_weighted_sampler_follows_the_weights():
+    from collections import Counter
+
+    from datasets import Dataset
+
+    from valign.stages.preference import weighted_sampler
+
+    data = Dataset.from_list([{"weight": 3.0}, {"weight": 1.0}, {"weight": 0.0}])
+    counts = Counter()
+    for seed in range(400):
+        counts.update(list(weighted_sampler(data, seed)))
+    total = sum(counts.values())
+    assert counts[2] == 0, "a zero weight is never drawn"
+    assert abs(counts[0] / total - 0.75) < 0.03
+    assert weighted_sampler(Dataset.from_list([{"x": 1}])) is None
+
+
+def test_dpo_with_sample_weights_trains(tmp_path, sft_dir):
+    rows = judged_rows()
+    for i, r in enumerate(rows[:4]):
+        r["weight"] = [2.0, 1.0, 0.5, 0.0][i]
+    cfg = DPOStageConfig(max_steps=1, batch_size=2, max_length=128)
+    ctx = _ctx(tmp_path, "dpo", cfg, sft_dir, rows)
+    DPOStage().run(ctx)
+    assert ctx.info["train"]["steps"] == 1
+    assert [r.get("weight") for r in preference_rows(rows)] == [2.0, 1.0, 0.5, 0.0]
+
+
+def test_trainer_draws_batches_with_the_weighted_sampler():
+    from torch.utils.data import WeightedRandomSampler
+    from trl import DPOConfig, DPOTrainer
+    from peft import LoraConfig
+
+    from valign.stages.preference import _dataset, _weighted
+    from valign.stages.sft import load_base
+
+    tok, base = load_base("embedded", False)
+    rows = [dict(r, weight=float(i)) for i, r in enumerate(preference_rows(judged_rows()))]
+    args = DPOConfig(output_dir="/tmp/valign-w", use_cpu=True, bf16=False, max_steps=1, per_device_train_batch_size=2,
+                     report_to="none", max_length=64)
+    trainer = _weighted(DPOTrainer)(model=base, args=args, train_dataset=_dataset(rows, ("prompt", "chosen", "rejected")),
+                                    processing_class=tok, peft_config=LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    sampler = trainer.get_train_dataloader().batch_sampler.sampler
+    assert isinstance(sampler, WeightedRandomSampler)
+    assert sampler.weights.tolist() == [0.0, 1.0, 2.0, 3.0]

@@ -131,8 +131,9 @@ def kto_rows(pairs: list[Row]) -> list[Row]:
     """Unpaired rows for KTO: each pair's chosen answer is desirable, its rejected one not."""
     out = []
     for p in pairs:
-        out.append({"id": f"{p['id']}:chosen", "prompt": p["prompt"], "completion": p["chosen"], "label": True})
-        out.append({"id": f"{p['id']}:rejected", "prompt": p["prompt"], "completion": p["rejected"], "label": False})
+        weight = {"weight": p["weight"]} if "weight" in p else {}
+        out.append({"id": f"{p['id']}:chosen", "prompt": p["prompt"], "completion": p["chosen"], "label": True, **weight})
+        out.append({"id": f"{p['id']}:rejected", "prompt": p["prompt"], "completion": p["rejected"], "label": False, **weight})
     return out
 
 
@@ -146,13 +147,49 @@ def read_kto_file(path: Path) -> list[Row]:
             raise ValignError(f"{path} row {n} needs 'prompt', 'completion' and a true/false 'label'.")
         prompt = r["prompt"] if isinstance(r["prompt"], list) else [{"role": "user", "content": r["prompt"]}]
         completion = r["completion"] if isinstance(r["completion"], list) else [{"role": "assistant", "content": r["completion"]}]
-        rows.append({"id": str(r.get("id") or f"row-{n}"), "prompt": prompt, "completion": completion, "label": r["label"]})
+        weight = {"weight": float(r["weight"])} if "weight" in r else {}
+        rows.append({"id": str(r.get("id") or f"row-{n}"), "prompt": prompt, "completion": completion, "label": r["label"], **weight})
     return rows
+
+
+def weighted_sampler(dataset, seed: int = 0):
+    """Draw training rows with probability proportional to their ``weight`` column.
+
+    TRL's losses have no per-row weight, so survey weights enter through sampling:
+    the expected gradient of a weight-proportional draw equals the gradient of the
+    weighted loss. None when the dataset has no weights.
+
+    Example:
+        >>> weighted_sampler(Dataset.from_list([{"weight": 2.0}, {"weight": 1.0}]))
+    """
+    import torch
+    from torch.utils.data import WeightedRandomSampler
+
+    if "weight" not in getattr(dataset, "column_names", []):
+        return None
+    weights = torch.tensor([float(w) for w in dataset["weight"]], dtype=torch.double)
+    if (weights < 0).any() or weights.sum() <= 0:
+        raise ValignError("sample weights must be non-negative with a positive sum; check the 'weight' column.")
+    return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=torch.Generator().manual_seed(seed))
+
+
+def _weighted(trainer_cls):
+    """A trainer class that samples rows by their weight when the data carries one."""
+
+    class Weighted(trainer_cls):
+        def _get_train_sampler(self, train_dataset=None):
+            # The dataset passed here has lost its unused columns (``weight`` among them);
+            # its rows are still those of self.train_dataset, in the same order.
+            full = self.train_dataset
+            if train_dataset is not None and len(train_dataset) != len(full):
+                full = train_dataset
+            return weighted_sampler(full, self.args.seed) or super()._get_train_sampler(train_dataset)
+
+    return Weighted
 
 
 def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> dict[str, Any]:
     import torch
-    from datasets import Dataset
     from peft import LoraConfig, PeftModel
 
     from valign.stages.sft import load_base
@@ -192,15 +229,15 @@ def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> di
     if kind == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        data = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+        data = _dataset(rows, ("prompt", "chosen", "rejected"))
         args = DPOConfig(loss_type=[cfg.loss_type], **common)  # type: ignore[attr-defined]
-        trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config)
+        trainer = _weighted(DPOTrainer)(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config)
     else:
         from trl import KTOConfig, KTOTrainer
 
-        data = Dataset.from_list([{k: r[k] for k in ("prompt", "completion", "label")} for r in rows])
+        data = _dataset(rows, ("prompt", "completion", "label"))
         args = KTOConfig(desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight, **common)  # type: ignore[attr-defined]
-        trainer = KTOTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config)
+        trainer = _weighted(KTOTrainer)(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config)
     ckpt = ctx.dir / "checkpoints"
     resume = ckpt.exists() and any(ckpt.glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
@@ -222,6 +259,14 @@ def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> di
             "continued_from_sft": sft_dir is not None,
         },
     }
+
+
+def _dataset(rows: list[Row], columns: tuple[str, ...]):
+    """TRL's columns, plus ``weight`` when every row carries one."""
+    from datasets import Dataset
+
+    keep = columns + (("weight",) if rows and all("weight" in r for r in rows) else ())
+    return Dataset.from_list([{k: r[k] for k in keep} for r in rows])
 
 
 def _digest(path: Path) -> str:
