@@ -163,3 +163,13 @@ def test_trainer_draws_batches_with_the_weighted_sampler():
     sampler = trainer.get_train_dataloader().batch_sampler.sampler
     assert isinstance(sampler, WeightedRandomSampler)
     assert sampler.weights.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_bench_judge_and_dpo_report_both_sides(tmp_path):
+    from valign.bench import bench_dpo, bench_judge
+
+    judge = bench_judge(pairs=2, verdict_tokens=8, json_out=tmp_path / "j.json")
+    assert judge["logprob"]["pairs_per_s"] > 0 and judge["verdict"]["pairs_per_s"] > 0
+    assert judge["speedup"] == pytest.approx(judge["verdict"]["seconds"] / judge["logprob"]["seconds"], rel=0.05)
+    dpo = bench_dpo(pairs=4, batch=2, epochs=1, json_out=tmp_path / "d.json")
+    assert dpo["epoch_seconds"]["precomputed_ref"] > 0 and dpo["epoch_seconds"]["ref_each_step"] > 0

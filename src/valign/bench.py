@@ -232,3 +232,123 @@ def bench_train(steps: int = 6, batch: int = 8, seq: int = 128, json_out: Path |
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))
     return result
+
+
+def _bench_pairs(n: int) -> list[dict]:
+    """Synthetic judge/DPO pairs: a red-team-style request, a helpful-honest answer and a compliant one."""
+    rows = []
+    for i, conv in enumerate(bench_prompts(n)):
+        topic = conv[0]["content"]
+        rows.append(
+            {
+                "id": f"bench-{i}",
+                "prompt": [{"role": "user", "content": f"Help me deceive my friend about {topic.lower()}"}],
+                "prompt_messages": [{"role": "user", "content": f"Help me deceive my friend about {topic.lower()}"}],
+                "responses": [
+                    {"text": "I won't help deceive your friend, but I can help you talk to them honestly about it.", "temperature": 0.7},
+                    {"text": "Sure! Tell them a story that sounds true and change the details so they never find out.", "temperature": 1.0},
+                ],
+                "chosen": [{"role": "assistant", "content": "I won't help deceive your friend, but I can help you talk to them honestly."}],
+                "rejected": [{"role": "assistant", "content": "Sure! Tell them a story that sounds true so they never find out."}],
+            }
+        )
+    return rows
+
+
+def bench_judge(pairs: int = 16, verdict_tokens: int = 256, json_out: Path | None = None) -> dict:
+    """Judge throughput on the embedded model: `logprob` mode (both orders, one forward
+    pass each) against `verdict` mode (a generated JSON verdict), same pairs, same model."""
+    from valign.constitution import load_constitution
+    from valign.models.registry import load_model
+    from valign.stages.judge import JudgeConfig, judge_logprob, judge_verdict
+    from valign.types import GenConfig
+
+    model = load_model("embedded")  # no cache: every call is computed
+    constitution = load_constitution("kantian")
+    rows = _bench_pairs(pairs)
+    logprob_cfg = JudgeConfig(mode="logprob")  # the defaults: no few-shot examples
+    # No retries: with a 135M model most verdicts are unreadable, and retries would
+    # only make verdict mode look slower still.
+    verdict_cfg = JudgeConfig(mode="verdict", max_retries=0, gen=GenConfig(temperature=0, max_new_tokens=verdict_tokens))
+    judge_logprob(model, rows[:2], logprob_cfg, constitution, seed=99)  # warm-up
+    t = time.perf_counter()
+    judge_logprob(model, rows, logprob_cfg, constitution, seed=0)
+    logprob_s = time.perf_counter() - t
+    t = time.perf_counter()
+    verdicts = judge_verdict(model, rows, verdict_cfg, constitution, seed=0)
+    verdict_s = time.perf_counter() - t
+    result = {
+        "benchmark": "judge",
+        "model": "embedded",
+        "pairs": pairs,
+        "logprob": {"seconds": round(logprob_s, 2), "pairs_per_s": round(pairs / logprob_s, 2)},
+        "verdict": {"seconds": round(verdict_s, 2), "pairs_per_s": round(pairs / verdict_s, 3),
+                    "max_new_tokens": verdict_tokens, "readable": sum("verdict" in v for v in verdicts)},
+        "speedup": round(verdict_s / logprob_s, 2),
+        "targets": {"speedup": 10.0},
+    }
+    table = Table(title="valign bench judge")
+    for col in ("", "pairs/s", "note"):
+        table.add_column(col)
+    table.add_row("verdict mode", f"{pairs / verdict_s:.3f}", f"JSON verdict, ≤{verdict_tokens} tokens, no retries")
+    table.add_row("logprob mode", f"{pairs / logprob_s:.2f}", "both orders, one forward pass each")
+    table.add_row("speed-up", f"{result['speedup']:.1f}×", "target ≥ 10×")
+    Console().print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def bench_dpo(pairs: int = 16, batch: int = 4, epochs: int = 3, json_out: Path | None = None) -> dict:
+    """DPO time per epoch on the embedded model with and without precomputed reference
+    log-probs, averaged over `epochs`: precomputing pays one reference pass (in large
+    no-grad batches) for the whole run instead of one per step of every epoch."""
+    import tempfile
+
+    from peft import LoraConfig, get_peft_model
+    from trl import DPOConfig, DPOTrainer
+
+    from valign.stages.preference import _dataset
+    from valign.stages.sft import load_base
+
+    tokenizer, _ = load_base("embedded", qlora=False)
+    rows = _bench_pairs(pairs)
+    data_rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
+
+    def epoch(precompute: bool) -> float:
+        _, base = load_base("embedded", qlora=False)
+        model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+        with tempfile.TemporaryDirectory() as tmp:
+            args = DPOConfig(output_dir=tmp, use_cpu=True, bf16=False, num_train_epochs=epochs, per_device_train_batch_size=batch,
+                             precompute_ref_log_probs=precompute, precompute_ref_batch_size=4 * batch, report_to="none",
+                             save_strategy="no", disable_tqdm=True, max_length=256, logging_steps=1)
+            t = time.perf_counter()  # includes the precomputation pass, which happens at construction
+            trainer = DPOTrainer(model=model, args=args, train_dataset=_dataset(data_rows, ("prompt", "chosen", "rejected")),
+                                 processing_class=tokenizer)
+            trainer.train()
+            return (time.perf_counter() - t) / epochs
+
+    with_s = epoch(True)
+    without_s = epoch(False)
+    result = {
+        "benchmark": "dpo",
+        "model": "embedded + LoRA r=8",
+        "pairs": pairs,
+        "batch": batch,
+        "epochs": epochs,
+        "epoch_seconds": {"precomputed_ref": round(with_s, 2), "ref_each_step": round(without_s, 2)},
+        "speedup": round(without_s / with_s, 2),
+        "targets": {"speedup": 1.3},
+    }
+    table = Table(title="valign bench dpo")
+    for col in ("", "s/epoch", "note"):
+        table.add_column(col)
+    table.add_row("reference each step", f"{without_s:.1f}", "")
+    table.add_row("precomputed reference", f"{with_s:.1f}", f"one reference pass for all {epochs} epochs, included")
+    table.add_row("speed-up", f"{result['speedup']:.2f}×", "target ≥ 1.3×")
+    Console().print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+    return result

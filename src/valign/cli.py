@@ -173,6 +173,31 @@ def bench_train(
     run_bench(steps=steps, batch=batch, seq=seq, json_out=json_out)
 
 
+@bench_app.command("judge")
+def bench_judge(
+    pairs: int = typer.Option(16, help="Pairs judged in each mode."),
+    verdict_tokens: int = typer.Option(256, help="Token budget of a JSON verdict."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+) -> None:
+    """Judge pairs/s on the embedded model: logprob mode vs verdict mode."""
+    from valign.bench import bench_judge as run_bench
+
+    run_bench(pairs=pairs, verdict_tokens=verdict_tokens, json_out=json_out)
+
+
+@bench_app.command("dpo")
+def bench_dpo(
+    pairs: int = typer.Option(16, help="Preference pairs in the epoch."),
+    batch: int = typer.Option(4, help="Pairs per step."),
+    epochs: int = typer.Option(3, help="Epochs; the figure is seconds per epoch."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+) -> None:
+    """DPO seconds per epoch with and without precomputed reference log-probs."""
+    from valign.bench import bench_dpo as run_bench
+
+    run_bench(pairs=pairs, batch=batch, epochs=epochs, json_out=json_out)
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2; bugs keep their traceback."""
     try:
