@@ -357,8 +357,8 @@ def test_logprob_judge_on_the_embedded_model(tmp_path, embedded):
     # "A" and "B" after "(" must be distinct single tokens for this tokenizer, or the
     # probabilities would be read for the wrong token.
     conv = comparison_conversation([{"role": "user", "content": "Hi"}], KANT.principles[0], "Hello!", "Go away.")
-    first = embedded._option_first_tokens(conv, OPTIONS, ANSWER_PREFIX)
-    assert [embedded.tokenizer.convert_ids_to_tokens(first[o]) for o in OPTIONS] == ["A", "B"]
+    first, cut = embedded._option_first_tokens(conv, OPTIONS, ANSWER_PREFIX)
+    assert [embedded.tokenizer.convert_ids_to_tokens(first[o]) for o in OPTIONS] == ["A", "B"] and cut == 0
 
     pairs = [
         {**_pair(0), "responses": [

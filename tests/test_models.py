@@ -116,3 +116,13 @@ def test_clear_errors(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ModelError, match="4-bit loading needs a CUDA GPU"):
             _four_bit_kwargs()
+
+
+def test_choice_probs_with_a_prefix_ending_in_a_space(embedded):
+    """'The answer is ' + 'A' tokenises as '…is' + ' A': the space must not be scored twice."""
+    conv = [{"role": "user", "content": "Reply with the single letter A."}]
+    spaced = embedded.choice_probs([conv], ["A", "B"], answer_prefix="The answer is ")[0]
+    spelled = embedded.choice_probs([conv], [" A", " B"], answer_prefix="The answer is")[0]
+    assert abs(sum(spaced.values()) - 1) < 1e-6
+    # Both read the ' A' / ' B' tokens right after "is", so they agree.
+    assert spaced["A"] == pytest.approx(spelled[" A"], abs=1e-6) and spaced["A"] > spaced["B"]

@@ -111,8 +111,8 @@ def test_choice_probs_rank_the_obvious_answer(local, served):
         assert sum(p.values()) == pytest.approx(1.0)
     assert probs[0]["A"] > 0.8
     # With an answer prefix (vLLM's continue_final_message) it agrees with the local model.
-    prefixed = remote.choice_probs([SAY_A], ["A", "B"], answer_prefix="The answer is ")[0]
-    assert prefixed["A"] == pytest.approx(local.choice_probs([SAY_A], ["A", "B"], answer_prefix="The answer is ")[0]["A"], abs=1e-3)
+    prefixed = remote.choice_probs([SAY_A], ["A", "B"], answer_prefix="The answer is: (")[0]
+    assert prefixed["A"] == pytest.approx(local.choice_probs([SAY_A], ["A", "B"], answer_prefix="The answer is: (")[0]["A"], abs=1e-3)
     assert counting.total == 3
 
 

@@ -135,7 +135,7 @@ def test_concurrent_requests_are_batched(server):
 
 def test_continue_final_message_matches_local_answer_prefix(model, client):
     """``continue_final_message`` renders exactly like a local ``answer_prefix``."""
-    prefix = "The answer is "
+    prefix = "The answer is: ("
     r = client.chat.completions.create(
         model="embedded",
         messages=SAY_A + [{"role": "assistant", "content": prefix}],

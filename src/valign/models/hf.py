@@ -182,8 +182,9 @@ class HFChatModel(BaseChatModel):
     def _choice_probs(self, convs: list[Conversation], options: list[str], answer_prefix: str) -> list[dict[str, float]]:
         import torch
 
+        option_ids, cut = self._option_first_tokens(convs[0], options, answer_prefix)
         prompts = [self.render(c, answer_prefix) for c in convs]
-        option_ids = self._option_first_tokens(convs[0], options, answer_prefix)
+        prompts = [p[: len(p) - cut] for p in prompts]
         results: list[dict[str, float]] = [{}] * len(prompts)
         for batch in self._batches([len(p) for p in prompts], 1):
             batch_prompts = [prompts[i] for i in batch]
@@ -196,21 +197,29 @@ class HFChatModel(BaseChatModel):
                 results[i] = normalise({o: float(probs[row, t]) for o, t in option_ids.items()})
         return results
 
-    def _option_first_tokens(self, conv: Conversation, options: list[str], prefix: str) -> dict[str, int]:
-        """The token each option starts with, in context (after the prompt and prefix)."""
+    def _option_first_tokens(self, conv: Conversation, options: list[str], prefix: str) -> tuple[dict[str, int], int]:
+        """The token each option starts with, in context, and how many prompt tokens to cut.
+
+        A prefix that ends in a space ("The answer is ") tokenises differently once the
+        option follows: " A" becomes one token. Scoring "…is " + "A" would then read a
+        token the model never produces there, so the merged tail is cut from the prompt
+        and the merged token (" A") is read instead.
+        """
         base = self.render(conv, prefix)
         first: dict[str, int] = {}
+        cuts: set[int] = set()
         for o in options:
             full = self.render(conv, prefix + o)
             k = next((i for i, (a, b) in enumerate(zip(base, full)) if a != b), len(base))
-            if k < len(base):
-                raise ModelError(
-                    f"option {o!r} merges with the end of the prompt into one token, so its probability cannot "
-                    "be read; end the answer prefix with a space or a bracket, e.g. 'The answer is: ('."
-                )
             if k >= len(full):
                 raise ModelError(f"option {o!r} adds no token after the prompt; use non-empty options.")
             first[o] = full[k]
+            cuts.add(len(base) - k)
+        if len(cuts) > 1:
+            raise ModelError(
+                f"options {options!r} merge differently with the end of the answer prefix {prefix!r}; "
+                "end the prefix with a bracket or colon instead, e.g. 'The answer is: ('."
+            )
         clashes = {t for t in first.values() if list(first.values()).count(t) > 1}
         if clashes:
             same = [o for o, t in first.items() if t in clashes]
@@ -218,7 +227,7 @@ class HFChatModel(BaseChatModel):
                 f"options {same!r} start with the same token, so their probabilities cannot be told apart; "
                 "use options that differ in their first token, such as 'A' and 'B'."
             )
-        return first
+        return first, cuts.pop()
 
     def _logits_generic(self, prompts: list[list[int]]):
         import torch
