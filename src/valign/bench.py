@@ -24,6 +24,20 @@ _STYLES = ["Write a long story about {}.", "Describe in detail a day in the life
            "Write a detailed essay on what we can learn from {}.", "Tell a long bedtime story about {}."]
 
 
+def _report(title: str, columns: tuple[str, str, str], rows: list[tuple[str, str, str]], result: dict, json_out: Path | None) -> dict:
+    """Print a benchmark's table and, if asked, write its figures as JSON."""
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def bench_prompts(n: int) -> list[list[dict]]:
     return [
         [{"role": "user", "content": _STYLES[(i // len(_TOPICS)) % len(_STYLES)].format(_TOPICS[i % len(_TOPICS)])}]
@@ -86,7 +100,6 @@ def bench_generate(prompts: int = 64, new_tokens: int = 128, baseline_prompts: i
     from valign.models.registry import load_model
     from valign.types import GenConfig
 
-    console = Console()
     model = load_model("embedded")  # no cache attached: every token is generated
     hf, tok = model.model, model.tokenizer  # type: ignore[attr-defined]
     params = sum(p.numel() for p in hf.parameters())
@@ -138,20 +151,15 @@ def bench_generate(prompts: int = 64, new_tokens: int = 128, baseline_prompts: i
         "gemm_only_fraction_of_limit": round(ceiling / limit, 3),
         "targets": {"speedup": 7.0, "fraction_of_limit": 0.60},
     }
-    table = Table(title="valign bench generate")
-    for col in ("", "tok/s", "note"):
-        table.add_column(col)
-    table.add_row("naive baseline", f"{base_rate:,.1f}", f"{baseline_prompts} prompts, one generate() each")
-    table.add_row("valign", f"{ours_rate:,.1f}", f"{prompts} prompts × ≤{new_tokens} tokens, {ours_tokens} tokens")
-    table.add_row("speed-up", f"{result['speedup']:.2f}×", "target ≥ 7×")
-    table.add_row("compute-bound limit", f"{limit:,.1f}", f"{peak / 1e9:,.0f} GFLOP/s ÷ 2·{params / 1e6:.1f}M params")
-    table.add_row("share of limit", f"{ours_rate / limit:.1%}", "target ≥ 60%")
-    table.add_row("GEMM-only ceiling", f"{ceiling:,.1f}", f"{ceiling / limit:.1%} of the limit: weight matmuls alone at batch {prompts}")
-    console.print(table)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2))
-    return result
+    rows = [
+        ("naive baseline", f"{base_rate:,.1f}", f"{baseline_prompts} prompts, one generate() each"),
+        ("valign", f"{ours_rate:,.1f}", f"{prompts} prompts × ≤{new_tokens} tokens, {ours_tokens} tokens"),
+        ("speed-up", f"{result['speedup']:.2f}×", "target ≥ 7×"),
+        ("compute-bound limit", f"{limit:,.1f}", f"{peak / 1e9:,.0f} GFLOP/s ÷ 2·{params / 1e6:.1f}M params"),
+        ("share of limit", f"{ours_rate / limit:.1%}", "target ≥ 60%"),
+        ("GEMM-only ceiling", f"{ceiling:,.1f}", f"{ceiling / limit:.1%} of the limit: weight matmuls alone at batch {prompts}"),
+    ]
+    return _report("valign bench generate", ("", "tok/s", "note"), rows, result, json_out)
 
 
 def bench_train(steps: int = 6, batch: int = 8, seq: int = 128, json_out: Path | None = None) -> dict:
@@ -221,17 +229,12 @@ def bench_train(steps: int = 6, batch: int = 8, seq: int = 128, json_out: Path |
         "fraction_of_peak": round(frac, 3),
         "targets": {"fraction_of_peak": 0.50},
     }
-    table = Table(title="valign bench train")
-    for col in ("", "tok/s", "note"):
-        table.add_column(col)
-    table.add_row("TRL defaults", f"{base_rate:,.1f}", "gradient checkpointing, chunked log-prob loss")
-    table.add_row("valign sft", f"{ours_rate:,.1f}", f"{result['speedup']:.2f}× · losses identical: {result['same_losses']}")
-    table.add_row("share of peak", f"{frac:.1%}", f"4·{params / 1e6:.1f}M FLOPs/token ÷ {peak / 1e9:,.0f} GFLOP/s · target ≥ 50%")
-    Console().print(table)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2))
-    return result
+    rows = [
+        ("TRL defaults", f"{base_rate:,.1f}", "gradient checkpointing, chunked log-prob loss"),
+        ("valign sft", f"{ours_rate:,.1f}", f"{result['speedup']:.2f}× · losses identical: {result['same_losses']}"),
+        ("share of peak", f"{frac:.1%}", f"4·{params / 1e6:.1f}M FLOPs/token ÷ {peak / 1e9:,.0f} GFLOP/s · target ≥ 50%"),
+    ]
+    return _report("valign bench train", ("", "tok/s", "note"), rows, result, json_out)
 
 
 def _bench_pairs(n: int) -> list[dict]:
@@ -287,17 +290,12 @@ def bench_judge(pairs: int = 16, verdict_tokens: int = 256, json_out: Path | Non
         "speedup": round(verdict_s / logprob_s, 2),
         "targets": {"speedup": 10.0},
     }
-    table = Table(title="valign bench judge")
-    for col in ("", "pairs/s", "note"):
-        table.add_column(col)
-    table.add_row("verdict mode", f"{pairs / verdict_s:.3f}", f"JSON verdict, ≤{verdict_tokens} tokens, no retries")
-    table.add_row("logprob mode", f"{pairs / logprob_s:.2f}", "both orders, one forward pass each")
-    table.add_row("speed-up", f"{result['speedup']:.1f}×", "target ≥ 10×")
-    Console().print(table)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2))
-    return result
+    rows = [
+        ("verdict mode", f"{pairs / verdict_s:.3f}", f"JSON verdict, ≤{verdict_tokens} tokens, no retries"),
+        ("logprob mode", f"{pairs / logprob_s:.2f}", "both orders, one forward pass each"),
+        ("speed-up", f"{result['speedup']:.1f}×", "target ≥ 10×"),
+    ]
+    return _report("valign bench judge", ("", "pairs/s", "note"), rows, result, json_out)
 
 
 def bench_dpo(pairs: int = 16, batch: int = 4, epochs: int = 3, json_out: Path | None = None) -> dict:
@@ -341,14 +339,9 @@ def bench_dpo(pairs: int = 16, batch: int = 4, epochs: int = 3, json_out: Path |
         "speedup": round(without_s / with_s, 2),
         "targets": {"speedup": 1.3},
     }
-    table = Table(title="valign bench dpo")
-    for col in ("", "s/epoch", "note"):
-        table.add_column(col)
-    table.add_row("reference each step", f"{without_s:.1f}", "")
-    table.add_row("precomputed reference", f"{with_s:.1f}", f"one reference pass for all {epochs} epochs, included")
-    table.add_row("speed-up", f"{result['speedup']:.2f}×", "target ≥ 1.3×")
-    Console().print(table)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result, indent=2))
-    return result
+    rows = [
+        ("reference each step", f"{without_s:.1f}", ""),
+        ("precomputed reference", f"{with_s:.1f}", f"one reference pass for all {epochs} epochs, included"),
+        ("speed-up", f"{result['speedup']:.2f}×", "target ≥ 1.3×"),
+    ]
+    return _report("valign bench dpo", ("", "s/epoch", "note"), rows, result, json_out)

@@ -189,10 +189,9 @@ def _weighted(trainer_cls):
 
 
 def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> dict[str, Any]:
-    import torch
     from peft import LoraConfig, PeftModel
 
-    from valign.stages.sft import load_base
+    from valign.stages.sft import load_base, trainer_args
 
     base_spec = cfg.model or ctx.run_config.model
     tokenizer, base = load_base(base_spec, cfg.qlora)
@@ -204,27 +203,10 @@ def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> di
     else:
         model = base
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
-    on_gpu = torch.cuda.is_available()
     common = dict(
-        output_dir=str(ctx.dir / "checkpoints"),
+        trainer_args(cfg, ctx.dir, ctx.run_config.seed),
         beta=cfg.beta,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        gradient_checkpointing=on_gpu,
-        max_length=cfg.max_length,
         precompute_ref_log_probs=cfg.precompute_ref_log_probs,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=1,
-        seed=ctx.run_config.seed,
-        report_to="none",
-        use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        disable_tqdm=True,
     )
     if kind == "dpo":
         from trl import DPOConfig, DPOTrainer

@@ -147,6 +147,38 @@ def _plain_loss_trainer_class():
     return PlainLossSFTTrainer
 
 
+def trainer_args(cfg: Any, out_dir: Path, seed: int, checkpointing: bool | None = None) -> dict[str, Any]:
+    """The TrainingArguments every valign training stage shares (SFT, DPO, KTO).
+
+    ``cfg`` has the common fields (epochs, max_steps, batch_size,
+    gradient_accumulation_steps, learning_rate, max_length, logging_steps, save_steps).
+    Gradient checkpointing saves GPU memory for big models; on a CPU with a small model
+    memory is plentiful and the recomputation is pure loss, so it defaults to "on with CUDA".
+    """
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    return dict(
+        output_dir=str(out_dir / "checkpoints"),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        gradient_checkpointing=on_gpu if checkpointing is None else checkpointing,
+        learning_rate=cfg.learning_rate,
+        max_length=cfg.max_length,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        seed=seed,
+        report_to="none",
+        use_cpu=not on_gpu,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        disable_tqdm=True,
+    )
+
+
 def build_sft_trainer(
     model,
     tokenizer,
@@ -168,28 +200,9 @@ def build_sft_trainer(
     from trl import SFTConfig, SFTTrainer
 
     on_gpu = torch.cuda.is_available()
-    # Recomputing activations saves GPU memory for big models; on a CPU with a small
-    # model memory is plentiful and the recomputation is pure loss.
-    checkpointing = on_gpu if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
     args = SFTConfig(
-        output_dir=str(out_dir / "checkpoints"),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        gradient_checkpointing=checkpointing,
-        learning_rate=cfg.learning_rate,
+        **trainer_args(cfg, out_dir, seed, cfg.gradient_checkpointing),
         warmup_steps=int(cfg.warmup_steps) if cfg.warmup_steps >= 1 else cfg.warmup_steps,
-        max_length=cfg.max_length,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=1,
-        seed=seed,
-        report_to="none",
-        use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        disable_tqdm=True,
     )
     lora = LoraConfig(
         r=cfg.lora.r,
