@@ -154,9 +154,9 @@ class StageDir:
         started = self.path / "started.json"
         previous = json.loads(started.read_text()).get("fingerprint") if started.exists() else None
         if previous != fp or self.manifest_path.exists():
-            self.reset()
+            self.reset()  # removes started.json too
         self.path.mkdir(parents=True, exist_ok=True)
-        if previous != fp or not started.exists():
+        if not started.exists():
             _fsync_write(started, json.dumps({"fingerprint": fp, "started": time.time()}))
         return RowLog(self.rows_path)
 
