@@ -1,0 +1,430 @@
+"""Survey instruments: what a respondent is asked, and what each answer may be.
+
+An instrument is one YAML file. Its sections, in the order a respondent meets them:
+
+* ``consent`` — shown first; nothing is stored before the respondent agrees.
+* ``demographics`` — each question names the census-margin variable it feeds
+  (``margin``), so weighting can rake the sample to population margins.
+* ``values`` — Likert items, each keyed to the value it measures (``value``), some
+  reverse-keyed; scored raw or centred on the respondent's mean rating (the MRAT
+  centring of Schwartz's PVQ). ``scoring_key`` names a shipped key (``pvq21``,
+  ``pvq_rr``) whose item numbers map items to values, for users who hold the licensed
+  item texts.
+* ``principles`` — statements about how an AI assistant should behave: agree /
+  disagree / pass. Respondents may propose a statement; it is shown to others only
+  after a moderator approves it.
+* ``scenarios`` — a prompt and two model answers: which is better, and how much
+  (revealed preference; becomes weighted DPO data).
+* ``ratings`` — one answer to rate 👍/👎 (binary feedback; becomes KTO data).
+* ``attention_checks`` — items with one correct answer, placed inside a section.
+* ``social_desirability`` — true/false items with keyed answers (a short
+  Marlowe–Crowne-style scale; keys are configurable).
+* ``quality`` — what to do with respondents who fail the checks.
+
+Every answer is stored as a string ``choice`` from the item's options (see
+`Instrument.options`), plus ``strength`` for scenario choices and ``text`` for
+proposals, so the database, the exports and the analysis share one vocabulary.
+
+Example:
+    >>> inst = load_instrument("demo")
+    >>> [i.id for i in inst.items() if i.kind == "attention"]
+    ['att-values', 'att-principles']
+    >>> [o.code for o in inst.options("pr-honesty")]
+    ['agree', 'disagree', 'pass']
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from valign.errors import ValignError
+
+__all__ = [
+    "Option",
+    "LikertScale",
+    "Consent",
+    "DemographicQuestion",
+    "ValueItem",
+    "ValueSection",
+    "PrincipleStatement",
+    "PrincipleSection",
+    "ScenarioAnswer",
+    "Scenario",
+    "ScenarioSection",
+    "RatedAnswer",
+    "RatingSection",
+    "AttentionCheck",
+    "SDItem",
+    "SDSection",
+    "QualityConfig",
+    "Instrument",
+    "Item",
+    "ItemKind",
+    "load_instrument",
+    "shipped_instruments",
+    "PRINCIPLE_OPTIONS",
+    "RATING_OPTIONS",
+    "SD_OPTIONS",
+]
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+ItemKind = Literal["demographic", "value", "principle", "scenario", "rating", "attention", "sd"]
+QualityAction = Literal["flag", "exclude", "downweight"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Option(_Strict):
+    """One answer option: the stored ``code`` and the label a respondent sees."""
+
+    code: str = Field(..., min_length=1, max_length=40)
+    label: str = Field(..., min_length=1)
+
+
+PRINCIPLE_OPTIONS = (Option(code="agree", label="Agree"), Option(code="disagree", label="Disagree"), Option(code="pass", label="Pass / unsure"))
+RATING_OPTIONS = (Option(code="up", label="👍 Good answer"), Option(code="down", label="👎 Bad answer"))
+SD_OPTIONS = (Option(code="true", label="True"), Option(code="false", label="False"))
+
+
+class LikertScale(_Strict):
+    """An ordered rating scale; answers are stored as ``"1"`` … ``"points"``.
+
+    Example:
+        >>> LikertScale(points=3, labels=["Not like me", "Somewhat", "Very much like me"]).options()[0].code
+        '1'
+    """
+
+    points: int = Field(6, ge=2, le=11)
+    labels: list[str]
+
+    @model_validator(mode="after")
+    def _labels_match_points(self) -> LikertScale:
+        if len(self.labels) != self.points:
+            raise ValueError(f"the scale has {self.points} points but {len(self.labels)} labels; give one label per point")
+        return self
+
+    def options(self) -> list[Option]:
+        return [Option(code=str(i), label=label) for i, label in enumerate(self.labels, 1)]
+
+
+class Consent(_Strict):
+    title: str = "Before you start"
+    text: str = Field(..., min_length=1)
+    agree_label: str = "I agree to take part"
+    decline_label: str = "No thanks"
+
+
+class DemographicQuestion(_Strict):
+    """A demographic question feeding census-margin variable ``margin`` (default: its id).
+
+    Not answering is always allowed: it is stored as no answer, never guessed.
+    """
+
+    id: str = Field(..., pattern=_ID)
+    text: str = Field(..., min_length=1)
+    margin: str = ""
+    options: list[Option] = Field(..., min_length=2)
+
+    @model_validator(mode="after")
+    def _default_margin(self) -> DemographicQuestion:
+        if not self.margin:
+            object.__setattr__(self, "margin", self.id)
+        return self
+
+
+class ValueItem(_Strict):
+    """A Likert item measuring ``value``; ``reverse`` items count the scale backwards."""
+
+    id: str = Field(..., pattern=_ID)
+    text: str = Field(..., min_length=1)
+    value: str = Field(..., min_length=1)
+    reverse: bool = False
+
+
+class ValueSection(_Strict):
+    instructions: str = "How much is each person like you?"
+    scale: LikertScale
+    scoring: Literal["raw", "centred"] = "centred"
+    scoring_key: Literal["pvq21", "pvq_rr"] | None = None
+    items: list[ValueItem] = Field(default_factory=list)
+
+
+class PrincipleStatement(_Strict):
+    id: str = Field(..., pattern=_ID)
+    text: str = Field(..., min_length=1)
+
+
+class PrincipleSection(_Strict):
+    instructions: str = "Should an AI assistant behave like this?"
+    allow_proposals: bool = True
+    max_proposal_chars: int = Field(300, ge=20, le=2000)
+    items: list[PrincipleStatement] = Field(default_factory=list)
+
+
+class ScenarioAnswer(_Strict):
+    """One of a scenario's two answers; ``values`` name the values it expresses, which
+    lets analysis compare stated values with revealed choices."""
+
+    id: str = Field(..., pattern=_ID)
+    text: str = Field(..., min_length=1)
+    values: list[str] = Field(default_factory=list)
+
+
+class Scenario(_Strict):
+    id: str = Field(..., pattern=_ID)
+    prompt: str = Field(..., min_length=1)
+    answers: list[ScenarioAnswer] = Field(..., min_length=2, max_length=2)
+
+    @model_validator(mode="after")
+    def _distinct_answers(self) -> Scenario:
+        if self.answers[0].id == self.answers[1].id:
+            raise ValueError(f"its two answers share the id '{self.answers[0].id}'; give them different ids")
+        return self
+
+
+class ScenarioSection(_Strict):
+    instructions: str = "Which answer would you rather the assistant gave?"
+    strength_labels: list[str] = Field(default_factory=lambda: ["A little better", "Clearly better", "Much better"], min_length=1, max_length=7)
+    items: list[Scenario] = Field(default_factory=list)
+
+
+class RatedAnswer(_Strict):
+    id: str = Field(..., pattern=_ID)
+    prompt: str = Field(..., min_length=1)
+    answer: str = Field(..., min_length=1)
+
+
+class RatingSection(_Strict):
+    instructions: str = "Is this a good answer?"
+    items: list[RatedAnswer] = Field(default_factory=list)
+
+
+class AttentionCheck(_Strict):
+    """An item with one correct answer, shown among the items of ``section`` and
+    answered on that section's options (e.g. a Likert point's code)."""
+
+    id: str = Field(..., pattern=_ID)
+    text: str = Field(..., min_length=1)
+    section: Literal["values", "principles", "social_desirability"] = "values"
+    expected: str = Field(..., min_length=1)
+
+
+class SDItem(_Strict):
+    """A true/false item; answering ``keyed`` adds one point of social desirability."""
+
+    id: str = Field(..., pattern=_ID)
+    text: str = Field(..., min_length=1)
+    keyed: bool = True
+
+
+class SDSection(_Strict):
+    instructions: str = "Is each statement true or false of you?"
+    threshold: float = Field(0.8, gt=0, le=1)  # share of keyed answers that raises the flag
+    items: list[SDItem] = Field(default_factory=list)
+
+
+class QualityConfig(_Strict):
+    """What happens to a respondent who trips a check: only ``flag`` it, ``exclude``
+    it from weighting and exports, or ``downweight`` it by ``downweight_factor``."""
+
+    attention: QualityAction = "exclude"
+    straightlining: QualityAction = "downweight"
+    speeding: QualityAction = "downweight"
+    social_desirability: QualityAction = "flag"
+    downweight_factor: float = Field(0.5, gt=0, lt=1)
+    min_seconds_per_item: float = Field(1.5, ge=0)  # faster than this on average: a speeder
+    straightline_min_items: int = Field(6, ge=3)  # identical answers on this many value items
+
+
+@dataclass(frozen=True)
+class Item:
+    """Any question of an instrument, in one shape: what the pages and the analysis loop over."""
+
+    id: str
+    kind: ItemKind
+    section: str
+    text: str
+    options: tuple[Option, ...]
+    ordinal: bool  # options are ordered (Likert) rather than nominal
+
+
+class Instrument(_Strict):
+    """A whole survey instrument. Load one with `load_instrument`."""
+
+    id: str = Field(..., pattern=_ID)
+    title: str = Field(..., min_length=1)
+    version: str = "1"
+    validated: bool = False
+    notice: str = ""  # shown under the title, e.g. "not a validated instrument"
+    description: str = ""
+    randomize: bool = True  # item order shuffled per respondent within each page group
+    page_size: int = Field(6, ge=1, le=50)
+    consent: Consent
+    demographics: list[DemographicQuestion] = Field(default_factory=list)
+    values: ValueSection | None = None
+    principles: PrincipleSection | None = None
+    scenarios: ScenarioSection | None = None
+    ratings: RatingSection | None = None
+    attention_checks: list[AttentionCheck] = Field(default_factory=list)
+    social_desirability: SDSection | None = None
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, (int, float)) else v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Instrument:
+        seen: set[str] = set()
+        for item in self.items():
+            if item.id in seen:
+                raise ValueError(f"the id '{item.id}' is used twice; every question needs its own id")
+            seen.add(item.id)
+        margins = [q.margin for q in self.demographics]
+        if len(set(margins)) != len(margins):
+            raise ValueError("two demographic questions feed the same margin variable; give each its own 'margin'")
+        for check in self.attention_checks:
+            section = getattr(self, check.section)
+            if section is None:
+                raise ValueError(f"attention check '{check.id}' sits in section '{check.section}', which this instrument lacks")
+            codes = [o.code for o in self._section_options(check.section)]
+            if check.expected not in codes:
+                raise ValueError(f"attention check '{check.id}' expects '{check.expected}', which is not one of {codes}")
+        return self
+
+    def _section_options(self, section: str) -> tuple[Option, ...]:
+        if section == "values":
+            assert self.values is not None
+            return tuple(self.values.scale.options())
+        if section == "principles":
+            return PRINCIPLE_OPTIONS
+        if section == "social_desirability":
+            return SD_OPTIONS
+        raise KeyError(section)
+
+    def items(self) -> list[Item]:
+        """Every question, section by section (attention checks after their section's items)."""
+        out: list[Item] = [Item(q.id, "demographic", "demographics", q.text, tuple(q.options), False) for q in self.demographics]
+        checks = {s: [c for c in self.attention_checks if c.section == s] for s in ("values", "principles", "social_desirability")}
+
+        def with_checks(section: str, items: list[Item]) -> list[Item]:
+            opts = self._section_options(section)
+            ordinal = section == "values"
+            return items + [Item(c.id, "attention", section, c.text, opts, ordinal) for c in checks[section]]
+
+        if self.values is not None:
+            opts = tuple(self.values.scale.options())
+            out += with_checks("values", [Item(v.id, "value", "values", v.text, opts, True) for v in self.values.items])
+        if self.principles is not None:
+            out += with_checks("principles", [Item(p.id, "principle", "principles", p.text, PRINCIPLE_OPTIONS, False) for p in self.principles.items])
+        if self.scenarios is not None:
+            for s in self.scenarios.items:
+                opts = tuple(Option(code=a.id, label=a.text) for a in s.answers)
+                out.append(Item(s.id, "scenario", "scenarios", s.prompt, opts, False))
+        if self.ratings is not None:
+            out += [Item(r.id, "rating", "ratings", r.prompt, RATING_OPTIONS, False) for r in self.ratings.items]
+        if self.social_desirability is not None:
+            out += with_checks("social_desirability", [Item(i.id, "sd", "social_desirability", i.text, SD_OPTIONS, False) for i in self.social_desirability.items])
+        return out
+
+    def item(self, item_id: str) -> Item:
+        """One question by id; an unknown id names the closest one."""
+        for item in self.items():
+            if item.id == item_id:
+                return item
+        close = difflib.get_close_matches(item_id, [i.id for i in self.items()], n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else "."
+        raise ValignError(f"instrument '{self.id}' has no question '{item_id}'{hint}")
+
+    def options(self, item_id: str) -> tuple[Option, ...]:
+        """The answer codes a question accepts."""
+        return self.item(item_id).options
+
+    def value_key(self) -> dict[str, list[str]]:
+        """value → the ids of the items that measure it (reverse items included)."""
+        key: dict[str, list[str]] = {}
+        for v in self.values.items if self.values else []:
+            key.setdefault(v.value, []).append(v.id)
+        return key
+
+    def fingerprint(self) -> str:
+        """A hash of the instrument's content: responses are tied to the version they answered."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+def shipped_instruments() -> list[str]:
+    """Names of the instruments shipped with valign (e.g. ``demo``)."""
+    folder = resources.files("valign") / "data" / "instruments"
+    return sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith((".yaml", ".yml")))
+
+
+def load_instrument(name_or_path: str | Path) -> Instrument:
+    """Load and validate an instrument: a shipped name (``demo``) or a YAML file.
+
+    Every mistake is one `ValignError` naming the file, the place and the fix.
+
+    Example:
+        >>> load_instrument("demo").title
+        'What should an AI assistant value?'
+    """
+    path = Path(name_or_path)
+    if not path.exists():
+        name = str(name_or_path)
+        if name in shipped_instruments():
+            path = Path(str(resources.files("valign") / "data" / "instruments" / f"{name}.yaml"))
+        else:
+            raise ValignError(f"instrument '{name_or_path}' is neither a file nor a shipped instrument ({', '.join(shipped_instruments())}); check the path.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ValignError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}; fix the syntax there.") from None
+    if not isinstance(data, dict):
+        raise ValignError(f"{path} must hold a mapping with 'id', 'title', 'consent' and the survey's sections.")
+    try:
+        return Instrument.model_validate(data)
+    except ValidationError as e:
+        raise ValignError(_explain(path, data, e)) from None
+
+
+def _explain(path: Path, data: dict[str, Any], err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = first["loc"]
+    where = _place(data, loc)
+    if first["type"] == "extra_forbidden":
+        bad = str(loc[-1])
+        return f"{path}: {where}: unknown field '{bad}'; remove it or check the spelling."
+    if first["type"] == "missing":
+        return f"{path}: {where}: '{loc[-1]}' is required; add it."
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{path}: {where}: {msg}; fix that value."
+
+
+def _place(data: Any, loc: tuple) -> str:
+    """A readable location such as ``values.items[3] (id 'v-care')``."""
+    parts: list[str] = []
+    node = data
+    for p in loc:
+        if isinstance(p, int):
+            ident = node[p].get("id") if isinstance(node, list) and p < len(node) and isinstance(node[p], dict) else None
+            parts[-1] += f"[{p + 1}]" + (f" (id '{ident}')" if ident else "")
+        else:
+            parts.append(str(p))
+        try:
+            node = node[p]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return ".".join(parts) or "(top level)"
