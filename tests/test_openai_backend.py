@@ -224,3 +224,51 @@ def test_works_when_an_event_loop_is_running(served):
         return remote.generate([SAY_A], GenConfig(temperature=0.0, max_new_tokens=2))[0].text
 
     assert asyncio.run(inside_a_loop())
+
+
+def _reasoning_server() -> FastAPI:
+    """Answers like OpenAI's reasoning models: 400 for ``max_tokens`` and for a
+    temperature other than 1, each with OpenAI's error shape."""
+    fake = FastAPI()
+    fake.state.bodies = []
+
+    def unsupported(param: str, message: str) -> JSONResponse:
+        code = "unsupported_parameter" if param == "max_tokens" else "unsupported_value"
+        return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}, 400)
+
+    @fake.post("/v1/chat/completions")
+    async def complete(request: Request) -> JSONResponse:
+        body = await request.json()
+        fake.state.bodies.append(body)
+        if "max_tokens" in body:
+            return unsupported("max_tokens", "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.")
+        if body.get("temperature", 1) != 1:
+            return unsupported("temperature", f"Unsupported value: 'temperature' does not support {body['temperature']} with this model. Only the default (1) value is supported.")
+        return JSONResponse({
+            "id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+        })
+
+    return fake
+
+
+def test_reasoning_models_get_max_completion_tokens_and_their_own_temperature():
+    fake = _reasoning_server()
+    with serve_in_background(fake) as url:
+        by_name = OpenAIChatModel("gpt-5-mini", [url], max_retries=0)
+        assert by_name.generate([SAY_A], GenConfig(max_new_tokens=16, temperature=0.7))[0].text == "ok"
+        assert by_name.attempts == 1, "known from its name: no rejected request"
+        assert fake.state.bodies[-1]["max_completion_tokens"] == 16 and "temperature" not in fake.state.bodies[-1]
+        # A model whose name says nothing learns from the server's 400s, even with several requests in flight.
+        unknown = OpenAIChatModel("house-reasoner", [url], max_retries=0, concurrency=4)
+        got = unknown.generate([SAY_A, [{"role": "user", "content": "Say B."}]] * 2, GenConfig(max_new_tokens=16, temperature=0.7))
+        assert [c.text for c in got] == ["ok"] * 4
+        assert unknown.policy.token_param == "max_completion_tokens" and unknown.policy.fixed_sampling
+        assert any("max_tokens" in a for a in unknown.policy.adjustments)
+        # Other 400s are still not retried.
+        plain = OpenAIChatModel("gpt-4o", [url], max_retries=3)
+        plain.policy.learn = lambda *a: False  # type: ignore[method-assign]
+        with pytest.raises(ModelError, match="400"):
+            plain.generate([SAY_A], GenConfig(max_new_tokens=4))
+        assert plain.attempts == 1

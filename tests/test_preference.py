@@ -118,21 +118,27 @@ def test_kto_trains_on_judged_pairs(tmp_path, sft_dir):
     assert (ctx.dir / "adapter" / "adapter_config.json").exists()
 
 
-def test_weighted_sampler_follows_the_weights():
-    from collections import Counter
+def test_row_weights_scale_each_rows_gradient_exactly():
+    import torch
 
-    from datasets import Dataset
+    from valign.stages.plain_head import RowWeights
 
-    from valign.stages.preference import weighted_sampler
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [0.5, 0.5], [2.0, 1.0]], requires_grad=True)
+    rw = RowWeights()
+    rw.current = torch.tensor([2.0, 0.0])  # a DPO batch: rows are [chosen0, chosen1, rejected0, rejected1]
+    y = rw.scale(x)
+    assert torch.equal(y, x), "the forward value is unchanged"
+    (y ** 2).sum().backward()
+    assert torch.allclose(x.grad, torch.tensor([2.0, 0.0, 2.0, 0.0])[:, None] * 2 * x.detach())
 
-    data = Dataset.from_list([{"weight": 3.0}, {"weight": 1.0}, {"weight": 0.0}])
-    counts = Counter()
-    for seed in range(400):
-        counts.update(list(weighted_sampler(data, seed)))
-    total = sum(counts.values())
-    assert counts[2] == 0, "a zero weight is never drawn"
-    assert abs(counts[0] / total - 0.75) < 0.03
-    assert weighted_sampler(Dataset.from_list([{"x": 1}])) is None
+
+def test_normalised_weights():
+    from valign.stages.preference import normalised_weights
+
+    assert normalised_weights([{"weight": 2.0}, {"weight": 1.0}, {"weight": 3.0}]) == [1.0, 0.5, 1.5]
+    assert normalised_weights([{"weight": 1.0}, {}]) is None
+    with pytest.raises(Exception, match="non-negative"):
+        normalised_weights([{"weight": -1.0}, {"weight": 1.0}])
 
 
 def test_dpo_with_sample_weights_trains(tmp_path, sft_dir):
@@ -146,23 +152,68 @@ def test_dpo_with_sample_weights_trains(tmp_path, sft_dir):
     assert [r.get("weight") for r in preference_rows(rows)] == [2.0, 1.0, 0.5, 0.0]
 
 
-def test_trainer_draws_batches_with_the_weighted_sampler():
-    from torch.utils.data import WeightedRandomSampler
-    from trl import DPOConfig, DPOTrainer
+def _lora_grads(rows, batch_size):
+    """LoRA gradients of one DPO batch holding every row, through valign's trainer."""
+    import torch
     from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
 
-    from valign.stages.preference import _dataset, _weighted
+    from valign.stages.preference import _dataset, valign_trainer
     from valign.stages.sft import load_base
 
+    torch.manual_seed(0)
     tok, base = load_base("embedded", False)
-    rows = [dict(r, weight=float(i)) for i, r in enumerate(preference_rows(judged_rows()))]
-    args = DPOConfig(output_dir="/tmp/valign-w", use_cpu=True, bf16=False, max_steps=1, per_device_train_batch_size=2,
-                     report_to="none", max_length=64)
-    trainer = _weighted(DPOTrainer)(model=base, args=args, train_dataset=_dataset(rows, ("prompt", "chosen", "rejected")),
-                                    processing_class=tok, peft_config=LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
-    sampler = trainer.get_train_dataloader().batch_sampler.sampler
-    assert isinstance(sampler, WeightedRandomSampler)
-    assert sampler.weights.tolist() == [0.0, 1.0, 2.0, 3.0]
+    args = DPOConfig(output_dir="/tmp/valign-w", use_cpu=True, bf16=False, max_steps=1, per_device_train_batch_size=batch_size,
+                     report_to="none", max_length=64, precompute_ref_log_probs=False)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", init_lora_weights="gaussian")
+    trainer = valign_trainer(DPOTrainer)(model=base, args=args, train_dataset=_dataset(rows, ("prompt", "chosen", "rejected")),
+                                         processing_class=tok, peft_config=lora)
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, batch).backward()
+    return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def test_sample_weights_weight_the_dpo_loss_exactly():
+    """Weights (2, 0) on two rows give the gradient of row 0 alone: Σ w_i l_i / 2 = l_0."""
+    import torch
+
+    pairs = preference_rows(judged_rows())[:2]
+    weighted = _lora_grads([dict(pairs[0], weight=2.0), dict(pairs[1], weight=0.0)], batch_size=2)
+    alone = _lora_grads([pairs[0]], batch_size=1)
+    unweighted = _lora_grads(pairs, batch_size=2)
+    assert weighted.keys() == alone.keys()
+    for name in alone:
+        assert torch.allclose(weighted[name], alone[name], rtol=1e-3, atol=1e-6), name
+    assert any(not torch.allclose(unweighted[n], alone[n], rtol=1e-3, atol=1e-6) for n in alone), "weights made a difference"
+
+
+def test_plain_head_matches_trls_kernel():
+    import torch
+    from trl.trainer.utils import add_fused_lm_head
+
+    from valign.stages.plain_head import add_plain_lm_head
+    from valign.stages.sft import load_base
+
+    outputs = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
+    _, theirs = load_base("embedded", False)
+    _, ours = load_base("embedded", False)
+    add_fused_lm_head(theirs, outputs=outputs)
+    add_plain_lm_head(ours, outputs=outputs)
+    ids = torch.randint(0, 49152, (2, 40), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, :25] = -100
+    a = theirs(input_ids=ids, labels=labels, fused_lm_head=True)
+    b = ours(input_ids=ids, labels=labels, fused_lm_head=True)
+    for key in ("log_probs", "entropy", "mean_logits", "log_sum_sq_probs"):
+        assert torch.allclose(a[key], b[key], atol=1e-4), key
+    assert torch.equal(a.is_top1, b.is_top1) and torch.allclose(a.loss, b.loss)
+    a.log_probs.sum().backward()
+    b.log_probs.sum().backward()
+    ga, gb = theirs.model.layers[2].mlp.down_proj.weight.grad, ours.model.layers[2].mlp.down_proj.weight.grad
+    assert torch.allclose(ga, gb, atol=1e-5 * ga.abs().max().item())
+    plain = ours(input_ids=ids)  # without fused_lm_head the model's own forward runs
+    assert plain.logits.shape == (2, 40, 49152)
 
 
 def test_bench_judge_and_dpo_report_both_sides(tmp_path):

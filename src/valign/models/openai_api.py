@@ -18,6 +18,7 @@ import math
 import os
 import queue
 import random
+import re
 import threading
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Iterator, TypeVar
 
@@ -35,6 +36,66 @@ T = TypeVar("T")
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 MAX_BACKOFF = 30.0  # seconds; a long outage should fail, not stall a run for hours
 TOP_LOGPROBS = 20  # the most OpenAI's API (and vLLM's default max_logprobs) allows
+
+
+# OpenAI's reasoning models: ``o1``, ``o3-mini``, ``gpt-5``, ``gpt-5-mini``, … (also behind
+# a provider prefix such as ``openai/gpt-5``).
+REASONING_MODEL = re.compile(r"(^|/)(o\d|gpt-5)", re.IGNORECASE)
+
+
+class RequestPolicy:
+    """Which sampling parameters a model accepts, learned from its name and its errors.
+
+    OpenAI's reasoning models (the o-series, GPT-5) reject ``max_tokens`` — they want
+    ``max_completion_tokens`` — and any ``temperature``/``top_p`` but the default,
+    while many local servers do not know ``max_completion_tokens``. The policy starts
+    from the model's name and, when a server answers 400 naming one of these
+    parameters (OpenAI's ``unsupported_parameter``/``unsupported_value`` errors),
+    adapts and the request is sent again at once. `adjustments` says what changed, so
+    a run can report that e.g. its judge sampled at the model's fixed temperature.
+
+    Example:
+        >>> RequestPolicy.for_model("gpt-5").apply({"max_tokens": 64, "temperature": 0.7, "messages": []})
+        {'messages': [], 'max_completion_tokens': 64}
+    """
+
+    def __init__(self, token_param: str = "max_tokens", fixed_sampling: bool = False) -> None:
+        self.token_param = token_param
+        self.fixed_sampling = fixed_sampling
+        self.adjustments: list[str] = []
+
+    @classmethod
+    def for_model(cls, model: str) -> RequestPolicy:
+        if REASONING_MODEL.search(model):
+            return cls("max_completion_tokens", fixed_sampling=True)
+        return cls()
+
+    def apply(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The request parameters this model accepts (``params`` uses ``max_tokens``)."""
+        out = dict(params)
+        if "max_tokens" in out and self.token_param != "max_tokens":
+            out[self.token_param] = out.pop("max_tokens")
+        if self.fixed_sampling:
+            out.pop("temperature", None)
+            out.pop("top_p", None)
+        return out
+
+    def learn(self, error: Any, params: dict[str, Any], sent: dict[str, Any]) -> bool:
+        """Adapt to a 400 that names a parameter; True if ``params`` would now go out
+        differently from ``sent`` (so sending again is worth it). A request that went
+        out before another one taught the policy is simply sent again."""
+        param = str(getattr(error, "param", "") or "")
+        text = f"{param} {getattr(error, 'code', '')} {error}".lower()
+        if param == "max_tokens" and self.token_param == "max_tokens" and "max_completion_tokens" in text:
+            self.token_param = "max_completion_tokens"
+        elif param == "max_completion_tokens" and self.token_param == "max_completion_tokens":
+            self.token_param = "max_tokens"  # a server that predates the new name
+        elif param in ("temperature", "top_p") and not self.fixed_sampling:
+            self.fixed_sampling = True
+        else:
+            return self.apply(params) != sent
+        self.adjustments.append(f"{param}: {_short(error)}")
+        return True
 
 
 def option_probs(top: Iterable[tuple[str, float]], options: list[str]) -> dict[str, float]:
@@ -135,6 +196,7 @@ class OpenAIChatModel(BaseChatModel):
         self.backoff = backoff
         self.attempts = 0
         self.sent_per_url = dict.fromkeys(self.base_urls, 0)
+        self.policy = RequestPolicy.for_model(model)
 
     # -- generation -------------------------------------------------------------------
 
@@ -236,16 +298,21 @@ class OpenAIChatModel(BaseChatModel):
         """One chat completion with retries; returns the response and the URL that gave it."""
         import openai
 
-        for attempt in range(self.max_retries + 1):
+        attempt = adaptations = 0
+        while True:
             i = pool.acquire()
             url = pool.urls[i]
             self.attempts += 1
             self.sent_per_url[url] += 1
             retry_after, status = 0.0, None
+            sent = self.policy.apply(params)
             try:
-                return await pool.clients[i].chat.completions.create(model=self.model, **params), url
+                return await pool.clients[i].chat.completions.create(model=self.model, **sent), url
             except openai.APIStatusError as e:
                 status = e.status_code
+                if status == 400 and adaptations < 3 and self.policy.learn(e, params, sent):
+                    adaptations += 1  # a parameter this model does not take: send it again without
+                    continue
                 if status not in RETRY_STATUSES:
                     raise ModelError(self._rejected(url, status, e)) from e
                 failure = f"{url} answered {status} ({_short(e)})"
@@ -267,7 +334,7 @@ class OpenAIChatModel(BaseChatModel):
             # a server's Retry-After wins when it asks for longer.
             delay = min(MAX_BACKOFF, self.backoff * 2**attempt) * (0.5 + random.random())
             await asyncio.sleep(max(delay, min(retry_after, MAX_BACKOFF)))
-        raise AssertionError("unreachable")
+            attempt += 1
 
     def _rejected(self, url: str, status: int, e: Exception) -> str:
         hint = {

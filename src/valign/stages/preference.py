@@ -152,40 +152,74 @@ def read_kto_file(path: Path) -> list[Row]:
     return rows
 
 
-def weighted_sampler(dataset, seed: int = 0):
-    """Draw training rows with probability proportional to their ``weight`` column.
+def normalised_weights(rows: list[Row]) -> list[float] | None:
+    """Each row's ``weight`` divided by their mean, or None when rows carry no weights.
 
-    TRL's losses have no per-row weight, so survey weights enter through sampling:
-    the expected gradient of a weight-proportional draw equals the gradient of the
-    weighted loss. None when the dataset has no weights.
+    Mean 1 keeps the learning rate meaning the same with and without survey weights.
 
     Example:
-        >>> weighted_sampler(Dataset.from_list([{"weight": 2.0}, {"weight": 1.0}]))
+        >>> normalised_weights([{"weight": 2.0}, {"weight": 1.0}, {"weight": 3.0}])
+        [1.0, 0.5, 1.5]
+    """
+    if not rows or not all("weight" in r for r in rows):
+        return None
+    weights = [float(r["weight"]) for r in rows]
+    if any(w < 0 or w != w for w in weights) or sum(weights) <= 0:
+        raise ValignError("sample weights must be non-negative numbers with a positive sum; check the 'weight' column.")
+    mean = sum(weights) / len(weights)
+    return [w / mean for w in weights]
+
+
+def valign_trainer(trainer_cls):
+    """TRL's DPO or KTO trainer with valign's two changes.
+
+    * Rows with a ``weight`` column are weighted exactly in the loss: the collator
+      carries each row's weight into the batch, and `RowWeights` scales that row's
+      gradient by it (see `valign.stages.plain_head`).
+    * On a CPU, the plain LM head replaces TRL's chunked kernel.
     """
     import torch
-    from torch.utils.data import WeightedRandomSampler
 
-    if "weight" not in getattr(dataset, "column_names", []):
-        return None
-    weights = torch.tensor([float(w) for w in dataset["weight"]], dtype=torch.double)
-    if (weights < 0).any() or weights.sum() <= 0:
-        raise ValignError("sample weights must be non-negative with a positive sum; check the 'weight' column.")
-    return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=torch.Generator().manual_seed(seed))
+    from valign.stages.plain_head import RowWeights, add_plain_lm_head, add_row_weights, plain_head_wanted
 
+    class ValignTrainer(trainer_cls):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._row_weights = RowWeights()
+            self._weighted = "weight" in (self.train_dataset.column_names or [])
+            inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            if plain_head_wanted(inner):
+                outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
+                add_plain_lm_head(inner, outputs + (("log_sum_sq_probs",) if getattr(self, "use_weighting", False) else ()))
+            if self._weighted:
+                add_row_weights(inner, self._row_weights)
+                collate = self.data_collator
 
-def _weighted(trainer_cls):
-    """A trainer class that samples rows by their weight when the data carries one."""
+                def with_weights(examples):
+                    batch = collate(examples)
+                    batch["row_weight"] = torch.tensor([float(e["weight"]) for e in examples])
+                    return batch
 
-    class Weighted(trainer_cls):
-        def _get_train_sampler(self, train_dataset=None):
-            # The dataset passed here has lost its unused columns (``weight`` among them);
-            # its rows are still those of self.train_dataset, in the same order.
-            full = self.train_dataset
-            if train_dataset is not None and len(train_dataset) != len(full):
-                full = train_dataset
-            return weighted_sampler(full, self.args.seed) or super()._get_train_sampler(train_dataset)
+                self.data_collator = with_weights
 
-    return Weighted
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if "weight" not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, "weight"]
+
+        def compute_ref_log_probs(self, model, inputs):
+            return super().compute_ref_log_probs(model, {k: v for k, v in inputs.items() if k != "row_weight"})
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            inputs = dict(inputs)
+            self._row_weights.current = inputs.pop("row_weight", None)
+            try:
+                return super()._compute_loss(model, inputs, return_outputs)
+            finally:
+                self._row_weights.current = None
+
+    ValignTrainer.__name__ = f"Valign{trainer_cls.__name__}"
+    return ValignTrainer
 
 
 def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> dict[str, Any]:
@@ -213,13 +247,13 @@ def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> di
 
         data = _dataset(rows, ("prompt", "chosen", "rejected"))
         args = DPOConfig(loss_type=[cfg.loss_type], **common)  # type: ignore[attr-defined]
-        trainer = _weighted(DPOTrainer)(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config)
+        trainer = valign_trainer(DPOTrainer)(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config)
     else:
         from trl import KTOConfig, KTOTrainer
 
         data = _dataset(rows, ("prompt", "completion", "label"))
         args = KTOConfig(desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight, **common)  # type: ignore[attr-defined]
-        trainer = _weighted(KTOTrainer)(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config)
+        trainer = valign_trainer(KTOTrainer)(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config)
     ckpt = ctx.dir / "checkpoints"
     resume = ckpt.exists() and any(ckpt.glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
@@ -244,11 +278,15 @@ def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> di
 
 
 def _dataset(rows: list[Row], columns: tuple[str, ...]):
-    """TRL's columns, plus ``weight`` when every row carries one."""
+    """TRL's columns, plus ``weight`` (normalised to mean 1) when every row carries one."""
     from datasets import Dataset
 
-    keep = columns + (("weight",) if rows and all("weight" in r for r in rows) else ())
-    return Dataset.from_list([{k: r[k] for k in keep} for r in rows])
+    weights = normalised_weights(rows)
+    data = [{k: r[k] for k in columns} for r in rows]
+    if weights is not None:
+        for d, w in zip(data, weights):
+            d["weight"] = w
+    return Dataset.from_list(data)
 
 
 def _digest(path: Path) -> str:
