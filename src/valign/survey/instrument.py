@@ -9,7 +9,10 @@ An instrument is one YAML file. Its sections, in the order a respondent meets th
   reverse-keyed; scored raw or centred on the respondent's mean rating (the MRAT
   centring of Schwartz's PVQ). ``scoring_key`` names a shipped key (``pvq21``,
   ``pvq_rr``) whose item numbers map items to values, for users who hold the licensed
-  item texts.
+  item texts; an item's number is its ``number`` or the digits ending its id
+  (``pvq-7``). ``scale_direction: descending`` says the scale's code 1 means "very
+  much like me" (the ESS layout), so scoring counts it backwards
+  (`valign.survey.scoring`).
 * ``principles`` — statements about how an AI assistant should behave: agree /
   disagree / pass. Respondents may propose a statement; it is shown to others only
   after a moderator approves it.
@@ -144,12 +147,17 @@ class DemographicQuestion(_Strict):
 
 
 class ValueItem(_Strict):
-    """A Likert item measuring ``value``; ``reverse`` items count the scale backwards."""
+    """A Likert item measuring ``value``; ``reverse`` items count the scale backwards.
+
+    ``number`` is the item's number in a published instrument (e.g. 7 of the PVQ-RR's
+    57), which a ``scoring_key`` uses; when absent, the digits ending the id are used.
+    """
 
     id: str = Field(..., pattern=_ID)
     text: str = Field(..., min_length=1)
     value: str = Field(..., min_length=1)
     reverse: bool = False
+    number: int | None = Field(None, ge=1)
 
 
 class ValueSection(_Strict):
@@ -157,6 +165,8 @@ class ValueSection(_Strict):
     scale: LikertScale
     scoring: Literal["raw", "centred"] = "centred"
     scoring_key: Literal["pvq21", "pvq_rr"] | None = None
+    # "descending": code 1 is the top of the scale ("very much like me", as in the ESS)
+    scale_direction: Literal["ascending", "descending"] = "ascending"
     items: list[ValueItem] = Field(default_factory=list)
 
 
