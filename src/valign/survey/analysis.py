@@ -99,18 +99,33 @@ def bootstrap_weights(result: WeightingResult, *, B: int = 200, seed: int = 0, s
             counts[idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=k).T
         return counts
 
-    counts = draw(B)
-    for _ in range(_MAX_REDRAWS):
-        bad = np.zeros(B, dtype=bool)
+    def empty_cell(counts: np.ndarray) -> np.ndarray:
+        bad = np.zeros(counts.shape[1], dtype=bool)
         for _, hit in cell_index:
             bad |= counts[hit].sum(axis=0) == 0
-        if not bad.any():
-            break
-        counts[:, bad] = draw(int(bad.sum()))
-    else:
-        name = next(name for name, hit in cell_index if (counts[hit].sum(axis=0) == 0).any())
-        raise ValignError(f"bootstrap resamples keep missing a census category of '{name}' (too few respondents in it); collapse it in the margins file.")
-    return spec.rake(counts)
+        return bad
+
+    # A replicate that drew nobody (or too few) of a small census category cannot be
+    # raked to it; such replicates are drawn again, as a conditional bootstrap would.
+    counts = draw(B)
+    weights = np.zeros((n, B))
+    todo = np.ones(B, dtype=bool)
+    for _ in range(_MAX_REDRAWS):
+        empty = empty_cell(counts) & todo
+        while empty.any():
+            counts[:, empty] = draw(int(empty.sum()))
+            empty = empty_cell(counts) & todo
+        raked, ok = spec.try_rake(counts[:, todo])
+        idx = np.flatnonzero(todo)
+        weights[:, idx[ok]] = raked[:, ok]
+        todo[idx[ok]] = False
+        if not todo.any():
+            return weights
+        counts[:, todo] = draw(int(todo.sum()))
+    raise ValignError(
+        f"{int(todo.sum())} of {B} bootstrap resamples could not be raked to the margins even after {_MAX_REDRAWS} redraws "
+        "(a census category has too few respondents); collapse small categories in the margins file."
+    )
 
 
 def weighted_counts(frames: SurveyFrames, weights: pd.Series | None = None, by: By = None) -> pd.DataFrame:

@@ -135,7 +135,8 @@ class RakingSpec:
 
     def rake(self, base: np.ndarray) -> np.ndarray:
         """Rake base weights (n, or n × R: one column per replicate) and apply quality
-        factors; every column comes back summing to n.
+        factors; every column comes back summing to n. A column that cannot reach the
+        margins raises a `ValignError`.
 
         Example:
             >>> import numpy as np
@@ -148,11 +149,25 @@ class RakingSpec:
         import numpy as np
 
         base = np.asarray(base, dtype=float)
-        matrix = base.reshape(len(base), -1)
-        raked = _svy_rake(self.cells, self.targets, matrix, self.trim)
-        raked = raked * self.quality[:, None]
-        raked *= matrix.sum(axis=0) / raked.sum(axis=0)
+        raked, ok = self.try_rake(base.reshape(len(base), -1), strict=True)
         return raked[:, 0] if base.ndim == 1 else raked
+
+    def try_rake(self, base: np.ndarray, strict: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Rake the columns of ``base`` (n × R); also say which columns met every margin
+        (within 1e-6). Unless ``strict``, a column that cannot is returned as it ended
+        instead of raising: a bootstrap replicate that drew too few of a small category
+        can be drawn again."""
+        import numpy as np
+
+        raked = _svy_rake(self.cells, self.targets, base, self.trim, strict)
+        ok = np.ones(base.shape[1], dtype=bool)
+        total = raked.sum(axis=0)
+        for name, target in self.targets.items():
+            for cat, share in target.items():
+                ok &= np.abs(raked[self.cells[name] == cat].sum(axis=0) / total - share) <= 1e-6
+        raked = raked * self.quality[:, None]
+        raked *= base.sum(axis=0) / raked.sum(axis=0)
+        return raked, ok
 
 
 @dataclass
@@ -375,7 +390,9 @@ def _bool_column(df: pd.DataFrame, name: str) -> pd.Series:
     return df[name].fillna(False).astype(bool)
 
 
-def _svy_rake(cells: dict[str, np.ndarray], targets: dict[str, dict[str, float]], base: np.ndarray, trim: tuple[float, float] | None) -> np.ndarray:
+def _svy_rake(
+    cells: dict[str, np.ndarray], targets: dict[str, dict[str, float]], base: np.ndarray, trim: tuple[float, float] | None, strict: bool = True
+) -> np.ndarray:
     """Rake each column of ``base`` (n × R) to ``targets`` with svy; returns n × R.
 
     Without trimming all columns go through svy at once: column 0 as the design weight
@@ -388,29 +405,33 @@ def _svy_rake(cells: dict[str, np.ndarray], targets: dict[str, dict[str, float]]
 
     n, r = base.shape
     if trim is None:
-        return _svy_call(cells, targets, base, None)
+        return _svy_call(cells, targets, base, None, strict)
     out = np.empty_like(base)
     for j in range(r):
         col = base[:, j]
         counts = np.rint(col).astype(int)
         if r > 1 and np.allclose(col, counts):
             rows = np.repeat(np.arange(n), counts)
-            per_draw = _svy_call({k: v[rows] for k, v in cells.items()}, targets, np.ones((len(rows), 1)), trim)[:, 0]
+            per_draw = _svy_call({k: v[rows] for k, v in cells.items()}, targets, np.ones((len(rows), 1)), trim, strict)[:, 0]
             out[:, j] = np.bincount(rows, weights=per_draw, minlength=n)
         else:
             keep = col > 0
             out[:, j] = 0.0
-            out[keep, j] = _svy_call({k: v[keep] for k, v in cells.items()}, targets, col[keep, None], trim)[:, 0]
+            out[keep, j] = _svy_call({k: v[keep] for k, v in cells.items()}, targets, col[keep, None], trim, strict)[:, 0]
     return out
 
 
-def _svy_call(cells: dict[str, np.ndarray], targets: dict[str, dict[str, float]], base: np.ndarray, trim: tuple[float, float] | None) -> np.ndarray:
+def _svy_call(
+    cells: dict[str, np.ndarray], targets: dict[str, dict[str, float]], base: np.ndarray, trim: tuple[float, float] | None, strict: bool = True
+) -> np.ndarray:
     import numpy as np
     import polars as pl
     import svy
     from svy.errors import SvyError
 
     n, r = base.shape
+    if r == 2:  # svy needs at least two replicate columns: rake a spare copy and drop it
+        return _svy_call(cells, targets, np.column_stack([base, base[:, 1]]), trim, strict)[:, :2]
     mean = base[:, 0].sum() / n  # ratio bounds are relative to the mean weight, which raking keeps
     data = {f"v{i}": cells[name] for i, name in enumerate(cells)}
     data["w0"] = base[:, 0]
@@ -422,7 +443,9 @@ def _svy_call(cells: dict[str, np.ndarray], targets: dict[str, dict[str, float]]
     shares = {f"v{i}": targets[name] for i, name in enumerate(cells)}
     trimming = svy.TrimConfig(upper=trim[1] * mean, lower=trim[0] * mean if trim[0] > 0 else None, max_iter=50) if trim else None
     try:
-        raked = sample.weighting.rake(shares=shares, tol=RAKE_TOL, max_iter=RAKE_MAX_ITER, trimming=trimming, wgt_name="rk")
+        raked = sample.weighting.rake(
+            shares=shares, tol=RAKE_TOL, max_iter=RAKE_MAX_ITER, trimming=trimming, wgt_name="rk", on_nonconvergence="error" if strict else "ignore"
+        )
     except SvyError as e:
         what = "trimmed raking" if trim else "raking"
         fix = "loosen the trim bounds or collapse sparse categories in the margins file" if trim else "collapse sparse categories in the margins file"
