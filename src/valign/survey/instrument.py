@@ -376,8 +376,42 @@ class Instrument(_Strict):
 
 def shipped_instruments() -> list[str]:
     """Names of the instruments shipped with valign (e.g. ``demo``)."""
-    folder = resources.files("valign") / "data" / "instruments"
-    return sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith((".yaml", ".yml")))
+    return shipped_names("instruments")
+
+
+def shipped_names(folder: str) -> list[str]:
+    """Names of the YAML files shipped in ``valign/data/<folder>`` (without the suffix).
+
+    Example:
+        >>> shipped_names("instruments")
+        ['demo']
+    """
+    root = resources.files("valign") / "data" / folder
+    return sorted(p.name.rsplit(".", 1)[0] for p in root.iterdir() if p.name.endswith((".yaml", ".yml")))
+
+
+def read_data_yaml(name_or_path: str | Path, folder: str, what: str) -> tuple[Path, Any]:
+    """Read a YAML file given as a path or as the name of one shipped in ``valign/data/<folder>``.
+
+    A missing file or broken YAML is one `ValignError` naming the file and the fix.
+
+    Example:
+        >>> read_data_yaml("demo", "instruments", "instrument")[1]["id"]
+        'valign-demo'
+    """
+    path = Path(name_or_path)
+    if not path.exists():
+        name = str(name_or_path)
+        shipped = shipped_names(folder)
+        if name not in shipped:
+            raise ValignError(f"{what} '{name_or_path}' is neither a file nor a shipped {what} ({', '.join(shipped)}); check the path.")
+        path = Path(str(resources.files("valign") / "data" / folder / f"{name}.yaml"))
+    try:
+        return path, yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ValignError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}; fix the syntax there.") from None
 
 
 def load_instrument(name_or_path: str | Path) -> Instrument:
@@ -389,19 +423,7 @@ def load_instrument(name_or_path: str | Path) -> Instrument:
         >>> load_instrument("demo").title
         'What should an AI assistant value?'
     """
-    path = Path(name_or_path)
-    if not path.exists():
-        name = str(name_or_path)
-        if name in shipped_instruments():
-            path = Path(str(resources.files("valign") / "data" / "instruments" / f"{name}.yaml"))
-        else:
-            raise ValignError(f"instrument '{name_or_path}' is neither a file nor a shipped instrument ({', '.join(shipped_instruments())}); check the path.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ValignError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}; fix the syntax there.") from None
+    path, data = read_data_yaml(name_or_path, "instruments", "instrument")
     if not isinstance(data, dict):
         raise ValignError(f"{path} must hold a mapping with 'id', 'title', 'consent' and the survey's sections.")
     try:

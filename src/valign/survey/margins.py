@@ -39,13 +39,11 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from valign.errors import ValignError
+from valign.survey.instrument import read_data_yaml, shipped_names
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -150,8 +148,7 @@ _NOT_DEMOGRAPHIC = {
 
 def shipped_margins() -> list[str]:
     """Names of the margins files shipped with valign (e.g. ``nz-census-2023``)."""
-    folder = resources.files("valign") / "data" / "margins"
-    return sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith((".yaml", ".yml")))
+    return shipped_names("margins")
 
 
 def load_margins(name_or_path: str | Path) -> Margins:
@@ -163,19 +160,7 @@ def load_margins(name_or_path: str | Path) -> Margins:
         >>> load_margins("nz-census-2023").variables["education"].name
         'education'
     """
-    path = Path(name_or_path)
-    if not path.exists():
-        name = str(name_or_path)
-        if name in shipped_margins():
-            path = Path(str(resources.files("valign") / "data" / "margins" / f"{name}.yaml"))
-        else:
-            raise ValignError(f"margins '{name_or_path}' is neither a file nor shipped margins ({', '.join(shipped_margins())}); check the path.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ValignError(f"{path} is not valid YAML{where}; fix the syntax there.") from None
+    path, data = read_data_yaml(name_or_path, "margins", "margins")
     return margins_from_dict(data, where=str(path))
 
 
