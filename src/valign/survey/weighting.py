@@ -41,18 +41,8 @@ final weights), with ``w`` the weights of the n weighted respondents:
   are comparable); a variable's ASMD is the mean over its categories;
 * the largest and smallest weight and their ratio.
 
-Example:
-    >>> from valign.survey.margins import margins_from_dict
-    >>> import pandas as pd
-    >>> from valign.survey.frames import SurveyFrames
-    >>> from valign.survey.instrument import load_instrument
-    >>> inst = load_instrument("demo")
-    >>> resp = pd.DataFrame({"sex": ["female"] * 3 + ["male"]}, index=pd.Index(list("abcd"), name="respondent_id"))
-    >>> m = margins_from_dict({"id": "t", "source": {"citation": "a test"},
-    ...                        "variables": {"sex": {"categories": {"female": 0.5, "male": 0.5}}}})
-    >>> r = rake_frames(SurveyFrames(inst, resp, SurveyFrames.empty(inst).answers), m)
-    >>> [round(w, 3) for w in r.weights]
-    [0.667, 0.667, 0.667, 2.0]
+Example (see `rake_frames` for a runnable one):
+    frames = apply_weights(frames, rake_frames(frames, load_margins("nz-census-2023"), trim=(0.2, 5)))
 """
 
 from __future__ import annotations
@@ -180,19 +170,8 @@ class WeightingResult:
     ``summary`` holds the counts, design effects, effective sample sizes and weight range.
 
     Example:
-        >>> from valign.survey.margins import margins_from_dict
-        >>> import pandas as pd
-        >>> from valign.survey.frames import SurveyFrames
-        >>> from valign.survey.instrument import load_instrument
-        >>> inst = load_instrument("demo")
-        >>> resp = pd.DataFrame({"sex": ["female", "female", "male"]}, index=pd.Index(list("abc"), name="respondent_id"))
-        >>> m = margins_from_dict({"id": "t", "source": {"citation": "a test"},
-        ...                        "variables": {"sex": {"categories": {"female": 0.5, "male": 0.5}}}})
-        >>> r = rake_frames(SurveyFrames(inst, resp, SurveyFrames.empty(inst).answers), m)
-        >>> r.summary["deff_after"]
-        1.125
-        >>> "Kish design effect" in r.report()
-        True
+        >>> [f for f in WeightingResult.__dataclass_fields__][:4]
+        ['weights', 'diagnostics', 'summary', 'margins']
     """
 
     weights: pd.Series
@@ -350,17 +329,13 @@ def apply_weights(frames: SurveyFrames, result: WeightingResult) -> SurveyFrames
     """The same frames with the ``weight`` column set from ``result`` (NaN: no weight).
 
     Example:
-        >>> from valign.survey.margins import margins_from_dict
         >>> import pandas as pd
+        >>> from types import SimpleNamespace
         >>> from valign.survey.frames import SurveyFrames
         >>> from valign.survey.instrument import load_instrument
-        >>> inst = load_instrument("demo")
-        >>> resp = pd.DataFrame({"sex": ["female", "male"]}, index=pd.Index(list("ab"), name="respondent_id"))
-        >>> f = SurveyFrames(inst, resp, SurveyFrames.empty(inst).answers)
-        >>> m = margins_from_dict({"id": "t", "source": {"citation": "a test"},
-        ...                        "variables": {"sex": {"categories": {"female": 0.5, "male": 0.5}}}})
-        >>> apply_weights(f, rake_frames(f, m)).respondents["weight"].tolist()
-        [1.0, 1.0]
+        >>> f = SurveyFrames.empty(load_instrument("demo")).with_respondents(pd.DataFrame(index=["a", "b"]))
+        >>> apply_weights(f, SimpleNamespace(weights=pd.Series([0.5, 1.5], index=["a", "b"]))).respondents["weight"].tolist()
+        [0.5, 1.5]
     """
     respondents = frames.respondents.copy()
     respondents["weight"] = result.weights.reindex(respondents.index)
