@@ -165,3 +165,18 @@ def test_resamples_that_miss_a_census_category_are_drawn_again():
     W = bootstrap_weights(rake_frames(f, margins()), B=200, seed=0)
     men = (resp["sex"] == "male").to_numpy()
     np.testing.assert_allclose(W[men].sum(axis=0) / 300, 0.49, atol=1e-6)
+
+
+def test_trimmed_weighting_is_re_raked_and_trimmed_in_every_replicate():
+    frames = simulate(400, seed=14)
+    result = rake_frames(frames, margins(), trim=(0.15, 9))
+    counts = np.random.default_rng(3).multinomial(400, np.full(400, 1 / 400), size=6).T.astype(float)
+    W, ok = result.spec.try_rake(counts)
+    assert ok.all()
+    age = frames.respondents["age_group"].to_numpy()
+    for cat, share in margins().variables["age_group"].shares.items():
+        np.testing.assert_allclose(W[age == cat].sum(axis=0) / 400, share, atol=1e-6)
+    drawn = counts > 0
+    per_draw = W[drawn] / counts[drawn]  # each draw's weight; the mean over draws is 1
+    assert per_draw.max() <= 9 * (1 + 1e-4) and per_draw.min() >= 0.15 * (1 - 1e-4)
+    assert (W[~drawn] == 0).all()

@@ -372,9 +372,10 @@ def _svy_rake(
 
     Without trimming all columns go through svy at once: column 0 as the design weight
     and the others as replicate weights, which svy rakes together in its Rust kernel.
-    With trimming each column gets its own trim–rake cycle; a column that is a bootstrap
-    replicate (whole-number resampling counts) is expanded into one row per draw first,
-    so the bounds apply to each drawn respondent as they would in a resample.
+    With trimming each column gets its own trim–rake cycle; a column of whole numbers
+    (equal starting weights, or a bootstrap replicate's resampling counts) is expanded
+    into one row per draw first, so the bounds apply to each drawn respondent as they
+    would in a resample.
     """
     import numpy as np
 
@@ -385,7 +386,7 @@ def _svy_rake(
     for j in range(r):
         col = base[:, j]
         counts = np.rint(col).astype(int)
-        if r > 1 and np.allclose(col, counts):
+        if np.allclose(col, counts):  # equal weights or resampling counts: one row per draw
             rows = np.repeat(np.arange(n), counts)
             per_draw = _svy_call({k: v[rows] for k, v in cells.items()}, targets, np.ones((len(rows), 1)), trim, strict)[:, 0]
             out[:, j] = np.bincount(rows, weights=per_draw, minlength=n)
