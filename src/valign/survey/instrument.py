@@ -9,7 +9,10 @@ An instrument is one YAML file. Its sections, in the order a respondent meets th
   reverse-keyed; scored raw or centred on the respondent's mean rating (the MRAT
   centring of Schwartz's PVQ). ``scoring_key`` names a shipped key (``pvq21``,
   ``pvq_rr``) whose item numbers map items to values, for users who hold the licensed
-  item texts.
+  item texts; an item's number is its ``number`` or the digits ending its id
+  (``pvq-7``). ``scale_direction: descending`` says the scale's code 1 means "very
+  much like me" (the ESS layout), so scoring counts it backwards
+  (`valign.survey.scoring`).
 * ``principles`` — statements about how an AI assistant should behave: agree /
   disagree / pass. Respondents may propose a statement; it is shown to others only
   after a moderator approves it.
@@ -144,12 +147,17 @@ class DemographicQuestion(_Strict):
 
 
 class ValueItem(_Strict):
-    """A Likert item measuring ``value``; ``reverse`` items count the scale backwards."""
+    """A Likert item measuring ``value``; ``reverse`` items count the scale backwards.
+
+    ``number`` is the item's number in a published instrument (e.g. 7 of the PVQ-RR's
+    57), which a ``scoring_key`` uses; when absent, the digits ending the id are used.
+    """
 
     id: str = Field(..., pattern=_ID)
     text: str = Field(..., min_length=1)
     value: str = Field(..., min_length=1)
     reverse: bool = False
+    number: int | None = Field(None, ge=1)
 
 
 class ValueSection(_Strict):
@@ -157,6 +165,8 @@ class ValueSection(_Strict):
     scale: LikertScale
     scoring: Literal["raw", "centred"] = "centred"
     scoring_key: Literal["pvq21", "pvq_rr"] | None = None
+    # "descending": code 1 is the top of the scale ("very much like me", as in the ESS)
+    scale_direction: Literal["ascending", "descending"] = "ascending"
     items: list[ValueItem] = Field(default_factory=list)
 
 
@@ -366,8 +376,42 @@ class Instrument(_Strict):
 
 def shipped_instruments() -> list[str]:
     """Names of the instruments shipped with valign (e.g. ``demo``)."""
-    folder = resources.files("valign") / "data" / "instruments"
-    return sorted(p.name.rsplit(".", 1)[0] for p in folder.iterdir() if p.name.endswith((".yaml", ".yml")))
+    return shipped_names("instruments")
+
+
+def shipped_names(folder: str) -> list[str]:
+    """Names of the YAML files shipped in ``valign/data/<folder>`` (without the suffix).
+
+    Example:
+        >>> shipped_names("instruments")
+        ['demo']
+    """
+    root = resources.files("valign") / "data" / folder
+    return sorted(p.name.rsplit(".", 1)[0] for p in root.iterdir() if p.name.endswith((".yaml", ".yml")))
+
+
+def read_data_yaml(name_or_path: str | Path, folder: str, what: str) -> tuple[Path, Any]:
+    """Read a YAML file given as a path or as the name of one shipped in ``valign/data/<folder>``.
+
+    A missing file or broken YAML is one `ValignError` naming the file and the fix.
+
+    Example:
+        >>> read_data_yaml("demo", "instruments", "instrument")[1]["id"]
+        'valign-demo'
+    """
+    path = Path(name_or_path)
+    if not path.exists():
+        name = str(name_or_path)
+        shipped = shipped_names(folder)
+        if name not in shipped:
+            raise ValignError(f"{what} '{name_or_path}' is neither a file nor a shipped {what} ({', '.join(shipped)}); check the path.")
+        path = Path(str(resources.files("valign") / "data" / folder / f"{name}.yaml"))
+    try:
+        return path, yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ValignError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}; fix the syntax there.") from None
 
 
 def load_instrument(name_or_path: str | Path) -> Instrument:
@@ -379,19 +423,7 @@ def load_instrument(name_or_path: str | Path) -> Instrument:
         >>> load_instrument("demo").title
         'What should an AI assistant value?'
     """
-    path = Path(name_or_path)
-    if not path.exists():
-        name = str(name_or_path)
-        if name in shipped_instruments():
-            path = Path(str(resources.files("valign") / "data" / "instruments" / f"{name}.yaml"))
-        else:
-            raise ValignError(f"instrument '{name_or_path}' is neither a file nor a shipped instrument ({', '.join(shipped_instruments())}); check the path.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ValignError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}; fix the syntax there.") from None
+    path, data = read_data_yaml(name_or_path, "instruments", "instrument")
     if not isinstance(data, dict):
         raise ValignError(f"{path} must hold a mapping with 'id', 'title', 'consent' and the survey's sections.")
     try:
