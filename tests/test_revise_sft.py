@@ -130,7 +130,7 @@ def test_shipped_demo_config_runs_end_to_end(tmp_path):
     assert [o.rows for o in out[:5]] == [6, 4, 6, 4, 4], "4 revised red-team answers + 2 benign answers train"
     assert json.loads((out[2].dir / "manifest.json").read_text())["train"]["steps"] == 2
     dpo = json.loads((out[5].dir / "manifest.json").read_text())
-    assert dpo["model"] == {"base": "embedded", "adapter": "adapter"} and dpo["train"]["continued_from_sft"]
+    assert dpo["model"] == {"base": "embedded", "adapter": "adapter"} and dpo["train"]["continued_from"]
     assert len(dpo["train"]["reward_accuracy"]) == 2
 
 

@@ -22,8 +22,9 @@ from valign.stages.pairs import PairsConfig
 from valign.stages.preference import DPOStageConfig, KTOStageConfig
 from valign.stages.revise import ReviseConfig
 from valign.stages.sft import SFTStageConfig
+from valign.stages.survey_sft import SurveySFTConfig
 
-KNOWN_STAGES = ("respond", "revise", "sft", "pairs", "judge", "dpo", "kto")
+KNOWN_STAGES = ("respond", "revise", "sft", "survey_sft", "pairs", "judge", "dpo", "kto")
 
 
 class OpenAIOptions(BaseModel):
@@ -100,6 +101,7 @@ class RunConfig(BaseModel):
     respond: RespondConfig = Field(default_factory=RespondConfig)
     revise: ReviseConfig = Field(default_factory=ReviseConfig)
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
+    survey_sft: SurveySFTConfig = Field(default_factory=SurveySFTConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     dpo: DPOStageConfig = Field(default_factory=DPOStageConfig)

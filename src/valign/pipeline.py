@@ -25,10 +25,11 @@ from valign.stages.preference import DPOStage, KTOStage
 from valign.stages.respond import RespondStage
 from valign.stages.revise import ReviseStage
 from valign.stages.sft import SFTStage
+from valign.stages.survey_sft import SurveySFTStage
 
 STAGES: dict[str, Stage] = {
     s.name: s
-    for s in (RespondStage(), ReviseStage(), SFTStage(), PairsStage(), JudgeStage(), DPOStage(), KTOStage())
+    for s in (RespondStage(), ReviseStage(), SFTStage(), SurveySFTStage(), PairsStage(), JudgeStage(), DPOStage(), KTOStage())
 }
 
 

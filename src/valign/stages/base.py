@@ -20,6 +20,17 @@ from valign.runs import RowLog, read_rows
 from valign.types import Row
 
 
+# Stages that train an adapter; each continues the adapter of the one before it in a run.
+TRAINING_STAGES = ("sft", "survey_sft", "dpo", "kto")
+
+
+def previous_training_stage(run_config: Any, name: str) -> str | None:
+    """The last training stage before ``name`` in the run, whose adapter ``name`` continues."""
+    stages = list(run_config.stages)
+    earlier = stages[: stages.index(name)] if name in stages else stages
+    return next((s for s in reversed(earlier) if s in TRAINING_STAGES), None)
+
+
 class ModelPool:
     """Loads each model spec once per run and attaches the run's completion cache."""
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from valign.errors import ValignError
 from valign.runs import read_rows
-from valign.stages.base import StageContext
+from valign.stages.base import TRAINING_STAGES, StageContext, previous_training_stage
 from valign.types import Row
 
 
@@ -52,6 +52,7 @@ class DPOStageConfig(_TrainBase):
     """
 
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"] = "sigmoid"
+    rows: str | None = None  # see `rows_source`; default: the judge's kept pairs
 
 
 class KTOStageConfig(_TrainBase):
@@ -63,7 +64,21 @@ class KTOStageConfig(_TrainBase):
 
     desirable_weight: float = Field(1.0, gt=0)
     undesirable_weight: float = Field(1.0, gt=0)
-    rows: str | None = None  # a JSONL of prompt/completion/label rows; default: from the judge
+    rows: str | None = None  # see `rows_source`; default: the judge's pairs, chosen and rejected
+
+
+def rows_source(run_config: Any, rows: str | None) -> tuple[str, str | None]:
+    """Where a dpo/kto stage's rows come from: ``("judge", None)`` by default;
+    ``("stage", name)`` when ``rows`` names an earlier stage of the run that writes
+    ``dpo.jsonl``/``kto.jsonl`` (e.g. ``survey``); ``("feedback", db_url)`` for
+    ``feedback:<database URL>`` (KTO on collected 👍/👎); else ``("file", path)``."""
+    if rows is None:
+        return "judge", None
+    if rows in run_config.stages:
+        return "stage", rows
+    if rows.startswith("feedback:"):
+        return "feedback", rows.removeprefix("feedback:")
+    return "file", rows
 
 
 class _PreferenceStage:
@@ -71,18 +86,41 @@ class _PreferenceStage:
 
     def inputs(self, run_config: Any) -> list[str]:
         cfg = getattr(run_config, self.name)
-        deps = [] if getattr(cfg, "rows", None) else ["judge"]
-        if cfg.model is None and "sft" in run_config.stages:
-            deps.append("sft")
+        kind, where = rows_source(run_config, cfg.rows)
+        deps = {"judge": ["judge"], "stage": [where]}.get(kind, [])
+        prev = previous_training_stage(run_config, self.name)
+        if cfg.model is None and prev is not None:
+            deps.append(prev)
         return deps
 
     def describe(self, run_config: Any) -> dict[str, Any]:
         cfg = getattr(run_config, self.name)
         out = {"config": cfg.model_dump(mode="json"), "model": cfg.model or run_config.model, "seed": run_config.seed}
-        rows_file = getattr(cfg, "rows", None)
-        if rows_file:
-            out["rows_sha256"] = _digest(Path(rows_file))
+        kind, where = rows_source(run_config, cfg.rows)
+        if kind == "file":
+            out["rows_sha256"] = _digest(Path(where))
+        elif kind == "feedback":
+            from valign.feedback import feedback_digest
+
+            out["feedback"] = feedback_digest(where)  # new feedback makes a new round
         return out
+
+    def _rows(self, ctx: StageContext, kind_of_rows: str) -> list[Row]:
+        cfg = ctx.config
+        kind, where = rows_source(ctx.run_config, cfg.rows)
+        reader = read_dpo_file if kind_of_rows == "dpo" else read_kto_file
+        if kind == "file":
+            return reader(Path(where))
+        if kind == "stage":
+            return reader(ctx.input_dirs[where] / f"{kind_of_rows}.jsonl")
+        if kind == "feedback":
+            if kind_of_rows != "kto":
+                raise ValignError("feedback rows are thumbs up/down: use them in kto (kto.rows: feedback:<db>), not in dpo.")
+            from valign.feedback import kto_rows_from_feedback
+
+            return kto_rows_from_feedback(where)
+        pairs = preference_rows(ctx.input_rows("judge"))
+        return pairs if kind_of_rows == "dpo" else kto_rows(pairs)
 
 
 class DPOStage(_PreferenceStage):
@@ -90,9 +128,9 @@ class DPOStage(_PreferenceStage):
 
     def run(self, ctx: StageContext) -> None:
         cfg: DPOStageConfig = ctx.config
-        rows = preference_rows(ctx.input_rows("judge"))
+        rows = self._rows(ctx, "dpo")
         if not rows:
-            raise ValignError("dpo has no preference pairs: the judge kept none; lower judge.min_margin or add prompts.")
+            raise ValignError("dpo has no preference pairs: the judge kept none (lower judge.min_margin or add prompts) or dpo.rows is empty.")
         ctx.rows.append(rows)
         ctx.info.update(_train(ctx, cfg, rows, "dpo"))
 
@@ -102,9 +140,9 @@ class KTOStage(_PreferenceStage):
 
     def run(self, ctx: StageContext) -> None:
         cfg: KTOStageConfig = ctx.config
-        rows = read_kto_file(Path(cfg.rows)) if cfg.rows else kto_rows(preference_rows(ctx.input_rows("judge")))
+        rows = self._rows(ctx, "kto")
         if not rows:
-            raise ValignError("kto has no rows; give kto.rows (prompt/completion/label JSONL) or let the judge keep pairs.")
+            raise ValignError("kto has no rows; give kto.rows (prompt/completion/label JSONL, a stage, or feedback:<db>) or let the judge keep pairs.")
         ctx.rows.append(rows)
         ctx.info.update(_train(ctx, cfg, rows, "kto"))
 
@@ -137,18 +175,40 @@ def kto_rows(pairs: list[Row]) -> list[Row]:
     return out
 
 
-def read_kto_file(path: Path) -> list[Row]:
-    """prompt/completion/label rows from a JSONL file (strings or conversations)."""
+def _as_conversation(value: Any, role: str) -> list[dict[str, str]]:
+    return value if isinstance(value, list) else [{"role": role, "content": value}]
+
+
+def _read_rows_file(path: Path, need: tuple[str, ...], what: str) -> list[Row]:
     if not path.exists():
-        raise ValignError(f"kto.rows file {path} does not exist; write prompt/completion/label JSONL rows there.")
+        raise ValignError(f"rows file {path} does not exist; write {what} JSONL rows there.")
     rows = []
     for n, r in enumerate(read_rows(path), 1):
-        if not {"prompt", "completion", "label"} <= set(r) or not isinstance(r["label"], bool):
-            raise ValignError(f"{path} row {n} needs 'prompt', 'completion' and a true/false 'label'.")
-        prompt = r["prompt"] if isinstance(r["prompt"], list) else [{"role": "user", "content": r["prompt"]}]
-        completion = r["completion"] if isinstance(r["completion"], list) else [{"role": "assistant", "content": r["completion"]}]
+        if not set(need) <= set(r):
+            raise ValignError(f"{path} row {n} needs {', '.join(repr(k) for k in need[:-1])} and {need[-1]!r}.")
         weight = {"weight": float(r["weight"])} if "weight" in r else {}
-        rows.append({"id": str(r.get("id") or f"row-{n}"), "prompt": prompt, "completion": completion, "label": r["label"], **weight})
+        rows.append({"id": str(r.get("id") or f"row-{n}"), **{k: r[k] for k in need}, **weight})
+    return rows
+
+
+def read_kto_file(path: Path) -> list[Row]:
+    """prompt/completion/label rows from a JSONL file (strings or conversations), with optional weights."""
+    rows = _read_rows_file(path, ("prompt", "completion", "label"), "prompt/completion/label")
+    for n, r in enumerate(rows, 1):
+        if not isinstance(r["label"], bool):
+            raise ValignError(f"{path} row {n} needs 'prompt', 'completion' and a true/false 'label'.")
+        r["prompt"] = _as_conversation(r["prompt"], "user")
+        r["completion"] = _as_conversation(r["completion"], "assistant")
+    return rows
+
+
+def read_dpo_file(path: Path) -> list[Row]:
+    """prompt/chosen/rejected rows from a JSONL file (strings or conversations), with optional weights."""
+    rows = _read_rows_file(path, ("prompt", "chosen", "rejected"), "prompt/chosen/rejected")
+    for r in rows:
+        r["prompt"] = _as_conversation(r["prompt"], "user")
+        r["chosen"] = _as_conversation(r["chosen"], "assistant")
+        r["rejected"] = _as_conversation(r["rejected"], "assistant")
     return rows
 
 
@@ -229,10 +289,10 @@ def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> di
 
     base_spec = cfg.model or ctx.run_config.model
     tokenizer, base = load_base(base_spec, cfg.qlora)
-    sft_dir = ctx.input_dirs.get("sft")
+    sft_dir = next((d for name, d in ctx.input_dirs.items() if name in TRAINING_STAGES), None)
     peft_config = None
     if sft_dir is not None:
-        # Continue the SFT adapter; TRL keeps a frozen copy of it as the reference.
+        # Continue the previous stage's adapter (SFT, …); TRL keeps a frozen copy of it as the reference.
         model = PeftModel.from_pretrained(base, str(sft_dir / "adapter"), is_trainable=True)
     else:
         model = base
@@ -272,7 +332,7 @@ def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> di
             "loss": series("loss"),
             "reward_accuracy": series("rewards/accuracies"),
             "reward_margin": series("rewards/margins"),
-            "continued_from_sft": sft_dir is not None,
+            "continued_from": sft_dir.name if sft_dir is not None else None,
         },
     }
 

@@ -28,6 +28,7 @@ number of strength labels; else missing), ``text`` (str or missing),
 ``answered_at`` (UTC datetime).
 
 Example:
+    >>> from valign.survey.instrument import load_instrument
     >>> frames = SurveyFrames.empty(load_instrument("demo"))
     >>> list(frames.answers.columns)
     ['respondent_id', 'item_id', 'kind', 'choice', 'strength', 'text', 'answered_at']
