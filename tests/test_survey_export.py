@@ -1,0 +1,79 @@
+"""From weighted survey frames to the pipeline's inputs: consensus, constitution, rows, evaluation set."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from tests.survey_stats_sim import margins, simulate
+from valign.constitution import load_constitution
+from valign.survey.analysis import SurveyAnalysis
+from valign.survey.artifacts import ExportSettings, export_artifacts
+from valign.survey.consensus import ConsensusSettings, consensus_table, polis_consensus
+from valign.survey.frames import SurveyFrames
+from valign.survey.instrument import load_instrument
+from valign.survey.margins import margins_from_dict
+from valign.survey.opinion import read_items
+from valign.survey.weighting import apply_weights, rake_frames
+
+INST = load_instrument("demo")
+
+
+def test_polis_formula_by_hand():
+    assert polis_consensus([(8, 10), (3, 10)]) == pytest.approx((9 / 12) * (4 / 12))
+    assert polis_consensus([(0, 0)]) == pytest.approx(0.5), "an unseen statement is a coin flip"
+
+
+def _hand_frames():
+    """12 respondents, 6 female and 6 male, answering two statements; the population is 50/50, so all weights are 1."""
+    sexes = ["female"] * 6 + ["male"] * 6
+    resp = pd.DataFrame({"sex": sexes, "age_group": "30-44", "education": "degree", "completed": True, "synthetic": False},
+                        index=pd.Index([f"r{i}" for i in range(12)], name="respondent_id"))
+    honesty = ["agree"] * 5 + ["disagree"] + ["agree"] * 6          # female 5/6, male 6/6 agree
+    both_sides = ["agree"] * 6 + ["disagree"] * 5 + ["pass"]       # female 6/6, male 0/6 agree
+    answers = [{"respondent_id": f"r{i}", "item_id": item, "kind": "principle", "choice": c, "strength": None, "text": None, "answered_at": None}
+               for item, codes in (("pr-honesty", honesty), ("pr-both-sides", both_sides)) for i, c in enumerate(codes)]
+    frames = SurveyFrames(INST, resp, pd.DataFrame(answers))
+    margins = margins_from_dict({"id": "half", "source": {"citation": "test"}, "variables": {"sex": {"categories": {"female": 0.5, "male": 0.5}}}})
+    return frames, rake_frames(frames, margins)
+
+
+def test_consensus_table_matches_the_formula():
+    frames, result = _hand_frames()
+    assert result.weights.round(9).eq(1.0).all()
+    table = consensus_table(SurveyAnalysis(frames, result, B=60, seed=0), ConsensusSettings(by=("sex",), threshold=0.6)).set_index("item_id")
+    honesty = (6 / 8) * (7 / 8)
+    assert table.loc["pr-honesty", "consensus"] == pytest.approx(honesty)
+    assert table.loc["pr-honesty", "consensus_gm"] == pytest.approx(honesty ** 0.5)
+    assert table.loc["pr-honesty", "agree"] == pytest.approx(11 / 12)
+    both = (7 / 8) * (1 / 8)
+    assert table.loc["pr-both-sides", "consensus"] == pytest.approx(both)
+    assert table.loc["pr-both-sides", "verdict"] == "contested", "women all agree, men all disagree"
+    assert table.loc["pr-honesty", "consensus_lci"] <= table.loc["pr-honesty", "consensus_gm"] <= table.loc["pr-honesty", "consensus_uci"]
+    assert table.loc["pr-both-sides", "groups"]["sex"] == {"female": 1.0, "male": 0.0}
+
+
+def test_export_round_trip(tmp_path):
+    frames = simulate(500, seed=1)
+    result = rake_frames(frames, margins())
+    summary = export_artifacts(apply_weights(frames, result), result, tmp_path, ExportSettings(B=40, min_group_n=15))
+    items = read_items(tmp_path / "eval_items.jsonl")
+    value_items = [i for i in items if i.kind == "value"]
+    assert len(value_items) == len(INST.values.items) and all(i.ordinal and len(i.options) == 6 for i in value_items)
+    assert all(abs(sum(i.distribution) - 1) < 1e-6 for i in items)
+    assert all(g.n >= 15 for i in items for g in i.groups.values()), "small groups are left out"
+    assert any(key.startswith("age_group=") for key in value_items[0].groups)
+    # The constitution loads like any other and every principle points back to its statement.
+    c = load_constitution(tmp_path / "constitution.yaml")
+    assert all(p.support["statement"].startswith("pr-") and "survey" in p.tags for p in c.principles)
+    # DPO rows: both directions of each scenario, weights are sums of survey weights.
+    dpo = [json.loads(line) for line in (tmp_path / "dpo.jsonl").read_text().splitlines()]
+    assert {r["id"].split(":")[0] for r in dpo} <= {s.id for s in INST.scenarios.items}
+    assert all(r["weight"] > 0 and r["chosen"] != r["rejected"] for r in dpo)
+    from valign.stages.preference import read_dpo_file
+
+    assert len(read_dpo_file(tmp_path / "dpo.jsonl")) == len(dpo)
+    assert summary["respondents"]["weighted"] == 500 and summary["counts"]["eval_items"] == len(items)
+    # Nothing identifies a respondent: no respondent ids anywhere in the files.
+    text = "".join(p.read_text() for p in tmp_path.iterdir())
+    assert frames.respondents.index[0] not in text
