@@ -172,7 +172,6 @@ def bench_train(steps: int = 6, batch: int = 8, seq: int = 128, json_out: Path |
     """
     import tempfile
 
-    import torch
     from transformers import TrainerCallback
 
     from valign.stages.sft import SFTStageConfig, build_sft_trainer, load_base

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from valign.errors import ConfigError
 from valign.stages.respond import RespondConfig
@@ -22,9 +22,10 @@ from valign.stages.pairs import PairsConfig
 from valign.stages.preference import DPOStageConfig, KTOStageConfig
 from valign.stages.revise import ReviseConfig
 from valign.stages.sft import SFTStageConfig
+from valign.stages.survey import SurveyStageConfig
 from valign.stages.survey_sft import SurveySFTConfig
 
-KNOWN_STAGES = ("respond", "revise", "sft", "survey_sft", "pairs", "judge", "dpo", "kto")
+KNOWN_STAGES = ("survey", "respond", "revise", "sft", "survey_sft", "pairs", "judge", "dpo", "kto")
 
 
 class OpenAIOptions(BaseModel):
@@ -98,6 +99,7 @@ class RunConfig(BaseModel):
     backends: BackendOptions = Field(default_factory=BackendOptions)
     constitution: str = "kantian"  # a shipped name or a constitution file
     stages: list[str] = Field(default_factory=lambda: ["respond"], min_length=1)
+    survey: SurveyStageConfig = Field(default_factory=SurveyStageConfig)
     respond: RespondConfig = Field(default_factory=RespondConfig)
     revise: ReviseConfig = Field(default_factory=ReviseConfig)
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
@@ -112,6 +114,8 @@ class RunConfig(BaseModel):
     def _constitution_loads(cls, value: str, info: ValidationInfo) -> str:
         from valign.constitution import load_constitution
 
+        if value in KNOWN_STAGES:
+            return value  # written by that stage of the run (e.g. the survey's export)
         base = (info.context or {}).get("base_dir")
         if base is not None and (Path(base) / value).is_file():
             value = str((Path(base) / value).resolve())
@@ -127,6 +131,16 @@ class RunConfig(BaseModel):
         if len(set(stages)) != len(stages):
             raise ValueError("a stage is listed twice")
         return stages
+
+    @model_validator(mode="after")
+    def _constitution_stage_runs_first(self) -> "RunConfig":
+        if self.constitution in KNOWN_STAGES:
+            if self.constitution not in self.stages:
+                raise ValueError(f"constitution '{self.constitution}' names a stage that is not in `stages`; add it or name a constitution file")
+            users = [s for s in ("revise", "judge") if s in self.stages]
+            if users and self.stages.index(self.constitution) > min(self.stages.index(s) for s in users):
+                raise ValueError(f"the '{self.constitution}' stage writes the constitution, so it must come before {' and '.join(users)} in `stages`")
+        return self
 
     @property
     def run_dir(self) -> Path:

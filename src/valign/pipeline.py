@@ -18,18 +18,19 @@ from valign.cache import CompletionCache
 from valign.config import RunConfig
 from valign.errors import ValignError
 from valign.runs import StageDir, fingerprint
-from valign.stages.base import ModelPool, Stage, StageContext
+from valign.stages.base import ModelPool, Stage, StageContext, stage_folder
 from valign.stages.judge import JudgeStage
 from valign.stages.pairs import PairsStage
 from valign.stages.preference import DPOStage, KTOStage
 from valign.stages.respond import RespondStage
 from valign.stages.revise import ReviseStage
 from valign.stages.sft import SFTStage
+from valign.stages.survey import SurveyStage
 from valign.stages.survey_sft import SurveySFTStage
 
 STAGES: dict[str, Stage] = {
     s.name: s
-    for s in (RespondStage(), ReviseStage(), SFTStage(), SurveySFTStage(), PairsStage(), JudgeStage(), DPOStage(), KTOStage())
+    for s in (SurveyStage(), RespondStage(), ReviseStage(), SFTStage(), SurveySFTStage(), PairsStage(), JudgeStage(), DPOStage(), KTOStage())
 }
 
 
@@ -44,7 +45,7 @@ class StageOutcome:
 
 def stage_dirs(cfg: RunConfig) -> dict[str, StageDir]:
     """The folder of each stage: ``runs/<name>/<NN>-<stage>``."""
-    return {name: StageDir(cfg.run_dir / f"{i:02d}-{name}") for i, name in enumerate(cfg.stages, 1)}
+    return {name: StageDir(stage_folder(cfg, name)) for name in cfg.stages}
 
 
 def run_pipeline(

@@ -24,7 +24,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from valign.errors import ValignError
 from valign.types import Row
 
 FORMAT_VERSION = 1  # bump when a stage's row format changes incompatibly

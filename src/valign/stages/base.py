@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
 
 from rich.console import Console
 
 from valign.cache import CompletionCache
 from valign.models.base import ChatModel
+
+if TYPE_CHECKING:
+    from valign.constitution import Constitution
 from valign.runs import RowLog, read_rows
 from valign.types import Row
 
@@ -29,6 +32,27 @@ def previous_training_stage(run_config: Any, name: str) -> str | None:
     stages = list(run_config.stages)
     earlier = stages[: stages.index(name)] if name in stages else stages
     return next((s for s in reversed(earlier) if s in TRAINING_STAGES), None)
+
+
+def stage_folder(run_config: Any, name: str) -> Path:
+    """A stage's folder in the run: ``runs/<run>/<NN>-<stage>``, NN its place in ``stages``."""
+    return Path(run_config.run_dir) / f"{list(run_config.stages).index(name) + 1:02d}-{name}"
+
+
+def run_constitution(run_config: Any) -> "Constitution":
+    """The run's constitution: a shipped name, a file, or — when ``constitution`` names a
+    stage of the run (``survey``) — the ``constitution.yaml`` that stage wrote."""
+    from valign.constitution import load_constitution
+
+    name = run_config.constitution
+    if name in getattr(run_config, "stages", ()):
+        return load_constitution(stage_folder(run_config, name) / "constitution.yaml")
+    return load_constitution(name)
+
+
+def constitution_inputs(run_config: Any) -> list[str]:
+    """The stage the constitution comes from, if it comes from one."""
+    return [run_config.constitution] if run_config.constitution in getattr(run_config, "stages", ()) else []
 
 
 class ModelPool:

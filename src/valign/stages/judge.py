@@ -49,11 +49,11 @@ from typing import Any, ClassVar, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from valign.constitution import Constitution, Principle, load_constitution
+from valign.constitution import Constitution, Principle
 from valign.errors import ValignError
 from valign.models.base import ChatModel
 from valign.progress import GenProgress
-from valign.stages.base import StageContext
+from valign.stages.base import StageContext, constitution_inputs, run_constitution
 from valign.types import Conversation, GenConfig, Row
 
 __all__ = [
@@ -616,7 +616,7 @@ class JudgeStage:
     name: ClassVar[str] = "judge"
 
     def inputs(self, run_config: Any) -> list[str]:
-        return ["pairs"]
+        return ["pairs", *constitution_inputs(run_config)]
 
     def describe(self, run_config: Any) -> dict[str, Any]:
         cfg: JudgeConfig = run_config.judge
@@ -624,13 +624,13 @@ class JudgeStage:
             "config": cfg.model_dump(mode="json"),
             "model": cfg.model or "policy",  # the policy is covered by the pairs' fingerprint
             "seed": run_config.seed,
-            "constitution": load_constitution(run_config.constitution).fingerprint(),
+            "constitution": run_constitution(run_config).fingerprint(),
             "templates": templates_digest(),
         }
 
     def run(self, ctx: StageContext) -> None:
         cfg: JudgeConfig = ctx.config
-        constitution = load_constitution(ctx.run_config.constitution)
+        constitution = run_constitution(ctx.run_config)
         pairs = ctx.input_rows("pairs")
         for row in pairs:
             _check_pair(row)

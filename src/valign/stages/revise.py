@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from valign.constitution import Constitution, FewShotExample, Principle, load_constitution
+from valign.constitution import Constitution, FewShotExample, Principle
 from valign.progress import GenProgress
-from valign.stages.base import StageContext
+from valign.stages.base import StageContext, constitution_inputs, run_constitution
 from valign.types import Conversation, GenConfig, Row
 
 # Small models often echo the label they were asked for; strip it so it is not trained on.
@@ -55,7 +55,7 @@ class ReviseStage:
     name: ClassVar[str] = "revise"
 
     def inputs(self, run_config: Any) -> list[str]:
-        return ["respond"]
+        return ["respond", *constitution_inputs(run_config)]
 
     def describe(self, run_config: Any) -> dict[str, Any]:
         cfg: ReviseConfig = run_config.revise
@@ -63,12 +63,12 @@ class ReviseStage:
             "config": cfg.model_dump(mode="json"),
             "model": cfg.model or run_config.model,
             "seed": run_config.seed,
-            "constitution": load_constitution(run_config.constitution).fingerprint(),
+            "constitution": run_constitution(run_config).fingerprint(),
         }
 
     def run(self, ctx: StageContext) -> None:
         cfg: ReviseConfig = ctx.config
-        constitution = load_constitution(ctx.run_config.constitution)
+        constitution = run_constitution(ctx.run_config)
         answers = [r for r in ctx.input_rows("respond") if cfg.kinds is None or r.get("kind") in cfg.kinds]
         todo = [r for r in answers if r["id"] not in ctx.rows.ids]
         ctx.info["counts"] = {"answers": len(answers), "resumed_done": len(answers) - len(todo)}

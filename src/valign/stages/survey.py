@@ -1,0 +1,134 @@
+"""`survey`: the public values survey's data, weighted and exported for the pipeline.
+
+Reads the survey database (the app's, `valign survey serve`), computes quality flags,
+rakes the respondents to census margins and writes the export
+(`valign.survey.artifacts`) into the stage folder: ``constitution.yaml``,
+``dpo.jsonl``, ``kto.jsonl``, ``eval_items.jsonl``, ``consensus.csv`` and
+``summary.json``. Later stages refer to it by name — ``constitution: survey``,
+``dpo.rows: survey``, ``kto.rows: survey`` — and `survey_sft` and the fidelity
+evaluation read its ``eval_items.jsonl``. Rows: one per evaluation item.
+
+The stage's fingerprint includes a digest of the database (respondents, answers and
+the latest answer time), so new responses make a new export and everything after it
+re-runs; an unchanged database is skipped.
+
+Example (YAML):
+    survey: {db: "sqlite:///survey.db", instrument: demo, margins: nz-census-2023, B: 200}
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from valign.errors import ValignError
+from valign.stages.base import StageContext
+
+__all__ = ["SurveyStageConfig", "SurveyStage", "survey_digest"]
+
+
+class SurveyStageConfig(BaseModel):
+    """Settings of the `survey` stage.
+
+    ``db``: the survey database URL (default: ``$VALIGN_SURVEY_DB`` or ``sqlite:///survey.db``);
+    ``include_synthetic``: count respondents made by ``valign survey simulate`` (the
+    demo does; a real study should not); ``by``: subgroup variables of the evaluation
+    set and the consensus (default: the instrument's margin variables).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    db: str | None = None
+    instrument: str = "demo"
+    margins: str = "nz-census-2023"
+    trim: tuple[float, float] | None = None
+    missing: Literal["own_category", "impute_mode", "drop"] = "own_category"
+    include_synthetic: bool = False
+    completed_only: bool = True
+    by: list[str] = Field(default_factory=list)
+    B: int = Field(200, ge=2, le=5000)
+    min_group_n: int = Field(10, ge=1)
+    consensus_threshold: float = Field(0.6, gt=0, lt=1)
+    split: float = Field(0.6, gt=0.5, lt=1)
+
+
+def survey_digest(db_url: str) -> dict[str, Any]:
+    """Counts and the latest answer time: changes whenever a response is added or changed."""
+    from sqlalchemy import func, select
+
+    from valign.survey.db import Answer, Respondent, make_engine
+
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as c:
+            respondents = c.execute(select(func.count(Respondent.id), func.sum(Respondent.completed))).one()
+            answers = c.execute(select(func.count(Answer.id), func.max(Answer.answered_at))).one()
+    except Exception as e:  # a missing or un-migrated database
+        raise ValignError(f"cannot read the survey database {db_url} ({type(e).__name__}); run `valign survey migrate --db {db_url}` or check the URL.") from None
+    finally:
+        engine.dispose()
+    return {"respondents": respondents[0], "completed": int(respondents[1] or 0), "answers": answers[0], "latest": str(answers[1])}
+
+
+class SurveyStage:
+    name: ClassVar[str] = "survey"
+
+    def inputs(self, run_config: Any) -> list[str]:
+        return []
+
+    def describe(self, run_config: Any) -> dict[str, Any]:
+        from valign.survey.db import resolve_db_url
+        from valign.survey.instrument import load_instrument
+        from valign.survey.margins import load_margins
+
+        cfg: SurveyStageConfig = run_config.survey
+        url = resolve_db_url(cfg.db)
+        return {
+            "config": cfg.model_dump(mode="json"),
+            "instrument": load_instrument(cfg.instrument).fingerprint(),
+            "margins": load_margins(cfg.margins).shares(),
+            "database": survey_digest(url),
+            "seed": run_config.seed,
+        }
+
+    def run(self, ctx: StageContext) -> None:
+        from valign.survey.artifacts import ExportSettings, export_artifacts
+        from valign.survey.consensus import ConsensusSettings
+        from valign.survey.db import load_frames, resolve_db_url
+        from valign.survey.instrument import load_instrument
+        from valign.survey.margins import load_margins
+        from valign.survey.quality import add_quality
+        from valign.survey.weighting import apply_weights, rake_frames
+
+        cfg: SurveyStageConfig = ctx.config
+        instrument = load_instrument(cfg.instrument)
+        frames = select_respondents(add_quality(load_frames(resolve_db_url(cfg.db), instrument)), cfg.include_synthetic, cfg.completed_only)
+        result = rake_frames(frames, load_margins(cfg.margins), trim=cfg.trim, missing=cfg.missing, seed=ctx.run_config.seed)
+        settings = ExportSettings(
+            by=tuple(cfg.by), B=cfg.B, seed=ctx.run_config.seed, min_group_n=cfg.min_group_n,
+            consensus=ConsensusSettings(threshold=cfg.consensus_threshold, split=cfg.split),
+        )
+        summary = export_artifacts(apply_weights(frames, result), result, ctx.dir, settings)
+        from valign.survey.opinion import read_items
+
+        ctx.rows.append(item.model_dump() for item in read_items(ctx.dir / "eval_items.jsonl"))
+        ctx.info.update({"counts": summary["counts"], "respondents": summary["respondents"], "constitution": "constitution.yaml"})
+
+
+def select_respondents(frames: Any, include_synthetic: bool, completed_only: bool) -> Any:
+    """Frames restricted to the respondents the export should count."""
+    resp = frames.respondents
+    keep = resp.index.to_series().astype(bool)
+    if completed_only:
+        keep &= resp["completed"].astype(bool)
+    if not include_synthetic:
+        keep &= ~resp["synthetic"].astype(bool)
+    if not keep.any():
+        what = "completed " if completed_only else ""
+        hint = " (all are synthetic: set survey.include_synthetic: true for a demo)" if not include_synthetic and len(resp) else ""
+        raise ValignError(f"the survey database has no {what}respondents to export{hint}; collect responses first.")
+    ids = resp.index[keep.to_numpy()]
+    answers = frames.answers[frames.answers["respondent_id"].isin(ids)]
+    return type(frames)(frames.instrument, resp.loc[ids], answers)
+
