@@ -103,6 +103,18 @@ class _Session:
         return {k: v for k, v in (("sid", self.sid), ("rid", self.rid), ("link", self.link), ("inv", self.inv)) if v}
 
 
+@dataclass(frozen=True)
+class _Resp:
+    """What a request needs to know of its respondent."""
+
+    id: int
+    public_id: str
+    seed: int
+    proposals: tuple[int, ...]
+    completed: bool
+    submitted: frozenset[str] | set[str]
+
+
 class _Problem(Exception):
     """Stop handling a request and answer with a page saying what happened."""
 
@@ -240,8 +252,8 @@ class _Survey:
 
     # respondents ----------------------------------------------------------------------------
 
-    def plan(self, r: Respondent) -> list[Page]:
-        ids = tuple(r.proposal_ids())
+    def plan(self, r: "_Resp") -> list[Page]:
+        ids = r.proposals
         key = (r.seed, ids)
         plan = self._plans.get(key)
         if plan is None:
@@ -255,22 +267,30 @@ class _Survey:
             self._plans[key] = plan
         return plan
 
-    def respondent(self, s, sess: _Session) -> Respondent | None:  # noqa: ANN001
+    def respondent(self, s, sess: _Session) -> "_Resp | None":  # noqa: ANN001
+        """The session's respondent and the pages it has submitted (two small queries)."""
+        from sqlalchemy import select
+
         if not sess.rid:
             return None
-        return s.query(Respondent).filter(Respondent.public_id == sess.rid).one_or_none()
-
-    @staticmethod
-    def submitted_pages(s, r: Respondent) -> set[str]:  # noqa: ANN001
-        return {p for (p,) in s.query(PageEvent.page).filter(PageEvent.respondent_id == r.id).distinct()}
+        row = s.execute(
+            select(Respondent.id, Respondent.seed, Respondent.shown_proposals, Respondent.completed).where(Respondent.public_id == sess.rid)
+        ).first()
+        if row is None:
+            return None
+        pages = set(s.scalars(select(PageEvent.page).where(PageEvent.respondent_id == row.id).distinct()))
+        return _Resp(row.id, sess.rid, row.seed, tuple(json.loads(row.shown_proposals or "[]")), bool(row.completed), pages)
 
     @staticmethod
     def first_open(plan: list[Page], submitted: set[str]) -> int | None:
         """1-based number of the first page not yet submitted; None when all are."""
         return next((i for i, p in enumerate(plan, 1) if p.key not in submitted), None)
 
-    def start_respondent(self, sess: _Session, synthetic: bool = False) -> None:
-        """Consent given: create the respondent (bound to the session's invitation, if any)."""
+    def start_respondent(self, sess: _Session, synthetic: bool = False) -> bool:
+        """Consent given: create the respondent (bound to the session's invitation, if any).
+
+        True when a new respondent was created; False when the invitation already had one.
+        """
         from sqlalchemy.exc import IntegrityError
 
         token = new_token()
@@ -284,7 +304,7 @@ class _Survey:
                 existing = s.query(Respondent).filter(Respondent.invitation_id == invitation.id).one_or_none()
                 if existing is not None:  # the invitation was used: back to that one response
                     sess.rid, sess.link, sess.inv, sess.dirty = existing.public_id, f"/i/{sess.inv}", None, True
-                    return
+                    return False
             r = Respondent(
                 public_id=secrets.token_hex(8),
                 resume_hash=token_hash(token),
@@ -303,9 +323,10 @@ class _Survey:
                 with self.db.read() as s2:
                     existing = s2.query(Respondent).filter(Respondent.invitation_id == invitation.id).one()  # type: ignore[union-attr]
                 sess.rid, sess.link, sess.inv, sess.dirty = existing.public_id, f"/i/{sess.inv}", None, True
-                return
+                return False
             link = f"/i/{sess.inv}" if sess.inv else f"/r/{token}"
             sess.rid, sess.link, sess.inv, sess.dirty = r.public_id, link, None, True
+            return True
 
 
 # -- public routes --------------------------------------------------------------------------
@@ -352,7 +373,8 @@ def _public_router(sv: _Survey):
         if sv.settings.invitations == "required" and not sess.inv and not sess.rid:
             return sv.html(request, sess, "invite_only.html", status=403, page_title="By invitation only")
         if not sess.rid:
-            await run_in_threadpool(sv.start_respondent, sess)
+            if await run_in_threadpool(sv.start_respondent, sess):
+                return sv.redirect(request, sess, "/survey/1")
         return sv.redirect(request, sess, "/continue")
 
     @router.get("/r/{token}")
@@ -389,7 +411,7 @@ def _public_router(sv: _Survey):
                 return sv.redirect(request, _forget(sess), "/")
             if r.completed:
                 return sv.redirect(request, sess, "/done")
-            n = sv.first_open(sv.plan(r), sv.submitted_pages(s, r))
+            n = sv.first_open(sv.plan(r), r.submitted)
         return sv.redirect(request, sess, f"/survey/{n or 1}")
 
     @router.get("/survey/{n}")
@@ -402,7 +424,7 @@ def _public_router(sv: _Survey):
             if r.completed:
                 return sv.redirect(request, sess, "/done")
             plan = sv.plan(r)
-            open_n = sv.first_open(plan, sv.submitted_pages(s, r)) or len(plan)
+            open_n = sv.first_open(plan, r.submitted) or len(plan)
             if not 1 <= n <= open_n:
                 return sv.redirect(request, sess, f"/survey/{open_n}")
             pg = plan[n - 1]
@@ -442,7 +464,7 @@ def _forget(sess: _Session) -> _Session:
     return sess
 
 
-def _render_page(sv: _Survey, request: "Request", sess: _Session, r: Respondent, plan: list[Page], n: int, values: dict[str, str], errors: dict[str, str], status: int = 200) -> "Response":
+def _render_page(sv: _Survey, request: "Request", sess: _Session, r: _Resp, plan: list[Page], n: int, values: dict[str, str], errors: dict[str, str], status: int = 200) -> "Response":
     pg = plan[n - 1]
     shown = sv.page_signer.sign({"p": pg.key, "r": r.public_id, "at": time.time()})
     return sv.html(
@@ -533,7 +555,7 @@ def _submit(sv: _Survey, request: "Request", sess: _Session, n: int, form: dict[
         if r.completed:
             return sv.redirect(request, sess, "/done")
         plan = sv.plan(r)
-        open_n = sv.first_open(plan, sv.submitted_pages(s, r)) or len(plan)
+        open_n = sv.first_open(plan, r.submitted) or len(plan)
     if not 1 <= n <= open_n:
         return sv.redirect(request, sess, f"/survey/{open_n}")
     pg = plan[n - 1]

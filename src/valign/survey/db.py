@@ -360,18 +360,23 @@ class Database:
         """Insert or update answers of one respondent, keyed by (respondent, item)."""
         if not rows:
             return
-        dialect = s.get_bind().dialect.name
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        values = [{"respondent_id": respondent_id, "answered_at": utcnow(), **r} for r in rows]
-        stmt = insert(Answer).values(values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["respondent_id", "item_id"],
-            set_={c: getattr(stmt.excluded, c) for c in ("kind", "choice", "strength", "text", "answered_at")},
-        )
-        s.execute(stmt)
+        now = utcnow()
+        s.execute(self._upsert, [{"respondent_id": respondent_id, "answered_at": now, **r} for r in rows])
+
+    @property
+    def _upsert(self):  # noqa: ANN202
+        # One statement per engine, executed with many rows: SQLAlchemy compiles it once.
+        if self.__dict__.get("_upsert_stmt") is None:
+            if self.engine.dialect.name == "postgresql":
+                from sqlalchemy.dialects.postgresql import insert
+            else:
+                from sqlalchemy.dialects.sqlite import insert
+            stmt = insert(Answer)
+            self.__dict__["_upsert_stmt"] = stmt.on_conflict_do_update(
+                index_elements=["respondent_id", "item_id"],
+                set_={c: getattr(stmt.excluded, c) for c in ("kind", "choice", "strength", "text", "answered_at")},
+            )
+        return self.__dict__["_upsert_stmt"]
 
     def delete_answers(self, s: Session, respondent_id: int, item_ids: list[str]) -> None:
         """Remove answers a respondent cleared (e.g. a demographic they now skip)."""
