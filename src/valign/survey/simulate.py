@@ -228,7 +228,8 @@ class _Person:
     """Draws a respondent's demographics and latent values, and answers items like them."""
 
     def __init__(self, index: int, profile: str, pop: Population, inst: Instrument) -> None:
-        self.rng = random.Random(pop.seed * 1_000_003 + index)
+        self.seed = pop.seed * 1_000_003 + index
+        self.rng = random.Random(self.seed)
         self.profile, self.pop, self.inst = profile, pop, inst
         self.demo: dict[str, str] = {}
         for q in inst.demographics:
@@ -237,7 +238,7 @@ class _Person:
                 codes, weights = zip(*probs.items())
                 self.demo[q.id] = self.rng.choices(codes, weights=weights)[0]
         groups = [g for g in pop.groups if all(self.demo.get(k) in v for k, v in g.when.items())]
-        values = {v for v in (inst.value_key() or {})} | set(pop.values)
+        values = sorted(set(inst.value_key()) | set(pop.values))  # sorted: the same draws in every process
         self.mu = {v: pop.values.get(v, 0.0) + sum(g.values.get(v, 0.0) for g in groups) + self.rng.gauss(0, pop.value_noise) for v in values}
         self.agree = {**pop.agree, **{k: v for g in groups for k, v in g.agree.items()}}
         self.up = {**pop.up, **{k: v for g in groups for k, v in g.up.items()}}
@@ -249,8 +250,13 @@ class _Person:
         self.dropout_after = self.rng.randint(1, 5) if profile == "dropout" else None
 
     def answer(self, name: str, options: list[str]) -> str:
+        """The answer to form field ``name`` (``q-<item>`` or ``s-<item>``) among ``options``.
+
+        Drawn from a generator seeded by person and field, so the same person gives the
+        same answers whatever order the server shows the questions in.
+        """
         item = name[2:]
-        kind, rng = name[:2], self.rng
+        kind, rng = name[:2], random.Random(f"{self.seed}:{name}")
         if kind == "s-":  # scenario strength
             return options[min(len(options) - 1, int(abs(self._scenario_margin(item)) * len(options) / 2))]
         if item in self.checks:
@@ -264,13 +270,13 @@ class _Person:
             return self.demo.get(item, "")
         if item in self.meta:
             if self.profile == "straightliner":
-                self.straight = self.straight or rng.choice(options)
+                self.straight = self.straight or random.Random(self.seed).choice(options)
                 return self.straight
             points = len(options)
             v = self.meta[item]
             # Latent importance moves the expected rating by up to a third of the scale;
             # item noise keeps honest answers varied (real respondents rarely repeat one point).
-            x = (points + 1) / 2 + self.mu.get(v.value, 0.0) * points / 6 + rng.gauss(0, 0.9)
+            x = (points + 1) / 2 + self.mu.get(v.value, 0.0) * points / 6 + rng.gauss(0, 1.3)
             x = min(points, max(1, round(x)))
             return str(points + 1 - x if v.reverse else x)
         if item in self.sd:
