@@ -346,6 +346,10 @@ def _public_router(sv: _Survey):
     def _css() -> Response:
         return Response(css, media_type="text/css", headers={"Cache-Control": "public, max-age=3600"})
 
+    @router.get("/favicon.ico")
+    def _favicon() -> Response:
+        return Response(status_code=204, headers={"Cache-Control": "public, max-age=86400"})  # no icon, and no 404 in consoles
+
     @router.get("/healthz")
     def _health() -> Response:
         return PlainTextResponse("ok")
@@ -369,7 +373,7 @@ def _public_router(sv: _Survey):
             await run_in_threadpool(sv.db.bump_counter, "declined")
             return sv.html(request, sess, "declined.html", page_title="Thank you")
         if decision != "agree":
-            return sv.html(request, sess, "consent.html", status=422, page_title=sv.instrument.consent.title, error="Choose whether you agree to take part.")
+            return sv.html(request, sess, "consent.html", page_title=sv.instrument.consent.title, error="Choose whether you agree to take part.")
         if sv.settings.invitations == "required" and not sess.inv and not sess.rid:
             return sv.html(request, sess, "invite_only.html", status=403, page_title="By invitation only")
         if not sess.rid:
@@ -505,7 +509,7 @@ def _validate(sv: _Survey, pg: Page, form: dict[str, Any]) -> tuple[list[dict], 
                 cleared.append(item.id)
             continue
         if choice not in codes:
-            errors[item.id] = "Choose one of the options shown."
+            errors[item.id] = "Choose one of the options shown"
             continue
         strength: int | None = None
         if item.kind == "scenario":
@@ -514,7 +518,7 @@ def _validate(sv: _Survey, pg: Page, form: dict[str, Any]) -> tuple[list[dict], 
             if s_text:
                 values[f"s-{item.id}"] = s_text
             if not s_text.isdigit() or not 1 <= int(s_text) <= n_labels:
-                errors[f"{item.id}-strength"] = "Say how much better the answer you chose is."
+                errors[f"{item.id}-strength"] = "Say how much better the answer you chose is"
                 continue
             strength = int(s_text)
         rows.append({"item_id": item.id, "kind": item.kind, "choice": choice, "strength": strength, "text": None})
@@ -524,9 +528,9 @@ def _validate(sv: _Survey, pg: Page, form: dict[str, Any]) -> tuple[list[dict], 
         values["proposal"] = raw if isinstance(raw, str) else ""
         limit = sv.instrument.principles.max_proposal_chars
         if len(text) > limit:
-            errors["proposal"] = f"Your proposal must be {limit} characters or fewer; it has {len(text)}."
+            errors["proposal"] = f"Your proposal must be {limit} characters or fewer; it has {len(text)}"
         elif text and len(text) < 10:
-            errors["proposal"] = "Write your proposal as a full sentence of at least 10 characters, or leave the box empty."
+            errors["proposal"] = "Write your proposal as a full sentence of at least 10 characters, or leave the box empty"
         elif text:
             rows.append({"item_id": PROPOSAL_ITEM, "kind": "principle", "choice": "proposal", "strength": None, "text": text})
         else:
@@ -535,16 +539,18 @@ def _validate(sv: _Survey, pg: Page, form: dict[str, Any]) -> tuple[list[dict], 
 
 
 def _missing_message(item: Item) -> str:
-    words = item.text if len(item.text) <= 60 else item.text[:57].rsplit(" ", 1)[0] + "…"
+    # The question's own words, so that each message in the summary says which one it means.
+    text = item.text.strip().rstrip(".?!")
+    words = text if len(text) <= 60 else text[:57].rsplit(" ", 1)[0].rstrip(",;:") + "…"
     if item.kind == "scenario":
-        return f"Choose which answer is better for “{words}”."
+        return f"Choose which answer is better for “{words}”"
     if item.kind == "rating":
-        return f"Say whether the answer to “{words}” is good or bad."
+        return f"Say whether the answer to “{words}” is good or bad"
     if item.section == "principles":
-        return f"Choose agree, disagree or pass for “{words}”."
+        return f"Choose agree, disagree or pass for “{words}”"
     if item.section == "social_desirability":
-        return f"Choose true or false for “{words}”."
-    return f"Choose how much this person is like you: “{words}”."
+        return f"Choose true or false for “{words}”"
+    return f"Choose how much this person is like you: “{words}”"
 
 
 def _submit(sv: _Survey, request: "Request", sess: _Session, n: int, form: dict[str, Any]) -> "Response":
@@ -564,7 +570,8 @@ def _submit(sv: _Survey, request: "Request", sess: _Session, n: int, form: dict[
         raise _Problem(400, "Form expired", "This page's form is out of date. Go back, reload the page and submit it again.")
     rows, cleared, errors, values = _validate(sv, pg, form)
     if errors:
-        return _render_page(sv, request, sess, r, plan, n, values, errors, status=422)
+        # 200, as form pages with errors conventionally are (a 4xx would be logged as a browser console error)
+        return _render_page(sv, request, sess, r, plan, n, values, errors)
     seconds = min(max(time.time() - float(shown.get("at", 0)), 0.0), PAGE_SECONDS_CAP)
     last = n == len(plan)
     with sv.db.write() as s:

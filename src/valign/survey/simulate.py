@@ -378,7 +378,7 @@ async def _respondent(client, base: str, link: str, person: _Person, rec: SimRes
             await asyncio.sleep(think * n_items)
         r = await follow(await request("POST", base + form.action, data=data))
         rec.pages += 1
-        if r.status_code == 422:
+        if 'class="error-summary"' in r.text:
             rec.error = f"the server refused the answers on {form.action}"
             return
     rec.error = f"gave up after {max_pages} pages"
