@@ -554,7 +554,9 @@ def _missing_message(item: Item) -> str:
 
 
 def _submit(sv: _Survey, request: "Request", sess: _Session, n: int, form: dict[str, Any]) -> "Response":
-    with sv.db.read() as s:
+    """Check and save one page in one transaction: a page is stored whole or not at all."""
+    errors: dict[str, str] = {}
+    with sv.db.write() as s:
         r = sv.respondent(s, sess)
         if r is None:
             return sv.redirect(request, _forget(sess), "/")
@@ -562,26 +564,26 @@ def _submit(sv: _Survey, request: "Request", sess: _Session, n: int, form: dict[
             return sv.redirect(request, sess, "/done")
         plan = sv.plan(r)
         open_n = sv.first_open(plan, r.submitted) or len(plan)
-    if not 1 <= n <= open_n:
-        return sv.redirect(request, sess, f"/survey/{open_n}")
-    pg = plan[n - 1]
-    shown = sv.page_signer.unsign(form.get("shown"))
-    if not shown or shown.get("p") != pg.key or shown.get("r") != r.public_id:
-        raise _Problem(400, "Form expired", "This page's form is out of date. Go back, reload the page and submit it again.")
-    rows, cleared, errors, values = _validate(sv, pg, form)
+        if not 1 <= n <= open_n:
+            return sv.redirect(request, sess, f"/survey/{open_n}")
+        pg = plan[n - 1]
+        shown = sv.page_signer.unsign(form.get("shown"))
+        if not shown or shown.get("p") != pg.key or shown.get("r") != r.public_id:
+            raise _Problem(400, "Form expired", "This page's form is out of date. Go back, reload the page and submit it again.")
+        rows, cleared, errors, values = _validate(sv, pg, form)
+        last = n == len(plan)
+        if not errors:
+            seconds = min(max(time.time() - float(shown.get("at", 0)), 0.0), PAGE_SECONDS_CAP)
+            sv.db.upsert_answers(s, r.id, rows)
+            sv.db.delete_answers(s, r.id, cleared)
+            s.add(PageEvent(respondent_id=r.id, page=pg.key, items=len(rows), seconds=seconds, submitted_at=utcnow()))
+            if pg.key == PROPOSAL_PAGE:
+                _save_proposal(s, r.id, next((x["text"] for x in rows if x["item_id"] == PROPOSAL_ITEM), None))
+            if last:
+                s.query(Respondent).filter(Respondent.id == r.id).update({"completed": True, "finished_at": utcnow()})
     if errors:
         # 200, as form pages with errors conventionally are (a 4xx would be logged as a browser console error)
         return _render_page(sv, request, sess, r, plan, n, values, errors)
-    seconds = min(max(time.time() - float(shown.get("at", 0)), 0.0), PAGE_SECONDS_CAP)
-    last = n == len(plan)
-    with sv.db.write() as s:
-        sv.db.upsert_answers(s, r.id, rows)
-        sv.db.delete_answers(s, r.id, cleared)
-        s.add(PageEvent(respondent_id=r.id, page=pg.key, items=len(rows), seconds=seconds, submitted_at=utcnow()))
-        if pg.key == PROPOSAL_PAGE:
-            _save_proposal(s, r.id, next((x["text"] for x in rows if x["item_id"] == PROPOSAL_ITEM), None))
-        if last:
-            s.query(Respondent).filter(Respondent.id == r.id).update({"completed": True, "finished_at": utcnow()})
     return sv.redirect(request, sess, "/done" if last else f"/survey/{n + 1}")
 
 

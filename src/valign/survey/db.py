@@ -224,7 +224,8 @@ def make_engine(url: str = DEFAULT_DB_URL, *, pool_size: int = 10) -> Engine:
     SQLite runs in WAL mode (readers never block the writer) with ``synchronous=NORMAL``
     (durable at every checkpoint, safe against crashes of the app) and a 30-second busy
     timeout; write transactions start with ``BEGIN IMMEDIATE`` (see `Database.write`),
-    so concurrent writers queue instead of failing. PostgreSQL gets a pre-pinged pool.
+    so concurrent writers queue instead of failing. PostgreSQL gets a pool of
+    ``pool_size`` (+ as many again on demand) connections, recycled every half hour.
 
     Example:
         >>> make_engine("postgresql+psycopg://postgres@127.0.0.1:5432/survey")
@@ -253,7 +254,8 @@ def make_engine(url: str = DEFAULT_DB_URL, *, pool_size: int = 10) -> Engine:
 
         return engine
     if url.startswith("postgresql"):
-        return create_engine(url, pool_size=pool_size, max_overflow=2 * pool_size, pool_pre_ping=True, pool_timeout=30)
+        # No pre-ping (a round trip per checkout); connections are recycled before servers drop idle ones.
+        return create_engine(url, pool_size=pool_size, max_overflow=2 * pool_size, pool_recycle=1800, pool_timeout=30)
     raise ValignError(f"database URL '{url.split('://')[0]}://…' is not supported; use sqlite:///FILE or postgresql+psycopg://USER@HOST:PORT/DB.")
 
 

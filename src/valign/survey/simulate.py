@@ -32,11 +32,12 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import html
 import math
 import random
+import re
 import time
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -121,55 +122,48 @@ def load_population(name_or_path: str | Path | None = None) -> Population:
 # -- reading the pages ---------------------------------------------------------------------
 
 
-class _Form(HTMLParser):
-    """The first POST form of a page: its action, hidden fields, radio groups and text areas."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.action: str | None = None
-        self.hidden: dict[str, str] = {}
-        self.radios: dict[str, list[str]] = {}
-        self.textareas: list[str] = []
-        self.buttons: dict[str, list[str]] = {}
-        self.response_id: str | None = None
-        self._in_form = False
-        self._done = False
-        self._in_code = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if tag == "form" and not self._done and a.get("method", "").lower() == "post":
-            self._in_form, self.action = True, a.get("action")
-        elif tag == "strong" and "code" in a.get("class", ""):
-            self._in_code = True
-        if not self._in_form:
-            return
-        if tag == "input":
-            kind, name = a.get("type", "text"), a.get("name", "")
-            if kind == "hidden":
-                self.hidden[name] = a.get("value", "")
-            elif kind == "radio":
-                self.radios.setdefault(name, []).append(a.get("value", ""))
-        elif tag == "textarea":
-            self.textareas.append(a.get("name", ""))
-        elif tag == "button" and a.get("name"):
-            self.buttons.setdefault(a["name"], []).append(a.get("value", ""))
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "form" and self._in_form:
-            self._in_form, self._done = False, True
-        if tag == "strong":
-            self._in_code = False
-
-    def handle_data(self, data: str) -> None:
-        if self._in_code and data.strip():
-            self.response_id = data.strip()
+_FORM = re.compile(r"<form\b([^>]*)>(.*?)</form>", re.S | re.I)
+_TAG = re.compile(r"<(input|textarea|button)\b([^>]*)>", re.I)
+_ATTR = re.compile(r'([A-Za-z_:][-A-Za-z0-9_:.]*)\s*=\s*"([^"]*)"')
+_RESPONSE_ID = re.compile(r'<strong class="code">([^<]+)</strong>')
 
 
-def _parse(html: str) -> _Form:
-    f = _Form()
-    f.feed(html)
-    return f
+@dataclass
+class _Form:
+    """The first POST form of a page: its action, hidden fields, radio groups, text areas, buttons."""
+
+    action: str | None = None
+    hidden: dict[str, str] = field(default_factory=dict)
+    radios: dict[str, list[str]] = field(default_factory=dict)
+    textareas: list[str] = field(default_factory=list)
+    buttons: dict[str, list[str]] = field(default_factory=dict)
+    response_id: str | None = None
+
+
+def _parse(page: str) -> _Form:
+    """Read a page's form the way a browser submits it (a light tag scanner: these pages
+    are ours and well-formed, and a full HTML parser would cost the load test most of its CPU)."""
+    out = _Form()
+    rid = _RESPONSE_ID.search(page)
+    out.response_id = html.unescape(rid.group(1)).strip() if rid else None
+    for form in _FORM.finditer(page):
+        attrs = {k.lower(): html.unescape(v) for k, v in _ATTR.findall(form.group(1))}
+        if attrs.get("method", "").lower() != "post":
+            continue
+        out.action = attrs.get("action")
+        for tag, raw in _TAG.findall(form.group(2)):
+            a = {k.lower(): html.unescape(v) for k, v in _ATTR.findall(raw)}
+            tag, name = tag.lower(), a.get("name", "")
+            if tag == "textarea":
+                out.textareas.append(name)
+            elif tag == "button" and name:
+                out.buttons.setdefault(name, []).append(a.get("value", ""))
+            elif tag == "input" and a.get("type", "text") == "hidden":
+                out.hidden[name] = a.get("value", "")
+            elif tag == "input" and a.get("type") == "radio":
+                out.radios.setdefault(name, []).append(a.get("value", ""))
+        break
+    return out
 
 
 # -- one synthetic person --------------------------------------------------------------------
@@ -463,7 +457,9 @@ def _shared_client(concurrency: int, timeout: float):
     import httpx
     from http.cookiejar import DefaultCookiePolicy
 
-    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
+    # Idle connections are dropped well before the server's keep-alive timeout, so a
+    # request never goes out on a connection the server is closing at that moment.
+    limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8, keepalive_expiry=2.0)
     client = httpx.AsyncClient(timeout=timeout, limits=limits)
     client.cookies.jar.set_policy(DefaultCookiePolicy(allowed_domains=[]))  # no shared cookies
     return client
