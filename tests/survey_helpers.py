@@ -74,6 +74,7 @@ class Server:
     def __init__(self, db_url: str, instrument: str = "demo", *args: str, admin_token: str | None = ADMIN_TOKEN, log: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.db_url = db_url
         env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
         env.pop("VALIGN_ADMIN_TOKEN", None)
         if admin_token:

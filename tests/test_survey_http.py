@@ -324,3 +324,27 @@ def test_simulate_marks_synthetic_and_quality_flags_catch_the_bad_ones(tmp_path,
     else:
         with postgres_database() as url:
             run(url)
+
+
+# -- the command line on the same database ----------------------------------------------------------
+
+
+def test_cli_invite_flags_and_export(server, tmp_path):
+    from typer.testing import CliRunner
+
+    from valign.cli import app
+
+    Person(server.url).consent()
+    run = CliRunner().invoke
+    out = run(app, ["survey", "migrate", "--db", server.db_url])
+    assert out.exit_code == 0 and "revision 0001" in out.output
+    out = run(app, ["survey", "invite", "--n", "3", "--db", server.db_url, "--base-url", server.url])
+    links = out.output.split()
+    assert out.exit_code == 0 and len(links) == 3 and all(link.startswith(server.url + "/i/") for link in links)
+    assert httpx.get(links[0], follow_redirects=True).status_code == 200  # a working invitation
+    out = run(app, ["survey", "flags", "--db", server.db_url])
+    assert out.exit_code == 0 and out.output.startswith("attention\t")
+    for name in ("r.csv", "r.json", "r.sav"):
+        out = run(app, ["survey", "export", str(tmp_path / name), "--db", server.db_url, "--include-excluded"])
+        assert out.exit_code == 0 and (tmp_path / name).stat().st_size > 0
+    assert summary(server.url)["started"] == len(pd.read_csv(tmp_path / "r.csv"))

@@ -97,10 +97,11 @@ class _Session:
     rid: str | None = None  # Respondent.public_id
     link: str | None = None  # "/r/<token>" or "/i/<token>": how this respondent resumes
     inv: str | None = None  # an invitation token not yet consented to
+    syn: bool = False  # opened through a synthetic invitation (made with the admin token)
     dirty: bool = False
 
     def payload(self) -> dict[str, Any]:
-        return {k: v for k, v in (("sid", self.sid), ("rid", self.rid), ("link", self.link), ("inv", self.inv)) if v}
+        return {k: v for k, v in (("sid", self.sid), ("rid", self.rid), ("link", self.link), ("inv", self.inv), ("syn", self.syn)) if v}
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,7 @@ class _Survey:
     def session(self, request: "Request") -> _Session:
         data = self.signer.unsign(request.cookies.get(SESSION_COOKIE))
         if data and isinstance(data.get("sid"), str):
-            return _Session(sid=data["sid"], rid=data.get("rid"), link=data.get("link"), inv=data.get("inv"))
+            return _Session(sid=data["sid"], rid=data.get("rid"), link=data.get("link"), inv=data.get("inv"), syn=bool(data.get("syn")))
         return _Session(sid=secrets.token_urlsafe(16), dirty=True)
 
     def finish(self, response: "Response", sess: _Session) -> "Response":
@@ -242,8 +243,13 @@ class _Survey:
         return request.client.host if request.client else "unknown"
 
     def check_post(self, request: "Request", sess: _Session, form: dict[str, Any]) -> None:
-        """CSRF and rate limits, for every form POST."""
-        if not self.limit_ip.allow("ip:" + self.client_ip(request)) or not self.limit_session.allow("s:" + sess.sid):
+        """CSRF and rate limits, for every form POST.
+
+        Synthetic respondents (their invitation was made with the admin token) are not
+        rate limited: ``valign survey simulate`` sends many from one address on purpose.
+        """
+        limited = not sess.syn and (not self.limit_ip.allow("ip:" + self.client_ip(request)) or not self.limit_session.allow("s:" + sess.sid))
+        if limited:
             raise _Problem(429, "Too many requests", "You sent too many answers in a short time. Wait a minute, then go back and submit the page again.", {"Retry-After": "60"})
         if sess.dirty:  # no valid session cookie came with the form
             raise _Problem(403, "Cookies needed", "Your browser did not send this survey's cookie. Allow cookies for this site, reload the page and try again.")
@@ -388,7 +394,7 @@ def _public_router(sv: _Survey):
             r = s.query(Respondent).filter(Respondent.resume_hash == token_hash(token)).one_or_none()
         if r is None:
             raise _Problem(404, "Link not recognised", "This link does not open a survey response. Check that you copied the whole link.")
-        sess.rid, sess.link, sess.inv, sess.dirty = r.public_id, f"/r/{token}", None, True
+        sess.rid, sess.link, sess.inv, sess.syn, sess.dirty = r.public_id, f"/r/{token}", None, bool(r.synthetic), True
         return sv.redirect(request, sess, "/continue")
 
     @router.get("/i/{token}")
@@ -403,7 +409,7 @@ def _public_router(sv: _Survey):
             sess.rid, sess.link, sess.inv = r.public_id, f"/i/{token}", None
         else:
             sess.rid, sess.link, sess.inv = None, None, token
-        sess.dirty = True
+        sess.syn, sess.dirty = bool(inv.synthetic), True
         return sv.redirect(request, sess, "/continue" if r is not None else "/")
 
     @router.get("/continue")
