@@ -306,7 +306,7 @@ class _Survey:
             if sess.inv:
                 invitation = s.query(Invitation).filter(Invitation.token_hash == token_hash(sess.inv)).one_or_none()
                 if invitation is None:
-                    raise _Problem(404, "Invitation not valid", "This invitation link is not valid. Check that you copied the whole link.")
+                    raise _bad_invitation()
                 existing = s.query(Respondent).filter(Respondent.invitation_id == invitation.id).one_or_none()
                 if existing is not None:  # the invitation was used: back to that one response
                     sess.rid, sess.link, sess.inv, sess.dirty = existing.public_id, f"/i/{sess.inv}", None, True
@@ -379,7 +379,7 @@ def _public_router(sv: _Survey):
             await run_in_threadpool(sv.db.bump_counter, "declined")
             return sv.html(request, sess, "declined.html", page_title="Thank you")
         if decision != "agree":
-            return sv.html(request, sess, "consent.html", page_title=sv.instrument.consent.title, error="Choose whether you agree to take part.")
+            return sv.html(request, sess, "consent.html", page_title=sv.instrument.consent.title, error="Choose whether you agree to take part")
         if sv.settings.invitations == "required" and not sess.inv and not sess.rid:
             return sv.html(request, sess, "invite_only.html", status=403, page_title="By invitation only")
         if not sess.rid:
@@ -404,7 +404,7 @@ def _public_router(sv: _Survey):
             inv = s.query(Invitation).filter(Invitation.token_hash == token_hash(token)).one_or_none()
             r = s.query(Respondent).filter(Respondent.invitation_id == inv.id).one_or_none() if inv else None
         if inv is None:
-            raise _Problem(404, "Invitation not valid", "This invitation link is not valid. Check that you copied the whole link.")
+            raise _bad_invitation()
         if r is not None:
             sess.rid, sess.link, sess.inv = r.public_id, f"/i/{token}", None
         else:
@@ -416,27 +416,16 @@ def _public_router(sv: _Survey):
     def continue_(request: Request) -> Response:
         sess = sv.session(request)
         with sv.db.read() as s:
-            r = sv.respondent(s, sess)
-            if r is None:
-                return sv.redirect(request, _forget(sess), "/")
-            if r.completed:
-                return sv.redirect(request, sess, "/done")
-            n = sv.first_open(sv.plan(r), r.submitted)
-        return sv.redirect(request, sess, f"/survey/{n or 1}")
+            _, _, redirect = _locate(sv, request, sess, s, None)
+        return redirect  # type: ignore[return-value]
 
     @router.get("/survey/{n}")
     def page(request: Request, n: int) -> Response:
         sess = sv.session(request)
         with sv.db.read() as s:
-            r = sv.respondent(s, sess)
-            if r is None:
-                return sv.redirect(request, _forget(sess), "/")
-            if r.completed:
-                return sv.redirect(request, sess, "/done")
-            plan = sv.plan(r)
-            open_n = sv.first_open(plan, r.submitted) or len(plan)
-            if not 1 <= n <= open_n:
-                return sv.redirect(request, sess, f"/survey/{open_n}")
+            r, plan, redirect = _locate(sv, request, sess, s, n)
+            if redirect is not None:
+                return redirect
             pg = plan[n - 1]
             ids = [i.id for i in pg.items] or [PROPOSAL_ITEM]
             saved = {a.item_id: a for a in s.query(Answer).filter(Answer.respondent_id == r.id, Answer.item_id.in_(ids))}
@@ -465,6 +454,26 @@ def _public_router(sv: _Survey):
         return sv.html(request, sess, "done.html", page_title="Thank you", respondent_id=r.public_id)
 
     return router
+
+
+def _locate(sv: _Survey, request: "Request", sess: _Session, s, n: int | None) -> tuple[Any, list[Page], "Response | None"]:  # noqa: ANN001
+    """The respondent and their pages, and the redirect that replaces page ``n`` when it
+    cannot be shown: no respondent → consent, finished → thank-you, a page not yet
+    reached (or ``n`` None) → the first page not yet submitted."""
+    r = sv.respondent(s, sess)
+    if r is None:
+        return None, [], sv.redirect(request, _forget(sess), "/")
+    if r.completed:
+        return r, [], sv.redirect(request, sess, "/done")
+    plan = sv.plan(r)
+    open_n = sv.first_open(plan, r.submitted) or len(plan)
+    if n is None or not 1 <= n <= open_n:
+        return r, plan, sv.redirect(request, sess, f"/survey/{open_n}")
+    return r, plan, None
+
+
+def _bad_invitation() -> _Problem:
+    return _Problem(404, "Invitation not valid", "This invitation link is not valid. Check that you copied the whole link.")
 
 
 def _forget(sess: _Session) -> _Session:
@@ -563,15 +572,9 @@ def _submit(sv: _Survey, request: "Request", sess: _Session, n: int, form: dict[
     """Check and save one page in one transaction: a page is stored whole or not at all."""
     errors: dict[str, str] = {}
     with sv.db.write() as s:
-        r = sv.respondent(s, sess)
-        if r is None:
-            return sv.redirect(request, _forget(sess), "/")
-        if r.completed:
-            return sv.redirect(request, sess, "/done")
-        plan = sv.plan(r)
-        open_n = sv.first_open(plan, r.submitted) or len(plan)
-        if not 1 <= n <= open_n:
-            return sv.redirect(request, sess, f"/survey/{open_n}")
+        r, plan, redirect = _locate(sv, request, sess, s, n)
+        if redirect is not None:
+            return redirect
         pg = plan[n - 1]
         shown = sv.page_signer.unsign(form.get("shown"))
         if not shown or shown.get("p") != pg.key or shown.get("r") != r.public_id:
