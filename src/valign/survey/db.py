@@ -41,6 +41,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
     create_engine,
     event,
@@ -101,32 +102,19 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class _UTC(DateTime):
+class _UTC(TypeDecorator):
     """Timestamps stored without zone (SQLite has none) and always read back as UTC."""
 
+    impl = DateTime
     cache_ok = True
 
-    def __init__(self) -> None:
-        super().__init__(timezone=False)
+    def process_bind_param(self, value, dialect):  # noqa: ANN001, ANN201
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value
 
-    def bind_processor(self, dialect):  # type: ignore[override]
-        parent = super().bind_processor(dialect)
-
-        def process(value):
-            if value is not None and value.tzinfo is not None:
-                value = value.astimezone(timezone.utc).replace(tzinfo=None)
-            return parent(value) if parent else value
-
-        return process
-
-    def result_processor(self, dialect, coltype):  # type: ignore[override]
-        parent = super().result_processor(dialect, coltype)
-
-        def process(value):
-            value = parent(value) if parent else value
-            return value.replace(tzinfo=timezone.utc) if value is not None else None
-
-        return process
+    def process_result_value(self, value, dialect):  # noqa: ANN001, ANN201
+        return value.replace(tzinfo=timezone.utc) if value is not None else None
 
 
 class Base(DeclarativeBase):
