@@ -89,6 +89,9 @@ def test_security_headers_and_no_inline_code(server):
     assert "<script" not in r.text and "style=" not in r.text and "<style" not in r.text
     assert '<html lang="en">' in r.text
     assert httpx.get(server.url + "/static/survey.css").headers["content-type"].startswith("text/css")
+    for path in ("/nowhere", "/survey/abc", "/r/not-a-token"):
+        r = httpx.get(server.url + path)
+        assert r.status_code == 404 and r.headers["content-type"].startswith("text/html") and "<h1>" in r.text
 
 
 # -- admin ----------------------------------------------------------------------------------------
@@ -295,8 +298,8 @@ def test_simulate_marks_synthetic_and_quality_flags_catch_the_bad_ones(tmp_path,
     from valign.survey.quality import add_quality
     from valign.survey.simulate import Population, run_simulation
 
-    inst_path = instrument_file(tmp_path, min_seconds_per_item=0.02)
-    pop = Population(seed=3, profiles={"clean": 2, "straightliner": 1, "speeder": 1, "inattentive": 1, "high_sd": 1}, seconds_per_item=0.05, propose=0)
+    inst_path = instrument_file(tmp_path, min_seconds_per_item=0.04)  # clean ones think 0.1 s, speeders none
+    pop = Population(seed=3, profiles={"clean": 2, "straightliner": 1, "speeder": 1, "inattentive": 1, "high_sd": 1}, seconds_per_item=0.1, propose=0)
 
     def run(url: str) -> None:
         with Server(url, str(inst_path)) as s:

@@ -43,6 +43,11 @@ def create_invitations(db, n: int, synthetic: bool = False) -> list[str]:  # noq
 
 
 def admin_router(sv: "_Survey") -> "APIRouter":
+    """The ``/admin`` routes of a survey app (`create_app` mounts them).
+
+    Example:
+        >>> app.include_router(admin_router(survey), prefix="/admin")
+    """
     from fastapi import APIRouter
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import JSONResponse

@@ -162,6 +162,13 @@ def create_app(instrument: Instrument, db_url: str, settings: SurveySettings | N
         msg = "There is no page at this address. Check the link you followed." if exc.status_code == 404 else str(exc.detail)
         return survey.problem_page(request, _Problem(exc.status_code, titles.get(exc.status_code, "Something went wrong"), msg))
 
+    from fastapi.exceptions import RequestValidationError
+
+    @app.exception_handler(RequestValidationError)
+    async def _malformed(request, exc):  # noqa: ANN001
+        # e.g. /survey/abc: an address that names no page, not a form error
+        return survey.problem_page(request, _Problem(404, "Page not found", "There is no page at this address. Check the link you followed."))
+
     from valign.survey.admin import admin_router
 
     app.include_router(_public_router(survey))
@@ -170,9 +177,13 @@ def create_app(instrument: Instrument, db_url: str, settings: SurveySettings | N
 
 
 def app_from_env() -> "FastAPI":
-    """An app built from ``VALIGN_SURVEY_*`` variables: what ``uvicorn --factory`` workers load.
+    """An app built from the ``VALIGN_SURVEY_APP`` variable (JSON): what each
+    ``uvicorn --factory`` worker loads. ``valign survey serve --workers N`` sets it (and
+    migrates once, before starting); tokens and secrets come from their own variables.
 
-    ``valign survey serve --workers N`` sets them (and migrates once, before starting).
+    Example:
+        >>> os.environ["VALIGN_SURVEY_APP"] = '{"instrument": "demo", "db_url": "sqlite:///survey.db", "migrate": false}'
+        >>> uvicorn.run("valign.survey.app:app_from_env", factory=True, workers=2)
     """
     from valign.survey.instrument import load_instrument
 

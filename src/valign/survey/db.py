@@ -83,12 +83,22 @@ PROPOSAL_ITEM = "proposal"  # the item id of a respondent's proposed statement i
 
 
 def utcnow() -> datetime:
-    """The current time in UTC (timezone-aware)."""
+    """The current time in UTC (timezone-aware).
+
+    Example:
+        >>> utcnow().tzinfo
+        datetime.timezone.utc
+    """
     return datetime.now(timezone.utc)
 
 
 def new_token() -> str:
-    """An unguessable URL-safe token (256 bits), for resume links and invitations."""
+    """An unguessable URL-safe token (256 bits), for resume links and invitations.
+
+    Example:
+        >>> len(new_token())
+        43
+    """
     return secrets.token_urlsafe(32)
 
 
@@ -277,7 +287,12 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 
 
 def schema_revision(engine: Engine) -> str | None:
-    """The Alembic revision the database is at (None before the first migration)."""
+    """The Alembic revision the database is at (None before the first migration).
+
+    Example:
+        >>> schema_revision(make_engine("sqlite:///survey.db"))
+        '0001'
+    """
     from alembic.runtime.migration import MigrationContext
 
     with engine.connect() as conn:

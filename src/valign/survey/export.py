@@ -105,12 +105,21 @@ def wide_table(frames: SurveyFrames, *, include_excluded: bool = False, complete
 
 
 def to_csv(table: "pd.DataFrame") -> bytes:
-    """The wide table as UTF-8 CSV (timestamps in ISO 8601, UTC)."""
+    """The wide table as UTF-8 CSV (timestamps in ISO 8601, UTC).
+
+    Example:
+        >>> Path("responses.csv").write_bytes(to_csv(wide_table(frames)))
+    """
     return table.to_csv(index=False, date_format="%Y-%m-%dT%H:%M:%SZ").encode("utf-8")
 
 
 def to_json(table: "pd.DataFrame") -> bytes:
-    """The wide table as a JSON list of objects (missing values are null)."""
+    """The wide table as a JSON list of objects (missing values are null).
+
+    Example:
+        >>> json.loads(to_json(wide_table(frames)))[0]["completed"]
+        True
+    """
     records = json.loads(table.to_json(orient="records", date_format="iso", date_unit="s"))
     return json.dumps(records, ensure_ascii=False, indent=1).encode("utf-8")
 
@@ -225,7 +234,12 @@ def write_export(frames: SurveyFrames, path: str | Path, fmt: ExportFormat | Non
 
 
 def export_bytes(frames: SurveyFrames, fmt: ExportFormat, **filters: bool) -> bytes:
-    """The export as bytes (for HTTP downloads)."""
+    """The export as bytes (for HTTP downloads).
+
+    Example:
+        >>> export_bytes(frames, "sav", include_excluded=True)[:4]
+        b'$FL2'
+    """
     import os
     import tempfile
 

@@ -41,7 +41,13 @@ SECTION_TITLES = {
 
 @dataclass(frozen=True)
 class Page:
-    """One page of questions: its stable ``key`` (e.g. ``values-2``), section and items."""
+    """One page of questions: its stable ``key`` (e.g. ``values-2``), section and items.
+
+    Example:
+        >>> page = plan_pages(load_instrument("demo"), seed=7)[1]
+        >>> page.key, page.section, len(page.items)
+        ('values-1', 'values', 5)
+    """
 
     key: str
     section: str

@@ -26,7 +26,11 @@ def stylesheet() -> str:
 
 
 class Renderer:
-    """Renders a template with the instrument's title, notice and language always available."""
+    """Renders a template with the instrument's title, notice and language always available.
+
+    Example:
+        >>> Renderer(load_instrument("demo"))("declined.html", root="", page_title="Thank you")
+    """
 
     def __init__(self, instrument: Instrument) -> None:
         from jinja2 import Environment, FileSystemLoader, select_autoescape

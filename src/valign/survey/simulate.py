@@ -67,7 +67,11 @@ class _Strict(BaseModel):
 
 
 class Group(_Strict):
-    """Tendencies of the respondents whose demographics match ``when`` (question id → codes)."""
+    """Tendencies of the respondents whose demographics match ``when`` (question id → codes).
+
+    Example:
+        >>> Group(when={"age_group": ["65+"]}, values={"tradition": 0.8}, agree={"pr-warn": 0.85})
+    """
 
     when: dict[str, list[str]]
     values: dict[str, float] = Field(default_factory=dict)
@@ -76,7 +80,11 @@ class Group(_Strict):
 
 
 class Population(_Strict):
-    """Who the synthetic respondents are and how they answer (see the module docstring)."""
+    """Who the synthetic respondents are and how they answer (see the module docstring).
+
+    Example:
+        >>> Population(profiles={"clean": 0.9, "speeder": 0.1}, seconds_per_item=0.5)
+    """
 
     seed: int = 0
     demographics: dict[str, dict[str, float]] = Field(default_factory=dict)
@@ -392,6 +400,9 @@ async def simulate(
     """Run ``n`` synthetic respondents against the survey at ``url`` (async).
 
     ``ramp_seconds`` spreads their arrivals; ``concurrency`` bounds how many answer at once.
+
+    Example:
+        >>> result = asyncio.run(simulate(url, 200, load_instrument("demo"), Population(), token, concurrency=200))
     """
     import httpx
 
