@@ -510,11 +510,21 @@ def _render_page(sv: _Survey, request: "Request", sess: _Session, r: _Resp, plan
         total=len(plan),
         values=values,
         errors=errors,
+        error_links=[(_field_anchor(key), message) for key, message in errors.items()],
         shown=shown,
         resume_url=sv.public_base(request) + (sess.link or ""),
         strength_labels=sv.instrument.scenarios.strength_labels if sv.instrument.scenarios else [],
         max_proposal=sv.instrument.principles.max_proposal_chars if sv.instrument.principles else 0,
     )
+
+
+def _field_anchor(key: str) -> str:
+    """Where an error summary link goes: the first input of the field the error is about."""
+    if key == "proposal":
+        return "#proposal"
+    if key.endswith("-strength"):
+        return f"#s-{key.removesuffix('-strength')}-1"
+    return f"#q-{key}-1"
 
 
 def _validate(sv: _Survey, pg: Page, form: dict[str, Any]) -> tuple[list[dict], list[str], dict[str, str], dict[str, str]]:
