@@ -25,6 +25,10 @@ prompts_app = typer.Typer(help="Prompt sources and seeded red-team/benign mixes.
 app.add_typer(constitution_app, name="constitution")
 app.add_typer(prompts_app, name="prompts")
 
+from valign.survey.cli import survey_app  # noqa: E402  (light: Typer only)
+
+app.add_typer(survey_app, name="survey")
+
 
 @constitution_app.command("show")
 def constitution_show(

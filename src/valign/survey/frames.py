@@ -25,7 +25,10 @@ built by hand.
 ``kind`` (an `ItemKind`), ``choice`` (the option code, str; for a proposal the text
 is in ``text`` and choice is ``"proposal"``), ``strength`` (scenario choices: 1 … the
 number of strength labels; else missing), ``text`` (str or missing),
-``answered_at`` (UTC datetime).
+``answered_at`` (UTC datetime). A respondent's own proposal is the row with
+``item_id`` ``"proposal"`` and kind ``"principle"``; approved proposals asked of later
+respondents are items ``prop-<n>`` of kind ``"principle"`` (agree / disagree / pass),
+not in the instrument's item list.
 
 Example:
     >>> from valign.survey.instrument import load_instrument

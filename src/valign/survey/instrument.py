@@ -24,6 +24,11 @@ An instrument is one YAML file. Its sections, in the order a respondent meets th
   Marlowe–Crowne-style scale; keys are configurable).
 * ``quality`` — what to do with respondents who fail the checks.
 
+Top-level settings: ``id``, ``title``, ``version``, ``validated`` (false for anything
+but a published, validated instrument), ``language`` (a BCP 47 tag such as ``en`` or
+``mi``, for screen readers), ``notice``, ``description``, ``randomize`` and
+``page_size`` (see `valign.survey.flow`).
+
 Every answer is stored as a string ``choice`` from the item's options (see
 `Instrument.options`), plus ``strength`` for scenario choices and ``text`` for
 proposals, so the database, the exports and the analysis share one vocabulary.
@@ -276,6 +281,7 @@ class Instrument(_Strict):
     title: str = Field(..., min_length=1)
     version: str = "1"
     validated: bool = False
+    language: str = Field("en", pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")  # BCP 47 tag for the pages' lang attribute
     notice: str = ""  # shown under the title, e.g. "not a validated instrument"
     description: str = ""
     randomize: bool = True  # item order shuffled per respondent within each page group

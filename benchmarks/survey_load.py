@@ -1,0 +1,140 @@
+"""Load benchmark of the survey: N concurrent synthetic respondents against SQLite and PostgreSQL.
+
+For each backend it starts the real server (`valign survey serve`, uvicorn, in a
+subprocess on 127.0.0.1) on a fresh database, runs N synthetic respondents at once
+through the real pages (`valign.survey.simulate`: each parses every form, CSRF token
+included, thinks ``--think`` seconds per question, and submits), then reads the
+database and checks every answer the respondents sent against what is stored.
+
+Reported per backend: started and completed respondents, answers sent vs stored,
+duplicated (more than one row per respondent and question) and lost answers (sent but
+missing or different), request latency p50/p95/p99 over every HTTP request, request
+rate, and the load average before and after (other work on the machine skews latency).
+
+    PYTHONPATH=src python benchmarks/survey_load.py                 # 200 respondents, both backends
+    PYTHONPATH=src python benchmarks/survey_load.py --n 50 --backends sqlite --json /tmp/x.json
+
+Target: p95 < 300 ms, completed == started, zero lost or duplicated answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+
+from tests.survey_helpers import ADMIN_TOKEN, Server, postgres_database  # noqa: E402
+from valign.survey.db import Answer, Respondent, make_engine  # noqa: E402
+from valign.survey.instrument import load_instrument  # noqa: E402
+from valign.survey.simulate import Population, simulate  # noqa: E402
+
+
+def check_database(db_url: str, result) -> dict:  # noqa: ANN001
+    """Compare what the simulated respondents sent with what the database holds."""
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    engine = make_engine(db_url)
+    with Session(engine) as s:
+        ids = dict(s.execute(select(Respondent.public_id, Respondent.id)).all())
+        started = len(ids)
+        completed = s.scalar(select(func.count()).select_from(Respondent).where(Respondent.completed.is_(True)))
+        synthetic = s.scalar(select(func.count()).select_from(Respondent).where(Respondent.synthetic.is_(True)))
+        stored = {(r, i): (c, st, t) for r, i, c, st, t in s.execute(select(Answer.respondent_id, Answer.item_id, Answer.choice, Answer.strength, Answer.text))}
+        dup = s.execute(select(Answer.respondent_id, Answer.item_id).group_by(Answer.respondent_id, Answer.item_id).having(func.count() > 1)).all()
+    engine.dispose()
+    sent = lost = 0
+    for rec in result.respondents:
+        pk = ids.get(rec.respondent_id) if rec.respondent_id else None
+        for item, (choice, strength, text) in rec.answers.items():
+            sent += 1
+            row = stored.get((pk, item))
+            if row is None or row[0] != choice or (strength is not None and row[1] != strength) or (text is not None and row[2] != text):
+                lost += 1
+    return {"started": started, "completed": completed, "synthetic": synthetic, "answers_sent": sent, "answers_stored": len(stored), "lost": lost, "duplicated": len(dup)}
+
+
+def run_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict:
+    inst = load_instrument("demo")
+    # Everyone completes: problem profiles change the flags, not the load.
+    pop = Population(seed=1, profiles={"clean": 1.0}, seconds_per_item=args.think, propose=0.05)
+
+    def go(db_url: str) -> dict:
+        extra = ["--workers", str(args.workers)]  # default rate limits: synthetic respondents are exempt
+        with Server(db_url, "demo", *extra, log=tmp / f"{backend}.log") as server:
+            load_before = os.getloadavg()
+            t0 = time.perf_counter()
+            result = asyncio.run(simulate(server.url, args.n, inst, pop, ADMIN_TOKEN, concurrency=args.n, ramp_seconds=args.ramp, timeout=120))
+            wall = time.perf_counter() - t0
+            load_after = os.getloadavg()
+        checks = check_database(db_url, result)
+        lat = result.latencies
+        return {
+            "backend": backend,
+            "respondents": args.n,
+            **checks,
+            "simulator_completed": result.completed,
+            "errors": result.errors[:5],
+            "requests": len(lat),
+            "requests_per_s": round(len(lat) / wall, 1),
+            "p50_ms": round(result.p50 * 1000, 1),
+            "p95_ms": round(result.p95 * 1000, 1),
+            "p99_ms": round(result.percentile(0.99) * 1000, 1),
+            "max_ms": round(max(lat) * 1000, 1) if lat else None,
+            "wall_s": round(wall, 1),
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in load_after],
+        }
+
+    if backend == "sqlite":
+        return go(f"sqlite:///{tmp / 'load.db'}")
+    with postgres_database() as url:
+        return go(url)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=200, help="concurrent synthetic respondents")
+    ap.add_argument("--think", type=float, default=0.5, help="seconds each respondent spends per question (people take 5–10)")
+    ap.add_argument("--ramp", type=float, default=5.0, help="seconds over which respondents arrive")
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    ap.add_argument("--backends", default="sqlite,postgresql")
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "survey_load.json")
+    args = ap.parse_args()
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in args.backends.split(","):
+            row = run_backend(backend, args, Path(tmp))
+            rows.append(row)
+            ok = row["completed"] == row["started"] == args.n and row["lost"] == 0 and row["duplicated"] == 0
+            print(
+                f"{backend:10s} completed {row['completed']}/{row['started']} started, answers {row['answers_stored']} stored / {row['answers_sent']} sent, "
+                f"lost {row['lost']}, duplicated {row['duplicated']}; {row['requests']} requests at {row['requests_per_s']}/s, "
+                f"p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms, p99 {row['p99_ms']} ms; load {row['load_average_before'][0]} → {row['load_average_after'][0]}"
+                f"{'' if ok else '  <-- CHECK'}"
+            )
+    out = {
+        "benchmark": "survey_load",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "settings": {"respondents": args.n, "think_seconds_per_question": args.think, "ramp_seconds": args.ramp, "workers": args.workers, "instrument": "demo"},
+        "target": {"p95_ms": 300, "completed_equals_started": True, "lost": 0, "duplicated": 0},
+        "results": rows,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""``valign survey …``: serve the survey, migrate its database, invite, simulate, export, flag.
+
+Heavy imports (FastAPI, SQLAlchemy, pandas) happen inside the commands, so
+``valign --help`` stays instant.
+
+Example:
+    $ valign survey serve                       # the demo instrument on ./survey.db, port 8000
+    $ VALIGN_ADMIN_TOKEN=… valign survey simulate --n 50 --url http://127.0.0.1:8000
+    $ valign survey export responses.sav
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from valign.errors import ValignError
+
+__all__ = ["survey_app"]
+
+survey_app = typer.Typer(help="The public values survey: web app, database, invitations, synthetic respondents, exports.", no_args_is_help=True)
+
+_INSTRUMENT = typer.Option("demo", "--instrument", "-i", help="Instrument YAML file or shipped name (demo).")
+_DB = typer.Option(None, "--db", help="Database URL or SQLite path; default $VALIGN_SURVEY_DB or sqlite:///survey.db.")
+
+
+@survey_app.command("check")
+def check(instrument: str = typer.Argument("demo", help="Instrument YAML file or shipped name.")) -> None:
+    """Validate an instrument and summarise it (mistakes name the place and the fix)."""
+    from valign.survey.flow import plan_pages
+    from valign.survey.instrument import load_instrument
+
+    inst = load_instrument(instrument)
+    kinds: dict[str, int] = {}
+    for item in inst.items():
+        kinds[item.kind] = kinds.get(item.kind, 0) + 1
+    typer.echo(f"{inst.id} v{inst.version}: {inst.title}")
+    typer.echo(f"  {'validated' if inst.validated else 'NOT a validated instrument'}; fingerprint {inst.fingerprint()}")
+    typer.echo("  " + ", ".join(f"{n} {k}" for k, n in kinds.items()))
+    typer.echo(f"  {len(plan_pages(inst, seed=0))} pages of at most {inst.page_size} questions")
+
+
+@survey_app.command("migrate")
+def migrate_cmd(db: Optional[str] = _DB) -> None:
+    """Create or upgrade the survey's tables (Alembic); safe to run any time."""
+    from valign.survey.db import make_engine, migrate, resolve_db_url, schema_revision
+
+    engine = make_engine(resolve_db_url(db))
+    migrate(engine)
+    typer.echo(f"{engine.url.render_as_string(hide_password=True)} is at revision {schema_revision(engine)}")
+
+
+@survey_app.command("serve")
+def serve(
+    instrument: str = _INSTRUMENT,
+    db: Optional[str] = _DB,
+    host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 to serve others; put TLS in front)."),
+    port: int = typer.Option(8000, help="Port."),
+    invitations: str = typer.Option("open", help="open: anyone with the address; required: only /i/<token> links."),
+    workers: int = typer.Option(1, min=1, help="Worker processes (rate limits are per process)."),
+    rate_limit_session: int = typer.Option(60, help="Form submissions per minute per browser session (0 = off)."),
+    rate_limit_ip: int = typer.Option(600, help="Form submissions per minute per client address, kept in memory only (0 = off)."),
+    public_url: Optional[str] = typer.Option(None, help="The address respondents use, e.g. https://survey.example.org (for resume links behind a proxy)."),
+) -> None:
+    """Serve the survey. Admin pages need VALIGN_ADMIN_TOKEN; cookies are signed with VALIGN_SURVEY_SECRET or a generated key kept in the database."""
+    import uvicorn
+
+    from valign.survey.app import SurveySettings, create_app
+    from valign.survey.db import make_engine, migrate, resolve_db_url
+    from valign.survey.instrument import load_instrument
+
+    if invitations not in ("open", "required"):
+        raise ValignError(f"--invitations '{invitations}' is not one of open, required.")
+    inst = load_instrument(instrument)
+    url = resolve_db_url(db)
+    migrate(make_engine(url))  # once, before any worker starts
+    settings = dict(invitations=invitations, rate_limit_session=rate_limit_session, rate_limit_ip=rate_limit_ip, public_url=public_url, migrate=False)
+    if not os.environ.get("VALIGN_ADMIN_TOKEN"):
+        typer.echo("note: VALIGN_ADMIN_TOKEN is not set, so the admin pages are disabled.", err=True)
+    typer.echo(f"survey '{inst.id}' on http://{host}:{port}/ ({make_engine(url).url.render_as_string(hide_password=True)})", err=True)
+    import sys
+
+    # Handlers run in threads beside the event loop; a shorter GIL switch interval (5 ms
+    # by default) lets a finished handler hand its page back without waiting a whole slice.
+    sys.setswitchinterval(float(os.environ.get("VALIGN_SWITCH_INTERVAL", "0.0005")))
+    # No access log: request lines would carry resume and invitation tokens and client addresses.
+    if workers == 1:
+        uvicorn.run(create_app(inst, url, SurveySettings(**settings)), host=host, port=port, access_log=False, log_level="warning", timeout_keep_alive=20)
+    else:
+        os.environ["VALIGN_SURVEY_APP"] = json.dumps({"instrument": str(instrument), "db_url": url, **settings})
+        uvicorn.run("valign.survey.app:app_from_env", factory=True, host=host, port=port, workers=workers, access_log=False, log_level="warning", timeout_keep_alive=20)
+
+
+@survey_app.command("invite")
+def invite(
+    n: int = typer.Option(1, "--n", min=1, max=100_000, help="Invitations to create."),
+    db: Optional[str] = _DB,
+    base_url: str = typer.Option("http://127.0.0.1:8000", help="The survey's public address, for the printed links."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the links to this file instead of printing them."),
+) -> None:
+    """Create invitation links (one response each). Only their hashes are stored: keep the output."""
+    from valign.survey.admin import create_invitations
+    from valign.survey.db import Database, make_engine, migrate, resolve_db_url
+
+    engine = make_engine(resolve_db_url(db))
+    migrate(engine)
+    links = [f"{base_url.rstrip('/')}/i/{t}" for t in create_invitations(Database(engine), n)]
+    if out is not None:
+        out.write_text("\n".join(links) + "\n", encoding="utf-8")
+        typer.echo(f"wrote {n} invitation links to {out}", err=True)
+    else:
+        typer.echo("\n".join(links))
+
+
+def _frames(db: Optional[str], instrument: str):
+    from valign.survey.db import load_frames, make_engine, resolve_db_url, schema_revision
+    from valign.survey.instrument import load_instrument
+    from valign.survey.quality import add_quality
+
+    engine = make_engine(resolve_db_url(db))
+    if schema_revision(engine) is None:
+        raise ValignError(f"{engine.url.render_as_string(hide_password=True)} holds no survey yet; check --db (or run `valign survey migrate`).")
+    return add_quality(load_frames(engine, load_instrument(instrument)))
+
+
+@survey_app.command("export")
+def export(
+    out: Path = typer.Argument(..., help="Output file: .csv, .json or .sav (SPSS, with labels)."),
+    instrument: str = _INSTRUMENT,
+    db: Optional[str] = _DB,
+    include_excluded: bool = typer.Option(False, help="Keep respondents the quality checks exclude."),
+    completed_only: bool = typer.Option(False, help="Only respondents who finished."),
+    synthetic: bool = typer.Option(True, help="--no-synthetic drops simulated respondents."),
+) -> None:
+    """Write the respondent-level table (demographics, answers, flags; no tokens or addresses)."""
+    from valign.survey.export import write_export
+
+    rows = write_export(_frames(db, instrument), out, include_excluded=include_excluded, completed_only=completed_only, synthetic=synthetic)
+    typer.echo(f"wrote {rows} respondents to {out}")
+
+
+@survey_app.command("flags")
+def flags(
+    instrument: str = _INSTRUMENT,
+    db: Optional[str] = _DB,
+    show: int = typer.Option(20, help="Flagged respondents to list."),
+) -> None:
+    """Quality flags: counts per check, then the flagged respondents."""
+    from valign.survey.quality import FLAGS, flag_counts
+
+    frames = _frames(db, instrument)
+    for name, count in flag_counts(frames).items():
+        typer.echo(f"{name}\t{count}")
+    r = frames.respondents
+    flagged = r[r[list(FLAGS)].any(axis=1)] if len(r) else r
+    for rid, row in flagged.head(show).iterrows():
+        which = ",".join(name for col, name in FLAGS.items() if row[col])
+        typer.echo(f"{rid}\t{which}\texclude={bool(row['exclude'])}\tfactor={row['quality_factor']:g}")
+
+
+@survey_app.command("simulate")
+def simulate(
+    n: int = typer.Option(20, "--n", min=1, help="Synthetic respondents."),
+    url: str = typer.Option("http://127.0.0.1:8000", "--url", help="The running survey's address."),
+    instrument: str = _INSTRUMENT,
+    population: str = typer.Option("demo", "--population", "-p", help="Population YAML (demographics, tendencies, profiles) or shipped name."),
+    admin_token: Optional[str] = typer.Option(None, "--admin-token", help="The server's admin token; default $VALIGN_ADMIN_TOKEN.", show_default=False),
+    concurrency: int = typer.Option(50, min=1, help="Respondents answering at once."),
+    seconds_per_item: Optional[float] = typer.Option(None, help="Thinking time per question (overrides the population's)."),
+) -> None:
+    """Complete the running survey through its real pages with synthetic respondents (marked synthetic)."""
+    from valign.survey.simulate import load_population, run_simulation
+
+    pop = load_population(population)
+    if seconds_per_item is not None:
+        pop = pop.model_copy(update={"seconds_per_item": seconds_per_item})
+    result = run_simulation(url, n, instrument=instrument, population=pop, admin_token=admin_token, concurrency=concurrency)
+    typer.echo(f"started {result.started}, completed {result.completed} of {n} in {result.seconds:.1f} s; request latency p50 {result.p50 * 1000:.0f} ms, p95 {result.p95 * 1000:.0f} ms")
+    for err in result.errors[:10]:
+        typer.echo(f"  {err}", err=True)

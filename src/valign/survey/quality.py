@@ -1,0 +1,116 @@
+"""Quality checks on survey responses: the `QUALITY_COLUMNS` of `SurveyFrames`.
+
+Four flags, from the instrument's ``quality`` settings (`QualityConfig`):
+
+* ``flag_attention`` — answered an attention check with anything but its expected code;
+* ``flag_straightlining`` — gave one and the same answer to at least
+  ``straightline_min_items`` value items (reverse-keyed items included, so a
+  consistent respondent cannot do it by accident);
+* ``flag_speeding`` — spent fewer than ``min_seconds_per_item`` seconds per answered
+  question on average (server-measured time on question pages);
+* ``flag_social_desirability`` — ``sd_score``, the share of social-desirability items
+  answered in the keyed direction, reached the scale's ``threshold``: stated values of
+  such respondents may say more about how they wish to be seen (seed 001).
+
+Each check's action is ``flag`` (only the flag), ``exclude`` (``exclude`` = True:
+left out of weighting and exports) or ``downweight`` (``quality_factor`` =
+``downweight_factor``; weighting multiplies the raked weight by it). A check that
+cannot be computed (no items answered) does not flag.
+
+Example:
+    >>> frames = add_quality(load_frames("sqlite:///survey.db", inst))
+    >>> frames.respondents[["flag_attention", "exclude", "quality_factor"]].head()
+"""
+
+from __future__ import annotations
+
+from valign.survey.frames import QUALITY_COLUMNS, SurveyFrames
+
+__all__ = ["add_quality", "flag_counts", "FLAGS"]
+
+FLAGS = {
+    "flag_attention": "attention",
+    "flag_straightlining": "straightlining",
+    "flag_speeding": "speeding",
+    "flag_social_desirability": "social_desirability",
+}
+
+
+def add_quality(frames: SurveyFrames) -> SurveyFrames:
+    """The frames with the quality columns (re)computed on the respondents table.
+
+    Example:
+        >>> add_quality(frames).respondents["exclude"].sum()
+        3
+    """
+    import numpy as np
+    import pandas as pd
+
+    inst = frames.instrument
+    cfg = inst.quality
+    resp = frames.respondents.drop(columns=[c for c in QUALITY_COLUMNS if c in frames.respondents.columns]).copy()
+    idx = resp.index
+    a = frames.answers
+
+    # attention: any check answered other than expected
+    expected = {c.id: c.expected for c in inst.attention_checks}
+    att = a[a["item_id"].isin(list(expected))]
+    wrong = att[att["choice"] != att["item_id"].map(expected)]
+    flag_att = pd.Series(idx.isin(wrong["respondent_id"].unique()), index=idx)
+
+    # straight-lining: the most frequent answer among value items covers enough items
+    values = a[a["kind"] == "value"]
+    top = values.groupby("respondent_id")["choice"].agg(lambda s: s.value_counts().iloc[0]) if len(values) else pd.Series(dtype=float)
+    flag_sl = top.reindex(idx).fillna(0) >= cfg.straightline_min_items
+
+    # speeding: seconds per answered question (proposals are free text, not questions)
+    answered = a[a["item_id"] != "proposal"].groupby("respondent_id").size().reindex(idx).fillna(0)
+    seconds = resp["seconds"].astype(float) if "seconds" in resp else pd.Series(np.nan, index=idx)
+    per_item = seconds / answered.where(answered > 0)
+    flag_speed = (per_item < cfg.min_seconds_per_item).fillna(False)
+
+    # social desirability: share of keyed answers
+    sd_score = pd.Series(np.nan, index=idx, dtype=float)
+    flag_sd = pd.Series(False, index=idx)
+    if inst.social_desirability is not None and inst.social_desirability.items:
+        keyed = {i.id: ("true" if i.keyed else "false") for i in inst.social_desirability.items}
+        sd = a[a["item_id"].isin(list(keyed))]
+        if len(sd):
+            hits = (sd["choice"] == sd["item_id"].map(keyed)).groupby(sd["respondent_id"]).mean()
+            sd_score = hits.reindex(idx).astype(float)
+        flag_sd = (sd_score >= inst.social_desirability.threshold).fillna(False)
+
+    flags = {
+        "flag_attention": flag_att.astype(bool),
+        "flag_straightlining": flag_sl.astype(bool),
+        "flag_speeding": flag_speed.astype(bool),
+        "flag_social_desirability": flag_sd.astype(bool),
+    }
+    exclude = pd.Series(False, index=idx)
+    downweight = pd.Series(False, index=idx)
+    for col, name in FLAGS.items():
+        action = getattr(cfg, name)
+        if action == "exclude":
+            exclude |= flags[col]
+        elif action == "downweight":
+            downweight |= flags[col]
+    for col, series in flags.items():
+        resp[col] = series.values
+    resp["sd_score"] = sd_score.values
+    resp["exclude"] = exclude.values
+    resp["quality_factor"] = np.where(downweight.values, cfg.downweight_factor, 1.0).astype(float)
+    return frames.with_respondents(resp)
+
+
+def flag_counts(frames: SurveyFrames) -> dict[str, int]:
+    """How many respondents raise each flag, and how many are excluded or down-weighted.
+
+    Example:
+        >>> flag_counts(add_quality(frames))
+        {'attention': 2, 'straightlining': 1, 'speeding': 0, 'social_desirability': 4, 'excluded': 2, 'downweighted': 1}
+    """
+    r = frames.respondents
+    out = {name: int(r[col].sum()) for col, name in FLAGS.items()} if len(r) else {name: 0 for name in FLAGS.values()}
+    out["excluded"] = int(r["exclude"].sum()) if len(r) else 0
+    out["downweighted"] = int((r["quality_factor"] < 1).sum()) if len(r) else 0
+    return out
