@@ -340,7 +340,7 @@ def test_cli_invite_flags_and_export(server, tmp_path):
     Person(server.url).consent()
     run = CliRunner().invoke
     out = run(app, ["survey", "migrate", "--db", server.db_url])
-    assert out.exit_code == 0 and "revision 0001" in out.output
+    assert out.exit_code == 0 and "revision 0002" in out.output
     out = run(app, ["survey", "invite", "--n", "3", "--db", server.db_url, "--base-url", server.url])
     links = out.output.split()
     assert out.exit_code == 0 and len(links) == 3 and all(link.startswith(server.url + "/i/") for link in links)
@@ -348,6 +348,6 @@ def test_cli_invite_flags_and_export(server, tmp_path):
     out = run(app, ["survey", "flags", "--db", server.db_url])
     assert out.exit_code == 0 and out.output.startswith("attention\t")
     for name in ("r.csv", "r.json", "r.sav"):
-        out = run(app, ["survey", "export", str(tmp_path / name), "--db", server.db_url, "--include-excluded"])
+        out = run(app, ["survey", "data", str(tmp_path / name), "--db", server.db_url, "--include-excluded"])
         assert out.exit_code == 0 and (tmp_path / name).stat().st_size > 0
     assert summary(server.url)["started"] == len(pd.read_csv(tmp_path / "r.csv"))

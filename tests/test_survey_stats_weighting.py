@@ -181,25 +181,3 @@ def test_shipped_margins_fit_the_demo_instrument():
         assert sum(var.shares.values()) == pytest.approx(1)
 
 
-def test_weight_command_on_frames(sample, tmp_path, monkeypatch, capsys):
-    """The CLI command end to end, with the database's load_frames stood in by our frames."""
-    import sys
-    import types
-
-    from valign.survey.weight_cli import parse_trim, weight_command
-
-    fake = types.ModuleType("valign.survey.db")
-    fake.load_frames = lambda url, inst: sample  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "valign.survey.db", fake)
-    margins_file = tmp_path / "m.yaml"
-    import yaml
-
-    margins_file.write_text(yaml.safe_dump({"id": "sim", "source": {"citation": "simulated"}, "variables": {k: {"categories": v} for k, v in POP.items()}}))
-    out = tmp_path / "w.json"
-    weight_command(db="sqlite://", margins=margins_file, instrument="demo", trim="0.2,8", missing="own_category", out=out)
-    assert "Kish design effect" in capsys.readouterr().out
-    data = json.loads(out.read_text())
-    assert len(data["weights"]) == len(sample.respondents) and data["settings"]["trim"] == [0.2, 8.0]
-    assert parse_trim(None) is None
-    with pytest.raises(ValignError, match="LOW,HIGH"):
-        parse_trim("5")

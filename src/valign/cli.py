@@ -144,11 +144,12 @@ def serve(
     model: str = typer.Argument(..., help="Model spec to serve, e.g. embedded or run:runs/demo/03-sft."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     port: int = typer.Option(8000, help="Port."),
+    feedback_db: Optional[str] = typer.Option(None, "--feedback-db", help="Record answers and take 👍/👎 + corrections (POST /v1/feedback, /chat) in this database, e.g. sqlite:///feedback.db."),
 ) -> None:
-    """Serve a model as an OpenAI-compatible /v1/chat/completions (with logprobs)."""
+    """Serve a model as an OpenAI-compatible /v1/chat/completions (with logprobs), plus a chat page at /chat."""
     from valign.serve import serve as serve_model
 
-    serve_model(model, host=host, port=port)
+    serve_model(model, host=host, port=port, feedback_db=feedback_db)
 
 
 @bench_app.command("generate")

@@ -11,7 +11,11 @@ Besides OpenAI's fields, a request may carry vLLM's ``continue_final_message`` (
 last message is a partial assistant answer to continue) and ``add_generation_prompt``;
 that is how `choice_probs` with an ``answer_prefix`` works over HTTP.
 
-`create_app` returns a plain FastAPI app; later endpoints (feedback) add routers to it.
+With a feedback store (``valign serve MODEL --feedback-db URL``), every answer is
+recorded under ``<completion id>:<choice index>`` and people can rate it at
+``POST /v1/feedback`` — ``{"completion_id": "chatcmpl-…", "choice": 0, "rating": "up" |
+"down", "correction": "…"}`` — or on the chat page at ``/chat`` (plain HTML forms,
+no JavaScript), for continual learning (`valign.feedback`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from valign.types import Completion, Conversation, GenConfig
 
 if TYPE_CHECKING:
     from fastapi import APIRouter, FastAPI
+
+    from valign.feedback import FeedbackStore
 
 DEFAULT_MAX_TOKENS = 512  # OpenAI's default is "up to the context"; a CPU model needs a bound
 BATCH_WINDOW = 0.005  # seconds the worker waits for more requests before a batch starts
@@ -322,11 +328,12 @@ class _Continuing:
 # -- the app ---------------------------------------------------------------------------
 
 
-def create_app(model: ChatModel, *, model_name: str | None = None) -> "FastAPI":
+def create_app(model: ChatModel, *, model_name: str | None = None, feedback: "FeedbackStore | None" = None, chat_page: bool = True) -> "FastAPI":
     """An OpenAI-compatible FastAPI app serving ``model`` (``GET /v1/models``, ``POST /v1/chat/completions``).
 
     ``app.state`` holds ``model``, ``model_name`` and the ``batcher``, whose ``batches``
-    counts model calls and ``jobs`` requests served.
+    counts model calls and ``jobs`` requests served. With ``feedback``, answers are
+    recorded and ``POST /v1/feedback`` takes ratings; ``chat_page`` adds ``/chat``.
 
     Example:
         >>> app = create_app(load_model("embedded"))
@@ -368,11 +375,52 @@ def create_app(model: ChatModel, *, model_name: str | None = None) -> "FastAPI":
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return JSONResponse(APIError(exc.status_code, str(exc.detail), type=kind).body(), status_code=exc.status_code)
 
-    app.include_router(_chat_router(name, batcher, app.state.created))
+    app.state.feedback = feedback
+    app.include_router(_chat_router(name, batcher, app.state.created, feedback))
+    if feedback is not None:
+        app.include_router(_feedback_router(feedback))
+    if chat_page:
+        from valign.chat import chat_page_router
+
+        app.include_router(chat_page_router(name, batcher, feedback))
     return app
 
 
-def _chat_router(name: str, batcher: Batcher, created: int) -> "APIRouter":
+class FeedbackIn(BaseModel):
+    """``POST /v1/feedback``: a rating of one served answer, optionally with a correction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    completion_id: str = Field(..., min_length=1, max_length=60)
+    choice: int = Field(0, ge=0, le=127)
+    rating: Literal["up", "down"]
+    correction: str | None = None
+
+
+def _feedback_router(store: "FeedbackStore") -> "APIRouter":
+    """``POST /v1/feedback`` and ``GET /v1/feedback`` (counts only: no content leaves)."""
+    from fastapi import APIRouter
+
+    from valign.feedback import FeedbackError
+
+    router = APIRouter(prefix="/v1")
+
+    @router.post("/feedback")
+    async def post_feedback(body: FeedbackIn) -> dict[str, Any]:
+        try:
+            saved = await asyncio.to_thread(store.rate, f"{body.completion_id}:{body.choice}", body.rating, body.correction)
+        except FeedbackError as e:
+            raise APIError(404 if "no answer" in str(e) else 400, str(e), param="completion_id" if "no answer" in str(e) else None) from e
+        return {"object": "feedback", **saved}
+
+    @router.get("/feedback")
+    async def feedback_counts() -> dict[str, Any]:
+        return {"object": "feedback.counts", **(await asyncio.to_thread(store.counts))}
+
+    return router
+
+
+def _chat_router(name: str, batcher: Batcher, created: int, feedback: "FeedbackStore | None" = None) -> "APIRouter":
     """``/v1/models`` and ``/v1/chat/completions``."""
     from fastapi import APIRouter
 
@@ -400,7 +448,13 @@ def _chat_router(name: str, batcher: Batcher, created: int) -> "APIRouter":
             raise APIError(400, str(e)) from e
         except Exception as e:
             raise APIError(500, f"the model failed: {type(e).__name__}: {e}", type="server_error") from e
-        return _response(name, comps, (body.top_logprobs or 0) if body.logprobs else None)
+        response = _response(name, comps, (body.top_logprobs or 0) if body.logprobs else None)
+        if feedback is not None:
+            conv = body.conversation()
+            await asyncio.to_thread(
+                lambda: [feedback.record(f"{response['id']}:{i}", name, conv, c.text) for i, c in enumerate(comps)]
+            )
+        return response
 
     return router
 
@@ -458,7 +512,9 @@ def _validation_error(errors: Any) -> APIError:
     return APIError(400, f"{param}: {msg}" if param else msg, param=param)
 
 
-def serve(spec: str, host: str = "127.0.0.1", port: int = 8000, *, model_name: str | None = None, log_level: str = "info") -> None:
+def serve(
+    spec: str, host: str = "127.0.0.1", port: int = 8000, *, model_name: str | None = None, log_level: str = "info", feedback_db: str | None = None
+) -> None:
     """Loads the model a spec names and serves it until interrupted.
 
     Example:
@@ -469,7 +525,12 @@ def serve(spec: str, host: str = "127.0.0.1", port: int = 8000, *, model_name: s
 
     from valign.models.registry import load_model
 
-    app = create_app(load_model(spec), model_name=model_name)
+    store = None
+    if feedback_db is not None:
+        from valign.feedback import FeedbackStore
+
+        store = FeedbackStore(feedback_db)
+    app = create_app(load_model(spec), model_name=model_name, feedback=store)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 

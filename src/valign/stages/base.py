@@ -34,6 +34,36 @@ def previous_training_stage(run_config: Any, name: str) -> str | None:
     return next((s for s in reversed(earlier) if s in TRAINING_STAGES), None)
 
 
+def training_start(spec: str, previous: Path | None) -> tuple[str, Path | None]:
+    """Where a training stage starts: (base model spec, adapter folder to continue or None).
+
+    The previous training stage of the run wins; otherwise a ``run:<stage folder>`` model
+    (e.g. last round's KTO stage, for a continual-learning round) is split into its base
+    and its adapter.
+
+    Example:
+        >>> training_start("run:runs/pv/07-kto", None)
+        ('embedded', PosixPath('runs/pv/07-kto/adapter'))
+    """
+    import json
+
+    if spec.startswith("run:") and previous is None:
+        folder = Path(spec[4:])
+        manifest = folder / "manifest.json"
+        info = json.loads(manifest.read_text()).get("model") if manifest.exists() else None
+        if not info or "base" not in info:
+            from valign.errors import ValignError
+
+            raise ValignError(f"{spec} is not a finished training stage (no model in its manifest); train it first or name a base model.")
+        return info["base"], (folder / info["adapter"]) if info.get("adapter") else None
+    base = spec
+    if previous is not None:
+        manifest = previous / "manifest.json"
+        info = json.loads(manifest.read_text()).get("model", {}) if manifest.exists() else {}
+        return (info.get("base", base) if spec.startswith("run:") else base), previous / info.get("adapter", "adapter")
+    return base, None
+
+
 def stage_folder(run_config: Any, name: str) -> Path:
     """A stage's folder in the run: ``runs/<run>/<NN>-<stage>``, NN its place in ``stages``."""
     return Path(run_config.run_dir) / f"{list(run_config.stages).index(name) + 1:02d}-{name}"

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from valign.errors import ValignError
 from valign.runs import read_rows
-from valign.stages.base import TRAINING_STAGES, StageContext, previous_training_stage
+from valign.stages.base import TRAINING_STAGES, StageContext, previous_training_stage, training_start
 from valign.types import Row
 
 
@@ -287,13 +287,13 @@ def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> di
 
     from valign.stages.sft import load_base, trainer_args
 
-    base_spec = cfg.model or ctx.run_config.model
+    previous = next((d for name, d in ctx.input_dirs.items() if name in TRAINING_STAGES), None)
+    base_spec, adapter = training_start(cfg.model or ctx.run_config.model, previous)
     tokenizer, base = load_base(base_spec, cfg.qlora)
-    sft_dir = next((d for name, d in ctx.input_dirs.items() if name in TRAINING_STAGES), None)
     peft_config = None
-    if sft_dir is not None:
-        # Continue the previous stage's adapter (SFT, …); TRL keeps a frozen copy of it as the reference.
-        model = PeftModel.from_pretrained(base, str(sft_dir / "adapter"), is_trainable=True)
+    if adapter is not None:
+        # Continue the adapter it starts from (SFT's, last round's, …); TRL keeps a frozen copy of it as the reference.
+        model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
     else:
         model = base
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
@@ -332,7 +332,7 @@ def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> di
             "loss": series("loss"),
             "reward_accuracy": series("rewards/accuracies"),
             "reward_margin": series("rewards/margins"),
-            "continued_from": sft_dir.name if sft_dir is not None else None,
+            "continued_from": str(adapter.parent) if adapter is not None else None,
         },
     }
 

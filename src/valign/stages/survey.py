@@ -93,42 +93,19 @@ class SurveyStage:
         }
 
     def run(self, ctx: StageContext) -> None:
-        from valign.survey.artifacts import ExportSettings, export_artifacts
+        from valign.survey.artifacts import ExportSettings, export_survey
         from valign.survey.consensus import ConsensusSettings
-        from valign.survey.db import load_frames, resolve_db_url
-        from valign.survey.instrument import load_instrument
-        from valign.survey.margins import load_margins
-        from valign.survey.quality import add_quality
-        from valign.survey.weighting import apply_weights, rake_frames
+        from valign.survey.opinion import read_items
 
         cfg: SurveyStageConfig = ctx.config
-        instrument = load_instrument(cfg.instrument)
-        frames = select_respondents(add_quality(load_frames(resolve_db_url(cfg.db), instrument)), cfg.include_synthetic, cfg.completed_only)
-        result = rake_frames(frames, load_margins(cfg.margins), trim=cfg.trim, missing=cfg.missing, seed=ctx.run_config.seed)
         settings = ExportSettings(
             by=tuple(cfg.by), B=cfg.B, seed=ctx.run_config.seed, min_group_n=cfg.min_group_n,
             consensus=ConsensusSettings(threshold=cfg.consensus_threshold, split=cfg.split),
         )
-        summary = export_artifacts(apply_weights(frames, result), result, ctx.dir, settings)
-        from valign.survey.opinion import read_items
-
+        summary = export_survey(
+            cfg.db, cfg.instrument, cfg.margins, ctx.dir, settings,
+            trim=cfg.trim, missing=cfg.missing, synthetic=cfg.include_synthetic, completed_only=cfg.completed_only,
+        )
         ctx.rows.append(item.model_dump() for item in read_items(ctx.dir / "eval_items.jsonl"))
         ctx.info.update({"counts": summary["counts"], "respondents": summary["respondents"], "constitution": "constitution.yaml"})
-
-
-def select_respondents(frames: Any, include_synthetic: bool, completed_only: bool) -> Any:
-    """Frames restricted to the respondents the export should count."""
-    resp = frames.respondents
-    keep = resp.index.to_series().astype(bool)
-    if completed_only:
-        keep &= resp["completed"].astype(bool)
-    if not include_synthetic:
-        keep &= ~resp["synthetic"].astype(bool)
-    if not keep.any():
-        what = "completed " if completed_only else ""
-        hint = " (all are synthetic: set survey.include_synthetic: true for a demo)" if not include_synthetic and len(resp) else ""
-        raise ValignError(f"the survey database has no {what}respondents to export{hint}; collect responses first.")
-    ids = resp.index[keep.to_numpy()]
-    answers = frames.answers[frames.answers["respondent_id"].isin(ids)]
-    return type(frames)(frames.instrument, resp.loc[ids], answers)
 

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from valign.errors import ValignError
-from valign.stages.base import TRAINING_STAGES, StageContext, previous_training_stage
+from valign.stages.base import TRAINING_STAGES, StageContext, previous_training_stage, training_start
 from valign.survey.opinion import OpinionItem, opinion_prompt, option_letters, read_items
 from valign.types import Row
 
@@ -106,8 +106,9 @@ class SurveySFTStage:
         if len(items) < 2:
             raise ValignError(f"survey_sft found {len(items)} item(s) of kinds {cfg.kinds} in {path}; it needs two or more — check survey_sft.kinds.")
         train, held = split_items(items, cfg.holdout, ctx.run_config.seed)
-        prev = next((d for name, d in ctx.input_dirs.items() if name in TRAINING_STAGES), None)
-        result = train_distributions(cfg.model or ctx.run_config.model, train, held, cfg, ctx.dir, ctx.run_config.seed, prev)
+        previous = next((d for name, d in ctx.input_dirs.items() if name in TRAINING_STAGES), None)
+        base_spec, adapter = training_start(cfg.model or ctx.run_config.model, previous)
+        result = train_distributions(base_spec, train, held, cfg, ctx.dir, ctx.run_config.seed, adapter)
         ctx.rows.append(result.pop("rows"))
         ctx.info.update(result)
 
@@ -121,7 +122,10 @@ def train_distributions(
     seed: int = 0,
     continue_from: Path | None = None,
 ) -> dict[str, Any]:
-    """Train a LoRA adapter towards the items' distributions; measure before and after."""
+    """Train a LoRA adapter towards the items' distributions; measure before and after.
+
+    ``continue_from`` is an adapter folder to keep training (e.g. the SFT stage's).
+    """
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import TrainingArguments
 
@@ -130,7 +134,7 @@ def train_distributions(
 
     tokenizer, base = load_base(base_spec, cfg.qlora)
     if continue_from is not None:
-        model = PeftModel.from_pretrained(base, str(continue_from / "adapter"), is_trainable=True)
+        model = PeftModel.from_pretrained(base, str(continue_from), is_trainable=True)
     else:
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
         model = get_peft_model(base, lora)

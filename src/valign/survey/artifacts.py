@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from valign.survey.instrument import Item
     from valign.survey.weighting import WeightingResult
 
-__all__ = ["ExportSettings", "export_artifacts", "eval_items", "scenario_pairs", "rating_rows"]
+__all__ = ["ExportSettings", "export_survey", "export_artifacts", "eval_items", "scenario_pairs", "rating_rows"]
 
 EVAL_KINDS = ("value", "principle", "scenario", "rating")
 
@@ -53,6 +53,35 @@ class ExportSettings:
     seed: int = 0
     min_group_n: int = 10
     consensus: ConsensusSettings = field(default_factory=ConsensusSettings)
+
+
+def export_survey(
+    db: str | None,
+    instrument: str,
+    margins: str | Path,
+    out_dir: Path,
+    settings: ExportSettings = ExportSettings(),
+    *,
+    trim: tuple[float, float] | None = None,
+    missing: str = "own_category",
+    synthetic: bool = False,
+    completed_only: bool = True,
+) -> dict[str, Any]:
+    """From the survey database to the export: quality flags, selection, raking, artifacts.
+
+    Example:
+        >>> # export_survey("sqlite:///survey.db", "demo", "nz-census-2023", Path("out"), synthetic=True)
+    """
+    from valign.survey.margins import load_margins
+    from valign.survey.quality import load_checked
+    from valign.survey.weighting import apply_weights, rake_frames
+
+    frames = load_checked(db, instrument).select(completed_only=completed_only, synthetic=synthetic)
+    if frames.respondents.empty:
+        hint = " (all are synthetic: allow them for a demo)" if not synthetic else ""
+        raise ValignError(f"the survey database has no {'completed ' if completed_only else ''}respondents to export{hint}; collect responses first.")
+    result = rake_frames(frames, load_margins(margins), trim=trim, missing=missing, seed=settings.seed)  # type: ignore[arg-type]
+    return export_artifacts(apply_weights(frames, result), result, out_dir, settings)
 
 
 def export_artifacts(frames: SurveyFrames, result: WeightingResult, out_dir: Path, settings: ExportSettings = ExportSettings()) -> dict[str, Any]:

@@ -6,7 +6,9 @@ Heavy imports (FastAPI, SQLAlchemy, pandas) happen inside the commands, so
 Example:
     $ valign survey serve                       # the demo instrument on ./survey.db, port 8000
     $ VALIGN_ADMIN_TOKEN=… valign survey simulate --n 50 --url http://127.0.0.1:8000
-    $ valign survey export responses.sav
+    $ valign survey weight --margins nz-census-2023
+    $ valign survey export --out survey-export/   # constitution, DPO/KTO rows, evaluation set
+    $ valign survey data responses.sav            # the respondent-level table
 """
 
 from __future__ import annotations
@@ -117,18 +119,13 @@ def invite(
 
 
 def _frames(db: Optional[str], instrument: str):
-    from valign.survey.db import load_frames, make_engine, resolve_db_url, schema_revision
-    from valign.survey.instrument import load_instrument
-    from valign.survey.quality import add_quality
+    from valign.survey.quality import load_checked
 
-    engine = make_engine(resolve_db_url(db))
-    if schema_revision(engine) is None:
-        raise ValignError(f"{engine.url.render_as_string(hide_password=True)} holds no survey yet; check --db (or run `valign survey migrate`).")
-    return add_quality(load_frames(engine, load_instrument(instrument)))
+    return load_checked(db, instrument)
 
 
-@survey_app.command("export")
-def export(
+@survey_app.command("data")
+def data(
     out: Path = typer.Argument(..., help="Output file: .csv, .json or .sav (SPSS, with labels)."),
     instrument: str = _INSTRUMENT,
     db: Optional[str] = _DB,
@@ -141,6 +138,85 @@ def export(
 
     rows = write_export(_frames(db, instrument), out, include_excluded=include_excluded, completed_only=completed_only, synthetic=synthetic)
     typer.echo(f"wrote {rows} respondents to {out}")
+
+
+_MARGINS = typer.Option("nz-census-2023", "--margins", "-m", help="A margins YAML file, or a shipped one (nz-census-2023).")
+_TRIM = typer.Option(None, "--trim", help="Bounds on weight / mean weight as LOW,HIGH, e.g. 0.2,5 (default: no trimming).")
+_MISSING = typer.Option("own_category", "--missing", help="A skipped raking question: own_category, impute_mode or drop.")
+_SYNTHETIC = typer.Option(False, "--synthetic/--no-synthetic", help="Count simulated respondents (for demos; off by default).")
+
+
+@survey_app.command("weight")
+def weight(
+    db: Optional[str] = _DB,
+    margins: str = _MARGINS,
+    instrument: str = _INSTRUMENT,
+    trim: Optional[str] = _TRIM,
+    missing: str = _MISSING,
+    synthetic: bool = _SYNTHETIC,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the diagnostics and every respondent's weight to this JSON file."),
+) -> None:
+    """Rake the completed respondents to population margins with svy; report design effect, ESS and ASMD."""
+    from valign.survey.margins import load_margins
+    from valign.survey.weighting import rake_frames
+
+    frames = _frames(db, instrument).select(completed_only=True, synthetic=synthetic)
+    if frames.respondents.empty:
+        raise ValignError("no completed respondents to weight" + ("" if synthetic else " (add --synthetic to count simulated ones)") + ".")
+    result = rake_frames(frames, load_margins(margins), trim=parse_trim(trim), missing=missing)  # type: ignore[arg-type]
+    typer.echo(result.report())
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(weighting_json(result), encoding="utf-8")
+        typer.echo(f"wrote {out}")
+
+
+@survey_app.command("export")
+def export(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for constitution.yaml, dpo.jsonl, kto.jsonl, eval_items.jsonl, consensus.csv, summary.json."),
+    db: Optional[str] = _DB,
+    instrument: str = _INSTRUMENT,
+    margins: str = _MARGINS,
+    trim: Optional[str] = _TRIM,
+    missing: str = _MISSING,
+    synthetic: bool = _SYNTHETIC,
+    replicates: int = typer.Option(200, "--replicates", "-B", min=2, help="Bootstrap replicates (each re-raked) for the intervals."),
+    threshold: float = typer.Option(0.6, help="A statement becomes a principle when the lower bound of its per-group agreement clears this."),
+    min_group_n: int = typer.Option(10, help="Leave out subgroup distributions of fewer respondents."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap."),
+) -> None:
+    """Weighted survey → a constitution (group-aware consensus), DPO/KTO rows and an evaluation set."""
+    from valign.survey.artifacts import ExportSettings, export_survey
+    from valign.survey.consensus import ConsensusSettings
+
+    settings = ExportSettings(B=replicates, seed=seed, min_group_n=min_group_n, consensus=ConsensusSettings(threshold=threshold))
+    summary = export_survey(db, instrument, margins, out, settings, trim=parse_trim(trim), missing=missing, synthetic=synthetic)
+    counts = summary["counts"]
+    typer.echo(f"{summary['respondents']['weighted']} weighted respondents → {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if not isinstance(v, dict)))
+
+
+def parse_trim(text: str | None) -> tuple[float, float] | None:
+    """``"0.2,5"`` → ``(0.2, 5.0)``; None stays None.
+
+    Example:
+        >>> parse_trim("0.2,5")
+        (0.2, 5.0)
+    """
+    if text is None or not text.strip():
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise ValignError(f"--trim '{text}' is not two numbers; write the bounds on weight/mean weight as LOW,HIGH, e.g. --trim 0.2,5.") from None
+    return (low, high)
+
+
+def weighting_json(result) -> str:  # noqa: ANN001
+    """The report's data plus every respondent's weight (null: no weight), as JSON text."""
+    data = result.to_dict()
+    data["weights"] = {str(k): (None if v != v else float(v)) for k, v in result.weights.items()}
+    return json.dumps(data, indent=2, default=str)
 
 
 @survey_app.command("flags")

@@ -13,6 +13,10 @@ Tables (created only by the Alembic migrations in ``migrations/``; see `migrate`
 * ``page_events`` — one per page submission, with the server-measured seconds
   between showing the page and receiving it (for the speeding check).
 * ``settings`` — key/value: the generated cookie-signing secret, the decline counter.
+* ``served_completions`` and ``feedback`` — answers a served model gave
+  (``valign serve --feedback-db``) and people's 👍/👎 and corrections on them, for
+  continual learning (`valign.feedback`); they can share the survey's database or
+  have their own.
 
 No IP address, user agent or other client data is stored anywhere.
 
@@ -65,6 +69,8 @@ __all__ = [
     "Proposal",
     "PageEvent",
     "Setting",
+    "ServedCompletion",
+    "Feedback",
     "make_engine",
     "migrate",
     "schema_revision",
@@ -211,6 +217,29 @@ class Setting(Base):
     __tablename__ = "settings"
     key: Mapped[str] = mapped_column(String(50), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class ServedCompletion(Base):
+    """An answer a served model gave: the chat completion's ``id``, the model, the conversation."""
+
+    __tablename__ = "served_completions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(300))
+    messages: Mapped[str] = mapped_column(Text)  # JSON: the conversation the answer replied to
+    completion: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(_UTC(), default=utcnow)
+
+
+class Feedback(Base):
+    """Someone's verdict on one served answer: at most one per answer; a new one replaces it."""
+
+    __tablename__ = "feedback"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    completion_id: Mapped[str] = mapped_column(ForeignKey("served_completions.id", ondelete="CASCADE"), unique=True)
+    rating: Mapped[str] = mapped_column(String(4))  # up | down
+    correction: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(_UTC(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(_UTC(), default=utcnow)
 
 
 # -- engines -----------------------------------------------------------------------------

@@ -89,6 +89,16 @@ class SurveyFrames:
         """The same frames with an updated respondents table (e.g. flags or weights added)."""
         return replace(self, respondents=respondents)
 
+    def select(self, *, completed_only: bool = True, synthetic: bool = False) -> SurveyFrames:
+        """Only the respondents (and their answers) an analysis should count: by default
+        those who finished, and no synthetic ones (``valign survey simulate``'s)."""
+        resp = self.respondents
+        keep = resp["completed"].astype(bool) if completed_only else resp.index.to_series().notna()
+        if not synthetic:
+            keep &= ~resp["synthetic"].astype(bool)
+        ids = resp.index[keep.to_numpy()]
+        return replace(self, respondents=resp.loc[ids], answers=self.answers[self.answers["respondent_id"].isin(ids)])
+
     def choices(self, kind: str | None = None) -> "pd.DataFrame":
         """A wide table: respondents × item ids, holding the chosen option codes."""
         a = self.answers if kind is None else self.answers[self.answers["kind"] == kind]

@@ -24,9 +24,14 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from valign.survey.frames import QUALITY_COLUMNS, SurveyFrames
 
-__all__ = ["add_quality", "flag_counts", "FLAGS"]
+if TYPE_CHECKING:
+    from valign.survey.instrument import Instrument
+
+__all__ = ["add_quality", "load_checked", "flag_counts", "FLAGS"]
 
 FLAGS = {
     "flag_attention": "attention",
@@ -34,6 +39,26 @@ FLAGS = {
     "flag_speeding": "speeding",
     "flag_social_desirability": "social_desirability",
 }
+
+
+def load_checked(db: str | None, instrument: "Instrument | str") -> SurveyFrames:
+    """The survey database's frames with the quality columns: what every analysis starts from.
+
+    Example:
+        >>> frames = load_checked("sqlite:///survey.db", "demo")
+    """
+    from valign.errors import ValignError
+    from valign.survey.db import load_frames, make_engine, resolve_db_url, schema_revision
+    from valign.survey.instrument import load_instrument
+
+    engine = make_engine(resolve_db_url(db))
+    try:
+        if schema_revision(engine) is None:
+            raise ValignError(f"{engine.url.render_as_string(hide_password=True)} holds no survey yet; check --db (or run `valign survey migrate`).")
+        inst = load_instrument(instrument) if isinstance(instrument, str) else instrument
+        return add_quality(load_frames(engine, inst))
+    finally:
+        engine.dispose()
 
 
 def add_quality(frames: SurveyFrames) -> SurveyFrames:
