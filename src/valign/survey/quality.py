@@ -24,14 +24,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from valign.survey.frames import QUALITY_COLUMNS, SurveyFrames
 
 if TYPE_CHECKING:
     from valign.survey.instrument import Instrument
 
-__all__ = ["add_quality", "load_checked", "flag_counts", "FLAGS"]
+__all__ = ["add_quality", "load_checked", "with_approved_proposals", "flag_counts", "FLAGS"]
 
 FLAGS = {
     "flag_attention": "attention",
@@ -56,9 +56,26 @@ def load_checked(db: str | None, instrument: "Instrument | str") -> SurveyFrames
         if schema_revision(engine) is None:
             raise ValignError(f"{engine.url.render_as_string(hide_password=True)} holds no survey yet; check --db (or run `valign survey migrate`).")
         inst = load_instrument(instrument) if isinstance(instrument, str) else instrument
-        return add_quality(load_frames(engine, inst))
+        return add_quality(load_frames(engine, with_approved_proposals(inst, engine)))
     finally:
         engine.dispose()
+
+
+def with_approved_proposals(instrument: "Instrument", engine: Any) -> "Instrument":
+    """The instrument plus the statements respondents proposed and moderators approved,
+    as principle items ``prop-<n>``, so their answers are analysed like the others'."""
+    from sqlalchemy.orm import Session
+
+    from valign.survey.db import Proposal
+    from valign.survey.instrument import PrincipleSection, PrincipleStatement
+
+    with Session(engine) as s:
+        approved = [(p.item_id, p.text) for p in s.query(Proposal).filter(Proposal.status == "approved").order_by(Proposal.id)]
+    if not approved:
+        return instrument
+    section = instrument.principles or PrincipleSection()
+    items = [*section.items, *(PrincipleStatement(id=pid, text=text) for pid, text in approved)]
+    return instrument.model_copy(update={"principles": section.model_copy(update={"items": items})})
 
 
 def add_quality(frames: SurveyFrames) -> SurveyFrames:
