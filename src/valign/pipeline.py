@@ -19,16 +19,20 @@ from valign.config import RunConfig
 from valign.errors import ValignError
 from valign.runs import StageDir, fingerprint
 from valign.stages.base import ModelPool, Stage, StageContext
+from valign.stages.evaluate import EvaluateStage
 from valign.stages.judge import JudgeStage
 from valign.stages.pairs import PairsStage
 from valign.stages.preference import DPOStage, KTOStage
+from valign.stages.report import ReportStage
 from valign.stages.respond import RespondStage
 from valign.stages.revise import ReviseStage
 from valign.stages.sft import SFTStage
 
 STAGES: dict[str, Stage] = {
     s.name: s
-    for s in (RespondStage(), ReviseStage(), SFTStage(), PairsStage(), JudgeStage(), DPOStage(), KTOStage())
+    for s in (
+        RespondStage(), ReviseStage(), SFTStage(), PairsStage(), JudgeStage(), DPOStage(), KTOStage(), EvaluateStage(), ReportStage()
+    )
 }
 
 
