@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from valign.constitution import Constitution
 from valign.errors import ValignError
 from valign.evaluate.pairwise import PairItem, PairwiseConfig, PairwiseResult, describe_score, judge_pairwise
-from valign.evaluate.refusal import detect_refusal
+from valign.evaluate.refusal import answers_with_refusals
 from valign.models.base import ChatModel
 from valign.types import GenConfig, Row
 
@@ -150,26 +150,8 @@ def answer_rows(model: ChatModel, role: str, spec: str, cases: Sequence[KeyCase]
         >>> answer_rows(load_model("embedded"), "base", "embedded", load_keycases(limit=1), GenConfig(max_new_tokens=32))[0]["id"]
         'keycase-answer:base:lottery-winnings'
     """
-    if not cases:
-        return []
-    outs = model.generate([[{"role": "user", "content": c.prompt}] for c in cases], gen)
-    rows = []
-    for c, out in zip(cases, outs):
-        verdict = detect_refusal(out.text)
-        rows.append(
-            {
-                "id": f"keycase-answer:{role}:{c.id}",
-                "type": "keycase_answer",
-                "case_id": c.id,
-                "role": role,
-                "model": spec,
-                "response": out.text,
-                "finish_reason": out.finish_reason,
-                "refused": verdict.refused,
-                "refusal_rule": verdict.rule,
-            }
-        )
-    return rows
+    answers = answers_with_refusals(model, [[{"role": "user", "content": c.prompt}] for c in cases], gen, role, spec)
+    return [{"id": f"keycase-answer:{role}:{c.id}", "type": "keycase_answer", "case_id": c.id, **a} for c, a in zip(cases, answers)]
 
 
 def judged_rows(

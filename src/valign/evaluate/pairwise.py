@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from string import Template
@@ -40,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from valign.models.base import ChatModel
 from valign.stages.judge import load_template
+from valign.stages.judge import templates_digest as judge_templates_digest
 from valign.types import Conversation, GenConfig
 
 __all__ = [
@@ -301,10 +301,7 @@ def templates_digest() -> str:
         >>> len(templates_digest())
         64
     """
-    h = hashlib.sha256()
-    for name in TEMPLATE_FILES:
-        h.update(name.encode() + b"\0" + load_template(name).encode() + b"\0")
-    return h.hexdigest()
+    return judge_templates_digest(TEMPLATE_FILES)
 
 
 def judge_pairwise(model: ChatModel, items: Sequence[PairItem], cfg: PairwiseConfig, seed: int = 0) -> list[PairwiseResult]:

@@ -24,8 +24,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
 
-__all__ = ["RefusalVerdict", "detect_refusal", "is_refusal", "REFUSAL_PREFIXES", "REFUSAL_PHRASES", "NOT_REFUSALS"]
+if TYPE_CHECKING:
+    from valign.models.base import ChatModel
+    from valign.types import Conversation, GenConfig
+
+__all__ = ["RefusalVerdict", "detect_refusal", "is_refusal", "answers_with_refusals", "REFUSAL_PREFIXES", "REFUSAL_PHRASES", "NOT_REFUSALS"]
 
 # How far into the answer a refusal phrase still counts: a refusal comes first; a
 # warning deep inside a helpful answer ("you can't undo this") is not one.
@@ -159,3 +164,24 @@ def is_refusal(text: str) -> bool:
         True
     """
     return detect_refusal(text).refused
+
+
+def answers_with_refusals(model: "ChatModel", convs: Sequence["Conversation"], gen: "GenConfig", role: str, spec: str) -> list[dict[str, Any]]:
+    """One answer per conversation with the detector's reading: the common fields of
+    key-case and safety rows (``role``, ``model``, ``response``, ``finish_reason``,
+    ``refused``, ``refusal_rule``).
+
+    Example:
+        >>> answers_with_refusals(load_model("embedded"), [[{"role": "user", "content": "Hi"}]],
+        ...                       GenConfig(max_new_tokens=8), "base", "embedded")[0]["refused"]
+        False
+    """
+    if not convs:
+        return []
+    out = []
+    for comp in model.generate(list(convs), gen):
+        v = detect_refusal(comp.text)
+        out.append(
+            {"role": role, "model": spec, "response": comp.text, "finish_reason": comp.finish_reason, "refused": v.refused, "refusal_rule": v.rule}
+        )
+    return out

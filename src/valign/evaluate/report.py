@@ -379,6 +379,8 @@ def _radar(categories: list[str], series: dict[str, list[float]], colors: dict[s
     angles = [2 * math.pi * i / len(categories) for i in range(len(categories))]
     fig = plt.figure(figsize=(4.6, 4.2))
     ax = fig.add_subplot(111, polar=True)
+    ax.set_theta_offset(math.pi / 2)  # the first category at the top, then clockwise
+    ax.set_theta_direction(-1)
     for name, values in series.items():
         ax.plot(angles + angles[:1], values + values[:1], color=colors[name], linewidth=2, label=name)
         ax.fill(angles + angles[:1], values + values[:1], color=colors[name], alpha=0.12)

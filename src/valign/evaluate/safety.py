@@ -27,7 +27,7 @@ from typing import Any, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from valign.errors import ValignError
-from valign.evaluate.refusal import detect_refusal
+from valign.evaluate.refusal import answers_with_refusals
 from valign.models.base import ChatModel
 from valign.prompt_sets import PromptMixConfig, build_prompt_mix, load_source
 from valign.types import GenConfig, Row
@@ -132,28 +132,19 @@ def safety_rows(model: ChatModel, role: str, spec: str, prompts: Sequence[Row], 
         >>> safety_rows(load_model("embedded"), "base", "embedded", prompts, GenConfig(max_new_tokens=32))[0]["refused"]
         False
     """
-    if not prompts:
-        return []
-    outs = model.generate([r["messages"] for r in prompts], gen)
-    rows = []
-    for p, out in zip(prompts, outs):
-        v = detect_refusal(out.text)
-        rows.append(
-            {
-                "id": f"safety:{role}:{p['set']}:{p['id']}",
-                "type": "safety",
-                "role": role,
-                "model": spec,
-                "set": p["set"],
-                "prompt_id": p["id"],
-                "source": p.get("source"),
-                "prompt": p["prompt"],
-                "response": out.text,
-                "refused": v.refused,
-                "refusal_rule": v.rule,
-            }
-        )
-    return rows
+    answers = answers_with_refusals(model, [r["messages"] for r in prompts], gen, role, spec)
+    return [
+        {
+            "id": f"safety:{role}:{p['set']}:{p['id']}",
+            "type": "safety",
+            "set": p["set"],
+            "prompt_id": p["id"],
+            "source": p.get("source"),
+            "prompt": p["prompt"],
+            **a,
+        }
+        for p, a in zip(prompts, answers)
+    ]
 
 
 def refusal_rates(rows: Sequence[Row]) -> dict[str, dict[str, dict[str, Any]]]:

@@ -8,13 +8,13 @@ file at any time, also for an unfinished run.
 
 from __future__ import annotations
 
-import hashlib
 from importlib import resources
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from valign.stages.base import StageContext
+from valign.stages.judge import templates_digest
 
 __all__ = ["ReportConfig", "ReportStage", "report_templates_digest"]
 
@@ -38,12 +38,8 @@ def report_templates_digest() -> str:
         >>> len(report_templates_digest())
         64
     """
-    h = hashlib.sha256()
     folder = resources.files("valign") / "data" / "templates" / "report"
-    for f in sorted(folder.iterdir(), key=lambda p: p.name):
-        if f.name.endswith(".j2"):
-            h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()
+    return templates_digest(sorted(f"report/{f.name}" for f in folder.iterdir() if f.name.endswith(".j2")))
 
 
 class ReportStage:
