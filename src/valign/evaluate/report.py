@@ -253,7 +253,7 @@ def _flat_counts(counts: Any, prefix: str = "") -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     if isinstance(counts, dict):
         for k, v in counts.items():
-            if k == "rows":
+            if k == "rows" or k.startswith("resumed"):  # resumption bookkeeping, not data
                 continue
             key = f"{prefix}{k}".replace("_", " ")
             if isinstance(v, dict):

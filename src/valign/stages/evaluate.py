@@ -152,6 +152,12 @@ def run_evaluation(
         else:
             info["safety"] = _safety(cfg, specs, rows, models, train_prompts, console)
         info["suite_seconds"][suite] = round(time.perf_counter() - started, 3)
+    info["counts"] = {
+        "key cases": (info.get("keycases") or {}).get("cases"),
+        "MT-Bench questions": (info.get("mtbench") or {}).get("questions"),
+        "safety prompts": sum(c["n"] for c in (info.get("safety") or {}).get("base", {}).values()) if "safety" in info else None,
+    }
+    info["counts"] = {k: v for k, v in info["counts"].items() if v is not None}
     return info
 
 
