@@ -103,6 +103,8 @@ def test_pipeline_wiring_and_fingerprints(tmp_path):
     assert STAGES["evaluate"].inputs(sft_only) == ["sft"]
     given = load_config("configs/kantian-demo.yaml", ["stages=[evaluate, report]", "evaluate.tuned=embedded"])
     assert STAGES["evaluate"].inputs(given) == []
+    served = load_config("configs/kantian-llama70b.yaml")
+    assert served.evaluate.tuned.startswith("openai:") and STAGES["evaluate"].inputs(served) == ["dpo"]
     none = load_config("configs/kantian-demo.yaml", ["stages=[respond, evaluate]"])
     with pytest.raises(ValignError, match="set evaluate.tuned"):
         STAGES["evaluate"].inputs(none)

@@ -348,7 +348,12 @@ class EvaluateStage:
     name: ClassVar[str] = "evaluate"
 
     def inputs(self, run_config: Any) -> list[str]:
-        return [] if run_config.evaluate.tuned else [tuned_stage(run_config)]
+        # A named tuned model (e.g. the DPO adapter served by vLLM) still comes from the
+        # run's training when there is one: depend on it so retraining re-evaluates.
+        if run_config.evaluate.tuned:
+            trained = [s for s in run_config.stages[: run_config.stages.index(self.name)] if s in TRAINING_STAGES]
+            return trained[-1:]
+        return [tuned_stage(run_config)]
 
     def describe(self, run_config: Any) -> dict[str, Any]:
         cfg: EvaluateConfig = run_config.evaluate
