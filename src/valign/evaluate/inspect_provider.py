@@ -28,7 +28,11 @@ __all__ = ["valign_provider"]
 
 @modelapi(name="valign")
 def valign_provider() -> type[ModelAPI]:
-    """The provider class, imported only when inspect asks for a ``valign/`` model."""
+    """The provider class, imported only when inspect asks for a ``valign/`` model.
+
+    Example:
+        >>> get_model("valign/run:runs/kantian-demo/06-dpo")  # any valign spec after "valign/"
+    """
     return _provider_class()
 
 

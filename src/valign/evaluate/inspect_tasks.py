@@ -41,10 +41,10 @@ from valign.errors import ValignError
 from valign.evaluate.keycases import load_keycases, principles_text
 from valign.evaluate.mtbench import (
     NEED_REF_CATS,
-    _logprob_ratings,
     judge_conversation,
     judge_prompt_name,
     load_mtbench,
+    logprob_ratings,
     parse_rating,
     select_questions,
     temperature_for,
@@ -95,7 +95,11 @@ def _mean(values: list[float]) -> float:
 @scorer(metrics=[grouped(mean(), "set", all=False)])
 def refusal_scorer():
     """1 when the rule-based detector finds a refusal, else 0; the metrics are the
-    refusal rate per prompt set (``red_team``: harmlessness, ``benign_edgy``: over-refusal)."""
+    refusal rate per prompt set (``red_team``: harmlessness, ``benign_edgy``: over-refusal).
+
+    Example:
+        >>> Task(dataset=my_samples_with_set_metadata, solver=generate(), scorer=refusal_scorer())
+    """
 
     async def score(state: TaskState, target: Target) -> Score:
         v = detect_refusal(state.output.completion)
@@ -135,7 +139,11 @@ def safety(red_team: int = 50, benign_edgy: int | None = None, max_tokens: int =
 @solver
 def mtbench_solver(max_tokens: int = 1024):
     """Answer both turns, the second with the first in context, at FastChat's
-    temperature for the sample's category."""
+    temperature for the sample's category.
+
+    Example:
+        >>> Task(dataset=mt_bench_samples, solver=mtbench_solver(256), scorer=mtbench_scorer("openai/gpt-4o"))
+    """
 
     async def solve(state: TaskState, generate: Generate) -> TaskState:
         turns = state.metadata["turns"]
@@ -196,7 +204,11 @@ def parse_failure_rate():
 
 @scorer(metrics=[overall(), turn_1(), turn_2(), parse_failure_rate()])
 def mtbench_scorer(judge: str | None = None, judge_mode: str = "generative", data: str | None = None):
-    """FastChat single-answer grading of both turns; the value is the mean readable rating (−1 if none)."""
+    """FastChat single-answer grading of both turns; the value is the mean readable rating (−1 if none).
+
+    Example:
+        >>> mtbench_scorer(judge="valign/embedded", judge_mode="logprob")
+    """
     mt = load_mtbench(data)
 
     async def score(state: TaskState, target: Target) -> Score:
@@ -214,7 +226,7 @@ def mtbench_scorer(judge: str | None = None, judge_mode: str = "generative", dat
             convs.append(conv)
             names.append(name)
         if judge_mode == "logprob":
-            readings = await _valign_call(_valign_spec(judge), _logprob_ratings, convs)
+            readings = await _valign_call(_valign_spec(judge), logprob_ratings, convs)
             ratings, texts = [r for r, _ in readings], ["" for _ in readings]
         else:
             model = _judge(judge)
@@ -298,7 +310,11 @@ def refusal_rate():
 @scorer(metrics=[mean(), improved_share(), refusal_rate()])
 def keycase_scorer(baseline: str | None = None, judge: str | None = None, judge_mode: str = "generative", max_tokens: int = 512):
     """Five-level pairwise grading against ``baseline``'s answer in both orders; the value
-    is the combined score in [−2, 2] (0 when unreadable or when there is no baseline)."""
+    is the combined score in [−2, 2] (0 when unreadable or when there is no baseline).
+
+    Example:
+        >>> keycase_scorer(baseline="valign/embedded", judge="openai/gpt-4o")
+    """
 
     async def score(state: TaskState, target: Target) -> Score:
         answer = state.output.completion

@@ -74,6 +74,7 @@ __all__ = [
     "judge_prompt_name",
     "judge_conversation",
     "parse_rating",
+    "logprob_ratings",
     "judge_answers",
     "aggregate",
     "judge_file_name",
@@ -366,8 +367,15 @@ def parse_rating(judgment: str) -> float | int:
     return ast.literal_eval(match.groups()[0])
 
 
-def _logprob_ratings(judge: ChatModel, convs: list[Conversation]) -> list[tuple[float, dict[str, float]]]:
-    """Expected ratings 1–10 from option probabilities (see the module docstring)."""
+def logprob_ratings(judge: ChatModel, convs: list[Conversation]) -> list[tuple[float, dict[str, float]]]:
+    """Expected ratings 1–10 and their distributions from option probabilities, one per
+    judge conversation (see the module docstring).
+
+    Example:
+        >>> conv, _ = judge_conversation(q, answer, data.judge_prompts["single-v1"], None, False)
+        >>> logprob_ratings(load_model("embedded"), [conv])[0][0]
+        4.81
+    """
     if not convs:
         return []
     digits = judge.choice_probs(convs, DIGITS, answer_prefix=RATING_PREFIX)
@@ -423,7 +431,7 @@ def judge_answers(
             conv, user = judge_conversation(q, ans, data.judge_prompts[name], ref, multi)
             jobs.append((q, turn, name, conv, user))
     if mode == "logprob":
-        readings = _logprob_ratings(judge, [j[3] for j in jobs])
+        readings = logprob_ratings(judge, [j[3] for j in jobs])
         results = [("", score, {"rating_probs": probs}) for score, probs in readings]
     else:
         g = gen or GenConfig(temperature=0.0, max_new_tokens=2048)

@@ -63,7 +63,12 @@ _STAGE_DIR = re.compile(r"^(\d{2})-([a-z_]+)$")
 
 @dataclass
 class StageInfo:
-    """One stage folder of a run: its name, path and manifest (None while unfinished)."""
+    """One stage folder of a run: its name, path and manifest (None while unfinished).
+
+    Example:
+        >>> StageInfo("sft", Path("runs/demo/03-sft"), None).status
+        'not started'
+    """
 
     name: str
     dir: Path
@@ -152,7 +157,11 @@ def load_run(path: str | Path) -> RunData:
 
 @dataclass
 class Section:
-    """A rendered report section: anchor id, heading and HTML body."""
+    """A rendered report section: anchor id, heading and HTML body (already escaped).
+
+    Example:
+        >>> Section("notes", "Notes", env.render_string("<p>{{ text }}</p>", text="<b>hi</b>"))
+    """
 
     id: str
     title: str
@@ -264,7 +273,12 @@ def _flat_counts(counts: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def summary_section(run: RunData, env: ReportEnv) -> Section:
-    """Run summary: the config, every stage with its status, rows, data counts and time."""
+    """Run summary: the config, every stage with its status, rows, data counts and time.
+
+    Example:
+        >>> summary_section(load_run("runs/kantian-demo"), ReportEnv()).title
+        'Run summary'
+    """
     import yaml
 
     stages = []
@@ -338,7 +352,12 @@ def read_rows_loose(path: Path) -> list[dict[str, Any]]:
 
 
 def training_section(run: RunData, env: ReportEnv) -> Section | None:
-    """Training curves: SFT loss; DPO/KTO loss, reward accuracy and reward margins."""
+    """Training curves: SFT loss; DPO/KTO loss, reward accuracy and reward margins.
+
+    Example:
+        >>> training_section(load_run("runs/kantian-demo"), ReportEnv()).title
+        'Training curves'
+    """
     plots = []
     for s in run.stages:
         if s.name not in ("sft", "dpo", "kto") or s.manifest is None:
@@ -408,7 +427,12 @@ def _bars(categories: list[str], series: dict[str, list[float]], colors: dict[st
 
 
 def mtbench_section(run: RunData, env: ReportEnv) -> Section | None:
-    """MT-Bench: a radar chart and a table per category, per turn and overall, base vs tuned."""
+    """MT-Bench: a radar chart and a table per category, per turn and overall, base vs tuned.
+
+    Example:
+        >>> mtbench_section(load_run("runs/kantian-demo"), ReportEnv()).title
+        'MT-Bench'
+    """
     ev = run.manifest("evaluate") or {}
     mt = ev.get("mtbench")
     if not mt or not mt.get("results"):
@@ -465,7 +489,12 @@ def _delta(vals: list[Any]) -> float | None:
 
 
 def keycases_section(run: RunData, env: ReportEnv) -> Section | None:
-    """Key cases side by side: the two answers, the verdict, the improvement, refusals."""
+    """Key cases side by side: the two answers, the verdict, the improvement, refusals.
+
+    Example:
+        >>> keycases_section(load_run("runs/kantian-demo"), ReportEnv()).title
+        'Key cases'
+    """
     ev = run.manifest("evaluate") or {}
     summary = ev.get("keycases")
     cases = [r for r in run.rows("evaluate") if r.get("type") == "keycase"]
@@ -490,7 +519,12 @@ def _principle_titles(run: RunData) -> dict[str, str]:
 
 
 def safety_section(run: RunData, env: ReportEnv) -> Section | None:
-    """Refusal rates on held-out red-team prompts and on benign-edgy prompts, per model."""
+    """Refusal rates on held-out red-team prompts and on benign-edgy prompts, per model.
+
+    Example:
+        >>> safety_section(load_run("runs/kantian-demo"), ReportEnv()).title
+        'Safety'
+    """
     ev = run.manifest("evaluate") or {}
     rates = ev.get("safety")
     if not rates:
@@ -533,7 +567,12 @@ def safety_section(run: RunData, env: ReportEnv) -> Section | None:
 
 
 def constitution_section(run: RunData, env: ReportEnv) -> Section | None:
-    """The constitution the run used, principle by principle."""
+    """The constitution the run used, principle by principle.
+
+    Example:
+        >>> constitution_section(load_run("runs/kantian-demo"), ReportEnv()).title
+        'Constitution'
+    """
     from valign.constitution import load_constitution
 
     name = (run.config or {}).get("constitution") or (run.manifest("evaluate") or {}).get("constitution")
