@@ -84,7 +84,7 @@ def test_backend_options_reach_the_right_backend(tmp_path):
 @pytest.mark.parametrize("name", ["kantian-demo", "kantian-llama70b"])
 def test_shipped_configs_validate(name):
     cfg = load_config(f"configs/{name}.yaml")
-    assert cfg.stages == ["respond", "revise", "sft", "pairs", "judge", "dpo"] and cfg.constitution == "kantian"
+    assert cfg.stages == ["respond", "revise", "sft", "pairs", "judge", "dpo", "evaluate", "report"] and cfg.constitution == "kantian"
     assert len(cfg.respond.rows) > 0
 
 

@@ -123,15 +123,28 @@ def test_shipped_demo_config_runs_end_to_end(tmp_path):
             "pairs.gen.max_new_tokens=24",
             "judge.min_margin=0",
             "dpo.max_steps=2",
+            "evaluate.keycases.limit=2",
+            "evaluate.keycases.gen.max_new_tokens=12",
+            "evaluate.mtbench.per_category=null",
+            "evaluate.mtbench.questions=1",
+            "evaluate.mtbench.max_new_tokens=12",
+            "evaluate.safety.red_team=2",
+            "evaluate.safety.benign_edgy=1",
+            "evaluate.safety.gen.max_new_tokens=12",
         ],
     )
     out = run_pipeline(cfg)
-    assert [o.name for o in out] == ["respond", "revise", "sft", "pairs", "judge", "dpo"]
+    assert [o.name for o in out] == ["respond", "revise", "sft", "pairs", "judge", "dpo", "evaluate", "report"]
     assert [o.rows for o in out[:5]] == [6, 4, 6, 4, 4], "4 revised red-team answers + 2 benign answers train"
     assert json.loads((out[2].dir / "manifest.json").read_text())["train"]["steps"] == 2
     dpo = json.loads((out[5].dir / "manifest.json").read_text())
     assert dpo["model"] == {"base": "embedded", "adapter": "adapter"} and dpo["train"]["continued_from"]
     assert len(dpo["train"]["reward_accuracy"]) == 2
+    ev = json.loads((out[6].dir / "manifest.json").read_text())
+    assert ev["models"]["tuned"] == f"run:{out[5].dir}" and ev["keycases"]["cases"] == 2
+    assert ev["mtbench"]["results"]["tuned"]["judgments"] == 2 and ev["safety"]["base"]["red_team"]["n"] == 2
+    html = (cfg.run_dir / "report.html").read_text()
+    assert all(f">{h}</h2>" in html for h in ("Run summary", "Training curves", "MT-Bench", "Key cases", "Safety", "Constitution"))
 
 
 @pytest.mark.slow

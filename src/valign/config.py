@@ -22,10 +22,12 @@ from valign.stages.pairs import PairsConfig
 from valign.stages.preference import DPOStageConfig, KTOStageConfig
 from valign.stages.revise import ReviseConfig
 from valign.stages.sft import SFTStageConfig
+from valign.stages.evaluate import EvaluateConfig
+from valign.stages.report import ReportConfig
 from valign.stages.survey import SurveyStageConfig
 from valign.stages.survey_sft import SurveySFTConfig
 
-KNOWN_STAGES = ("survey", "respond", "revise", "sft", "survey_sft", "pairs", "judge", "dpo", "kto")
+KNOWN_STAGES = ("survey", "respond", "revise", "sft", "survey_sft", "pairs", "judge", "dpo", "kto", "evaluate", "report")
 
 
 class OpenAIOptions(BaseModel):
@@ -108,6 +110,8 @@ class RunConfig(BaseModel):
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     dpo: DPOStageConfig = Field(default_factory=DPOStageConfig)
     kto: KTOStageConfig = Field(default_factory=KTOStageConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     @field_validator("constitution")
     @classmethod

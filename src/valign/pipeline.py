@@ -19,9 +19,11 @@ from valign.config import RunConfig
 from valign.errors import ValignError
 from valign.runs import StageDir, fingerprint
 from valign.stages.base import ModelPool, Stage, StageContext, stage_folder
+from valign.stages.evaluate import EvaluateStage
 from valign.stages.judge import JudgeStage
 from valign.stages.pairs import PairsStage
 from valign.stages.preference import DPOStage, KTOStage
+from valign.stages.report import ReportStage
 from valign.stages.respond import RespondStage
 from valign.stages.revise import ReviseStage
 from valign.stages.sft import SFTStage
@@ -30,7 +32,10 @@ from valign.stages.survey_sft import SurveySFTStage
 
 STAGES: dict[str, Stage] = {
     s.name: s
-    for s in (SurveyStage(), RespondStage(), ReviseStage(), SFTStage(), SurveySFTStage(), PairsStage(), JudgeStage(), DPOStage(), KTOStage())
+    for s in (
+        SurveyStage(), RespondStage(), ReviseStage(), SFTStage(), SurveySFTStage(), PairsStage(), JudgeStage(),
+        DPOStage(), KTOStage(), EvaluateStage(), ReportStage(),
+    )
 }
 
 

@@ -194,15 +194,15 @@ def load_template(name: str) -> str:
     return path.read_text(encoding="utf-8").rstrip("\n")
 
 
-def templates_digest() -> str:
-    """SHA-256 over the judge's template files, for the stage fingerprint.
+def templates_digest(names: Sequence[str] = TEMPLATE_FILES) -> str:
+    """SHA-256 over template files (the judge's by default), for a stage fingerprint.
 
     Example:
         >>> len(templates_digest())
         64
     """
     h = hashlib.sha256()
-    for name in TEMPLATE_FILES:
+    for name in names:
         h.update(name.encode() + b"\0" + load_template(name).encode() + b"\0")
     return h.hexdigest()
 
