@@ -86,7 +86,7 @@ def test_a_run_with_only_some_stages_still_renders(tmp_path):
     (root / "02-revise").mkdir()
     html = render_report(root).read_text()
     assert ">Run summary</h2>" in html and ">Constitution</h2>" in html
-    assert ">MT-Bench</h2>" not in html and "left out: training, mtbench, keycases, safety" in html
+    assert ">MT-Bench</h2>" not in html and "left out: training, fidelity, mtbench, keycases, safety" in html
     assert "incomplete" in html and "not started" in html
 
 

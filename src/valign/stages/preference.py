@@ -181,11 +181,11 @@ def _as_conversation(value: Any, role: str) -> list[dict[str, str]]:
 
 def _read_rows_file(path: Path, need: tuple[str, ...], what: str) -> list[Row]:
     if not path.exists():
-        raise ValignError(f"rows file {path} does not exist; write {what} JSONL rows there.")
+        raise ValignError(f"rows file {path} does not exist; write JSONL rows with {what} there.")
     rows = []
     for n, r in enumerate(read_rows(path), 1):
         if not set(need) <= set(r):
-            raise ValignError(f"{path} row {n} needs {', '.join(repr(k) for k in need[:-1])} and {need[-1]!r}.")
+            raise ValignError(f"{path} row {n} needs {what}.")
         weight = {"weight": float(r["weight"])} if "weight" in r else {}
         rows.append({"id": str(r.get("id") or f"row-{n}"), **{k: r[k] for k in need}, **weight})
     return rows
@@ -193,10 +193,11 @@ def _read_rows_file(path: Path, need: tuple[str, ...], what: str) -> list[Row]:
 
 def read_kto_file(path: Path) -> list[Row]:
     """prompt/completion/label rows from a JSONL file (strings or conversations), with optional weights."""
-    rows = _read_rows_file(path, ("prompt", "completion", "label"), "prompt/completion/label")
+    what = "'prompt', 'completion' and a true/false 'label'"
+    rows = _read_rows_file(path, ("prompt", "completion", "label"), what)
     for n, r in enumerate(rows, 1):
         if not isinstance(r["label"], bool):
-            raise ValignError(f"{path} row {n} needs 'prompt', 'completion' and a true/false 'label'.")
+            raise ValignError(f"{path} row {n} needs {what}.")
         r["prompt"] = _as_conversation(r["prompt"], "user")
         r["completion"] = _as_conversation(r["completion"], "assistant")
     return rows
@@ -204,7 +205,7 @@ def read_kto_file(path: Path) -> list[Row]:
 
 def read_dpo_file(path: Path) -> list[Row]:
     """prompt/chosen/rejected rows from a JSONL file (strings or conversations), with optional weights."""
-    rows = _read_rows_file(path, ("prompt", "chosen", "rejected"), "prompt/chosen/rejected")
+    rows = _read_rows_file(path, ("prompt", "chosen", "rejected"), "'prompt', 'chosen' and 'rejected'")
     for r in rows:
         r["prompt"] = _as_conversation(r["prompt"], "user")
         r["chosen"] = _as_conversation(r["chosen"], "assistant")

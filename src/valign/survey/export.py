@@ -52,7 +52,9 @@ def _item_columns(frames: SurveyFrames) -> list[str]:
         if item.kind == "scenario":
             cols.append(f"{item.id}_strength")
     answered = set(frames.answers["item_id"]) if len(frames.answers) else set()
-    props = sorted((i for i in answered if re.fullmatch(r"prop-\d+", str(i))), key=lambda i: int(i.split("-")[1]))
+    # Approved proposals are in the instrument when it was loaded with them; otherwise
+    # they are found in the answers.
+    props = sorted((i for i in answered if re.fullmatch(r"prop-\d+", str(i)) and i not in cols), key=lambda i: int(i.split("-")[1]))
     cols += props
     if frames.instrument.principles is not None and frames.instrument.principles.allow_proposals:
         cols.append(PROPOSAL_ITEM)
