@@ -254,12 +254,13 @@ def bench_dpo(
     pairs: int = typer.Option(16, help="Preference pairs in the epoch."),
     batch: int = typer.Option(4, help="Pairs per step."),
     epochs: int = typer.Option(3, help="Epochs; the figure is seconds per epoch."),
+    repeats: int = typer.Option(2, min=1, help="Runs per arm, taking turns; each arm keeps its fastest."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
     """DPO seconds per epoch with and without precomputed reference log-probs."""
     from valign.bench import bench_dpo as run_bench
 
-    run_bench(pairs=pairs, batch=batch, epochs=epochs, json_out=json_out)
+    run_bench(pairs=pairs, batch=batch, epochs=epochs, repeats=repeats, json_out=json_out)
 
 
 def main() -> None:
