@@ -94,3 +94,23 @@ def test_the_seed_setting_uses_qlora_and_a_server():
     assert cfg.backends.for_spec(cfg.judge.model)["api_key_env"] == "OPENAI_API_KEY", "the API judge has its own key"
     assert cfg.backends.for_spec(cfg.model)["api_key_env"] == "VLLM_API_KEY"
     assert len(cfg.respond.rows) == 1560
+
+
+def test_public_values_configs_wire_the_survey_through_the_run():
+    from valign.pipeline import STAGES
+
+    cfg = load_config("configs/public-values-demo.yaml")
+    assert cfg.stages[0] == "survey" and cfg.constitution == "survey" and cfg.survey.include_synthetic
+    inputs = {name: STAGES[name].inputs(cfg) for name in cfg.stages}
+    assert "survey" in inputs["revise"], "the public constitution comes from the survey stage"
+    assert inputs["survey_sft"] == ["survey", "sft"] and inputs["dpo"] == ["survey", "survey_sft"] and inputs["kto"] == ["survey", "dpo"]
+    assert set(inputs["evaluate"]) == {"kto", "survey"} and "fidelity" in cfg.evaluate.suites
+    rounds = load_config("configs/feedback-round.yaml")
+    assert rounds.kto.rows.startswith("feedback:") and STAGES["kto"].inputs(rounds) == [] and rounds.model.startswith("run:")
+
+
+def test_a_constitution_from_a_stage_must_be_written_before_it_is_read(tmp_path):
+    with pytest.raises(ConfigError, match="names a stage that is not in `stages`"):
+        load_config(write(tmp_path, GOOD), ["constitution=survey"])
+    with pytest.raises(ConfigError, match="must come before revise"):
+        load_config(write(tmp_path, GOOD), ["constitution=survey", "stages=[respond, revise, survey]"])
