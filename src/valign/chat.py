@@ -83,11 +83,15 @@ def chat_page_router(
         data = signer.unsign(token, max_age=12 * 3600) if token else {"h": []}
         return None if data is None else data.get("h", [])
 
-    def refused(request: Request, csrf: str) -> HTMLResponse | None:
+    def accept(request: "Request", csrf: str, history: str) -> "tuple[str, Conversation] | Response":
+        """The session and the conversation of a form post, or the response refusing it."""
         sid = session(request)
         if sid is None or not check_csrf(signer, sid, csrf):
             return HTMLResponse("<p>This form has expired. <a href=\"/chat\">Start again</a>.</p>", status_code=403, headers=SECURITY_HEADERS)
-        return None
+        past = read_history(history)
+        if past is None:  # altered or expired: start over rather than trust it
+            return RedirectResponse("/chat", status_code=303)
+        return sid, past
 
     @router.get("/chat/style.css")
     async def style() -> Response:
@@ -99,13 +103,10 @@ def chat_page_router(
 
     @router.post("/chat", response_class=HTMLResponse)
     async def chat_send(request: Request, csrf: str = Form(""), history: str = Form(""), message: str = Form("")) -> Response:
-        if (bad := refused(request, csrf)) is not None:
-            return bad
-        sid = session(request)
-        assert sid is not None
-        past = read_history(history)
-        if past is None:
-            return RedirectResponse("/chat", status_code=303)
+        accepted = accept(request, csrf, history)
+        if isinstance(accepted, Response):
+            return accepted
+        sid, past = accepted
         text = message.strip()
         if not text or len(text) > MAX_MESSAGE_CHARS:
             problem = "Write a message first." if not text else f"Your message is {len(text)} characters; shorten it to at most {MAX_MESSAGE_CHARS}."
@@ -127,13 +128,10 @@ def chat_page_router(
         request: Request, csrf: str = Form(""), history: str = Form(""), completion_id: str = Form(""),
         rating: str = Form(""), correction: str = Form(""),
     ) -> Response:
-        if (bad := refused(request, csrf)) is not None:
-            return bad
-        sid = session(request)
-        assert sid is not None
-        past = read_history(history)
-        if past is None:
-            return RedirectResponse("/chat", status_code=303)
+        accepted = accept(request, csrf, history)
+        if isinstance(accepted, Response):
+            return accepted
+        sid, past = accepted
         if feedback is None:
             return page(sid, past, status=404, error="This server does not collect feedback.")
         try:
