@@ -29,9 +29,11 @@ run: install
 	$(BIN)/valign run $(CONFIG)
 
 # The public-values pipeline: synthetic respondents through the survey's real pages
-# (served in-process on a SQLite file), then the run, ending in its report.
+# (served in-process on a SQLite file; only once, so a second `make public-demo` finds
+# every stage up to date), then the run, ending in its report.
+SURVEY_DB := runs/public-values-demo-survey.db
 public-demo: install
-	$(BIN)/valign survey simulate --serve-db runs/public-values-demo-survey.db --n 300
+	test -f $(SURVEY_DB) || $(BIN)/valign survey simulate --serve-db $(SURVEY_DB) --n 300
 	$(BIN)/valign run configs/public-values-demo.yaml
 
 test: install

@@ -114,3 +114,8 @@ def test_a_constitution_from_a_stage_must_be_written_before_it_is_read(tmp_path)
         load_config(write(tmp_path, GOOD), ["constitution=survey"])
     with pytest.raises(ConfigError, match="must come before revise"):
         load_config(write(tmp_path, GOOD), ["constitution=survey", "stages=[respond, revise, survey]"])
+
+
+def test_only_the_survey_stage_can_supply_the_constitution(tmp_path):
+    with pytest.raises(ConfigError, match="writes no constitution"):
+        load_config(write(tmp_path, GOOD), ["constitution=sft"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
@@ -47,6 +48,8 @@ def test_feedback_api_stores_one_rating_per_answer(served):
     assert counts["served"] == before["served"] + 1 and counts["up"] == before["up"] + 1 and counts["down"] == before["down"]
     # Clear errors for the mistakes a client can make.
     missing = httpx.post(f"{root}/v1/feedback", json={"completion_id": "chatcmpl-nope", "rating": "up"}, timeout=30)
+    with pytest.raises(Exception, match="does not exist"):
+        kto_rows_from_feedback(f"sqlite:///{Path(store.url.removeprefix('sqlite:///')).parent / 'absent.db'}")
     assert missing.status_code == 404 and "no answer with id" in missing.json()["error"]["message"]
     bad = post(rating="meh")
     assert bad.status_code == 400 and "rating" in bad.json()["error"]["message"]
@@ -84,8 +87,13 @@ def test_feedback_becomes_kto_and_sft_rows(served):
     assert corrections and all(r["label"] for r in corrections), "a correction is a desirable answer"
     assert {r["id"] for r in sft_rows_from_feedback(store.url)} == {r["id"] for r in corrections}
     digest = feedback_digest(store.url)
-    _complete(root)
-    httpx.post(f"{root}/v1/feedback", json={"completion_id": _complete(root)["id"], "rating": "up"}, timeout=30)
+    unrated = _complete(root)
+    assert feedback_digest(store.url) == digest, "an answer nobody rated is no new round"
+    probe = {"model": "embedded", "messages": HI, "max_tokens": 1, "temperature": 0, "logprobs": True, "top_logprobs": 5}
+    served = store.counts()["served"]
+    assert httpx.post(f"{root}/v1/chat/completions", json=probe, timeout=60).status_code == 200
+    assert store.counts()["served"] == served, "option-probability probes are not recorded for rating"
+    httpx.post(f"{root}/v1/feedback", json={"completion_id": unrated["id"], "rating": "up"}, timeout=30)
     assert feedback_digest(store.url) != digest, "new feedback makes a new KTO round"
 
 

@@ -54,6 +54,36 @@ def test_score_fidelity_overall_and_per_group():
     assert result.items[0]["model"] == [0.25] * 4 and result.items[1]["groups"] == {"sex=female": pytest.approx(js_distance([0.5, 0.5], [1, 0]))}
 
 
+def test_letters_map_to_options_in_order():
+    """A skewed model: option A gets 0.7, B 0.2, C 0.1, D nothing — in the options' order."""
+    model = ScriptedModel(choice={"A": 0.7, "B": 0.2, "C": 0.1, "D": 0.0})
+    result = score_fidelity(model, _items()[:1])
+    assert result.items[0]["model"] == pytest.approx([0.7, 0.2, 0.1, 0.0])
+    assert result.items[0]["distance"] == pytest.approx(wasserstein_ordinal([0.7, 0.2, 0.1, 0.0], [0.1, 0.2, 0.3, 0.4]))
+
+
+def test_fidelity_suite_resumes_and_reaches_the_report(tmp_path):
+    from valign.evaluate.report import render_report
+    from valign.runs import RowLog, StageDir
+    from valign.stages.base import ModelPool
+    from valign.stages.evaluate import EvaluateConfig, run_evaluation
+
+    items = write_items(_items(), tmp_path / "items.jsonl")
+    base, tuned = ScriptedModel("s-base"), ScriptedModel("s-tuned", choice={"A": 0.1, "B": 0.2, "C": 0.3, "D": 0.4})
+    pool = ModelPool(None)
+    pool._models.update({"s-base": base, "s-tuned": tuned})
+    cfg = EvaluateConfig(suites=["fidelity"], fidelity={"items": str(items)})
+    out = tmp_path / "eval"
+    run = lambda: run_evaluation(cfg, base="s-base", tuned="s-tuned", judge="s-base", rows=RowLog(out / "rows.jsonl"), models=pool, out_dir=out)  # noqa: E731
+    info = run()
+    assert info["fidelity"]["tuned"]["all"]["representativeness"] == pytest.approx(1.0), "the tuned model matches the population exactly"
+    calls = base.choice_calls + tuned.choice_calls
+    assert run()["fidelity"] == info["fidelity"] and base.choice_calls + tuned.choice_calls == calls, "a resumed suite asks nothing again"
+    StageDir(out).finish("fp", {"stage": "evaluate", **info})
+    html = render_report(out).read_text()
+    assert ">Survey fidelity</h2>" in html and "sex: female" in html and "data:image/png;base64," in html
+
+
 def test_items_round_trip_and_errors(tmp_path):
     path = write_items(_items(), tmp_path / "items.jsonl")
     assert [i.id for i in read_items(path)] == ["likert", "agree"]

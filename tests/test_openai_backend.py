@@ -272,3 +272,19 @@ def test_reasoning_models_get_max_completion_tokens_and_their_own_temperature():
         with pytest.raises(ModelError, match="400"):
             plain.generate([SAY_A], GenConfig(max_new_tokens=4))
         assert plain.attempts == 1
+
+
+def test_an_out_of_range_temperature_is_an_error_not_a_new_rule():
+    """Only 'unsupported' 400s teach the policy; a bad value is the caller's to fix."""
+    fake = FastAPI()
+
+    @fake.post("/v1/chat/completions")
+    async def complete(request: Request) -> JSONResponse:
+        return JSONResponse({"error": {"message": "2.5 is greater than the maximum of 2 - 'temperature'", "type": "invalid_request_error",
+                                       "param": "temperature", "code": "decimal_above_max_value"}}, 400)
+
+    with serve_in_background(fake) as url:
+        remote = OpenAIChatModel("gpt-4o", [url], max_retries=0)
+        with pytest.raises(ModelError, match="400"):
+            remote.generate([SAY_A], GenConfig(max_new_tokens=4, temperature=2.5))
+    assert not remote.policy.fixed_sampling and remote.policy.adjustments == []

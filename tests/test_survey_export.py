@@ -41,7 +41,8 @@ def _hand_frames():
 def test_consensus_table_matches_the_formula():
     frames, result = _hand_frames()
     assert result.weights.round(9).eq(1.0).all()
-    table = consensus_table(SurveyAnalysis(frames, result, B=60, seed=0), ConsensusSettings(by=("sex",), threshold=0.6)).set_index("item_id")
+    analysis = SurveyAnalysis(frames, result, B=60, seed=0)
+    table = consensus_table(analysis, ConsensusSettings(by=("sex",), threshold=0.6, min_group_n=1)).set_index("item_id")
     honesty = (6 / 8) * (7 / 8)
     assert table.loc["pr-honesty", "consensus"] == pytest.approx(honesty)
     assert table.loc["pr-honesty", "consensus_gm"] == pytest.approx(honesty ** 0.5)
@@ -51,6 +52,13 @@ def test_consensus_table_matches_the_formula():
     assert table.loc["pr-both-sides", "verdict"] == "contested", "women all agree, men all disagree"
     assert table.loc["pr-honesty", "consensus_lci"] <= table.loc["pr-honesty", "consensus_gm"] <= table.loc["pr-honesty", "consensus_uci"]
     assert table.loc["pr-both-sides", "groups"]["sex"] == {"female": 1.0, "male": 0.0}
+    # Groups of six are below the default reporting size: their shares stay out of the
+    # output and cannot call a split; the consensus itself is the same.
+    hidden = consensus_table(analysis, ConsensusSettings(by=("sex",))).set_index("item_id")
+    assert hidden.loc["pr-both-sides", "groups"]["sex"] == {} and hidden.loc["pr-both-sides", "verdict"] == "none"
+    assert hidden.loc["pr-honesty", "consensus"] == pytest.approx(honesty)
+    with pytest.raises(Exception, match="between 0.5 and 1"):
+        ConsensusSettings(threshold=0.4)
 
 
 def test_export_round_trip(tmp_path):
@@ -70,10 +78,17 @@ def test_export_round_trip(tmp_path):
     dpo = [json.loads(line) for line in (tmp_path / "dpo.jsonl").read_text().splitlines()]
     assert {r["id"].split(":")[0] for r in dpo} <= {s.id for s in INST.scenarios.items}
     assert all(r["weight"] > 0 and r["chosen"] != r["rejected"] for r in dpo)
+    # One direction by hand: Σ weight × strength ÷ 3 over those who chose it.
+    weights = apply_weights(frames, result).respondents["weight"]
+    sc = INST.scenarios.items[0]
+    a = frames.answers[(frames.answers["item_id"] == sc.id) & (frames.answers["choice"] == sc.answers[0].id)]
+    expected = float((a["respondent_id"].map(weights).fillna(0) * a["strength"].astype(float).fillna(3) / 3).sum())  # no strength: the strongest
+    row = next(r for r in dpo if r["id"] == f"{sc.id}:{sc.answers[0].id}>{sc.answers[1].id}")
+    assert row["weight"] == pytest.approx(expected, rel=1e-5) and row["respondents"] == len(a)
     from valign.stages.preference import read_dpo_file
 
     assert len(read_dpo_file(tmp_path / "dpo.jsonl")) == len(dpo)
     assert summary["respondents"]["weighted"] == 500 and summary["counts"]["eval_items"] == len(items)
     # Nothing identifies a respondent: no respondent ids anywhere in the files.
     text = "".join(p.read_text() for p in tmp_path.iterdir())
-    assert frames.respondents.index[0] not in text
+    assert not any(f'"{rid}"' in text or f",{rid}," in text for rid in frames.respondents.index)

@@ -58,6 +58,7 @@ def chat_page_router(
 
     signer = Signer(secret or os.environ.get("VALIGN_CHAT_SECRET") or secrets.token_hex(32), purpose="chat")
     limiter = RateLimiter(per_minute=per_minute, burst=5)
+    address_limiter = RateLimiter(per_minute=per_minute * 5, burst=20)
     env = Environment(
         loader=FileSystemLoader(str(resources.files("valign") / "data" / "templates" / "chat")),
         autoescape=select_autoescape(default=True, default_for_string=True),
@@ -111,12 +112,17 @@ def chat_page_router(
         if not text or len(text) > MAX_MESSAGE_CHARS:
             problem = "Write a message first." if not text else f"Your message is {len(text)} characters; shorten it to at most {MAX_MESSAGE_CHARS}."
             return page(sid, past, status=400, error=problem, draft=message[:MAX_MESSAGE_CHARS])
-        if not limiter.allow(sid):
+        # Per session and per address: a new session is one GET away, an address is not.
+        address = request.client.host if request.client else "?"
+        if not (limiter.allow(sid) and address_limiter.allow(address)):
             return page(sid, past, status=429, error="You are sending messages faster than this server answers; wait a minute and send again.", draft=text)
         conv: Conversation = [*past, {"role": "user", "content": text}]
         while sum(m["role"] == "user" for m in conv) > MAX_TURNS:
             conv = conv[2:]
-        comps = await asyncio.wrap_future(batcher.submit(conv, gen))
+        try:
+            comps = await asyncio.wrap_future(batcher.submit(conv, gen))
+        except Exception as e:  # the model failed (e.g. the conversation outgrew its context): say so, keep the page
+            return page(sid, past, status=500, error=f"The model could not answer ({type(e).__name__}); start a new conversation or try a shorter message.", draft=text)
         answer = comps[0].text
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if feedback is not None:
@@ -134,6 +140,8 @@ def chat_page_router(
         sid, past = accepted
         if feedback is None:
             return page(sid, past, status=404, error="This server does not collect feedback.")
+        if not address_limiter.allow(request.client.host if request.client else "?"):
+            return page(sid, past, status=429, error="Too much feedback from this address; wait a minute and send again.")
         try:
             await asyncio.to_thread(feedback.rate, f"{completion_id}:0", rating, correction)
         except FeedbackError as e:

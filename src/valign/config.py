@@ -27,6 +27,7 @@ from valign.stages.report import ReportConfig
 from valign.stages.survey import SurveyStageConfig
 from valign.stages.survey_sft import SurveySFTConfig
 
+CONSTITUTION_STAGES = ("survey",)  # stages that write a constitution.yaml later stages can use
 KNOWN_STAGES = ("survey", "respond", "revise", "sft", "survey_sft", "pairs", "judge", "dpo", "kto", "evaluate", "report")
 
 
@@ -118,8 +119,10 @@ class RunConfig(BaseModel):
     def _constitution_loads(cls, value: str, info: ValidationInfo) -> str:
         from valign.constitution import load_constitution
 
+        if value in CONSTITUTION_STAGES:
+            return value  # written by that stage of the run (the survey's export)
         if value in KNOWN_STAGES:
-            return value  # written by that stage of the run (e.g. the survey's export)
+            raise ValueError(f"the '{value}' stage writes no constitution; name a constitution file, a shipped one, or the survey stage")
         base = (info.context or {}).get("base_dir")
         if base is not None and (Path(base) / value).is_file():
             value = str((Path(base) / value).resolve())
@@ -138,10 +141,10 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _constitution_stage_runs_first(self) -> "RunConfig":
-        if self.constitution in KNOWN_STAGES:
+        if self.constitution in CONSTITUTION_STAGES:
             if self.constitution not in self.stages:
                 raise ValueError(f"constitution '{self.constitution}' names a stage that is not in `stages`; add it or name a constitution file")
-            users = [s for s in ("revise", "judge") if s in self.stages]
+            users = [s for s in ("revise", "judge", "evaluate") if s in self.stages]
             if users and self.stages.index(self.constitution) > min(self.stages.index(s) for s in users):
                 raise ValueError(f"the '{self.constitution}' stage writes the constitution, so it must come before {' and '.join(users)} in `stages`")
         return self

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
@@ -45,12 +46,18 @@ class FeedbackError(ValignError):
 class FeedbackStore:
     """Records served answers and the feedback on them (migrating the database on open)."""
 
-    def __init__(self, url: str) -> None:
-        from valign.survey.db import resolve_db_url
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        """``create=False`` only reads: a database without the feedback tables is an error."""
+        from valign.survey.db import resolve_db_url, schema_revision
 
         self.url = resolve_db_url(url)
+        if not create and self.url.startswith("sqlite:///") and not Path(self.url.removeprefix("sqlite:///")).exists():
+            raise FeedbackError(f"the feedback database {self.url} does not exist; serve a model with --feedback-db {self.url} first.")
         engine = make_engine(self.url)
-        migrate(engine)
+        if create:
+            migrate(engine)
+        elif (schema_revision(engine) or "0000") < "0002":
+            raise FeedbackError(f"{self.url} holds no feedback tables; serve a model with --feedback-db {self.url} (or run `valign survey migrate`).")
         self.db = Database(engine)
 
     def record(self, completion_id: str, model: str, messages: Conversation, text: str) -> None:
@@ -98,7 +105,7 @@ class FeedbackStore:
 def kto_rows_from_feedback(url: str) -> list[Row]:
     """``prompt/completion/label`` rows: 👍 desirable, 👎 undesirable, corrections desirable."""
     out: list[Row] = []
-    for r in FeedbackStore(url).rows():
+    for r in FeedbackStore(url, create=False).rows():
         prompt = r["messages"]
         out.append({"id": f"fb-{r['completion_id']}", "prompt": prompt, "completion": [{"role": "assistant", "content": r["completion"]}],
                     "label": r["rating"] == "up"})
@@ -112,14 +119,16 @@ def sft_rows_from_feedback(url: str) -> list[Row]:
     """``prompt/completion`` rows from the corrections people wrote."""
     return [
         {"id": f"fb-{r['completion_id']}:correction", "prompt": r["messages"], "completion": [{"role": "assistant", "content": r["correction"]}]}
-        for r in FeedbackStore(url).rows()
+        for r in FeedbackStore(url, create=False).rows()
         if r["correction"]
     ]
 
 
 def feedback_digest(url: str) -> dict[str, Any]:
-    """What changes when feedback arrives: counts and the latest update (a stage's fingerprint uses it)."""
-    store = FeedbackStore(url)
-    with store.db.read() as s:
-        latest = s.scalar(select(func.max(Feedback.updated_at)))
-    return {**store.counts(), "latest": str(latest)}
+    """A hash of every rating and correction (answers nobody rated do not count): what a
+    KTO round's fingerprint uses, so only new or changed feedback makes a new round."""
+    import hashlib
+
+    rows = FeedbackStore(url, create=False).rows()
+    body = [(r["completion_id"], r["rating"], r["correction"]) for r in rows]
+    return {"feedback": len(rows), "sha256": hashlib.sha256(json.dumps(body, ensure_ascii=False).encode()).hexdigest()}

@@ -78,6 +78,8 @@ def run_pipeline(
     outcomes: list[StageOutcome] = []
     forcing = False
     for name in cfg.stages:
+        if only is not None and only in fps:
+            break  # later stages need no fingerprint (theirs may read files --only has not made yet)
         stage = STAGES[name]
         sdir = dirs[name]
         inputs = stage.inputs(cfg)
@@ -115,6 +117,9 @@ def run_pipeline(
             console=console,
         )
         stage.run(ctx)
+        adapted = models.request_adjustments()
+        if adapted:
+            ctx.info["request_adjustments"] = adapted  # e.g. a reasoning judge's fixed temperature
         seconds = time.perf_counter() - started
         ctx.info.setdefault("counts", {})["rows"] = len(rows)
         sdir.finish(fp, {"stage": name, "inputs": {d: fps[d] for d in inputs}, "seconds": round(seconds, 3), **ctx.info})

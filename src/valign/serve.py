@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_TOKENS = 512  # OpenAI's default is "up to the context"; a CPU model needs a bound
 BATCH_WINDOW = 0.005  # seconds the worker waits for more requests before a batch starts
-MAX_BATCH_JOBS = 256  # requests taken per batch; the model splits them further by its token budget
+MAX_BATCH_JOBS = 256
+FEEDBACK_PER_MINUTE = 60  # POST /v1/feedback per client address  # requests taken per batch; the model splits them further by its token budget
 
 
 # -- the request -----------------------------------------------------------------------
@@ -399,14 +400,20 @@ class FeedbackIn(BaseModel):
 
 def _feedback_router(store: "FeedbackStore") -> "APIRouter":
     """``POST /v1/feedback`` and ``GET /v1/feedback`` (counts only: no content leaves)."""
-    from fastapi import APIRouter
+    from fastapi import APIRouter, Request
 
     from valign.feedback import FeedbackError
+    from valign.survey.security import RateLimiter
 
     router = APIRouter(prefix="/v1")
+    # Feedback becomes training data: bound how fast one client can write it (addresses
+    # stay in this process's memory only).
+    limiter = RateLimiter(per_minute=FEEDBACK_PER_MINUTE, burst=20)
 
     @router.post("/feedback")
-    async def post_feedback(body: FeedbackIn) -> dict[str, Any]:
+    async def post_feedback(body: FeedbackIn, request: Request) -> dict[str, Any]:
+        if not limiter.allow(request.client.host if request.client else "?"):
+            raise APIError(429, "too much feedback from this address; wait a minute and send again.", type="rate_limit_error")
         try:
             saved = await asyncio.to_thread(store.rate, f"{body.completion_id}:{body.choice}", body.rating, body.correction)
         except FeedbackError as e:
@@ -449,7 +456,9 @@ def _chat_router(name: str, batcher: Batcher, created: int, feedback: "FeedbackS
         except Exception as e:
             raise APIError(500, f"the model failed: {type(e).__name__}: {e}", type="server_error") from e
         response = _response(name, comps, (body.top_logprobs or 0) if body.logprobs else None)
-        if feedback is not None:
+        # Answers people may rate: not option-probability probes (one token, or the
+        # continuation of a partial answer), which judges and evaluations send.
+        if feedback is not None and not body.continue_final_message and cfg.max_new_tokens > 1:
             conv = body.conversation()
             await asyncio.to_thread(
                 lambda: [feedback.record(f"{response['id']}:{i}", name, conv, c.text) for i, c in enumerate(comps)]

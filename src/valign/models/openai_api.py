@@ -85,7 +85,10 @@ class RequestPolicy:
         differently from ``sent`` (so sending again is worth it). A request that went
         out before another one taught the policy is simply sent again."""
         param = str(getattr(error, "param", "") or "")
-        text = f"{param} {getattr(error, 'code', '')} {error}".lower()
+        code = str(getattr(error, "code", "") or "")
+        text = f"{param} {code} {error}".lower()
+        if code not in ("unsupported_parameter", "unsupported_value") and "not supported" not in text and "unsupported" not in text:
+            return False  # e.g. a temperature out of range: the caller's mistake, not the model's rule
         if param == "max_tokens" and self.token_param == "max_tokens" and "max_completion_tokens" in text:
             self.token_param = "max_completion_tokens"
         elif param == "max_completion_tokens" and self.token_param == "max_completion_tokens":

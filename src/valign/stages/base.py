@@ -34,6 +34,23 @@ def previous_training_stage(run_config: Any, name: str) -> str | None:
     return next((s for s in reversed(earlier) if s in TRAINING_STAGES), None)
 
 
+def model_identity(spec: str) -> Any:
+    """A model spec as a fingerprint sees it: a ``run:<stage folder>`` model also brings
+    that stage's own fingerprint, so retraining it re-runs whatever uses it.
+
+    Example:
+        >>> model_identity("embedded")
+        'embedded'
+    """
+    import json
+
+    if not spec.startswith("run:"):
+        return spec
+    manifest = Path(spec[4:]) / "manifest.json"
+    fp = json.loads(manifest.read_text()).get("fingerprint") if manifest.exists() else None
+    return {"spec": spec, "stage_fingerprint": fp}
+
+
 def training_start(spec: str, previous: Path | None) -> tuple[str, Path | None]:
     """Where a training stage starts: (base model spec, adapter folder to continue or None).
 
@@ -60,7 +77,8 @@ def training_start(spec: str, previous: Path | None) -> tuple[str, Path | None]:
     if previous is not None:
         manifest = previous / "manifest.json"
         info = json.loads(manifest.read_text()).get("model", {}) if manifest.exists() else {}
-        return (info.get("base", base) if spec.startswith("run:") else base), previous / info.get("adapter", "adapter")
+        # The adapter belongs to the base it was trained on, whatever this stage names.
+        return info.get("base", base), previous / info.get("adapter", "adapter")
     return base, None
 
 
@@ -92,6 +110,15 @@ class ModelPool:
         self.cache = cache
         self.options = options or (lambda spec: {})
         self._models: dict[str, ChatModel] = {}
+
+    def request_adjustments(self) -> dict[str, list[str]]:
+        """What `openai:` models had to change in their requests (see `RequestPolicy`)."""
+        out = {}
+        for spec, model in self._models.items():
+            policy = getattr(model, "policy", None)
+            if policy is not None and policy.adjustments:
+                out[spec] = list(policy.adjustments)
+        return out
 
     def get(self, spec: str) -> ChatModel:
         if spec not in self._models:

@@ -1,7 +1,7 @@
 """`evaluate`: compare a base and a tuned model on key cases, MT-Bench and safety.
 
 The base defaults to the run's ``model``; the tuned model to the one the run's last
-training stage produced (``run:<folder of the last dpo, kto or sft stage>``); the
+training stage produced (``run:<folder of the last sft, survey_sft, dpo or kto stage>``); the
 judge to the run's model. Any of them can be any model spec. The same code runs
 outside a pipeline as ``valign eval --base … --tuned … --out DIR`` (`run_evaluation`).
 
@@ -34,7 +34,7 @@ from valign.evaluate.keycases import KeyCasesConfig
 from valign.evaluate.mtbench import MTBenchConfig
 from valign.evaluate.safety import SafetyConfig
 from valign.runs import RowLog
-from valign.stages.base import TRAINING_STAGES, ModelPool, StageContext, stage_folder
+from valign.stages.base import TRAINING_STAGES, ModelPool, StageContext, stage_folder, model_identity
 from valign.types import GenConfig, Row
 
 __all__ = ["EvaluateConfig", "FidelityConfig", "EvaluateStage", "run_evaluation", "tuned_stage", "SUITES"]
@@ -111,7 +111,7 @@ def tuned_stage(run_config: Any) -> str:
     if not trained:
         raise ValignError(
             "evaluate compares a tuned model with the base, and this run trains none before it; "
-            "put sft, dpo or kto before evaluate in `stages`, or set evaluate.tuned to a model spec."
+            "put sft, survey_sft, dpo or kto before evaluate in `stages`, or set evaluate.tuned to a model spec."
         )
     return trained[-1]
 
@@ -310,9 +310,9 @@ def describe_evaluation(
 
     out: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"),
-        "base": base,
-        "tuned": tuned,
-        "judge": judge,
+        "base": model_identity(base),
+        "tuned": model_identity(tuned),
+        "judge": model_identity(judge),
         "seed": seed,
         "refusal_rules": [REFUSAL_PREFIXES, REFUSAL_PHRASES, NOT_REFUSALS],
     }

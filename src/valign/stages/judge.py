@@ -53,7 +53,7 @@ from valign.constitution import Constitution, Principle
 from valign.errors import ValignError
 from valign.models.base import ChatModel
 from valign.progress import GenProgress
-from valign.stages.base import StageContext, constitution_inputs, run_constitution
+from valign.stages.base import StageContext, constitution_inputs, run_constitution, model_identity
 from valign.types import Conversation, GenConfig, Row
 
 __all__ = [
@@ -622,7 +622,7 @@ class JudgeStage:
         cfg: JudgeConfig = run_config.judge
         return {
             "config": cfg.model_dump(mode="json"),
-            "model": cfg.model or "policy",  # the policy is covered by the pairs' fingerprint
+            "model": model_identity(cfg.model) if cfg.model else "policy",  # the policy is covered by the pairs' fingerprint
             "seed": run_config.seed,
             "constitution": run_constitution(run_config).fingerprint(),
             "templates": templates_digest(),

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from valign.progress import GenProgress
-from valign.stages.base import StageContext
+from valign.stages.base import StageContext, model_identity
 from valign.types import GenConfig, Row
 
 
@@ -56,7 +56,7 @@ class PairsStage:
     def describe(self, run_config: Any) -> dict[str, Any]:
         cfg: PairsConfig = run_config.pairs
         default = "sft" if "sft" in run_config.stages else run_config.model
-        return {"config": cfg.model_dump(mode="json"), "model": cfg.model or default, "seed": run_config.seed}
+        return {"config": cfg.model_dump(mode="json"), "model": model_identity(cfg.model or default), "seed": run_config.seed}
 
     def run(self, ctx: StageContext) -> None:
         cfg: PairsConfig = ctx.config

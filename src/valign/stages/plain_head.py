@@ -91,12 +91,19 @@ def add_plain_lm_head(model: Any, outputs: tuple[str, ...] = ("log_probs",)) -> 
     """Make ``model(..., labels=…, fused_lm_head=True)`` compute log-probs the plain way.
 
     Call it after the TRL trainer is built (TRL installs its own fused head in
-    ``__init__``; this one replaces it). Without ``fused_lm_head`` the model's own
-    forward runs, so generation is unaffected.
+    ``__init__``; this one replaces it, and hands batches over ``MAX_PLAIN_LOGITS`` back
+    to it). Models whose logits are soft-capped or scaled keep TRL's head. Without
+    ``fused_lm_head`` the model's own forward runs, so generation is unaffected.
     """
     from trl.trainer.utils import FusedCausalLMOutput
 
+    text_config = model.config.get_text_config()
+    scaled = [k for k in ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+              if getattr(text_config, k, None) not in (None, 1, 1.0)]
+    if scaled:
+        return  # logits this head does not transform (Gemma, Cohere, Granite, …): TRL's kernel does
     original_forward = type(model).forward
+    trl_forward = model.forward  # TRL's fused head, for batches too large to score plainly
 
     @functools.wraps(original_forward)
     def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
@@ -105,17 +112,15 @@ def add_plain_lm_head(model: Any, outputs: tuple[str, ...] = ("log_probs",)) -> 
                 if value is not None:
                     kwargs[key] = value
             return original_forward(self, *args, **kwargs)
+        targets = labels[:, 1:] if shift_labels is None else shift_labels
+        mask = targets != -100
+        head = self.get_output_embeddings()
+        if int(mask.sum()) * head.weight.shape[0] > MAX_PLAIN_LOGITS:
+            return trl_forward(*args, fused_lm_head=True, labels=labels, shift_labels=shift_labels, num_items_in_batch=num_items_in_batch, **kwargs)
         kwargs["use_cache"] = False
         hidden = self.base_model(*args, **kwargs).last_hidden_state
         if shift_labels is None:
-            hidden, targets = hidden[:, :-1], labels[:, 1:]
-        else:
-            targets = shift_labels
-        mask = targets != -100
-        head = self.get_output_embeddings()
-        vocab = head.weight.shape[0]
-        if int(mask.sum()) * vocab > MAX_PLAIN_LOGITS:
-            raise MemoryError(f"{int(mask.sum())} tokens × {vocab} logits is too many for the plain LM head; lower the batch size.")
+            hidden = hidden[:, :-1]
         per_token = _score(head(hidden[mask]).float(), targets[mask], outputs)
         full = {k: (None if v is None else v.new_zeros(mask.shape).masked_scatter(mask, v)) for k, v in per_token.items()}
         denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch

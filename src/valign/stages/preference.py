@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from valign.errors import ValignError
 from valign.runs import read_rows
-from valign.stages.base import TRAINING_STAGES, StageContext, previous_training_stage, training_start
+from valign.stages.base import TRAINING_STAGES, StageContext, previous_training_stage, training_start, model_identity
 from valign.types import Row
 
 
@@ -95,7 +95,7 @@ class _PreferenceStage:
 
     def describe(self, run_config: Any) -> dict[str, Any]:
         cfg = getattr(run_config, self.name)
-        out = {"config": cfg.model_dump(mode="json"), "model": cfg.model or run_config.model, "seed": run_config.seed}
+        out = {"config": cfg.model_dump(mode="json"), "model": model_identity(cfg.model or run_config.model), "seed": run_config.seed}
         kind, where = rows_source(run_config, cfg.rows)
         if kind == "file":
             out["rows_sha256"] = _digest(Path(where))

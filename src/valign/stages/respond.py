@@ -19,7 +19,7 @@ from valign.datasets import load_prompts, resolve_source
 from valign.errors import ValignError
 from valign.progress import GenProgress
 from valign.prompt_sets import PromptMixConfig, build_prompt_mix, load_source
-from valign.stages.base import StageContext
+from valign.stages.base import StageContext, model_identity
 from valign.types import Completion, Conversation, GenConfig, Row
 
 
@@ -87,7 +87,7 @@ class RespondStage:
         cfg: RespondConfig = run_config.respond
         return {
             "config": cfg.model_dump(mode="json"),
-            "model": cfg.model or run_config.model,
+            "model": model_identity(cfg.model or run_config.model),
             "seed": run_config.seed,
             "prompts_sha256": rows_digest(cfg.rows),
         }

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from valign.constitution import Constitution, FewShotExample, Principle
 from valign.progress import GenProgress
-from valign.stages.base import StageContext, constitution_inputs, run_constitution
+from valign.stages.base import StageContext, constitution_inputs, run_constitution, model_identity
 from valign.types import Conversation, GenConfig, Row
 
 # Small models often echo the label they were asked for; strip it so it is not trained on.
@@ -61,7 +61,7 @@ class ReviseStage:
         cfg: ReviseConfig = run_config.revise
         return {
             "config": cfg.model_dump(mode="json"),
-            "model": cfg.model or run_config.model,
+            "model": model_identity(cfg.model or run_config.model),
             "seed": run_config.seed,
             "constitution": run_constitution(run_config).fingerprint(),
         }

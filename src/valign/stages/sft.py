@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from valign.errors import ValignError
-from valign.stages.base import StageContext
+from valign.stages.base import StageContext, model_identity
 from valign.types import Row
 
 
@@ -71,7 +71,7 @@ class SFTStage:
 
     def describe(self, run_config: Any) -> dict[str, Any]:
         cfg: SFTStageConfig = run_config.sft
-        return {"config": cfg.model_dump(mode="json"), "model": cfg.model or run_config.model, "seed": run_config.seed}
+        return {"config": cfg.model_dump(mode="json"), "model": model_identity(cfg.model or run_config.model), "seed": run_config.seed}
 
     def run(self, ctx: StageContext) -> None:
         cfg: SFTStageConfig = ctx.config

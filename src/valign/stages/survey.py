@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
+from pathlib import Path
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from valign.errors import ValignError
@@ -49,26 +51,39 @@ class SurveyStageConfig(BaseModel):
     by: list[str] = Field(default_factory=list)
     B: int = Field(200, ge=2, le=5000)
     min_group_n: int = Field(10, ge=1)
-    consensus_threshold: float = Field(0.6, gt=0, lt=1)
+    consensus_threshold: float = Field(0.6, gt=0.5, lt=1)
     split: float = Field(0.6, gt=0.5, lt=1)
 
 
 def survey_digest(db_url: str) -> dict[str, Any]:
-    """Counts and the latest answer time: changes whenever a response is added or changed."""
-    from sqlalchemy import func, select
+    """What the export depends on in the database: response counts, the latest answer
+    time, and every proposal's moderation state (an approval withdrawn must re-export).
+    Read-only: a missing database is an error, never created here."""
+    import hashlib
 
-    from valign.survey.db import Answer, Respondent, make_engine
+    from sqlalchemy import case, func, select
 
+    from valign.survey.db import Answer, Proposal, Respondent, make_engine
+
+    if db_url.startswith("sqlite:///") and not Path(db_url.removeprefix("sqlite:///")).exists():
+        raise ValignError(f"the survey database {db_url} does not exist; collect responses first (valign survey serve / simulate) or fix survey.db.")
     engine = make_engine(db_url)
     try:
         with engine.connect() as c:
-            respondents = c.execute(select(func.count(Respondent.id), func.sum(Respondent.completed))).one()
+            respondents = c.execute(select(func.count(Respondent.id), func.sum(case((Respondent.completed, 1), else_=0)))).one()
             answers = c.execute(select(func.count(Answer.id), func.max(Answer.answered_at))).one()
-    except Exception as e:  # a missing or un-migrated database
-        raise ValignError(f"cannot read the survey database {db_url} ({type(e).__name__}); run `valign survey migrate --db {db_url}` or check the URL.") from None
+            moderation = c.execute(select(Proposal.id, Proposal.status, Proposal.moderated_at).order_by(Proposal.id)).all()
+    except Exception as e:  # an un-migrated database, or an unreachable server
+        raise ValignError(f"cannot read the survey database {db_url} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); check the URL, or run `valign survey migrate --db {db_url}`.") from None
     finally:
         engine.dispose()
-    return {"respondents": respondents[0], "completed": int(respondents[1] or 0), "answers": answers[0], "latest": str(answers[1])}
+    return {
+        "respondents": respondents[0],
+        "completed": int(respondents[1] or 0),
+        "answers": answers[0],
+        "latest": str(answers[1]),
+        "proposals": hashlib.sha256(repr([tuple(map(str, r)) for r in moderation]).encode()).hexdigest(),
+    }
 
 
 class SurveyStage:
@@ -87,7 +102,7 @@ class SurveyStage:
         return {
             "config": cfg.model_dump(mode="json"),
             "instrument": load_instrument(cfg.instrument).fingerprint(),
-            "margins": load_margins(cfg.margins).shares(),
+            "margins": {name: [v.shares, v.map] for name, v in load_margins(cfg.margins).variables.items()},
             "database": survey_digest(url),
             "seed": run_config.seed,
         }
@@ -108,4 +123,5 @@ class SurveyStage:
         )
         ctx.rows.append(item.model_dump() for item in read_items(ctx.dir / "eval_items.jsonl"))
         ctx.info.update({"counts": summary["counts"], "respondents": summary["respondents"], "constitution": "constitution.yaml"})
+
 

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from valign.errors import ValignError
-from valign.stages.base import TRAINING_STAGES, StageContext, previous_training_stage, training_start
+from valign.stages.base import TRAINING_STAGES, StageContext, previous_training_stage, training_start, model_identity
 from valign.survey.opinion import OpinionItem, opinion_prompt, option_letters, read_items
 from valign.types import Row
 
@@ -94,7 +94,7 @@ class SurveySFTStage:
 
     def describe(self, run_config: Any) -> dict[str, Any]:
         cfg: SurveySFTConfig = run_config.survey_sft
-        out: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "model": cfg.model or run_config.model, "seed": run_config.seed}
+        out: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "model": model_identity(cfg.model or run_config.model), "seed": run_config.seed}
         if cfg.items:
             out["items_sha256"] = hashlib.sha256(Path(cfg.items).read_bytes()).hexdigest() if Path(cfg.items).exists() else None
         return out

@@ -67,8 +67,14 @@ def admin_router(sv: "_Survey") -> "APIRouter":
             raise disabled()
         header = request.headers.get("authorization")
         if header is not None:
+            # Wrong tokens count against the login form's limit, and an address that used it
+            # up is refused before its token is even checked: guessing is as slow here.
+            key = f"bearer:{request.client.host if request.client else '?'}"
+            if sv.limit_login.exhausted(key):
+                raise _Problem(429, "Too many attempts", "Too many wrong admin tokens from this address; wait a minute.", {"Retry-After": "60"})
             if sv.admin.check_bearer(header):
                 return "bearer"
+            sv.limit_login.allow(key)
             raise _Problem(401, "Wrong admin token", "The admin token is not right.", {"WWW-Authenticate": "Bearer"})
         cookie = sv.signer.unsign(request.cookies.get(ADMIN_COOKIE), max_age=ADMIN_SESSION_SECONDS)
         if cookie and cookie.get("a") == sv.admin.cookie_marker(sv.signer):

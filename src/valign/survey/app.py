@@ -140,6 +140,8 @@ def create_app(instrument: Instrument, db_url: str, settings: SurveySettings | N
     if settings.migrate:
         migrate(engine)
     db = Database(engine)
+    if settings.admin_token is not None and len(settings.admin_token) < 16:
+        raise ValignError("VALIGN_ADMIN_TOKEN is shorter than 16 characters, which can be guessed; use a long random value (e.g. from `openssl rand -hex 32`).")
     if settings.secret is not None and len(settings.secret) < 16:
         raise ValignError("VALIGN_SURVEY_SECRET is shorter than 16 characters; use a long random value (e.g. from `openssl rand -hex 32`) or unset it.")
     secret = settings.secret or db.ensure_setting("cookie_secret", lambda: secrets.token_urlsafe(48))

@@ -103,7 +103,7 @@ def export_artifacts(frames: SurveyFrames, result: WeightingResult, out_dir: Pat
     counts: dict[str, Any] = {"eval_items": len(items), "dpo_rows": len(pairs), "kto_rows": len(ratings)}
     inst = frames.instrument
     if any(i.kind == "principle" for i in inst.items()):
-        cons_settings = ConsensusSettings(**{**asdict(settings.consensus), "by": by})
+        cons_settings = ConsensusSettings(**{**asdict(settings.consensus), "by": by, "min_group_n": settings.min_group_n})
         table = consensus_table(analysis, cons_settings)
         table.drop(columns=["groups"]).to_csv(out_dir / "consensus.csv", index=False)
         source = f"survey {inst.id} v{inst.version}"

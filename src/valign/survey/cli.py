@@ -181,7 +181,7 @@ def export(
     missing: str = _MISSING,
     synthetic: bool = _SYNTHETIC,
     replicates: int = typer.Option(200, "--replicates", "-B", min=2, help="Bootstrap replicates (each re-raked) for the intervals."),
-    threshold: float = typer.Option(0.6, help="A statement becomes a principle when the lower bound of its per-group agreement clears this."),
+    threshold: float = typer.Option(0.6, min=0.5, max=1.0, help="A statement becomes a principle when the lower bound of its per-group agreement clears this."),
     min_group_n: int = typer.Option(10, help="Leave out subgroup distributions of fewer respondents."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
 ) -> None:

@@ -59,13 +59,24 @@ class ConsensusSettings:
 
     ``threshold``: the lowest acceptable lower bound of ``consensus_gm``;
     ``split``: groups split when the best group's agreement share is at least this and
-    the worst group's at most 1 − this.
+    the worst group's at most 1 − this; ``min_group_n``: groups with fewer respondents
+    who saw the statement take part in the consensus product (Polis's +1/+2 smoothing is
+    made for them) but are not reported or used to call a split, since their shares
+    would reveal a handful of people's answers.
     """
 
     by: tuple[str, ...] = ()
     threshold: float = 0.6
     split: float = 0.6
     level: float = 0.9
+    min_group_n: int = 10
+
+    def __post_init__(self) -> None:
+        from valign.errors import ValignError
+
+        # Below 0.5 an unseen statement ((0+1)/(0+2) per group) would pass.
+        if not 0.5 < self.threshold < 1:
+            raise ValignError(f"the consensus threshold must lie between 0.5 and 1, not {self.threshold}; 0.6 is a common choice.")
 
 
 def _partition_counts(codes: "np.ndarray", W: "np.ndarray", groups: list[tuple[str, "np.ndarray"]]):
@@ -118,8 +129,10 @@ def consensus_table(analysis: "SurveyAnalysis", settings: ConsensusSettings = Co
             G = len(groups)
             cons = np.prod((A + 1) / (S + 2), axis=0)
             per_var[var] = (cons, cons ** (1 / G), np.prod((D + 1) / (S + 2), axis=0) ** (1 / G))
-            with np.errstate(invalid="ignore", divide="ignore"):
-                group_shares[var] = {label: float(A[g, 0] / S[g, 0]) if S[g, 0] > 0 else float("nan") for g, (label, _) in enumerate(groups)}
+            seen_n = [int((np.isin(codes, ["agree", "disagree", "pass"]) & mask).sum()) for _, mask in groups]
+            group_shares[var] = {
+                label: float(A[g, 0] / S[g, 0]) for g, (label, _) in enumerate(groups) if seen_n[g] >= settings.min_group_n and S[g, 0] > 0
+            }
         limiting = min(per_var, key=lambda v: per_var[v][1][0])
         gm = np.min(np.stack([v[1] for v in per_var.values()]), axis=0)
         rej_gm = np.min(np.stack([v[2] for v in per_var.values()]), axis=0)
@@ -132,7 +145,10 @@ def consensus_table(analysis: "SurveyAnalysis", settings: ConsensusSettings = Co
         r_lo, r_hi = ci(rej_gm)
         known = [[v for v in shares.values() if v == v] for shares in group_shares.values()]
         split = any(vals and max(vals) >= settings.split and min(vals) <= 1 - settings.split for vals in known)
-        verdict = "consensus" if c_lo >= settings.threshold else "rejected" if r_lo >= settings.threshold else "contested" if split else "none"
+        if not seen_all.any():
+            verdict = "none"  # nobody saw it: smoothing alone must not make it a principle
+        else:
+            verdict = "consensus" if c_lo >= settings.threshold else "rejected" if r_lo >= settings.threshold else "contested" if split else "none"
         rows.append({
             "item_id": item.id, "text": item.text, **share,
             "consensus": float(per_var[limiting][0][0]), "consensus_gm": float(gm[0]), "consensus_lci": c_lo, "consensus_uci": c_hi,

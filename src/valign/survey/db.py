@@ -259,6 +259,8 @@ def make_engine(url: str = DEFAULT_DB_URL, *, pool_size: int = 10) -> Engine:
     """
     if "://" not in url:  # a bare path
         url = f"sqlite:///{url}"
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=pool_size, max_overflow=pool_size)
 

@@ -157,6 +157,15 @@ class RateLimiter:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _last_sweep: float = 0.0
 
+    def exhausted(self, key: str, now: float | None = None) -> bool:
+        """True when ``key`` has no request left right now (nothing is consumed)."""
+        if self.per_minute <= 0:
+            return False
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, last = self._buckets.get(key, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - last) * self.per_minute / 60.0) < 1.0
+
     def allow(self, key: str, now: float | None = None) -> bool:
         if self.per_minute <= 0:
             return True
