@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from starlette.requests import Request as _Request  # resolved by FastAPI from this module's globals
 
 from valign.errors import ValignError
 from valign.models.base import BaseChatModel, ChatModel, GenRequest, conv_key, sample_seed
@@ -400,7 +401,7 @@ class FeedbackIn(BaseModel):
 
 def _feedback_router(store: "FeedbackStore") -> "APIRouter":
     """``POST /v1/feedback`` and ``GET /v1/feedback`` (counts only: no content leaves)."""
-    from fastapi import APIRouter, Request
+    from fastapi import APIRouter
 
     from valign.feedback import FeedbackError
     from valign.survey.security import RateLimiter
@@ -411,7 +412,7 @@ def _feedback_router(store: "FeedbackStore") -> "APIRouter":
     limiter = RateLimiter(per_minute=FEEDBACK_PER_MINUTE, burst=20)
 
     @router.post("/feedback")
-    async def post_feedback(body: FeedbackIn, request: Request) -> dict[str, Any]:
+    async def post_feedback(body: FeedbackIn, request: _Request) -> dict[str, Any]:
         if not limiter.allow(request.client.host if request.client else "?"):
             raise APIError(429, "too much feedback from this address; wait a minute and send again.", type="rate_limit_error")
         try:
