@@ -4,7 +4,7 @@ control-flow tests."""
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -40,6 +40,26 @@ class ScriptedModel(BaseChatModel):
     def _choice_probs(self, convs: list[Conversation], options: list[str], answer_prefix: str) -> list[dict[str, float]]:
         self.choice_calls += len(convs)
         return [normalise({o: self.choice.get(o, 1.0) for o in options}) for _ in convs]
+
+
+class TextModel(ScriptedModel):
+    """Writes whatever ``reply(last user message)`` returns: a judge with a scripted
+    verdict, or a model whose answers a test chooses."""
+
+    def __init__(self, reply: Callable[[str], str], name: str = "text") -> None:
+        super().__init__(name=name)
+        self.reply = reply
+
+    def _generate_batches(self, requests: list[GenRequest], cfg: GenConfig) -> Iterator[list[tuple[int, Completion]]]:
+        self.calls += len(requests)
+        yield [(i, Completion(text=self.reply(r.messages[-1]["content"]))) for i, r in enumerate(requests)]
+
+
+def shown_answers(prompt: str) -> tuple[str, str]:
+    """Assistant A's and B's answers as a pairwise judge prompt shows them."""
+    a = prompt.split("[The start of Assistant A's answer]\n")[1].split("\n[The end")[0]
+    b = prompt.split("[The start of Assistant B's answer]\n")[1].split("\n[The end")[0]
+    return a, b
 
 
 @pytest.fixture

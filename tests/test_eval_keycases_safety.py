@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import ScriptedModel
+from tests.conftest import ScriptedModel, TextModel, shown_answers
 from valign.constitution import load_constitution
 from valign.errors import ValignError
 from valign.evaluate.keycases import answer_rows, judged_rows, load_keycases, principles_text, summarise_keycases
@@ -67,6 +67,55 @@ def test_judged_rows_merge_the_detector_and_summarise():
     s = summarise_keycases(rows)
     assert s["cases"] == 3 and s["ties"] == 3 and s["inconsistent_orders"] == 3
     assert s["base_refused"] == 3 and s["tuned_answered_where_base_refused"] == 3
+
+
+def test_the_judges_refusal_labels_land_on_the_right_model_in_both_orders():
+    """A generative judge names refusals by letter; order 1 shows tuned as A, order 2
+    shows base as A. Each case scripts which models it calls refused in each order
+    (None: no "Refused:" line), and the rows must name the same models."""
+    cases = load_keycases(limit=5)
+    refusing_base = cases[3].prompt  # the detector, not the judge, finds this one
+    base = TextModel(lambda p: "I'm sorry, but I can't help with that." if p == refusing_base else "Sure, here is how.", name="base")
+    tuned = TextModel(lambda p: "TUNED: here is a careful answer.", name="tuned")
+    gen = GenConfig(temperature=0, max_new_tokens=8)
+    answers = {
+        "base": {r["case_id"]: r for r in answer_rows(base, "base", "base-spec", cases, gen)},
+        "tuned": {r["case_id"]: r for r in answer_rows(tuned, "tuned", "tuned-spec", cases, gen)},
+    }
+    # Per case: (roles refused in order 1, in order 2).
+    plan: dict[str, tuple[set[str] | None, set[str] | None]] = {
+        cases[0].prompt: ({"tuned"}, {"tuned"}),
+        cases[1].prompt: (set(), {"base"}),  # only the swapped order says base refused
+        cases[2].prompt: ({"tuned", "base"}, None),
+        cases[3].prompt: (set(), set()),
+        cases[4].prompt: (None, None),
+    }
+
+    def reply(prompt: str) -> str:
+        a, b = shown_answers(prompt)
+        roles = {"A": "tuned" if a.startswith("TUNED") else "base", "B": "tuned" if b.startswith("TUNED") else "base"}
+        first, second = next(v for k, v in plan.items() if f"[The request]\n{k}\n" in prompt)
+        refused = first if roles["A"] == "tuned" else second
+        line = ""
+        if refused is not None:
+            letters = sorted(letter for letter, role in roles.items() if role in refused)
+            line = "Refused: " + {0: "neither", 1: "".join(letters), 2: "both"}[len(letters)] + "\n"
+        # Tuned is slightly better whichever side it is shown on.
+        return f"Tuned answers; base does not.\n{line}" + ("[[A>B]]" if roles["A"] == "tuned" else "[[B>A]]")
+
+    judge = TextModel(reply, name="judge")
+    rows = judged_rows(judge, "judge-spec", cases, answers, PairwiseConfig(judge_mode="generative"), KANT)
+    assert judge.calls == 10 and all(r["score"] == 1.0 and r["consistent"] and r["judge_mode"] == "generative" for r in rows)
+    judge_says = [(r["refusal_sources"]["tuned"]["judge"], r["refusal_sources"]["base"]["judge"]) for r in rows]
+    assert judge_says == [(True, False), (False, True), (True, True), (False, False), (None, None)]
+    assert [(r["tuned_refused"], r["base_refused"]) for r in rows] == [(True, False), (False, True), (True, True), (False, True), (False, False)]
+    # Case 3: the detector alone, with its rule; the judge said neither.
+    assert rows[3]["refusal_sources"]["base"] == {"detector": True, "rule": "prefix:i'm sorry", "judge": False}
+    assert not any(r["refusal_sources"]["tuned"]["detector"] for r in rows)
+    # Case 1's swapped order said "A", which there is base.
+    assert "Refused: A" in rows[1]["judge_raw"][1] and "Refused:" not in rows[4]["judge_raw"][0]
+    s = summarise_keycases(rows)
+    assert (s["tuned_refused"], s["base_refused"], s["tuned_answered_where_base_refused"]) == (2, 3, 2)
 
 
 def test_summary_counts_levels():

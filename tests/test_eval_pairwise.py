@@ -3,11 +3,9 @@ disagreement → tie), improvement levels, and both judge modes on scripted judg
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
-
 import pytest
 
-from tests.conftest import ScriptedModel
+from tests.conftest import ScriptedModel, TextModel, shown_answers
 from valign.evaluate.pairwise import (
     LEVELS,
     PairItem,
@@ -21,26 +19,8 @@ from valign.evaluate.pairwise import (
     parse_refused,
     regression,
 )
-from valign.models.base import GenRequest, normalise
-from valign.types import Completion, Conversation, GenConfig
-
-
-class TextJudge(ScriptedModel):
-    """Writes whatever `reply(prompt text)` returns."""
-
-    def __init__(self, reply: Callable[[str], str]) -> None:
-        super().__init__(name="text-judge")
-        self.reply = reply
-
-    def _generate_batches(self, requests: list[GenRequest], cfg: GenConfig) -> Iterator[list[tuple[int, Completion]]]:
-        self.calls += len(requests)
-        yield [(i, Completion(text=self.reply(r.messages[-1]["content"]))) for i, r in enumerate(requests)]
-
-
-def _shown(prompt: str) -> tuple[str, str]:
-    a = prompt.split("[The start of Assistant A's answer]\n")[1].split("\n[The end")[0]
-    b = prompt.split("[The start of Assistant B's answer]\n")[1].split("\n[The end")[0]
-    return a, b
+from valign.models.base import normalise
+from valign.types import Conversation
 
 
 @pytest.mark.parametrize(
@@ -85,11 +65,11 @@ def test_generative_both_orders_map_back_to_x():
     """A judge that always prefers the answer containing GOOD strongly, and says who refused."""
 
     def reply(prompt: str) -> str:
-        a, b = _shown(prompt)
+        a, b = shown_answers(prompt)
         refused = "A" if "sorry" in a else "B" if "sorry" in b else "neither"
         return f"Reasoning. Refused: {refused}\n" + ("[[A>>B]]" if "GOOD" in a else "[[B>>A]]")
 
-    judge = TextJudge(reply)
+    judge = TextModel(reply)
     items = [PairItem("q1", x="GOOD answer", y="I'm sorry, no.", principles="p"), PairItem("q2", x="meh", y="GOOD one", principles="p")]
     res = judge_pairwise(judge, items, PairwiseConfig(judge_mode="generative"))
     assert res[0].orders == [2.0, 2.0] and res[0].score == 2.0 and res[0].improvement == "strong"
@@ -99,11 +79,11 @@ def test_generative_both_orders_map_back_to_x():
 
 
 def test_generative_position_bias_becomes_a_tie_and_garbage_is_unparsed():
-    first = TextJudge(lambda p: "[[A>B]]")  # always prefers whatever is shown first
+    first = TextModel(lambda p: "[[A>B]]")  # always prefers whatever is shown first
     r = judge_pairwise(first, [PairItem("q", "x", "y", "p")], PairwiseConfig())[0]
     assert r.orders == [1.0, -1.0] and r.score == 0 and r.consistent is False and r.improvement == "none"
 
-    garbage = TextJudge(lambda p: "I like both.")
+    garbage = TextModel(lambda p: "I like both.")
     r = judge_pairwise(garbage, [PairItem("q", "x", "y", "p")], PairwiseConfig())[0]
     assert r.score is None and r.verdict == "unparsed" and r.to_dict()["improvement"] is None
 
@@ -118,7 +98,7 @@ class ProbJudge(ScriptedModel):
     def _choice_probs(self, convs: list[Conversation], options: list[str], answer_prefix: str) -> list[dict[str, float]]:
         out = []
         for c in convs:
-            a, _ = _shown(c[-1]["content"])
+            a, _ = shown_answers(c[-1]["content"])
             x_is_a = a == "X"
             p_a_much = 0.5 + self.bias + (self.pref if x_is_a else -self.pref)
             out.append(normalise({"1": p_a_much, "2": 0.0, "3": 0.0, "4": 0.0, "5": 1 - p_a_much}))
