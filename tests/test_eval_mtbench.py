@@ -1,12 +1,15 @@
 """MT-Bench: FastChat's files from the wheel, its temperatures, prompts and rating
 parser (checked against the patterns in FastChat's own source, read as text), our
-logprob rating mode, the JSONL formats FastChat's tools read, and aggregation."""
+logprob rating mode, data from any folder laid out like FastChat's, the JSONL files
+valign writes read by FastChat's own show_result.py, and aggregation."""
 
 from __future__ import annotations
 
 import ast
 import json
 import re
+import subprocess
+import sys
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +25,7 @@ from valign.evaluate.mtbench import (
     answer_questions,
     judge_answers,
     judge_conversation,
+    judge_file_name,
     judge_prompt_name,
     load_mtbench,
     mtbench_data_dir,
@@ -239,7 +243,7 @@ class RatingJudge(ScriptedModel):
         return [normalise({o: (0.8 if o == "1" else 0.2 if o == "5" else 0.0) for o in options}) for _ in convs]
 
 
-def test_generative_judgments_are_fastchat_records_and_aggregate_like_show_result(tmp_path, scripted):
+def test_generative_judgments_are_fastchat_records_and_aggregate(tmp_path, scripted):
     qs = select_questions(DATA.questions, per_category=1)[:4]  # writing, roleplay, reasoning, math
     answers = {r["question_id"]: r for r in answer_questions(scripted, qs, "m1", 8)}
     judge = RatingJudge(["Fine. Rating: [[8]]", "no idea"])
@@ -254,14 +258,55 @@ def test_generative_judgments_are_fastchat_records_and_aggregate_like_show_resul
     assert agg["parse_failures"] == 4 and agg["parse_failure_rate"] == 0.5 and agg["overall"] == 8
 
     paths = write_fastchat_files(tmp_path, {"m1": list(answers.values())}, recs, "judge/x")
-    # What FastChat's show_result.py does with the judgment file, and load_model_answers with the answers.
-    pd = pytest.importorskip("pandas")
-    df = pd.read_json(paths["judgments"], lines=True)[["model", "score", "turn"]]
-    df = df[df["score"] != -1]
-    assert df.groupby(["model"]).mean()["score"]["m1"] == pytest.approx(agg["overall"])
     assert Path(paths["judgments"]).name == "judge--x_single.jsonl"
+    # What FastChat's load_model_answers reads: one file per model, named by it.
     loaded = {json.loads(line)["question_id"] for line in Path(paths["answers:m1"]).read_text().splitlines()}
     assert loaded == {q["question_id"] for q in qs} and Path(paths["answers:m1"]).stem == "m1"
+
+
+SHOW_RESULT = DATA.root.parent / "scripts" / "show_result.py"  # fastchat/llm_judge/scripts/
+
+
+def _show_result(cwd: Path, judge_model: str) -> dict[str, dict[str, float]]:
+    """Run FastChat's show_result.py --mode single and read back its three tables
+    (first turn, second turn, average) as model → mean score."""
+    out = subprocess.run(
+        [sys.executable, str(SHOW_RESULT), "--mode", "single", "--judge-model", judge_model],
+        cwd=cwd, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    tables: dict[str, dict[str, float]] = {}
+    section = ""
+    for line in out.stdout.splitlines():
+        if line.startswith("##########"):
+            section = line.strip("# ")
+            tables[section] = {}
+        # "tuned 1      8.00" in the per-turn tables, "tuned  7.666667" in the average
+        elif section and (m := re.fullmatch(r"(\S+)\s+(?:\d\s+)?(-?\d+(?:\.\d+)?)", line.strip())) and line[0] != " ":
+            tables[section][m.group(1)] = float(m.group(2))
+    return tables
+
+
+def test_fastchats_show_result_reads_our_judgments_and_agrees_with_aggregate(tmp_path, scripted):
+    qs = select_questions(DATA.questions, per_category=1)[:3]  # writing, roleplay, reasoning
+    judged = []
+    ratings = {"base": ["Rating: [[3]]", "[[7.5]]", "no rating", "Rating: [[4]]"], "tuned": ["[[8]]", "Rating: [[6]]", "[[9]]"]}
+    answers = {}
+    for model, texts in ratings.items():
+        answers[model] = answer_questions(scripted, qs, model, 8)
+        by_id = {a["question_id"]: a for a in answers[model]}
+        judged += judge_answers(RatingJudge(texts), "judge/x", qs, by_id, DATA, model, "generative", GenConfig(temperature=0, max_new_tokens=8))
+    agg = aggregate(judged)
+    assert agg["base"]["parse_failures"] == 1 and agg["base"]["turns"]["1"] != agg["base"]["turns"]["2"]
+
+    # FastChat's layout: show_result.py reads data/mt_bench/model_judgment/<judge>_single.jsonl from its working folder.
+    write_fastchat_files(tmp_path / "data", answers, judged, "judge/x")
+    tables = _show_result(tmp_path, judge_file_name("judge/x").removesuffix("_single.jsonl"))
+    assert set(tables) == {"First turn", "Second turn", "Average"}
+    for model in ("base", "tuned"):
+        assert tables["First turn"][model] == pytest.approx(agg[model]["turns"]["1"], abs=1e-3)
+        assert tables["Second turn"][model] == pytest.approx(agg[model]["turns"]["2"], abs=1e-3)
+        assert tables["Average"][model] == pytest.approx(agg[model]["overall"], abs=1e-3)
 
 
 def test_logprob_mode_splits_one_from_ten():
