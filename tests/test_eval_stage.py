@@ -119,6 +119,25 @@ def test_config_errors_name_the_key(tmp_path):
         load_config("configs/kantian-demo.yaml", ["evaluate.suites=[mmlu]"])
 
 
+def test_a_partial_gen_setting_keeps_the_sections_greedy_default():
+    """`--set keycases.gen.max_new_tokens=64` changes the length only: key-case and
+    safety answers and every judge stay greedy (GenConfig's own default is 0.7)."""
+    from valign.config import apply_override
+
+    data: dict = {}
+    for item in ("keycases.gen.max_new_tokens=64", "keycases.judge_gen.max_new_tokens=32", "mtbench.judge_gen.max_new_tokens=16", "safety.gen.max_new_tokens=8"):
+        apply_override(data, item)
+    cfg = EvaluateConfig.model_validate(data)
+    gens = [cfg.keycases.gen, cfg.keycases.judge_gen, cfg.mtbench.judge_gen, cfg.safety.gen]
+    assert [(g.temperature, g.max_new_tokens) for g in gens] == [(0.0, 64), (0.0, 32), (0.0, 16), (0.0, 8)]
+    assert EvaluateConfig.model_validate({"keycases": {"gen": {"temperature": 0.9}}}).keycases.gen.max_new_tokens == 512
+    with pytest.raises(ValueError, match="max_new_token"):  # a typo is still refused
+        EvaluateConfig.model_validate({"safety": {"gen": {"max_new_token": 8}}})
+    # The preference judge's stage too.
+    run = load_config("configs/kantian-demo.yaml", ["judge.gen.max_new_tokens=64"])
+    assert (run.judge.gen.temperature, run.judge.gen.max_new_tokens) == (0.0, 64)
+
+
 def test_cli_errors_are_one_sentence(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
     out = subprocess.run([*CLI, "eval", "--base", "embedded", "--tuned", "embedded", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)

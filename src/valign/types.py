@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo
 
 
 class Message(TypedDict):
@@ -50,6 +50,28 @@ class GenConfig(BaseModel):
         """The fields that identify one sample (everything but ``n``)."""
         return self.model_dump(exclude={"n"})
 
+
+
+def keep_gen_defaults(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A ``before`` field validator for `GenConfig` settings whose default is not
+    GenConfig's own: a partial setting fills the rest from the field's default.
+
+    Without it ``gen: {max_new_tokens: 64}`` (or ``--set keycases.gen.max_new_tokens=64``)
+    would build a fresh GenConfig and quietly turn a greedy default (temperature 0)
+    into sampling at GenConfig's 0.7. Use it as
+    ``_gen_defaults = field_validator("gen", mode="before")(keep_gen_defaults)``.
+
+    Example:
+        >>> class Section(BaseModel):
+        ...     gen: GenConfig = Field(default_factory=lambda: GenConfig(temperature=0.0))
+        ...     _gen_defaults = field_validator("gen", mode="before")(keep_gen_defaults)
+        >>> Section.model_validate({"gen": {"max_new_tokens": 64}}).gen.temperature
+        0.0
+    """
+    factory = cls.model_fields[info.field_name].default_factory if info.field_name else None
+    if isinstance(value, dict) and factory is not None:
+        return {**factory().model_dump(), **value}  # type: ignore[call-arg]
+    return value
 
 class TokenLogprob(BaseModel):
     """A generated token, its log-probability and the most likely alternatives."""

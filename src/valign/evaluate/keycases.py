@@ -26,14 +26,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from valign.constitution import Constitution
 from valign.errors import ValignError
 from valign.evaluate.pairwise import PairItem, PairwiseConfig, PairwiseResult, describe_score, judge_pairwise
 from valign.evaluate.refusal import answers_with_refusals
 from valign.models.base import ChatModel
-from valign.types import GenConfig, Row
+from valign.types import GenConfig, Row, keep_gen_defaults
 
 __all__ = [
     "KeyCase",
@@ -82,6 +82,7 @@ class KeyCasesConfig(PairwiseConfig):
     file: str | None = None
     limit: int | None = Field(None, ge=1)
     gen: GenConfig = Field(default_factory=lambda: GenConfig(temperature=0.0, max_new_tokens=512))
+    _answer_gen_defaults = field_validator("gen", mode="before")(keep_gen_defaults)  # PairwiseConfig keeps its own for judge_gen
 
 
 def _path(file: str | Path | None) -> Path:

@@ -54,11 +54,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from valign.errors import ValignError
 from valign.models.base import ChatModel
-from valign.types import Conversation, GenConfig
+from valign.types import Conversation, GenConfig, keep_gen_defaults
 
 __all__ = [
     "TEMPERATURE_CONFIG",
@@ -130,6 +130,7 @@ class MTBenchConfig(BaseModel):
     max_new_tokens: int = Field(1024, ge=1)
     judge_mode: Literal["generative", "logprob"] = "generative"
     judge_gen: GenConfig = Field(default_factory=lambda: GenConfig(temperature=0.0, max_new_tokens=2048))
+    _judge_gen_defaults = field_validator("judge_gen", mode="before")(keep_gen_defaults)
     reference_model: str = "gpt-4"
 
 

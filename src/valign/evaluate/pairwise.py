@@ -35,12 +35,12 @@ from dataclasses import dataclass, field
 from string import Template
 from typing import Any, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from valign.models.base import ChatModel
 from valign.stages.judge import load_template
 from valign.stages.judge import templates_digest as judge_templates_digest
-from valign.types import Conversation, GenConfig
+from valign.types import Conversation, GenConfig, keep_gen_defaults
 
 __all__ = [
     "LEVELS",
@@ -87,6 +87,7 @@ class PairwiseConfig(BaseModel):
 
     judge_mode: Literal["generative", "logprob"] = "generative"
     judge_gen: GenConfig = Field(default_factory=lambda: GenConfig(temperature=0.0, max_new_tokens=1024))
+    _judge_gen_defaults = field_validator("judge_gen", mode="before")(keep_gen_defaults)
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,13 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from valign.errors import ValignError
 from valign.evaluate.refusal import answers_with_refusals
 from valign.models.base import ChatModel
 from valign.prompt_sets import PromptMixConfig, build_prompt_mix, load_source
-from valign.types import GenConfig, Row
+from valign.types import GenConfig, Row, keep_gen_defaults
 
 __all__ = ["SafetyConfig", "wilson_interval", "safety_prompts", "safety_rows", "refusal_rates", "prompts_digest", "SETS"]
 
@@ -54,6 +54,7 @@ class SafetyConfig(BaseModel):
     red_team_prompts: str | PromptMixConfig | None = None
     benign_edgy: int | None = Field(None, ge=0)
     gen: GenConfig = Field(default_factory=lambda: GenConfig(temperature=0.0, max_new_tokens=96))
+    _gen_defaults = field_validator("gen", mode="before")(keep_gen_defaults)
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:

@@ -54,7 +54,7 @@ from valign.errors import ValignError
 from valign.models.base import ChatModel
 from valign.progress import GenProgress
 from valign.stages.base import StageContext, constitution_inputs, run_constitution, model_identity
-from valign.types import Conversation, GenConfig, Row
+from valign.types import Conversation, GenConfig, Row, keep_gen_defaults
 
 __all__ = [
     "JudgeConfig",
@@ -126,6 +126,7 @@ class JudgeConfig(BaseModel):
     improve: bool = True
     chunk: int = Field(32, ge=1)
     gen: GenConfig = Field(default_factory=lambda: GenConfig(temperature=0.0, max_new_tokens=768))
+    _gen_defaults = field_validator("gen", mode="before")(keep_gen_defaults)
 
 
 class Verdict(BaseModel):
