@@ -150,3 +150,11 @@ def test_cli_errors_are_one_sentence(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 2 and "mtbench.questions" in out.stderr
+    # A comma-separated list is split and trimmed, and an unknown category stops the
+    # evaluation before any model runs (key cases come first).
+    out = subprocess.run(
+        [*CLI, "eval", "--base", "embedded", "--tuned", "embedded", "--out", str(tmp_path / "cats"), "--categories", "roleplay, poetry"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2 and "no category 'poetry'" in out.stderr and "evaluate: key cases" not in out.stderr
+    assert not (tmp_path / "cats" / "rows.jsonl").exists()

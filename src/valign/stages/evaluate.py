@@ -303,7 +303,7 @@ def describe_evaluation(
     """
     from valign.constitution import load_constitution
     from valign.evaluate.keycases import keycases_digest, load_keycases
-    from valign.evaluate.mtbench import load_mtbench
+    from valign.evaluate.mtbench import load_mtbench, select_questions
     from valign.evaluate.pairwise import templates_digest
     from valign.evaluate.refusal import NOT_REFUSALS, REFUSAL_PHRASES, REFUSAL_PREFIXES
     from valign.evaluate.safety import prompts_digest, safety_prompts
@@ -321,7 +321,11 @@ def describe_evaluation(
         out["constitution"] = load_constitution(constitution).fingerprint()
         out["templates"] = templates_digest()
     if "mtbench" in cfg.suites:
-        out["mtbench"] = load_mtbench(cfg.mtbench.data, cfg.mtbench.reference_model).digest()
+        mc = cfg.mtbench
+        data = load_mtbench(mc.data, mc.reference_model)
+        # An unknown category is refused here, before any model is loaded, not after the key cases ran.
+        select_questions(data.questions, mc.questions, mc.per_category, mc.categories)
+        out["mtbench"] = data.digest()
     if "safety" in cfg.suites:
         out["safety"] = prompts_digest(safety_prompts(cfg.safety, train_prompts, cfg.base_dir))
     if "fidelity" in cfg.suites and cfg.fidelity.items:
