@@ -1,7 +1,8 @@
 """End to end on the real embedded model: `valign eval`'s code compares the embedded
 model with embedded + a LoRA adapter on two MT-Bench questions (both turns, FastChat's
 files), three key cases (logprob judge, both orders) and a few safety prompts, then
-renders the report; the inspect_ai tasks run on the embedded model too."""
+renders the report; the `valign eval` command runs the same comparison with its
+smallest options; the inspect_ai tasks run on the embedded model too."""
 
 from __future__ import annotations
 
@@ -79,6 +80,45 @@ def test_embedded_against_embedded_plus_adapter(tmp_path, adapter_stage):
     # Unchanged settings: the finished evaluation is reused, not redone.
     again = evaluate_outside_pipeline(settings, [], base="embedded", tuned=f"run:{adapter_stage}", judge="embedded", out=out)
     assert again["keycases"] == info["keycases"] and len(read_rows(out / "rows.jsonl")) == len(rows)
+
+
+def test_valign_eval_command_on_embedded_against_embedded_plus_adapter(tmp_path, adapter_stage):
+    """`valign eval` itself, with the smallest options: each flag must reach the evaluation."""
+    from typer.testing import CliRunner
+
+    from valign.cli import app
+
+    out = tmp_path / "eval"
+    args = [
+        "eval", "--base", "embedded", "--tuned", f"run:{adapter_stage}", "--out", str(out),
+        "--categories", "humanities", "--questions", "1", "--keycases", "1", "--judge-mode", "logprob",
+        "--red-team", "1", "--set", "safety.benign_edgy=1",
+        "--set", "mtbench.max_new_tokens=8", "--set", "keycases.gen.max_new_tokens=8", "--set", "safety.gen.max_new_tokens=8",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    lines = dict(line.split("\t", 1) for line in result.stdout.splitlines() if "\t" in line)
+    assert set(lines) == {"keycases", "mtbench", "safety", "report"} and lines["report"] == str(out / "report.html")
+    html = (out / "report.html").read_text()
+    assert all(f">{h}</h2>" in html for h in ("MT-Bench", "Key cases", "Safety"))
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"] == {"base": "embedded", "tuned": f"run:{adapter_stage}", "judge": "embedded"}  # judge: the base
+    # --categories and --questions: the first humanities question only (the last category in FastChat's file).
+    assert manifest["mtbench"]["question_ids"] == [151] and manifest["mtbench"]["judge_mode"] == "logprob"
+    answers = [json.loads(x) for x in (out / "mt_bench/model_answer/tuned.jsonl").read_text().splitlines()]
+    assert [a["question_id"] for a in answers] == [151]
+    judgments = [json.loads(x) for x in (out / "mt_bench/model_judgment/embedded_single.jsonl").read_text().splitlines()]
+    assert len(judgments) == 4 and {j["category"] for j in judgments} == {"humanities"}
+    assert all(j["judge_mode"] == "logprob" and 1 <= j["score"] <= 10 for j in judgments)
+    # --keycases, --judge-mode (key cases too), --red-team and the --set options.
+    assert manifest["keycases"]["cases"] == 1 and manifest["keycases"]["judge_mode"] == "logprob"
+    assert {s: manifest["safety"]["tuned"][s]["n"] for s in ("red_team", "benign_edgy")} == {"red_team": 1, "benign_edgy": 1}
+    rows = read_rows(out / "rows.jsonl")
+    texts = [r["response"] for r in rows if r["type"] in ("keycase_answer", "safety")]
+    texts += [t for a in answers for t in a["choices"][0]["turns"]]
+    assert len(texts) == 2 + 4 + 2 and all(len(t.split()) <= 8 for t in texts), "every answer within 8 tokens"
+    assert [r["judge_mode"] for r in rows if r["type"] == "keycase"] == ["logprob"]
 
 
 def test_inspect_tasks_on_the_embedded_model(tmp_path, monkeypatch):
