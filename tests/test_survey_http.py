@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 
 import httpx
 import pandas as pd
 import pyreadstat
 import pytest
 
-from tests.survey_helpers import ADMIN_TOKEN, Server, admin_headers, hidden, instrument_file, postgres_database, radio_names
+from tests.survey_helpers import ADMIN_TOKEN, SRC, Server, admin_headers, hidden, instrument_file, postgres_database, radio_names
 
 
 class Person:
@@ -327,6 +330,38 @@ def test_simulate_marks_synthetic_and_quality_flags_catch_the_bad_ones(tmp_path,
     else:
         with postgres_database() as url:
             run(url)
+
+
+def test_simulate_command_completes_synthetic_respondents_on_a_running_server(tmp_path):
+    """`valign survey simulate --n 3 --url …` end to end: a real server, the real command."""
+    from valign.survey.db import load_frames
+    from valign.survey.instrument import load_instrument
+
+    population = tmp_path / "population.yaml"  # only clean respondents: all three must finish
+    population.write_text("seed: 5\nprofiles: {clean: 1.0}\npropose: 0\n", encoding="utf-8")
+    db_url = f"sqlite:///{tmp_path / 'cli-sim.db'}"
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "VALIGN_ADMIN_TOKEN": ADMIN_TOKEN}
+    server = Server(db_url, "demo")
+    try:
+        cmd = [sys.executable, "-m", "valign.cli", "survey", "simulate", "--n", "3", "--url", server.url, "--population", str(population)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "started 3, completed 3 of 3" in out.stdout
+        wrong = subprocess.run(cmd, capture_output=True, text=True, env={**env, "VALIGN_ADMIN_TOKEN": "not-the-token-" + "y" * 20}, timeout=120)
+        assert wrong.returncode == 2 and "refused the admin token" in wrong.stderr and "Traceback" not in wrong.stderr
+    finally:
+        server.stop()
+    r = load_frames(db_url, load_instrument("demo")).respondents
+    assert len(r) == 3 and r["synthetic"].all() and r["completed"].all()
+
+
+def test_simulate_command_without_a_server_says_so(tmp_path):
+    from tests.survey_helpers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "VALIGN_ADMIN_TOKEN": ADMIN_TOKEN}
+    out = subprocess.run([sys.executable, "-m", "valign.cli", "survey", "simulate", "--n", "1", "--url", url], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2 and f"could not reach a survey at {url}" in out.stderr and "Traceback" not in out.stderr
 
 
 # -- the command line on the same database ----------------------------------------------------------
