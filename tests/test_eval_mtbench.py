@@ -11,6 +11,7 @@ import warnings
 from functools import lru_cache
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.conftest import ScriptedModel
@@ -183,7 +184,6 @@ def test_generative_judgments_are_fastchat_records_and_aggregate_like_show_resul
 
     paths = write_fastchat_files(tmp_path, {"m1": list(answers.values())}, recs, "judge/x")
     # What FastChat's show_result.py does with the judgment file, and load_model_answers with the answers.
-    pd = pytest.importorskip("pandas")
     df = pd.read_json(paths["judgments"], lines=True)[["model", "score", "turn"]]
     df = df[df["score"] != -1]
     assert df.groupby(["model"]).mean()["score"]["m1"] == pytest.approx(agg["overall"])
