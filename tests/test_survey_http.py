@@ -126,6 +126,63 @@ def test_admin_login_form_sets_a_cookie_and_admin_forms_need_csrf(server):
     assert c.get("/admin/").status_code == 401
 
 
+def admin_browser(base: str) -> httpx.Client:
+    """A client signed in through the admin login form: it holds the admin cookie, no bearer token."""
+    c = httpx.Client(base_url=base)
+    r = c.post("/admin/login", data={**hidden(c.get("/admin/login").text), "token": ADMIN_TOKEN})
+    assert r.status_code == 303, r.text
+    return c
+
+
+def proposal_status(db_url: str, pid: int) -> str:
+    from sqlalchemy.orm import Session
+
+    from valign.survey.db import Proposal, make_engine
+
+    engine = make_engine(db_url)
+    try:
+        with Session(engine) as s:
+            return s.get(Proposal, pid).status
+    finally:
+        engine.dispose()
+
+
+def test_moderation_form_approves_with_its_csrf_token_and_refuses_without(server):
+    text = "The assistant should say when an answer is only its guess."
+    writer = Person(server.url)
+    writer.consent()
+    while 'name="proposal"' not in writer.page.text:
+        writer.submit()
+    writer.submit({**writer.answers(), "proposal": text})
+
+    admin = admin_browser(server.url)
+    page = admin.get("/admin/moderation")
+    assert page.status_code == 200
+    pid = int(re.search(rf'Proposal (\d+) <span class="hint">\(pending\)</span></h2>\s*<p>{re.escape(text)}</p>', page.text).group(1))
+    forms = re.findall(rf'<form method="post" action="(/admin/moderation/{pid})"[^>]*>(.*?)</form>', page.text, re.S)
+    action, fields = next((a, hidden(body)) for a, body in forms if 'name="status" value="approved"' in body)
+    assert set(fields) == {"csrf", "status"} and fields["status"] == "approved"
+
+    # the admin cookie alone is not enough: a form without its CSRF token, or with a forged one, is refused
+    assert admin.post(action, data={"status": "approved"}).status_code == 403
+    assert admin.post(action, data={"status": "approved", "csrf": fields["csrf"][:-2] + "xx"}).status_code == 403
+    assert httpx.post(server.url + action, data=fields).status_code == 401  # the token without the admin cookie
+    assert proposal_status(server.db_url, pid) == "pending"
+
+    r = admin.post(action, data=fields)
+    assert r.status_code == 303 and r.headers["location"].endswith("/admin/moderation")
+    assert proposal_status(server.db_url, pid) == "approved"
+    after = admin.get("/admin/moderation").text
+    assert re.search(rf'Proposal {pid} <span class="hint">\(approved\)</span>', after)
+    later = Person(server.url)  # respondents who start now are asked it
+    later.consent()
+    pages = []
+    while not str(later.page.url).endswith("/done"):
+        pages.append(later.page.text)
+        later.submit()
+    assert any(f'name="q-prop-{pid}"' in t and text in t for t in pages)
+
+
 # -- the respondent's flow -------------------------------------------------------------------------
 
 
