@@ -8,11 +8,10 @@ import os
 import re
 from pathlib import Path
 
+import playwright.sync_api as playwright_api  # `make install` installs it: a missing one must fail, not skip
 import pytest
 
 from tests.survey_helpers import Server, postgres_database
-
-playwright_api = pytest.importorskip("playwright.sync_api")
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

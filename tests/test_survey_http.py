@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 
 import httpx
 import pandas as pd
 import pyreadstat
 import pytest
 
-from tests.survey_helpers import ADMIN_TOKEN, Server, admin_headers, hidden, instrument_file, postgres_database, radio_names
+from tests.survey_helpers import ADMIN_TOKEN, SRC, Server, admin_headers, hidden, instrument_file, postgres_database, radio_names
 
 
 class Person:
@@ -121,6 +124,63 @@ def test_admin_login_form_sets_a_cookie_and_admin_forms_need_csrf(server):
     assert c.post("/admin/logout", data={}).status_code == 403
     assert c.post("/admin/logout", data=hidden(dash.text)).status_code == 303
     assert c.get("/admin/").status_code == 401
+
+
+def admin_browser(base: str) -> httpx.Client:
+    """A client signed in through the admin login form: it holds the admin cookie, no bearer token."""
+    c = httpx.Client(base_url=base)
+    r = c.post("/admin/login", data={**hidden(c.get("/admin/login").text), "token": ADMIN_TOKEN})
+    assert r.status_code == 303, r.text
+    return c
+
+
+def proposal_status(db_url: str, pid: int) -> str:
+    from sqlalchemy.orm import Session
+
+    from valign.survey.db import Proposal, make_engine
+
+    engine = make_engine(db_url)
+    try:
+        with Session(engine) as s:
+            return s.get(Proposal, pid).status
+    finally:
+        engine.dispose()
+
+
+def test_moderation_form_approves_with_its_csrf_token_and_refuses_without(server):
+    text = "The assistant should say when an answer is only its guess."
+    writer = Person(server.url)
+    writer.consent()
+    while 'name="proposal"' not in writer.page.text:
+        writer.submit()
+    writer.submit({**writer.answers(), "proposal": text})
+
+    admin = admin_browser(server.url)
+    page = admin.get("/admin/moderation")
+    assert page.status_code == 200
+    pid = int(re.search(rf'Proposal (\d+) <span class="hint">\(pending\)</span></h2>\s*<p>{re.escape(text)}</p>', page.text).group(1))
+    forms = re.findall(rf'<form method="post" action="(/admin/moderation/{pid})"[^>]*>(.*?)</form>', page.text, re.S)
+    action, fields = next((a, hidden(body)) for a, body in forms if 'name="status" value="approved"' in body)
+    assert set(fields) == {"csrf", "status"} and fields["status"] == "approved"
+
+    # the admin cookie alone is not enough: a form without its CSRF token, or with a forged one, is refused
+    assert admin.post(action, data={"status": "approved"}).status_code == 403
+    assert admin.post(action, data={"status": "approved", "csrf": fields["csrf"][:-2] + "xx"}).status_code == 403
+    assert httpx.post(server.url + action, data=fields).status_code == 401  # the token without the admin cookie
+    assert proposal_status(server.db_url, pid) == "pending"
+
+    r = admin.post(action, data=fields)
+    assert r.status_code == 303 and r.headers["location"].endswith("/admin/moderation")
+    assert proposal_status(server.db_url, pid) == "approved"
+    after = admin.get("/admin/moderation").text
+    assert re.search(rf'Proposal {pid} <span class="hint">\(approved\)</span>', after)
+    later = Person(server.url)  # respondents who start now are asked it
+    later.consent()
+    pages = []
+    while not str(later.page.url).endswith("/done"):
+        pages.append(later.page.text)
+        later.submit()
+    assert any(f'name="q-prop-{pid}"' in t and text in t for t in pages)
 
 
 # -- the respondent's flow -------------------------------------------------------------------------
@@ -327,6 +387,38 @@ def test_simulate_marks_synthetic_and_quality_flags_catch_the_bad_ones(tmp_path,
     else:
         with postgres_database() as url:
             run(url)
+
+
+def test_simulate_command_completes_synthetic_respondents_on_a_running_server(tmp_path):
+    """`valign survey simulate --n 3 --url …` end to end: a real server, the real command."""
+    from valign.survey.db import load_frames
+    from valign.survey.instrument import load_instrument
+
+    population = tmp_path / "population.yaml"  # only clean respondents: all three must finish
+    population.write_text("seed: 5\nprofiles: {clean: 1.0}\npropose: 0\n", encoding="utf-8")
+    db_url = f"sqlite:///{tmp_path / 'cli-sim.db'}"
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "VALIGN_ADMIN_TOKEN": ADMIN_TOKEN}
+    server = Server(db_url, "demo")
+    try:
+        cmd = [sys.executable, "-m", "valign.cli", "survey", "simulate", "--n", "3", "--url", server.url, "--population", str(population)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "started 3, completed 3 of 3" in out.stdout
+        wrong = subprocess.run(cmd, capture_output=True, text=True, env={**env, "VALIGN_ADMIN_TOKEN": "not-the-token-" + "y" * 20}, timeout=120)
+        assert wrong.returncode == 2 and "refused the admin token" in wrong.stderr and "Traceback" not in wrong.stderr
+    finally:
+        server.stop()
+    r = load_frames(db_url, load_instrument("demo")).respondents
+    assert len(r) == 3 and r["synthetic"].all() and r["completed"].all()
+
+
+def test_simulate_command_without_a_server_says_so(tmp_path):
+    from tests.survey_helpers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "VALIGN_ADMIN_TOKEN": ADMIN_TOKEN}
+    out = subprocess.run([sys.executable, "-m", "valign.cli", "survey", "simulate", "--n", "1", "--url", url], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2 and f"could not reach a survey at {url}" in out.stderr and "Traceback" not in out.stderr
 
 
 # -- the command line on the same database ----------------------------------------------------------

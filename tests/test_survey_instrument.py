@@ -82,6 +82,59 @@ def test_cli_check_prints_one_line_without_traceback(tmp_path):
     assert ok.returncode == 0 and "NOT a validated instrument" in ok.stdout
 
 
+# -- a licensed instrument's scoring key ------------------------------------------------------
+
+
+def pvq21_data(*changes: tuple[int, dict]) -> dict:
+    """The demo with its value items replaced by the 21 PVQ items, each keyed as the pvq21
+    key scores it (texts are placeholders); ``changes`` edit item ``index``."""
+    from valign.survey.scoring import scoring_key
+
+    key = scoring_key("pvq21")
+    items = [{"id": f"pvq-{n}", "text": f"(licensed item {n})", "value": key.value_of(n)} for n in range(1, 22)]
+    items[6] = {"id": "benevolence-a", "number": 7, "text": "(licensed item 7)", "value": key.value_of(7)}  # numbered by `number:`
+    for index, change in changes:
+        items[index].update(change)
+    data = demo_data()
+    data["values"].update(scoring_key="pvq21", scale_direction="descending", items=items)
+    return data
+
+
+MISKEYED = {
+    "wrong value": ((0, {"value": "power"}), r"values\.items\[1\] \(id 'pvq-1'\): value item 'pvq-1' \(number 1\) says value 'power', but the pvq21 key scores item 1 as 'self_direction'; fix its value or its number\.$"),
+    "number twice": ((2, {"number": 2, "value": "power"}), r"values\.items\[3\] \(id 'pvq-3'\): value items 'pvq-2' and 'pvq-3' both have number 2; give each its own number\.$"),
+    "no number": ((4, {"id": "fifth"}), r"values\.items\[5\] \(id 'fifth'\): value item 'fifth' has no item number of the pvq21 key \(1–21\); add `number:`"),
+    "number beyond the key": ((6, {"number": 22}), r"values\.items\[7\] \(id 'benevolence-a'\): .*no item number of the pvq21 key"),
+}
+
+
+def test_items_keyed_as_the_scoring_key_scores_them_load(tmp_path):
+    inst = load_instrument(write(tmp_path, pvq21_data()))
+    assert inst.values.scoring_key == "pvq21" and len(inst.values.items) == 21
+
+
+@pytest.mark.parametrize("case", list(MISKEYED))
+def test_an_item_the_scoring_key_scores_differently_fails_loading(tmp_path, case):
+    change, pattern = MISKEYED[case]
+    with pytest.raises(ValignError, match=pattern) as err:
+        load_instrument(write(tmp_path, pvq21_data(change)))
+    assert "bad.yaml" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_check_and_serve_refuse_a_miskeyed_instrument(tmp_path):
+    from tests.survey_helpers import free_port
+
+    path = write(tmp_path, pvq21_data(MISKEYED["wrong value"][0]))
+    env = {"PYTHONPATH": SRC, "VALIGN_ADMIN_TOKEN": "t" * 32}
+    out = subprocess.run([sys.executable, "-m", "valign.cli", "survey", "check", path], capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "scores item 1 as 'self_direction'" in out.stderr and "Traceback" not in out.stderr
+    db = tmp_path / "never.db"
+    cmd = [sys.executable, "-m", "valign.cli", "survey", "serve", "--instrument", path, "--db", f"sqlite:///{db}", "--port", str(free_port())]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)  # a server that started would hit the timeout
+    assert out.returncode == 2 and "scores item 1 as 'self_direction'" in out.stderr
+    assert not db.exists()  # refused before touching the database
+
+
 # -- the page plan -------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
 from tests.survey_stats_sim import INSTRUMENT, simulate
 from valign.errors import ValignError
@@ -90,10 +91,20 @@ def test_a_user_instrument_scored_with_the_pvq21_key():
     assert centred.loc["r", "universalism"] > 0 > centred.loc["r", "power"]  # 1 = very much like me
 
 
-def test_key_mismatch_and_missing_numbers_are_clear_errors():
-    with pytest.raises(ValignError, match="pvq-1.*scores item 1 as 'self_direction'"):
-        resolve_key(_pvq21_instrument(**{"0": {"value": "power"}}))
-    with pytest.raises(ValignError, match="no item number"):
-        resolve_key(_pvq21_instrument(**{"0": {"id": "first"}}))
-    with pytest.raises(ValignError, match="both have number 2"):
-        resolve_key(_pvq21_instrument(**{"0": {"number": 2, "value": "power"}}))
+def test_key_mismatch_and_missing_numbers_fail_validation():
+    # The instrument itself refuses them (load_instrument turns this into one ValignError).
+    with pytest.raises(ValidationError, match="pvq-1.*scores item 1 as 'self_direction'"):
+        _pvq21_instrument(**{"0": {"value": "power"}})
+    with pytest.raises(ValidationError, match="no item number"):
+        _pvq21_instrument(**{"0": {"id": "first"}})
+    with pytest.raises(ValidationError, match="both have number 2"):
+        _pvq21_instrument(**{"0": {"number": 2, "value": "power"}})
+
+
+def test_scoring_refuses_a_miskeyed_instrument_that_skipped_validation():
+    inst = _pvq21_instrument()
+    items = list(inst.values.items)
+    items[0] = items[0].model_copy(update={"value": "power"})
+    miskeyed = inst.model_copy(update={"values": inst.values.model_copy(update={"items": items})})  # model_copy does not validate
+    with pytest.raises(ValignError, match=r"pvq-1.*scores item 1 as 'self_direction'; fix its value or its number\.$"):
+        resolve_key(miskeyed)

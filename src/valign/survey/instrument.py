@@ -10,7 +10,8 @@ An instrument is one YAML file. Its sections, in the order a respondent meets th
   centring of Schwartz's PVQ). ``scoring_key`` names a shipped key (``pvq21``,
   ``pvq_rr``) whose item numbers map items to values, for users who hold the licensed
   item texts; an item's number is its ``number`` or the digits ending its id
-  (``pvq-7``). ``scale_direction: descending`` says the scale's code 1 means "very
+  (``pvq-7``), and an item whose ``value`` is not the key's value for its number fails
+  loading. ``scale_direction: descending`` says the scale's code 1 means "very
   much like me" (the ESS layout), so scoring counts it backwards
   (`valign.survey.scoring`).
 * ``principles`` — statements about how an AI assistant should behave: agree /
@@ -54,6 +55,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from valign.errors import ValignError
+from valign.survey.scoring import key_problem
 
 __all__ = [
     "Option",
@@ -91,6 +93,15 @@ QualityAction = Literal["flag", "exclude", "downweight"]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _PlacedError(ValueError):
+    """A mistake a section's validator finds in one of its entries: ``loc`` continues the
+    section's location down to the entry, and the message already says the fix."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
 class Option(_Strict):
@@ -173,6 +184,16 @@ class ValueSection(_Strict):
     # "descending": code 1 is the top of the scale ("very much like me", as in the ESS)
     scale_direction: Literal["ascending", "descending"] = "ascending"
     items: list[ValueItem] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _items_match_the_scoring_key(self) -> ValueSection:
+        # At load time, not only when scores are computed: a misnumbered item must stop
+        # `valign survey check` and `serve` before anyone answers it.
+        problem = key_problem(self)
+        if problem is not None:
+            index, message = problem
+            raise _PlacedError(("items", index), message)
+        return self
 
 
 class PrincipleStatement(_Strict):
@@ -440,6 +461,9 @@ def load_instrument(name_or_path: str | Path) -> Instrument:
 
 def _explain(path: Path, data: dict[str, Any], err: ValidationError) -> str:
     first = err.errors()[0]
+    placed = first.get("ctx", {}).get("error")
+    if isinstance(placed, _PlacedError):
+        return f"{path}: {_place(data, tuple(first['loc']) + placed.loc)}: {placed}."
     loc = first["loc"]
     where = _place(data, loc)
     if first["type"] == "extra_forbidden":

@@ -19,8 +19,9 @@ A shipped scoring key (``values.scoring_key``: ``pvq21`` — the ESS 21-item PVQ
 values — or ``pvq_rr`` — the revised PVQ, 57 items, 19 values) assigns items to values
 by their NUMBER in the published questionnaire. An item's number is its ``number``
 field, else the digits that end its id (``pvq-7`` → 7). The item's ``value`` must name
-the key's value for that number, which catches misnumbered items. The keys ship as
-data (`SCORING_KEYS`), without the licensed item texts.
+the key's value for that number, which catches misnumbered items: `key_problem` checks
+that whenever an instrument is loaded. The keys ship as data (`SCORING_KEYS`), without
+the licensed item texts.
 
 Example:
     >>> from valign.survey.instrument import load_instrument
@@ -48,9 +49,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from valign.survey.frames import SurveyFrames
-    from valign.survey.instrument import Instrument
+    from valign.survey.instrument import Instrument, ValueSection
 
-__all__ = ["ScoringKey", "KeyedItem", "SCORING_KEYS", "scoring_key", "resolve_key", "item_number", "score_ratings", "value_scores"]
+__all__ = ["ScoringKey", "KeyedItem", "SCORING_KEYS", "scoring_key", "key_problem", "resolve_key", "item_number", "score_ratings", "value_scores"]
 
 SCORING_KEYS = ("pvq21", "pvq_rr")
 Scoring = Literal["raw", "centred"]
@@ -117,6 +118,42 @@ def item_number(item_id: str, number: int | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def key_problem(section: ValueSection) -> tuple[int, str] | None:
+    """The first value item that disagrees with the section's ``scoring_key``: its index
+    in ``section.items`` and a sentence saying what is wrong and how to fix it (no final
+    full stop); None when every item matches, or when there is no key.
+
+    `ValueSection` runs this when an instrument is loaded, so a misnumbered item stops
+    `valign survey check` and `serve`, not only the scoring.
+
+    Example:
+        >>> from valign.survey.instrument import load_instrument
+        >>> key_problem(load_instrument("demo").values) is None
+        True
+    """
+    if section.scoring_key is None:
+        return None
+    key = scoring_key(section.scoring_key)
+    seen: dict[int, str] = {}
+    for index, item in enumerate(section.items):
+        number = item_number(item.id, item.number)
+        if number is None or not 1 <= number <= key.items:
+            return index, (
+                f"value item '{item.id}' has no item number of the {key.id} key (1–{key.items}); "
+                f"add `number:` to it or end its id with the number (e.g. {key.id}-{1})"
+            )
+        if number in seen:
+            return index, f"value items '{seen[number]}' and '{item.id}' both have number {number}; give each its own number"
+        seen[number] = item.id
+        expected = key.value_of(number)
+        if expected != item.value:
+            return index, (
+                f"value item '{item.id}' (number {number}) says value '{item.value}', but the {key.id} key "
+                f"scores item {number} as '{expected}'; fix its value or its number"
+            )
+    return None
+
+
 def resolve_key(instrument: Instrument) -> dict[str, list[KeyedItem]]:
     """value → its items, checked against the instrument's ``scoring_key`` when it has one.
 
@@ -128,26 +165,13 @@ def resolve_key(instrument: Instrument) -> dict[str, list[KeyedItem]]:
     section = instrument.values
     if section is None:
         return {}
-    key = scoring_key(section.scoring_key) if section.scoring_key else None
+    # Loading already refused a mismatch; this catches instruments changed with model_copy,
+    # which skips validation, so they are never scored under the wrong values.
+    problem = key_problem(section)
+    if problem is not None:
+        raise ValignError(problem[1] + ".")
     out: dict[str, list[KeyedItem]] = {}
-    seen: dict[int, str] = {}
     for item in section.items:
-        if key is not None:
-            number = item_number(item.id, item.number)
-            if number is None or not 1 <= number <= key.items:
-                raise ValignError(
-                    f"value item '{item.id}' has no item number of the {key.id} key (1–{key.items}); "
-                    f"add `number:` to it or end its id with the number (e.g. {key.id}-{1})."
-                )
-            if number in seen:
-                raise ValignError(f"value items '{seen[number]}' and '{item.id}' both have number {number}; give each its own number.")
-            seen[number] = item.id
-            expected = key.value_of(number)
-            if expected != item.value:
-                raise ValignError(
-                    f"value item '{item.id}' (number {number}) says value '{item.value}', but the {key.id} key "
-                    f"scores item {number} as '{expected}'; fix its value or its number."
-                )
         out.setdefault(item.value, []).append(KeyedItem(item.id, item.value, item.reverse))
     return out
 

@@ -409,10 +409,15 @@ async def simulate(
     base = url.rstrip("/")
     headers = {"Authorization": f"Bearer {admin_token}"}
     async with httpx.AsyncClient(timeout=timeout) as admin:
-        r = await admin.post(f"{base}/admin/api/invitations", json={"n": n, "synthetic": True}, headers=headers)
+        # The first request is where a wrong --url shows: say so in a sentence, not a traceback.
+        try:
+            r = await admin.post(f"{base}/admin/api/invitations", json={"n": n, "synthetic": True}, headers=headers)
+        except httpx.TransportError as e:
+            raise ValignError(f"could not reach a survey at {base} ({type(e).__name__}); start it with `valign survey serve` or pass its address with --url.") from None
         if r.status_code in (401, 403):
             raise ValignError(f"the survey at {base} refused the admin token ({r.status_code}); pass the server's VALIGN_ADMIN_TOKEN with --admin-token or the variable.")
-        r.raise_for_status()
+        if r.status_code != 200:
+            raise ValignError(f"{base} answered {r.status_code} to the survey's admin API; check that --url is the address of a running `valign survey serve`.")
         tokens = r.json()["tokens"]
 
     profiles = _assign_profiles(n, dict(population.profiles))
