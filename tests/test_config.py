@@ -57,6 +57,20 @@ def test_missing_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
+def test_rows_and_survey_files_relative_to_config_folder(tmp_path, monkeypatch):
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    for name in ("pairs.jsonl", "fb.jsonl", "items.jsonl", "margins.yaml"):
+        (sub / name).write_text("")
+    text = ("name: t\ndpo: {rows: pairs.jsonl}\nkto: {rows: survey}\nsft: {rows: fb.jsonl}\n"
+            "survey_sft: {items: items.jsonl}\nsurvey: {margins: margins.yaml, instrument: demo}\n")
+    monkeypatch.chdir(tmp_path)  # not the config's folder: the files must still be found
+    cfg = load_config(write(sub, text))
+    assert (cfg.dpo.rows, cfg.sft.rows, cfg.survey_sft.items, cfg.survey.margins) == tuple(
+        str((sub / n).resolve()) for n in ("pairs.jsonl", "fb.jsonl", "items.jsonl", "margins.yaml"))
+    assert cfg.kto.rows == "survey" and cfg.survey.instrument == "demo", "names that are not files next to the config stay as given"
+
+
 def test_prompts_path_relative_to_config_folder(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "p.jsonl").write_text('{"id": "a", "prompt": "hi"}\n')
@@ -106,7 +120,9 @@ def test_public_values_configs_wire_the_survey_through_the_run():
     assert inputs["survey_sft"] == ["survey", "sft"] and inputs["dpo"] == ["survey", "survey_sft"] and inputs["kto"] == ["survey", "dpo"]
     assert set(inputs["evaluate"]) == {"kto", "survey"} and "fidelity" in cfg.evaluate.suites
     rounds = load_config("configs/feedback-round.yaml")
-    assert rounds.kto.rows.startswith("feedback:") and STAGES["kto"].inputs(rounds) == [] and rounds.model.startswith("run:")
+    assert rounds.kto.rows.startswith("feedback:") and rounds.sft.rows.startswith("feedback:") and rounds.model.startswith("run:")
+    assert STAGES["sft"].inputs(rounds) == [] and STAGES["kto"].inputs(rounds) == ["sft"], "sft continues the run: model, kto continues sft"
+    assert STAGES["evaluate"].inputs(rounds) == ["kto"]
 
 
 def test_a_constitution_from_a_stage_must_be_written_before_it_is_read(tmp_path):

@@ -79,8 +79,17 @@ def test_chat_page_forms_need_csrf_and_collect_feedback(served):
     assert rows and rows[0]["correction"] == "Try Miso, Pepper or Biscuit." and rows[0]["messages"][-1]["content"] == "What is a good name for a cat?"
 
 
+def _rate(root: str, text: str, rating: str, correction: str | None = None) -> None:
+    """Ask the served model something and rate its answer, as a person on /chat would."""
+    body = {"model": "embedded", "messages": [{"role": "user", "content": text}], "max_tokens": 12, "temperature": 0}
+    answer = httpx.post(f"{root}/v1/chat/completions", json=body, timeout=120).json()
+    r = httpx.post(f"{root}/v1/feedback", json={"completion_id": answer["id"], "rating": rating, "correction": correction}, timeout=30)
+    assert r.status_code == 200
+
+
 def test_feedback_becomes_kto_and_sft_rows(served):
     root, store = served
+    _rate(root, "Say thanks in French.", "down", "Merci.")
     rows = kto_rows_from_feedback(store.url)
     assert rows and all(isinstance(r["label"], bool) and r["prompt"][-1]["role"] == "user" for r in rows)
     corrections = [r for r in rows if r["id"].endswith(":correction")]
@@ -97,34 +106,69 @@ def test_feedback_becomes_kto_and_sft_rows(served):
     assert feedback_digest(store.url) != digest, "new feedback makes a new KTO round"
 
 
-def test_a_kto_round_on_feedback_continues_last_rounds_adapter(served, tmp_path):
-    """Round 1 trains KTO on the feedback from scratch; round 2 (after more feedback)
-    starts from round 1's adapter through ``model: run:<round 1>``."""
-    from valign.runs import StageDir
+def test_feedback_rounds_train_on_corrections_and_ratings_and_compare_with_the_last_round(served, tmp_path):
+    """Round 1 trains KTO on the feedback from the base model; round 2 is the shipped
+    ``configs/feedback-round.yaml`` run for real: SFT on the corrections continues round
+    1's adapter, KTO on the ratings continues SFT's, and evaluate compares round 2 with
+    round 1 (its base is ``model: run:<round 1>``)."""
+    from valign.config import load_config
+    from valign.pipeline import run_pipeline
+    from valign.runs import StageDir, read_rows
     from valign.stages.base import ModelPool, StageContext
     from valign.stages.preference import KTOStage, KTOStageConfig
 
     root, store = served
-
-    def round_(name: str, model: str):
-        cfg = KTOStageConfig(rows=f"feedback:{store.url}", max_steps=1, batch_size=2, max_length=128, precompute_ref_log_probs=False)
-        run_config = SimpleNamespace(model=model, seed=0, stages=["kto"], kto=cfg)
-        assert KTOStage().inputs(run_config) == []
-        sdir = StageDir(tmp_path / name / "01-kto")
-        ctx = StageContext(run_config=run_config, config=cfg, dir=sdir.path, rows=sdir.begin("fp"), models=ModelPool(None),
-                           input_dirs={}, console=Console(stderr=True))
-        KTOStage().run(ctx)
-        sdir.finish("fp", ctx.info)
-        return ctx
-
-    first = round_("round1", "embedded")
+    _rate(root, "Give me a two-word motto for a bakery.", "down", "Fresh daily.")
+    _rate(root, "Name a colour of the sky.", "up")
+    cfg = KTOStageConfig(rows=f"feedback:{store.url}", max_steps=1, batch_size=2, max_length=128, precompute_ref_log_probs=False)
+    run_config = SimpleNamespace(model="embedded", seed=0, stages=["kto"], kto=cfg)
+    assert KTOStage().inputs(run_config) == []
+    sdir = StageDir(tmp_path / "round1" / "01-kto")
+    first = StageContext(run_config=run_config, config=cfg, dir=sdir.path, rows=sdir.begin("fp"), models=ModelPool(None),
+                         input_dirs={}, console=Console(stderr=True))
+    KTOStage().run(first)
+    sdir.finish("fp", first.info)
     assert first.info["train"]["steps"] == 1 and first.info["train"]["continued_from"] is None
     assert first.info["counts"]["train_rows"] == len(kto_rows_from_feedback(store.url))
-    second = round_("round2", f"run:{first.dir}")
-    assert second.info["train"]["continued_from"] == str(first.dir)
-    assert second.info["model"]["base"] == "embedded"
-    assert json.loads((second.dir / "manifest.json").read_text())["model"]["adapter"] == "adapter"
-    from valign.models.registry import load_model
-    from valign.types import GenConfig
 
-    assert load_model(f"run:{second.dir}").generate([HI], GenConfig(max_new_tokens=4, temperature=0))[0].text
+    _rate(root, "Suggest a name for a goldfish.", "down", "Bubbles.")
+    fb = f"feedback:{store.url}"
+    round2 = load_config("configs/feedback-round.yaml", [
+        "name=round2", f"runs_dir={tmp_path}", f"model=run:{first.dir}", f"sft.rows={fb}", f"kto.rows={fb}",
+        "sft.max_steps=1", "sft.batch_size=2", "sft.max_length=128", "kto.max_steps=1", "kto.batch_size=2", "kto.max_length=128",
+        "kto.precompute_ref_log_probs=false", "evaluate.suites=[keycases, safety]", "evaluate.keycases.limit=1",
+        "evaluate.keycases.gen.max_new_tokens=12", "evaluate.safety.red_team=2", "evaluate.safety.benign_edgy=2",
+        "evaluate.safety.gen.max_new_tokens=12",
+    ])
+    outcomes = run_pipeline(round2, console=Console(stderr=True))
+    assert [o.name for o in outcomes] == ["sft", "kto", "evaluate", "report"]
+    manifest = lambda name: json.loads((tmp_path / "round2" / name / "manifest.json").read_text())  # noqa: E731
+    sft, kto, evaluate = manifest("01-sft"), manifest("02-kto"), manifest("03-evaluate")
+    corrections = sft_rows_from_feedback(store.url)
+    assert len(corrections) >= 2 and sft["counts"]["train_rows"] == len(corrections), "every correction is an SFT row"
+    assert {r["completion"][0]["content"] for r in read_rows(tmp_path / "round2" / "01-sft" / "rows.jsonl")} >= {"Fresh daily.", "Bubbles."}
+    assert sft["train"]["steps"] == 1 and sft["train"]["continued_from"] == str(first.dir), "SFT continues round 1"
+    assert kto["train"]["continued_from"] == str(tmp_path / "round2" / "01-sft"), "KTO continues this round's SFT"
+    assert kto["model"]["base"] == "embedded"
+    models = evaluate["models"]
+    assert models["base"] == f"run:{first.dir}" and models["tuned"] == f"run:{tmp_path / 'round2' / '02-kto'}", "this round vs the last"
+    assert (tmp_path / "round2" / "report.html").exists()
+
+    # A round in which nobody wrote a correction passes last round's adapter on unchanged.
+    from valign.feedback import FeedbackStore
+    from valign.stages.sft import SFTStage, SFTStageConfig
+
+    quiet = FeedbackStore(f"sqlite:///{tmp_path / 'quiet.db'}")
+    sft_cfg = SFTStageConfig(rows=f"feedback:{quiet.url}")
+    rc = SimpleNamespace(model=f"run:{first.dir}", seed=0, stages=["sft"], sft=sft_cfg)
+    sdir = StageDir(tmp_path / "round3" / "01-sft")
+    ctx = StageContext(run_config=rc, config=sft_cfg, dir=sdir.path, rows=sdir.begin("fp"), models=ModelPool(None),
+                       input_dirs={}, console=Console(stderr=True))
+    SFTStage().run(ctx)
+    assert ctx.info["train"]["steps"] == 0
+    assert (ctx.dir / "adapter" / "adapter_model.safetensors").read_bytes() == (first.dir / "adapter" / "adapter_model.safetensors").read_bytes()
+    empty = StageDir(tmp_path / "nothing" / "01-sft")
+    with pytest.raises(Exception, match="holds no rows"):
+        SFTStage().run(StageContext(run_config=SimpleNamespace(model="embedded", seed=0, stages=["sft"], sft=sft_cfg), config=sft_cfg,
+                                    dir=empty.path, rows=empty.begin("fp"), models=ModelPool(None), input_dirs={},
+                                    console=Console(stderr=True)))

@@ -1,6 +1,7 @@
 """Survey fidelity metrics against hand-computed values, and scoring a model on items."""
 
 import math
+import re
 
 import pytest
 
@@ -82,6 +83,10 @@ def test_fidelity_suite_resumes_and_reaches_the_report(tmp_path):
     StageDir(out).finish("fp", {"stage": "evaluate", **info})
     html = render_report(out).read_text()
     assert ">Survey fidelity</h2>" in html and "sex: female" in html and "data:image/png;base64," in html
+    charts = re.findall(r'<img src="data:image/png;base64,[^"]+" alt="([^"]+)"', html.split(">Survey fidelity</h2>")[1].split("</section>")[0])
+    assert [a.split(":")[0] for a in charts] == ["Representativeness by sex"], "one chart per grouping variable"
+    # By hand (uniform base, tuned 0.1/0.2/0.3/0.4): W1/(N−1) to female 0 and 1/6, to male 1/2 and 1/3.
+    assert "female: base 1.000, tuned 0.833; male: base 0.500, tuned 0.667" in charts[0]
 
 
 def test_items_round_trip_and_errors(tmp_path):

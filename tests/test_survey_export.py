@@ -61,6 +61,27 @@ def test_consensus_table_matches_the_formula():
         ConsensusSettings(threshold=0.4)
 
 
+def test_consensus_counts_are_weighted():
+    """8 women and 4 men for a 50/50 population: women weigh 0.75, men 1.5 (the weights
+    sum to n, so the +1/+2 smoothing keeps its meaning). Unweighted counts would give
+    (7/10)·(5/6) and 10/12."""
+    sexes = ["female"] * 8 + ["male"] * 4
+    resp = pd.DataFrame({"sex": sexes, "age_group": "30-44", "education": "degree", "completed": True, "synthetic": False},
+                        index=pd.Index([f"r{i}" for i in range(12)], name="respondent_id"))
+    codes = ["agree"] * 6 + ["disagree"] * 2 + ["agree"] * 4          # female 6/8, male 4/4 agree
+    answers = [{"respondent_id": f"r{i}", "item_id": "pr-honesty", "kind": "principle", "choice": c, "strength": None, "text": None,
+                "answered_at": None} for i, c in enumerate(codes)]
+    frames = SurveyFrames(INST, resp, pd.DataFrame(answers))
+    half = margins_from_dict({"id": "half", "source": {"citation": "test"}, "variables": {"sex": {"categories": {"female": 0.5, "male": 0.5}}}})
+    result = rake_frames(frames, half)
+    weights = result.weights.round(9)
+    assert set(weights[resp.index[:8]]) == {0.75} and set(weights[resp.index[8:]]) == {1.5}
+    table = consensus_table(SurveyAnalysis(frames, result, B=20, seed=0), ConsensusSettings(by=("sex",), min_group_n=1)).set_index("item_id")
+    # female: A = 6·0.75 = 4.5 of S = 6; male: A = 4·1.5 = 6 of S = 6.
+    assert table.loc["pr-honesty", "consensus"] == pytest.approx((5.5 / 8) * (7 / 8))
+    assert table.loc["pr-honesty", "agree"] == pytest.approx(10.5 / 12)
+
+
 def test_export_round_trip(tmp_path):
     frames = simulate(500, seed=1)
     result = rake_frames(frames, margins())

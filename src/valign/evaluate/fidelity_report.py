@@ -3,7 +3,8 @@
 Reads the ``fidelity`` rows and summary of the `evaluate` stage (`valign.evaluate.fidelity`)
 and shows, per subgroup and for the whole population, each model's representativeness
 (1 − mean normalised Wasserstein distance over Likert items), nominal similarity and
-overall fidelity, as a chart and a table, plus every item's distance for both models.
+overall fidelity, as a chart per grouping variable and a table, plus every item's distance for
+both models.
 
 Example:
     >>> fidelity_section(load_run("runs/public-values-demo"), ReportEnv()).title
@@ -31,36 +32,59 @@ def fidelity_section(run: RunData, env: ReportEnv) -> Section | None:
     roles = [r for r in ("base", "tuned") if r in summary]
     groups = list(summary[roles[0]].keys())  # "all" first, then "<variable>=<group>"
     measure = "representativeness" if any(summary[roles[0]][g].get("representativeness") is not None for g in groups) else "fidelity"
-    chart = _chart(summary, roles, groups, names, measure, env)
+    charts = _charts(summary, roles, groups, names, measure, env)
     items = _items(rows, roles)
     survey = run.manifest("survey") or {}
     return Section(
         "fidelity",
         "Survey fidelity",
-        env.render_string(TEMPLATE, summary=summary, roles=roles, groups=groups, names=names, measures=MEASURES, chart=chart,
+        env.render_string(TEMPLATE, summary=summary, roles=roles, groups=groups, names=names, measures=MEASURES, charts=charts,
                           items=items, n_items=ev["fidelity"].get("items"), respondents=survey.get("respondents"), measure=measure),
     )
 
 
-def _chart(summary: dict[str, Any], roles: list[str], groups: list[str], names: dict[str, str], measure: str, env: ReportEnv) -> dict[str, str]:
+def _charts(summary: dict[str, Any], roles: list[str], groups: list[str], names: dict[str, str], measure: str, env: ReportEnv) -> list[dict[str, str]]:
+    """One chart per grouping variable (sex, age group, …): a bar per subgroup and model,
+    with everyone's value as a dashed line, so a model that fits the population on
+    average but one group badly shows it."""
+    variables: dict[str, list[str]] = {}
+    for g in groups:
+        if g != "all":
+            variables.setdefault(g.split("=", 1)[0], []).append(g)
+    return [_chart(summary, roles, members, names, measure, env, variable) for variable, members in variables.items()] or [
+        _chart(summary, roles, ["all"], names, measure, env, None)
+    ]
+
+
+def _chart(summary: dict[str, Any], roles: list[str], groups: list[str], names: dict[str, str], measure: str, env: ReportEnv,
+           variable: str | None) -> dict[str, str]:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.2, 0.42 * len(groups) + 1.0))
+    fig, ax = plt.subplots(figsize=(6.2, 0.42 * len(groups) * len(roles) / 2 + 1.1))
     height = 0.38
+    values = [summary[r][g].get(measure) for r in roles for g in groups] + [summary[r]["all"].get(measure) for r in roles]
+    known = [v for v in values if v is not None]
     for k, role in enumerate(roles):
-        ys = [i + k * height for i in range(len(groups))]
-        xs = [summary[role][g].get(measure) or 0 for g in groups]
-        ax.barh(ys, xs, height, color=BASE_COLOR if role == "base" else TUNED_COLOR, label=names[role])
+        color = BASE_COLOR if role == "base" else TUNED_COLOR
+        ys = [i + k * height for i, g in enumerate(groups) if summary[role][g].get(measure) is not None]
+        xs = [summary[role][g][measure] for g in groups if summary[role][g].get(measure) is not None]  # no bar where a group has no such items
+        ax.barh(ys, xs, height, color=color, label=names[role])
+        everyone = summary[role]["all"].get(measure)
+        if variable is not None and everyone is not None:
+            ax.axvline(everyone, color=color, linestyle="--", linewidth=1)
     ax.set_yticks([i + height * (len(roles) - 1) / 2 for i in range(len(groups))])
-    ax.set_yticklabels(["everyone" if g == "all" else g.replace("=", ": ") for g in groups])
+    ax.set_yticklabels(["everyone" if g == "all" else g.split("=", 1)[1] for g in groups])
     ax.invert_yaxis()
-    lo = min((summary[r][g].get(measure) or 1) for r in roles for g in groups)
-    ax.set_xlim(max(0.0, lo - 0.1), 1.0)
+    ax.set_xlim(max(0.0, min(known, default=0.0) - 0.1), 1.0)
     ax.set_xlabel(f"{measure.replace('_', ' ')} (1 = the group's own answer distribution)")
+    if variable is not None:
+        ax.set_title(variable.replace("_", " "), loc="left", fontsize=10)
     ax.legend(frameon=False, loc="lower right")
-    alt = f"{measure.replace('_', ' ').capitalize()} per group: " + "; ".join(
-        f"{'everyone' if g == 'all' else g}: " + ", ".join(f"{names[r]} {summary[r][g].get(measure) or 0:.3f}" for r in roles) for g in groups
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    alt = f"{measure.replace('_', ' ').capitalize()} by {variable or 'everyone'}: " + "; ".join(
+        f"{'everyone' if g == 'all' else g.split('=', 1)[1]}: " + ", ".join(f"{names[r]} {fmt(summary[r][g].get(measure))}" for r in roles)
+        for g in groups
     )
-    return {"src": env.figure(fig), "alt": alt}
+    return {"src": env.figure(fig), "alt": alt, "variable": variable or "everyone"}
 
 
 def _items(rows: dict[str, dict[str, Any]], roles: list[str]) -> list[dict[str, Any]]:
@@ -78,10 +102,12 @@ def _items(rows: dict[str, dict[str, Any]], roles: list[str]) -> list[dict[str, 
 
 TEMPLATE = """
 <p class="lead">How closely each model's answers to the survey's {{ n_items }} questions match the weighted answers of the population{% if respondents %} ({{ respondents.weighted }} weighted respondents){% endif %}, asked the OpinionQA way (the probability of each option's letter). Representativeness is 1 − the mean Wasserstein distance over ordered (Likert) options, divided by N−1; nominal similarity is 1 − the mean Jensen–Shannon distance over unordered options; fidelity is 1 − the mean of both. Each subgroup row compares the model with that group's own distribution.</p>
+{% for chart in charts %}
 <figure>
   <img src="{{ chart.src }}" alt="{{ chart.alt }}">
-  <figcaption>{{ measure.replace('_', ' ') | capitalize }} against everyone and against each subgroup.</figcaption>
+  <figcaption>{{ measure.replace('_', ' ') | capitalize }} by {{ chart.variable.replace('_', ' ') }}: each bar compares the model with that subgroup's own answers; the dashed lines are each model against everyone.</figcaption>
 </figure>
+{% endfor %}
 <table>
   <caption>Fidelity per group and model</caption>
   <thead><tr><th scope="col">Group</th>{% for key, label in measures %}{% for role in roles %}<th scope="col" class="num">{{ label }}<br><span class="muted">{{ names[role] }}</span></th>{% endfor %}{% endfor %}</tr></thead>

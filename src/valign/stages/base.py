@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Protocol
+
+from pydantic import AfterValidator, ValidationInfo
 
 from rich.console import Console
 
@@ -80,6 +82,41 @@ def training_start(spec: str, previous: Path | None) -> tuple[str, Path | None]:
         # The adapter belongs to the base it was trained on, whatever this stage names.
         return info.get("base", base), previous / info.get("adapter", "adapter")
     return base, None
+
+
+def config_relative(value: str | None, context: Any) -> str | None:
+    """A file a config names, resolved against the config file's folder when it is there
+    (``base_dir`` in pydantic's validation context), as respond's prompts and evaluate's
+    files are; anything else (a shipped name, a stage, a URL, a cwd-relative path) as given.
+
+    Example:
+        >>> config_relative("rows.jsonl", {"base_dir": "configs"})  # configs/rows.jsonl exists
+        '/work/repo/configs/rows.jsonl'
+    """
+    base = context.get("base_dir") if isinstance(context, dict) else None
+    if not value or base is None or Path(value).is_absolute():
+        return value
+    candidate = Path(base) / value
+    return str(candidate.resolve()) if candidate.is_file() else value
+
+
+def _relative_to_config(value: str, info: ValidationInfo) -> str:
+    return config_relative(value, info.context) or value
+
+
+# A config field naming a file: relative to the config file's folder when the file is there.
+ConfigFile = Annotated[str, AfterValidator(_relative_to_config)]
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a rows file a stage trains on, for its fingerprint."""
+    import hashlib
+
+    from valign.errors import ValignError
+
+    if not path.exists():
+        raise ValignError(f"{path} does not exist; check the path in the config.")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def stage_folder(run_config: Any, name: str) -> Path:

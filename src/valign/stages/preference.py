@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from valign.errors import ValignError
 from valign.runs import read_rows
-from valign.stages.base import TRAINING_STAGES, StageContext, previous_training_stage, training_start, model_identity
+from valign.stages.base import TRAINING_STAGES, ConfigFile, StageContext, file_digest, model_identity, previous_training_stage, training_start
 from valign.types import Row
 
 
@@ -42,6 +42,7 @@ class _TrainBase(BaseModel):
     lora_alpha: int = Field(16, ge=1)
     qlora: bool = False
     model: str | None = None  # the base; defaults to the run's model
+    rows: ConfigFile | None = None  # see `rows_source`; default: the judge's pairs (kept ones for dpo)
 
 
 class DPOStageConfig(_TrainBase):
@@ -52,7 +53,6 @@ class DPOStageConfig(_TrainBase):
     """
 
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"] = "sigmoid"
-    rows: str | None = None  # see `rows_source`; default: the judge's kept pairs
 
 
 class KTOStageConfig(_TrainBase):
@@ -64,7 +64,6 @@ class KTOStageConfig(_TrainBase):
 
     desirable_weight: float = Field(1.0, gt=0)
     undesirable_weight: float = Field(1.0, gt=0)
-    rows: str | None = None  # see `rows_source`; default: the judge's pairs, chosen and rejected
 
 
 def rows_source(run_config: Any, rows: str | None) -> tuple[str, str | None]:
@@ -98,7 +97,7 @@ class _PreferenceStage:
         out = {"config": cfg.model_dump(mode="json"), "model": model_identity(cfg.model or run_config.model), "seed": run_config.seed}
         kind, where = rows_source(run_config, cfg.rows)
         if kind == "file":
-            out["rows_sha256"] = _digest(Path(where))
+            out["rows_sha256"] = file_digest(Path(where))
         elif kind == "feedback":
             from valign.feedback import feedback_digest
 
@@ -198,6 +197,15 @@ def read_kto_file(path: Path) -> list[Row]:
     for n, r in enumerate(rows, 1):
         if not isinstance(r["label"], bool):
             raise ValignError(f"{path} row {n} needs {what}.")
+        r["prompt"] = _as_conversation(r["prompt"], "user")
+        r["completion"] = _as_conversation(r["completion"], "assistant")
+    return rows
+
+
+def read_sft_file(path: Path) -> list[Row]:
+    """prompt/completion rows from a JSONL file (strings or conversations), for `sft.rows`."""
+    rows = _read_rows_file(path, ("prompt", "completion"), "'prompt' and 'completion'")
+    for r in rows:
         r["prompt"] = _as_conversation(r["prompt"], "user")
         r["completion"] = _as_conversation(r["completion"], "assistant")
     return rows
@@ -351,14 +359,6 @@ def _dataset(rows: list[Row], columns: tuple[str, ...]):
         for d, w in zip(data, weights):
             d["weight"] = w
     return Dataset.from_list(data)
-
-
-def _digest(path: Path) -> str:
-    import hashlib
-
-    if not path.exists():
-        raise ValignError(f"{path} does not exist; check the path in the config.")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def pair_margins(spec: str, rows: list[Row]) -> list[float]:

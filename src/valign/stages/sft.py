@@ -6,6 +6,12 @@ loss on the assistant's tokens only and applies the model's own chat template. B
 answers from `respond` can be mixed in (``include_respond_kinds``), as the seed mixed
 benign examples in for balance.
 
+``sft.rows`` trains on other rows instead: ``feedback:<database URL>`` takes the
+corrections people wrote on a served model's answers (seed 001's feedback on mistakes),
+any other value names a JSONL file of ``prompt/completion`` rows. Such a stage continues
+the adapter of the run's previous training stage, or of a ``run:<stage folder>`` model
+(last round's), so a feedback round builds on the model people rated.
+
 The stage writes the training rows (``rows.jsonl``), the LoRA adapter (``adapter/``),
 the loss curve (``train_log.jsonl``) and a manifest whose ``model`` entry lets later
 stages load ``run:<this folder>``. A killed run resumes from the last checkpoint.
@@ -21,7 +27,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from valign.errors import ValignError
-from valign.stages.base import StageContext, model_identity
+from valign.stages.base import TRAINING_STAGES, ConfigFile, StageContext, file_digest, model_identity, previous_training_stage, training_start
 from valign.types import Row
 
 
@@ -60,6 +66,7 @@ class SFTStageConfig(BaseModel):
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(50, ge=1)
     include_respond_kinds: list[str] = Field(default_factory=lambda: ["benign"])
+    rows: ConfigFile | None = None  # None: revise (+ respond); `feedback:<db URL>`: corrections; else a JSONL file
     model: str | None = None  # the base; defaults to the run's model
 
 
@@ -67,14 +74,31 @@ class SFTStage:
     name: ClassVar[str] = "sft"
 
     def inputs(self, run_config: Any) -> list[str]:
-        return ["respond", "revise"]
+        cfg: SFTStageConfig = run_config.sft
+        if cfg.rows is None:
+            return ["respond", "revise"]
+        prev = previous_training_stage(run_config, self.name)
+        return [prev] if cfg.model is None and prev is not None else []
 
     def describe(self, run_config: Any) -> dict[str, Any]:
         cfg: SFTStageConfig = run_config.sft
-        return {"config": cfg.model_dump(mode="json"), "model": model_identity(cfg.model or run_config.model), "seed": run_config.seed}
+        out = {"config": cfg.model_dump(mode="json"), "model": model_identity(cfg.model or run_config.model), "seed": run_config.seed}
+        if cfg.rows is not None and cfg.rows.startswith("feedback:"):
+            from valign.feedback import feedback_digest
+
+            out["feedback"] = feedback_digest(cfg.rows.removeprefix("feedback:"))  # new corrections make a new round
+        elif cfg.rows is not None:
+            out["rows_sha256"] = file_digest(Path(cfg.rows))
+        return out
 
     def run(self, ctx: StageContext) -> None:
         cfg: SFTStageConfig = ctx.config
+        if cfg.rows is None:
+            self._train_on_revisions(ctx, cfg)
+        else:
+            self._train_on_rows(ctx, cfg)
+
+    def _train_on_revisions(self, ctx: StageContext, cfg: SFTStageConfig) -> None:
         base_spec = cfg.model or ctx.run_config.model
         rows = training_rows(ctx.input_rows("revise"), ctx.input_rows("respond"), cfg.include_respond_kinds)
         if not rows:
@@ -84,6 +108,32 @@ class SFTStage:
         ctx.info["model"] = {"base": base_spec, "adapter": "adapter"}
         ctx.info["counts"] = {"train_rows": len(rows), "revised": sum(r["origin"] == "revise" for r in rows)}
         ctx.info["train"] = log
+
+    def _train_on_rows(self, ctx: StageContext, cfg: SFTStageConfig) -> None:
+        assert cfg.rows is not None
+        previous = next((d for name, d in ctx.input_dirs.items() if name in TRAINING_STAGES), None)
+        base_spec, adapter = training_start(cfg.model or ctx.run_config.model, previous)
+        if cfg.rows.startswith("feedback:"):
+            from valign.feedback import sft_rows_from_feedback
+
+            rows = sft_rows_from_feedback(cfg.rows.removeprefix("feedback:"))
+        else:
+            from valign.stages.preference import read_sft_file
+
+            rows = read_sft_file(Path(cfg.rows))
+        ctx.info["model"] = {"base": base_spec, "adapter": "adapter"}
+        ctx.info["counts"] = {"train_rows": len(rows)}
+        if not rows and adapter is not None:
+            # A round in which nobody wrote a correction: the model passes on unchanged, so
+            # the stages after this one (kto on the ratings) still have an adapter to continue.
+            shutil.copytree(adapter, ctx.dir / "adapter", dirs_exist_ok=True)
+            ctx.info["train"] = {"steps": 0, "loss": [], "continued_from": str(adapter.parent), "note": "no rows: adapter passed on unchanged"}
+            return
+        if not rows:
+            raise ValignError(f"sft.rows '{cfg.rows}' holds no rows and there is no adapter to pass on; collect corrections first or drop sft from `stages`.")
+        ctx.rows.append(rows)
+        log = train_lora(base_spec, rows, cfg, ctx.dir, seed=ctx.run_config.seed, adapter=adapter)
+        ctx.info["train"] = {**log, "continued_from": str(adapter.parent) if adapter is not None else None}
 
 
 def training_rows(revised: list[Row], answered: list[Row], respond_kinds: list[str]) -> list[Row]:
@@ -196,7 +246,7 @@ def build_sft_trainer(
     """
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
+    from peft import LoraConfig, PeftModel
     from trl import SFTConfig, SFTTrainer
 
     on_gpu = torch.cuda.is_available()
@@ -214,8 +264,9 @@ def build_sft_trainer(
     data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     plain = (not on_gpu) if plain_loss is None else plain_loss
     trainer_cls = _plain_loss_trainer_class() if plain else SFTTrainer
+    continuing = isinstance(model, PeftModel)  # an adapter loaded trainable: train it, add none
     return trainer_cls(
-        model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=lora, callbacks=callbacks
+        model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=None if continuing else lora, callbacks=callbacks
     )
 
 
@@ -239,9 +290,15 @@ def load_base(base_spec: str, qlora: bool):
     return tokenizer, model
 
 
-def train_lora(base_spec: str, rows: list[Row], cfg: SFTStageConfig, out_dir: Path, seed: int = 0) -> dict[str, Any]:
-    """Fine-tune a LoRA adapter with TRL's SFTTrainer; returns the loss curve."""
+def train_lora(
+    base_spec: str, rows: list[Row], cfg: SFTStageConfig, out_dir: Path, seed: int = 0, adapter: Path | None = None
+) -> dict[str, Any]:
+    """Fine-tune a LoRA adapter with TRL's SFTTrainer (a new one, or ``adapter`` continued); returns the loss curve."""
     tokenizer, model = load_base(base_spec, cfg.qlora)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     trainer = build_sft_trainer(model, tokenizer, rows, cfg, out_dir, seed)
     ckpt_dir = out_dir / "checkpoints"
     resume = ckpt_dir.exists() and any(ckpt_dir.glob("checkpoint-*"))

@@ -25,7 +25,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from valign.errors import ValignError
-from valign.stages.base import StageContext
+from valign.stages.base import ConfigFile, StageContext
 
 __all__ = ["SurveyStageConfig", "SurveyStage", "survey_digest"]
 
@@ -42,8 +42,8 @@ class SurveyStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     db: str | None = None
-    instrument: str = "demo"
-    margins: str = "nz-census-2023"
+    instrument: ConfigFile = "demo"
+    margins: ConfigFile = "nz-census-2023"
     trim: tuple[float, float] | None = None
     missing: Literal["own_category", "impute_mode", "drop"] = "own_category"
     include_synthetic: bool = False

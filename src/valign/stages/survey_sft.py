@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from valign.errors import ValignError
-from valign.stages.base import TRAINING_STAGES, StageContext, previous_training_stage, training_start, model_identity
+from valign.stages.base import TRAINING_STAGES, ConfigFile, StageContext, previous_training_stage, training_start, model_identity
 from valign.survey.opinion import OpinionItem, opinion_prompt, option_letters, read_items
 from valign.types import Row
 
@@ -47,7 +47,7 @@ class SurveySFTConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    items: str | None = None
+    items: ConfigFile | None = None
     kinds: list[str] = Field(default_factory=lambda: ["value"])
     holdout: float = Field(0.25, ge=0, lt=1)
     lora_r: int = Field(8, ge=1)
