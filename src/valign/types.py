@@ -51,7 +51,6 @@ class GenConfig(BaseModel):
         return self.model_dump(exclude={"n"})
 
 
-
 def keep_gen_defaults(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
     """A ``before`` field validator for `GenConfig` settings whose default is not
     GenConfig's own: a partial setting fills the rest from the field's default.
@@ -72,6 +71,7 @@ def keep_gen_defaults(cls: type[BaseModel], value: Any, info: ValidationInfo) ->
     if isinstance(value, dict) and factory is not None:
         return {**factory().model_dump(), **value}  # type: ignore[call-arg]
     return value
+
 
 class TokenLogprob(BaseModel):
     """A generated token, its log-probability and the most likely alternatives."""
