@@ -224,3 +224,6 @@ def test_bench_judge_and_dpo_report_both_sides(tmp_path):
     assert judge["speedup"] == pytest.approx(judge["verdict"]["seconds"] / judge["logprob"]["seconds"], rel=0.05)
     dpo = bench_dpo(pairs=4, batch=2, epochs=1, json_out=tmp_path / "d.json")
     assert dpo["epoch_seconds"]["precomputed_ref"] > 0 and dpo["epoch_seconds"]["ref_each_step"] > 0
+    # The whole run also pays for loading and, with precomputation, the one reference pass.
+    assert all(dpo["run_seconds_per_epoch"][k] >= dpo["epoch_seconds"][k] for k in dpo["epoch_seconds"])
+    assert dpo["speedup"] == pytest.approx(dpo["epoch_seconds"]["ref_each_step"] / dpo["epoch_seconds"]["precomputed_ref"], rel=0.05)
