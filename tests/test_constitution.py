@@ -268,7 +268,7 @@ REQUIRED_THEMES = {
 }
 
 
-def test_kantian_is_shipped_and_complete() -> None:
+def test_kantian_is_shipped_and_complete(tmp_path: Path) -> None:
     assert "kantian" in shipped_constitutions()
     c = load_constitution("kantian")
     assert c.name == "kantian" and c.description
@@ -281,9 +281,15 @@ def test_kantian_is_shipped_and_complete() -> None:
         assert p.critique_request != default_critique_request(p.text)
         assert p.revision_request != default_revision_request(p.text)
         assert "not a quotation" in (p.source or "")
-    # The revision style of the seed: name the maxim, test it, then help.
+    # The revision style of the seed: name the maxim, test it, then help — asked in
+    # every revision, whichever principle the round drew, and shown in every example.
     assert "maxim" in c.get("universalisable-maxim").revision_request
-    assert "maxim" in c.get("no-lying").revision_request
+    assert "maxim" in c.revision_style and "then give your full answer" in c.revision_style
+    for p in c.principles:
+        assert c.revision_prompt(p) == f"{p.revision_request}\n\n{c.revision_style}"
+    for ex in c.few_shot:
+        assert "maxim" in ex.revision.split(". ")[0].lower(), "each worked revision opens by naming the maxim"
+    assert load_constitution(_write(tmp_path, "k.yaml", c.to_yaml())).revision_style == c.revision_style
     # Over-refusal is a failure too, and weighs as much as the formula of humanity.
     anti = c.get("no-paternalism")
     assert "refusal" in anti.text and "moralis" in anti.text

@@ -34,6 +34,7 @@ def test_critique_conversation_shows_examples_then_the_task():
     assert conv[0] == {"role": "user", "content": ex.prompt}
     assert conv[3]["content"] == ex.critique and conv[5]["content"] == ex.revision
     assert conv[2]["content"] == c.get(ex.principle).critique_request
+    assert conv[4]["content"] == c.revision_prompt(c.get(ex.principle)) and c.revision_style in conv[4]["content"]
     assert conv[-3:] == [
         {"role": "user", "content": "Q?"},
         {"role": "assistant", "content": "A."},
@@ -66,6 +67,7 @@ def test_revise_rows_on_a_scripted_model(tmp_path, monkeypatch):
         assert r["messages"][0] == {"role": "user", "content": r["prompt"]}
         for rnd in r["rounds"]:
             assert rnd["critique"] and rnd["critique_request"] and rnd["revision_request"]
+            assert rnd["revision_request"].endswith(load_constitution("kantian").revision_style), "the Kantian style in every round"
     # 6 answers, then 6 × 2 rounds × (critique + revision)
     assert model.calls == 6 + 24
 

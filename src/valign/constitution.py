@@ -7,7 +7,8 @@ A constitution is a YAML, JSON or JSONL file. Two shapes load:
   file). The title becomes the principle's ``id`` (slugified) and ``title``;
   critique and revision requests are written from the text;
 * the richer form: a mapping with ``name``, ``description``, ``version``,
-  ``principles`` and optional ``few_shot`` examples, where each principle may add
+  ``principles``, optional ``few_shot`` examples and an optional ``revision_style``
+  (added to every revision request), where each principle may add
   ``id``, ``title``, ``critique_request``, ``revision_request``, ``weight``,
   ``source``, ``support`` (provenance, e.g. survey agreement) and ``tags``.
 
@@ -193,6 +194,9 @@ class Constitution(BaseModel):
     version: str = "1"
     principles: list[Principle] = Field(..., min_length=1)
     few_shot: list[FewShotExample] = Field(default_factory=list)
+    # How every revision should reason, whatever principle the round drew (the Kantian
+    # constitution: name the maxim, test it, then answer); added to each revision request.
+    revision_style: str = ""
 
     @field_validator("version", mode="before")
     @classmethod
@@ -200,10 +204,21 @@ class Constitution(BaseModel):
         # `version: 1` in YAML is an int; a version is a label, not a number.
         return str(v) if isinstance(v, (int, float)) else v
 
-    @field_validator("description", mode="before")
+    @field_validator("description", "revision_style", mode="before")
     @classmethod
     def _strip(cls, v: Any) -> Any:
         return v.strip() if isinstance(v, str) else v
+
+    def revision_prompt(self, principle: Principle) -> str:
+        """What the model is asked after its critique: the principle's revision request,
+        then the constitution's `revision_style` when it has one.
+
+        Example:
+            >>> c = load_constitution("kantian")
+            >>> c.revision_prompt(c.get("no-lying")).endswith(c.revision_style)
+            True
+        """
+        return f"{principle.revision_request}\n\n{self.revision_style}" if self.revision_style else principle.revision_request
 
     @property
     def ids(self) -> list[str]:
@@ -288,6 +303,8 @@ class Constitution(BaseModel):
                     lines.append(f"{pad}- source: {p.source}")
                 if p.support is not None:
                     lines.append(f"{pad}- support: {json.dumps(p.support, sort_keys=True)}")
+        if details and self.revision_style:
+            lines += ["", "## Every revision" if md else "Every revision", self.revision_style]
         if details and self.few_shot:
             lines += ["", "## Worked examples" if md else "Worked examples"]
             for j, ex in enumerate(self.few_shot, 1):
@@ -435,7 +452,7 @@ def _parse_json_stream(path: Path, text: str) -> list[tuple[int, Any]]:
         pos = end
 
 
-_TOP_KEYS = ("name", "description", "version", "principles", "few_shot")
+_TOP_KEYS = ("name", "description", "version", "principles", "few_shot", "revision_style")
 
 
 def _build(path: Path, data: Any, entries: list[tuple[int, Any]] | None) -> Constitution:

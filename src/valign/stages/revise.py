@@ -92,7 +92,7 @@ class ReviseStage:
                     for conv, p, c in zip(convs, principles, critiques):
                         conv += [
                             {"role": "assistant", "content": _clean(c.text)},
-                            {"role": "user", "content": p.revision_request},
+                            {"role": "user", "content": constitution.revision_prompt(p)},
                         ]
                     revisions = model.generate(convs, _seeded(cfg.gen, seed, rnd, "revision"), progress=bar)
                     for s, p, c, r in zip(states, principles, critiques, revisions):
@@ -101,7 +101,7 @@ class ReviseStage:
                                 "principle_id": p.id,
                                 "critique_request": p.critique_request,
                                 "critique": _clean(c.text),
-                                "revision_request": p.revision_request,
+                                "revision_request": constitution.revision_prompt(p),
                                 # An empty revision keeps the previous answer rather than training on nothing.
                                 "revision": _clean(r.text) or s["response"],
                             }
@@ -139,7 +139,7 @@ def critique_conversation(
             {"role": "assistant", "content": ex.response},
             {"role": "user", "content": shown.critique_request},
             {"role": "assistant", "content": ex.critique},
-            {"role": "user", "content": shown.revision_request},
+            {"role": "user", "content": constitution.revision_prompt(shown)},
             {"role": "assistant", "content": ex.revision},
         ]
     conv += [
