@@ -1,9 +1,10 @@
-"""Shared fixtures: the real embedded model (loaded once) and a scripted model for
-control-flow tests."""
+"""Shared fixtures: the real embedded model (loaded once), a finished SFT stage trained
+on it, and a scripted model for control-flow tests."""
 
 from __future__ import annotations
 
 import hashlib
+from types import SimpleNamespace
 from typing import Callable, Iterator
 
 import pytest
@@ -89,3 +90,38 @@ def load_seed_config(overrides: list[str] | None = None):
     from valign.config import load_config
 
     return load_config("configs/kantian-llama70b.yaml", [SEED_PROMPTS_OFFLINE, *(overrides or [])])
+
+
+@pytest.fixture(scope="session")
+def sft_stage(tmp_path_factory):
+    """A finished `sft` stage folder (rows, adapter, manifest), trained for real by the
+    stage's own code: one step on two rows, with a learning rate high enough that the
+    SFT model's log-probs and samples differ visibly from the base's."""
+    import json
+
+    from rich.console import Console
+
+    from valign.runs import StageDir
+    from valign.stages.base import ModelPool, StageContext
+    from valign.stages.sft import SFTStage, SFTStageConfig
+
+    root = tmp_path_factory.mktemp("sft-run")
+    rows = root / "sft_rows.jsonl"
+    rows.write_text(
+        json.dumps({"prompt": "Should I lie to my landlord?", "completion": "No: tell them the truth and ask for more time."}) + "\n"
+        + json.dumps({"prompt": "Name a virtue.", "completion": "Honesty, because trust depends on it."}) + "\n"
+    )
+    cfg = SFTStageConfig(rows=str(rows), max_steps=1, batch_size=2, max_length=64, learning_rate=1e-2)
+    sdir = StageDir(root / "01-sft")
+    ctx = StageContext(
+        run_config=SimpleNamespace(model="embedded", seed=0, stages=["sft"], sft=cfg),
+        config=cfg,
+        dir=sdir.path,
+        rows=sdir.begin("sft-fp"),
+        models=ModelPool(None),
+        input_dirs={},
+        console=Console(stderr=True),
+    )
+    SFTStage().run(ctx)
+    sdir.finish("sft-fp", ctx.info)
+    return sdir.path

@@ -110,12 +110,104 @@ def test_dpo_continues_the_sft_adapter_and_raises_the_margin(tmp_path, sft_dir):
     assert sum(after) / len(after) > sum(before) / len(before) + 0.5, (before, after)
 
 
+def test_dpo_reference_is_the_sft_model_not_the_base(tmp_path, sft_stage, monkeypatch):
+    """With an SFT stage before it, DPO's precomputed reference log-probs are the SFT
+    model's log-probs of each answer (not the bare base's), and the frozen "ref"
+    adapter TRL trains against holds the SFT adapter's weights while "default" moves."""
+    import torch
+    from safetensors.torch import load_file
+
+    from valign.stages import preference
+    from valign.stages.preference import pair_logps
+
+    trainers = []
+    make = preference.valign_trainer
+
+    def spying(trainer_cls):
+        cls = make(trainer_cls)
+
+        class Spy(cls):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                trainers.append(self)
+
+        return Spy
+
+    monkeypatch.setattr(preference, "valign_trainer", spying)
+    cfg = DPOStageConfig(max_steps=1, batch_size=2, learning_rate=5e-4, max_length=128)
+    rows = judged_rows()[:2]
+    ctx = _ctx(tmp_path, "dpo", cfg, sft_stage, rows)
+    DPOStage().run(ctx)
+    assert ctx.info["train"]["continued_from"] == str(sft_stage) and ctx.info["train"]["steps"] == 1
+    (trainer,) = trainers
+
+    pairs = preference_rows(rows)
+    data = trainer.train_dataset  # the precomputed reference log-probs, in row order
+    ref = list(zip(data["ref_chosen_logps"], data["ref_rejected_logps"]))
+    sft = pair_logps(f"run:{sft_stage}", pairs)
+    base = pair_logps("embedded", pairs)
+    assert len(ref) == len(sft) == 2
+    for r, s_, b in zip(ref, sft, base):
+        assert r == pytest.approx(s_, abs=2e-3), (r, s_)
+        assert max(abs(r[0] - b[0]), abs(r[1] - b[1])) > 0.1, ("the base scores these answers differently", r, b)
+
+    saved = load_file(sft_stage / "adapter" / "adapter_model.safetensors")
+    params = dict(trainer.model.named_parameters())
+    ref_params = {k: v for k, v in params.items() if ".ref." in k}
+    assert len(ref_params) == len(saved)
+    moved = False
+    for name, value in ref_params.items():
+        sft_value = saved[name.replace(".ref.", ".")]
+        assert torch.equal(value.detach().cpu(), sft_value), name
+        assert not value.requires_grad, "the reference adapter is frozen"
+        moved |= not torch.equal(params[name.replace(".ref.", ".default.")].detach().cpu(), sft_value)
+    assert moved, "the trained adapter moved away from the reference"
+
+
 def test_kto_trains_on_judged_pairs(tmp_path, sft_dir):
+    from safetensors.torch import load_file
+
     cfg = KTOStageConfig(max_steps=2, batch_size=4, learning_rate=5e-4, max_length=128)
     ctx = _ctx(tmp_path, "kto", cfg, sft_dir, judged_rows())
     KTOStage().run(ctx)
-    assert ctx.info["train"]["steps"] == 2 and ctx.info["counts"]["train_rows"] == 8
+    train = ctx.info["train"]
+    assert train["steps"] == 2 and ctx.info["counts"]["train_rows"] == 8
+    assert train["continued_from"].endswith("03-sft")
     assert (ctx.dir / "adapter" / "adapter_config.json").exists()
+
+    # The SFT adapter it continued has moved: LoRA B started at zero and no longer is.
+    start = load_file(sft_dir / "adapter" / "adapter_model.safetensors")
+    end = load_file(ctx.dir / "adapter" / "adapter_model.safetensors")
+    assert start.keys() == end.keys(), "the trained adapter is saved under the names it was loaded with"
+    assert all(not v.any() for k, v in start.items() if "lora_B" in k)
+    assert any(end[k].abs().sum() > 0 for k in end if "lora_B" in k)
+
+    # TRL's KTO metrics, every step: batches of 4 rows hold 2 desirable and 2 undesirable ones.
+    log = [json.loads(line) for line in (ctx.dir / "train_log.jsonl").read_text().splitlines()]
+    steps = [e for e in log if "loss" in e]
+    assert [e["step"] for e in steps] == [1, 2]
+    for e in steps:
+        for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected", "kl"):
+            assert isinstance(e[key], float), key
+        assert e["rewards/margins"] == pytest.approx(e["rewards/chosen"] - e["rewards/rejected"], abs=1e-6)
+        assert e["kl"] >= 0 and e["logps/chosen"] < 0 and e["logps/rejected"] < 0
+    # Step 1 scores with the policy still equal to the reference: every implied reward is 0.
+    assert steps[0]["rewards/chosen"] == pytest.approx(0, abs=1e-4) and steps[0]["rewards/rejected"] == pytest.approx(0, abs=1e-4)
+    assert steps[1]["rewards/margins"] != pytest.approx(0, abs=1e-6), "the first step moved the rewards"
+
+    # The manifest keeps KTO's own series (KTO ranks no pairs, so it has no reward accuracy).
+    assert "reward_accuracy" not in train
+    assert train["reward_desirable"] == [e["rewards/chosen"] for e in steps]
+    assert train["reward_undesirable"] == [e["rewards/rejected"] for e in steps]
+    assert train["reward_margin"] == [e["rewards/margins"] for e in steps]
+    assert train["kl"] == [e["kl"] for e in steps] and train["loss"] == [e["loss"] for e in steps]
+
+    # The report's training section draws KTO's curves from what the stage wrote.
+    from valign.evaluate.report import StageInfo, _series
+
+    StageDir(ctx.dir).finish("fp", ctx.info)
+    series = _series(StageInfo("kto", ctx.dir, json.loads((ctx.dir / "manifest.json").read_text())))
+    assert set(series) == {"loss", "reward margin"} and [x for x, _ in series["reward margin"]] == [1, 2]
 
 
 def test_row_weights_scale_each_rows_gradient_exactly():
@@ -152,23 +244,28 @@ def test_dpo_with_sample_weights_trains(tmp_path, sft_dir):
     assert [r.get("weight") for r in preference_rows(rows)] == [2.0, 1.0, 0.5, 0.0]
 
 
-def _lora_grads(rows, batch_size):
-    """LoRA gradients of one DPO batch holding every row, through valign's trainer."""
+def _lora_grads(rows, batch_size, kind="dpo", **config):
+    """LoRA gradients of one DPO (or KTO) batch holding every row, through valign's trainer."""
     import torch
     from peft import LoraConfig
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
     from valign.stages.preference import _dataset, valign_trainer
     from valign.stages.sft import load_base
 
+    config_cls, trainer_cls, columns = {
+        "dpo": (DPOConfig, DPOTrainer, ("prompt", "chosen", "rejected")),
+        "kto": (KTOConfig, KTOTrainer, ("prompt", "completion", "label")),
+    }[kind]
     torch.manual_seed(0)
     tok, base = load_base("embedded", False)
-    args = DPOConfig(output_dir="/tmp/valign-w", use_cpu=True, bf16=False, max_steps=1, per_device_train_batch_size=batch_size,
-                     report_to="none", max_length=64, precompute_ref_log_probs=False)
+    args = config_cls(output_dir="/tmp/valign-w", use_cpu=True, bf16=False, max_steps=1, per_device_train_batch_size=batch_size,
+                      report_to="none", max_length=64, precompute_ref_log_probs=False, **config)
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", init_lora_weights="gaussian")
-    trainer = valign_trainer(DPOTrainer)(model=base, args=args, train_dataset=_dataset(rows, ("prompt", "chosen", "rejected")),
-                                         processing_class=tok, peft_config=lora)
+    trainer = valign_trainer(trainer_cls)(model=base, args=args, train_dataset=_dataset(rows, columns),
+                                          processing_class=tok, peft_config=lora)
     batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].shape[0] == len(rows) * (2 if kind == "dpo" else 1), "one batch holds every row (DPO: chosen, then rejected)"
     trainer.model.train()
     trainer.compute_loss(trainer.model, batch).backward()
     return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
@@ -186,6 +283,25 @@ def test_sample_weights_weight_the_dpo_loss_exactly():
     for name in alone:
         assert torch.allclose(weighted[name], alone[name], rtol=1e-3, atol=1e-6), name
     assert any(not torch.allclose(unweighted[n], alone[n], rtol=1e-3, atol=1e-6) for n in alone), "weights made a difference"
+
+
+def test_sample_weights_weight_the_kto_loss_exactly():
+    """KTO needs two rows in a batch (its KL estimate pairs each prompt with another
+    row's completion), so row 0's term alone comes from TRL's own loss weights on the
+    same batch: desirable_weight 2 and undesirable_weight 0 make the loss
+    (2·l_0 + 0·l_1) / 2 = l_0, which row weights (2, 0) must reproduce."""
+    import torch
+
+    rows = kto_rows(preference_rows(judged_rows())[:1])  # [chosen (desirable), rejected (undesirable)]
+    assert [r["label"] for r in rows] == [True, False]
+    weighted = _lora_grads([dict(rows[0], weight=2.0), dict(rows[1], weight=0.0)], batch_size=2, kind="kto")
+    alone = _lora_grads(rows, batch_size=2, kind="kto", desirable_weight=2.0, undesirable_weight=0.0)
+    unweighted = _lora_grads(rows, batch_size=2, kind="kto")
+    assert weighted.keys() == alone.keys()
+    assert any(g.abs().sum() > 0 for g in alone.values())
+    for name in alone:
+        assert torch.allclose(weighted[name], alone[name], rtol=1e-3, atol=1e-7), name
+    assert any(not torch.allclose(unweighted[n], alone[n], rtol=1e-3, atol=1e-7) for n in alone), "weights made a difference"
 
 
 def test_plain_head_matches_trls_kernel():

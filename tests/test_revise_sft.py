@@ -157,3 +157,55 @@ def test_bench_train_plain_loss_matches_trl_and_reports_the_peak_share(tmp_path)
     assert res["same_losses"], "valign's plain cross-entropy gives TRL's loss values"
     assert res["baseline"]["tok_per_s"] > 0 and res["valign"]["tok_per_s"] > 0
     assert 0 < res["fraction_of_peak"] < 1.5 and res["lora_flops_per_token"] == 4 * res["parameters"]
+
+
+@pytest.mark.slow
+def test_sft_loss_is_on_the_assistant_tokens_only(tmp_path):
+    """The trainer `sft` builds masks every token of the chat-templated prompt out of the
+    labels, keeps every completion token in, and its loss is the cross-entropy over
+    those completion tokens alone."""
+    from valign.stages.sft import SFTStageConfig, build_sft_trainer, load_base
+
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": "Help me write a fake doctor's note."}],
+            "completion": [{"role": "assistant", "content": "I won't forge a note, but I can help you ask your boss for a day off honestly."}],
+        },
+        {
+            "prompt": [{"role": "user", "content": "What is a maxim?"}],
+            "completion": [{"role": "assistant", "content": "The rule you act on: in this situation I will do this, for this end."}],
+        },
+    ]
+    tok, model = load_base("embedded", False)
+    cfg = SFTStageConfig(max_steps=1, batch_size=2, max_length=128)
+    trainer = build_sft_trainer(model, tok, rows, cfg, tmp_path, seed=0)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].shape[0] == 2
+
+    seen = set()
+    for ids, labels in zip(batch["input_ids"].tolist(), batch["labels"].tolist()):
+        (i, row), = [(i, r) for i, r in enumerate(rows) if r["completion"][0]["content"][:20] in tok.decode(ids)]
+        seen.add(i)
+        head = tok(tok.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"]
+        full = tok(tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=False), add_special_tokens=False)["input_ids"]
+        assert full[: len(head)] == head and ids[: len(full)] == full, "the sequence is the model's own chat template"
+        assert all(x == -100 for x in labels[: len(head)]), "no prompt token (system, user turn, assistant header) is in the loss"
+        assert labels[len(head) : len(full)] == full[len(head) :], "every completion token is in the loss"
+        assert all(x == -100 for x in labels[len(full) :]), "padding is not in the loss"
+        trained_on = tok.decode([x for x in labels if x != -100])
+        assert row["completion"][0]["content"] in trained_on and row["prompt"][0]["content"] not in trained_on
+    assert seen == {0, 1}
+
+    # The loss the trainer optimises: cross-entropy over exactly those completion tokens.
+    model = trainer.model
+    model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    expected = torch.nn.functional.cross_entropy(logits[keep], targets[keep])
+    assert torch.allclose(loss, expected, rtol=1e-4), (loss, expected)
+    real = batch["attention_mask"][:, 1:] == 1
+    everything = torch.nn.functional.cross_entropy(logits[real], batch["input_ids"][:, 1:][real])
+    assert not torch.allclose(loss, everything, rtol=1e-2), "a loss over the prompt too would differ"

@@ -268,7 +268,9 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except ValignError as e:
-        console.print(f"[bold red]error:[/] {e}")
+        from rich.markup import escape
+
+        console.print(f"[bold red]error:[/] {escape(str(e))}")  # a path or value like "[draft]" is text, not markup
         sys.exit(2)
     except typer.Abort:
         sys.exit(130)

@@ -336,14 +336,25 @@ def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> di
             f.write(json.dumps(entry) + "\n")
     shutil.rmtree(ckpt, ignore_errors=True)
     series = lambda key: [e[key] for e in history if key in e]  # noqa: E731
+    if kind == "dpo":
+        metrics = {"reward_accuracy": series("rewards/accuracies"), "reward_margin": series("rewards/margins")}
+    else:
+        # KTO has no pairs to rank, so no reward accuracy: it logs the implied rewards of the
+        # desirable and undesirable rows, their margin (steps whose batch holds both) and
+        # the KL estimate its loss is measured against.
+        metrics = {
+            "reward_desirable": series("rewards/chosen"),
+            "reward_undesirable": series("rewards/rejected"),
+            "reward_margin": series("rewards/margins"),
+            "kl": series("kl"),
+        }
     return {
         "model": {"base": base_spec, "adapter": "adapter"},
         "counts": {"train_rows": len(rows)},
         "train": {
             "steps": trainer.state.global_step,
             "loss": series("loss"),
-            "reward_accuracy": series("rewards/accuracies"),
-            "reward_margin": series("rewards/margins"),
+            **metrics,
             "continued_from": str(adapter.parent) if adapter is not None else None,
         },
     }
@@ -361,13 +372,13 @@ def _dataset(rows: list[Row], columns: tuple[str, ...]):
     return Dataset.from_list(data)
 
 
-def pair_margins(spec: str, rows: list[Row]) -> list[float]:
-    """log p(chosen) − log p(rejected) under a model, summed over the answer tokens:
-    the quantity DPO pushes up. Used to check that training moved the model.
+def pair_logps(spec: str, rows: list[Row]) -> list[tuple[float, float]]:
+    """(log p(chosen), log p(rejected)) of each pair under a model, summed over the
+    answer tokens after the chat-templated prompt.
 
     Example:
-        >>> pair_margins("run:runs/demo/06-dpo", rows)[:2]
-        [1.7, -0.3]
+        >>> pair_logps("run:runs/demo/03-sft", rows)[:1]
+        [(-41.2, -37.9)]
     """
     import torch
 
@@ -386,4 +397,15 @@ def pair_margins(spec: str, rows: list[Row]) -> list[float]:
         lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None]).squeeze(1)
         return float(lp[len(head_ids) - 1 :].sum())
 
-    return [logp(r["prompt"], r["chosen"]) - logp(r["prompt"], r["rejected"]) for r in rows]
+    return [(logp(r["prompt"], r["chosen"]), logp(r["prompt"], r["rejected"])) for r in rows]
+
+
+def pair_margins(spec: str, rows: list[Row]) -> list[float]:
+    """log p(chosen) − log p(rejected) under a model, summed over the answer tokens:
+    the quantity DPO pushes up. Used to check that training moved the model.
+
+    Example:
+        >>> pair_margins("run:runs/demo/06-dpo", rows)[:2]
+        [1.7, -0.3]
+    """
+    return [chosen - rejected for chosen, rejected in pair_logps(spec, rows)]
