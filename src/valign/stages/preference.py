@@ -294,7 +294,7 @@ def valign_trainer(trainer_cls):
 def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> dict[str, Any]:
     from peft import LoraConfig, PeftModel
 
-    from valign.stages.sft import load_base, trainer_args
+    from valign.stages.sft import load_base, resume_checkpoint, resumed, trainer_args
 
     previous = next((d for name, d in ctx.input_dirs.items() if name in TRAINING_STAGES), None)
     base_spec, adapter = training_start(cfg.model or ctx.run_config.model, previous)
@@ -327,8 +327,8 @@ def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> di
         args = KTOConfig(desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight, **common)  # type: ignore[attr-defined]
         trainer = valign_trainer(KTOTrainer)(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config)
     ckpt = ctx.dir / "checkpoints"
-    resume = ckpt.exists() and any(ckpt.glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    resume = resume_checkpoint(ctx.dir)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     trainer.model.save_pretrained(ctx.dir / "adapter", selected_adapters=["default"])
     history = trainer.state.log_history
     with open(ctx.dir / "train_log.jsonl", "w") as f:
@@ -356,6 +356,7 @@ def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> di
             "loss": series("loss"),
             **metrics,
             "continued_from": str(adapter.parent) if adapter is not None else None,
+            **resumed(resume),
         },
     }
 

@@ -229,6 +229,36 @@ def trainer_args(cfg: Any, out_dir: Path, seed: int, checkpointing: bool | None 
     )
 
 
+def resume_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint in ``out_dir/checkpoints`` to resume training from, or None.
+
+    The Trainer writes a checkpoint's ``trainer_state.json`` last. A run killed while it was
+    writing one leaves a folder without it, which the Trainer would take for the last
+    checkpoint and fail to load on every later attempt ("Can't find a valid checkpoint");
+    such torn folders are removed, so training resumes from the checkpoint before.
+    """
+    ckpt_dir = out_dir / "checkpoints"
+    complete: list[tuple[int, Path]] = []
+    for folder in ckpt_dir.glob("checkpoint-*") if ckpt_dir.is_dir() else ():
+        step = folder.name.removeprefix("checkpoint-")
+        if not folder.is_dir() or not step.isdigit():
+            continue
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            shutil.rmtree(folder, ignore_errors=True)  # torn: killed mid-save
+            continue
+        complete.append((int(step), folder))
+    return max(complete)[1] if complete else None
+
+
+def resumed(checkpoint: Path | None) -> dict[str, Any]:
+    """The manifest's record of where a training stage resumed: ``resumed_from_checkpoint``
+    and the step it continued after (None when it started afresh)."""
+    step = int(checkpoint.name.removeprefix("checkpoint-")) if checkpoint is not None else None
+    return {"resumed_from_checkpoint": checkpoint is not None, "resumed_from_step": step}
+
+
 def build_sft_trainer(
     model,
     tokenizer,
@@ -301,8 +331,8 @@ def train_lora(
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     trainer = build_sft_trainer(model, tokenizer, rows, cfg, out_dir, seed)
     ckpt_dir = out_dir / "checkpoints"
-    resume = ckpt_dir.exists() and any(ckpt_dir.glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    resume = resume_checkpoint(out_dir)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     adapter = out_dir / "adapter"
     trainer.model.save_pretrained(adapter)
     tokenizer.save_pretrained(adapter)
@@ -319,5 +349,5 @@ def train_lora(
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "runtime_s": final.get("train_runtime"),
-        "resumed_from_checkpoint": resume,
+        **resumed(resume),
     }

@@ -130,7 +130,7 @@ def train_distributions(
     from transformers import TrainingArguments
 
     from valign.evaluate.fidelity import item_distance
-    from valign.stages.sft import load_base, trainer_args
+    from valign.stages.sft import load_base, resume_checkpoint, resumed, trainer_args
 
     tokenizer, base = load_base(base_spec, cfg.qlora)
     if continue_from is not None:
@@ -143,8 +143,8 @@ def train_distributions(
     args = TrainingArguments(**_plain_args(trainer_args(cfg, out_dir, seed)), remove_unused_columns=False)
     trainer = _soft_label_trainer_class()(model=model, args=args, train_dataset=examples[: len(train)], data_collator=_collate(tokenizer.pad_token_id))
     ckpt = out_dir / "checkpoints"
-    resume = ckpt.exists() and any(ckpt.glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    resume = resume_checkpoint(out_dir)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     after = _distributions(trainer.model, examples)
     trainer.model.save_pretrained(out_dir / "adapter")
     history = trainer.state.log_history
@@ -176,7 +176,7 @@ def train_distributions(
         "counts": {"train_items": len(train), "held_out_items": len(held)},
         "fidelity": fidelity,
         "train": {"steps": trainer.state.global_step, "loss": [e["loss"] for e in history if "loss" in e],
-                  "continued_from": str(continue_from) if continue_from else None},
+                  "continued_from": str(continue_from) if continue_from else None, **resumed(resume)},
     }
 
 
