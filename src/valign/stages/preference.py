@@ -253,13 +253,11 @@ def valign_trainer(trainer_cls):
 
     class ValignTrainer(trainer_cls):
         def __init__(self, *args, **kwargs):
+            self._plain_head_on = False
             super().__init__(*args, **kwargs)
             self._row_weights = RowWeights()
             self._weighted = "weight" in (self.train_dataset.column_names or [])
-            inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-            if plain_head_wanted(inner):
-                outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
-                add_plain_lm_head(inner, outputs + (("log_sum_sq_probs",) if getattr(self, "use_weighting", False) else ()))
+            inner = self._install_plain_head()
             if self._weighted:
                 add_row_weights(inner, self._row_weights)
                 collate = self.data_collator
@@ -270,6 +268,23 @@ def valign_trainer(trainer_cls):
                     return batch
 
                 self.data_collator = with_weights
+
+        def _install_plain_head(self):
+            """The plain LM head on a CPU, once; returns the model under the adapters."""
+            inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            if not self._plain_head_on and plain_head_wanted(inner):
+                outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
+                weighting = getattr(self, "use_weighting", getattr(self.args, "use_weighting", False))
+                add_plain_lm_head(inner, outputs + (("log_sum_sq_probs",) if weighting else ()))
+                self._plain_head_on = True
+            return inner
+
+        def _precompute_ref_logps(self, *args, **kwargs):
+            # TRL precomputes inside its __init__, after installing its fused head and
+            # before ours would be: without this, the one reference pass ran on the slow
+            # CPU path and cost about three times an in-step reference forward.
+            self._install_plain_head()
+            return super()._precompute_ref_logps(*args, **kwargs)
 
         def _set_signature_columns_if_needed(self):
             super()._set_signature_columns_if_needed()
