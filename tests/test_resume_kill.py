@@ -310,3 +310,35 @@ def test_dpo_then_kto_each_killed_after_a_checkpoint_resume_from_it(tmp_path):
     assert _steps_logged(third) == max_steps - k_kto, f"kto trains only steps {k_kto + 1}..{max_steps} again:\n{third[-1500:]}"
     manifest = _check_trained(kto, max_steps, resumed_from=k_kto, rows=len(kto_rows))
     assert manifest["train"]["continued_from"] == str(dpo), "kto continues dpo's adapter"
+
+
+def test_survey_sft_killed_after_a_checkpoint_resumes_from_it(tmp_path):
+    """Distribution fine-tuning resumes like the other training stages: only the steps
+    after its last checkpoint run again, and every item's row is written once."""
+    from valign.survey.opinion import OpinionItem, write_items
+
+    labels = ["Not like me at all", "Not like me", "A little like me", "Somewhat like me", "Like me", "Very much like me"]
+    items = [
+        OpinionItem(id=f"v{i}", kind="value", question=f"Statement {i}: this person values tradition.", options=labels,
+                    ordinal=True, distribution=[0.5 if j == i % 6 else 0.1 for j in range(6)], n=50)
+        for i in range(8)
+    ]
+    max_steps = 4
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"name: killed\nruns_dir: {tmp_path / 'runs'}\nmodel: embedded\nstages: [survey_sft]\n"
+        f"survey_sft:\n  items: {write_items(items, tmp_path / 'items.jsonl')}\n  max_steps: {max_steps}\n"
+        "  save_steps: 1\n  batch_size: 2\n  max_length: 128\n"
+    )
+    stage = tmp_path / "runs" / "killed" / "01-survey_sft"
+    log = tmp_path / "first.log"
+    proc = _start(cfg, log)
+    more = "raise survey_sft.max_steps so training outlasts the poll"
+    _kill_when(proc, log, lambda: bool(_complete_checkpoints(stage)), "a checkpoint in survey_sft", more)
+    k = _complete_checkpoints(stage)[-1]
+    assert k < max_steps, f"killed after the last step (checkpoint-{k}); {more}"
+    assert not (stage / "manifest.json").exists()
+
+    out = _run(cfg, tmp_path / "second.log")
+    assert _steps_logged(out) == max_steps - k, f"the rerun trains only steps {k + 1}..{max_steps}:\n{out[-1500:]}"
+    _check_trained(stage, max_steps, resumed_from=k, rows=len(items))
