@@ -322,7 +322,7 @@ def bench_dpo(pairs: int = 16, batch: int = 4, epochs: int = 3, repeats: int = 2
     from transformers import TrainerCallback
 
     class TrainBegins(TrainerCallback):
-        # The reference pass runs when train() builds its data loader, before this event.
+        # TRL precomputes the reference pass while the trainer is built, before this event.
         def on_train_begin(self, args, state, control, **kwargs):
             self.at = time.perf_counter()
 

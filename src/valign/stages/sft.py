@@ -333,9 +333,9 @@ def train_lora(
     ckpt_dir = out_dir / "checkpoints"
     resume = resume_checkpoint(out_dir)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    adapter = out_dir / "adapter"
-    trainer.model.save_pretrained(adapter)
-    tokenizer.save_pretrained(adapter)
+    saved = out_dir / "adapter"
+    trainer.model.save_pretrained(saved)
+    tokenizer.save_pretrained(saved)
     history = trainer.state.log_history
     with open(out_dir / "train_log.jsonl", "w") as f:
         for entry in history:
