@@ -99,10 +99,7 @@ def sft_stage(tmp_path_factory):
     SFT model's log-probs and samples differ visibly from the base's."""
     import json
 
-    from rich.console import Console
-
     from valign.runs import StageDir
-    from valign.stages.base import ModelPool, StageContext
     from valign.stages.sft import SFTStage, SFTStageConfig
 
     root = tmp_path_factory.mktemp("sft-run")
@@ -113,15 +110,18 @@ def sft_stage(tmp_path_factory):
     )
     cfg = SFTStageConfig(rows=str(rows), max_steps=1, batch_size=2, max_length=64, learning_rate=1e-2)
     sdir = StageDir(root / "01-sft")
-    ctx = StageContext(
-        run_config=SimpleNamespace(model="embedded", seed=0, stages=["sft"], sft=cfg),
-        config=cfg,
-        dir=sdir.path,
-        rows=sdir.begin("sft-fp"),
-        models=ModelPool(None),
-        input_dirs={},
-        console=Console(stderr=True),
-    )
+    ctx = stage_context(sdir, SimpleNamespace(model="embedded", seed=0, stages=["sft"], sft=cfg), cfg, fingerprint="sft-fp")
     SFTStage().run(ctx)
     sdir.finish("sft-fp", ctx.info)
     return sdir.path
+
+
+def stage_context(sdir, run_config, config, input_dirs=None, fingerprint: str = "fp"):
+    """A stage's context as the pipeline builds one: begun in the StageDir ``sdir``, with
+    models loaded on demand and no completion cache."""
+    from rich.console import Console
+
+    from valign.stages.base import ModelPool, StageContext
+
+    return StageContext(run_config=run_config, config=config, dir=sdir.path, rows=sdir.begin(fingerprint), models=ModelPool(None),
+                        input_dirs=input_dirs or {}, console=Console(stderr=True))

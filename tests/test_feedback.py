@@ -12,6 +12,7 @@ import httpx
 import pytest
 from rich.console import Console
 
+from tests.conftest import stage_context
 from valign.feedback import FeedbackStore, feedback_digest, kto_rows_from_feedback, sft_rows_from_feedback
 from valign.serve import create_app, serve_in_background
 
@@ -114,7 +115,6 @@ def test_feedback_rounds_train_on_corrections_and_ratings_and_compare_with_the_l
     from valign.config import load_config
     from valign.pipeline import run_pipeline
     from valign.runs import StageDir, read_rows
-    from valign.stages.base import ModelPool, StageContext
     from valign.stages.preference import KTOStage, KTOStageConfig
 
     root, store = served
@@ -124,8 +124,7 @@ def test_feedback_rounds_train_on_corrections_and_ratings_and_compare_with_the_l
     run_config = SimpleNamespace(model="embedded", seed=0, stages=["kto"], kto=cfg)
     assert KTOStage().inputs(run_config) == []
     sdir = StageDir(tmp_path / "round1" / "01-kto")
-    first = StageContext(run_config=run_config, config=cfg, dir=sdir.path, rows=sdir.begin("fp"), models=ModelPool(None),
-                         input_dirs={}, console=Console(stderr=True))
+    first = stage_context(sdir, run_config, cfg)
     KTOStage().run(first)
     sdir.finish("fp", first.info)
     assert first.info["train"]["steps"] == 1 and first.info["train"]["continued_from"] is None
@@ -162,13 +161,10 @@ def test_feedback_rounds_train_on_corrections_and_ratings_and_compare_with_the_l
     sft_cfg = SFTStageConfig(rows=f"feedback:{quiet.url}")
     rc = SimpleNamespace(model=f"run:{first.dir}", seed=0, stages=["sft"], sft=sft_cfg)
     sdir = StageDir(tmp_path / "round3" / "01-sft")
-    ctx = StageContext(run_config=rc, config=sft_cfg, dir=sdir.path, rows=sdir.begin("fp"), models=ModelPool(None),
-                       input_dirs={}, console=Console(stderr=True))
+    ctx = stage_context(sdir, rc, sft_cfg)
     SFTStage().run(ctx)
     assert ctx.info["train"]["steps"] == 0
     assert (ctx.dir / "adapter" / "adapter_model.safetensors").read_bytes() == (first.dir / "adapter" / "adapter_model.safetensors").read_bytes()
     empty = StageDir(tmp_path / "nothing" / "01-sft")
     with pytest.raises(Exception, match="holds no rows"):
-        SFTStage().run(StageContext(run_config=SimpleNamespace(model="embedded", seed=0, stages=["sft"], sft=sft_cfg), config=sft_cfg,
-                                    dir=empty.path, rows=empty.begin("fp"), models=ModelPool(None), input_dirs={},
-                                    console=Console(stderr=True)))
+        SFTStage().run(stage_context(empty, SimpleNamespace(model="embedded", seed=0, stages=["sft"], sft=sft_cfg), sft_cfg))

@@ -7,12 +7,11 @@ from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
-from rich.console import Console
 
-from tests.conftest import ScriptedModel
+from tests.conftest import ScriptedModel, stage_context
 from valign.models.base import GenRequest
 from valign.runs import RowLog, StageDir, read_rows
-from valign.stages.base import ModelPool, StageContext
+from valign.stages.base import StageContext
 from valign.stages.pairs import PairsConfig, PairsStage
 from valign.types import Completion, GenConfig
 
@@ -44,15 +43,7 @@ def _ctx(tmp_path: Path, cfg: PairsConfig, sft_dir: Path, rows: list[dict]) -> S
     sdir = StageDir(tmp_path / "04-pairs")
     run_config = SimpleNamespace(model="embedded", seed=0, stages=["respond", "revise", "sft", "pairs"], pairs=cfg)
     assert PairsStage().inputs(run_config) == ["respond", "sft"], "the policy defaults to the run's sft stage"
-    return StageContext(
-        run_config=run_config,
-        config=cfg,
-        dir=sdir.path,
-        rows=sdir.begin("fp"),
-        models=ModelPool(None),
-        input_dirs={"respond": respond_dir, "sft": sft_dir},
-        console=Console(stderr=True),
-    )
+    return stage_context(sdir, run_config, cfg, {"respond": respond_dir, "sft": sft_dir})
 
 
 class TemperatureEcho(ScriptedModel):

@@ -5,10 +5,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from rich.console import Console
 
+from tests.conftest import stage_context
 from valign.runs import RowLog, StageDir
-from valign.stages.base import ModelPool, StageContext
+from valign.stages.base import StageContext
 from valign.stages.preference import (
     DPOStage,
     DPOStageConfig,
@@ -82,15 +82,7 @@ def _ctx(tmp_path: Path, stage: str, cfg, sft_dir: Path, judge_rows) -> StageCon
     RowLog(judge_dir / "rows.jsonl").append(judge_rows)
     sdir = StageDir(tmp_path / f"06-{stage}")
     run_config = SimpleNamespace(model="embedded", seed=0, stages=["sft", "judge", stage], **{stage: cfg})
-    return StageContext(
-        run_config=run_config,
-        config=cfg,
-        dir=sdir.path,
-        rows=sdir.begin("fp"),
-        models=ModelPool(None),
-        input_dirs={"judge": judge_dir, "sft": sft_dir},
-        console=Console(stderr=True),
-    )
+    return stage_context(sdir, run_config, cfg, {"judge": judge_dir, "sft": sft_dir})
 
 
 def test_dpo_continues_the_sft_adapter_and_raises_the_margin(tmp_path, sft_dir):

@@ -5,10 +5,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from rich.console import Console
 
+from tests.conftest import stage_context
 from valign.runs import StageDir
-from valign.stages.base import ModelPool, StageContext
 from valign.stages.survey_sft import SurveySFTConfig, SurveySFTStage, split_items
 from valign.survey.opinion import OpinionItem, write_items
 
@@ -43,8 +42,7 @@ def test_survey_sft_moves_the_model_towards_the_population(tmp_path):
     stage = SurveySFTStage()
     assert stage.inputs(run_config) == []
     sdir = StageDir(tmp_path / "01-survey_sft")
-    ctx = StageContext(run_config=run_config, config=cfg, dir=sdir.path, rows=sdir.begin("fp"), models=ModelPool(None),
-                       input_dirs={}, console=Console(stderr=True))
+    ctx = stage_context(sdir, run_config, cfg)
     stage.run(ctx)
     fid = ctx.info["fidelity"]
     assert fid["train"]["items"] == 6 and fid["held_out"]["items"] == 2

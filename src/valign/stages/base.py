@@ -119,6 +119,20 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def rows_fingerprint(kind: str, where: str | None) -> dict[str, Any]:
+    """What a training stage's row source adds to its fingerprint: the hash of a rows
+    file (``kind == "file"``), or of every rating and correction in a feedback database
+    (``"feedback"``: new feedback makes a new round); nothing for rows another stage
+    writes, whose own fingerprint already counts."""
+    if kind == "file" and where is not None:
+        return {"rows_sha256": file_digest(Path(where))}
+    if kind == "feedback" and where is not None:
+        from valign.feedback import feedback_digest
+
+        return {"feedback": feedback_digest(where)}
+    return {}
+
+
 def stage_folder(run_config: Any, name: str) -> Path:
     """A stage's folder in the run: ``runs/<run>/<NN>-<stage>``, NN its place in ``stages``."""
     return Path(run_config.run_dir) / f"{list(run_config.stages).index(name) + 1:02d}-{name}"

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from valign.errors import ValignError
 from valign.runs import read_rows
-from valign.stages.base import TRAINING_STAGES, ConfigFile, StageContext, file_digest, model_identity, previous_training_stage, training_start
+from valign.stages.base import TRAINING_STAGES, ConfigFile, StageContext, model_identity, previous_training_stage, rows_fingerprint, training_start
 from valign.types import Row
 
 
@@ -95,14 +95,7 @@ class _PreferenceStage:
     def describe(self, run_config: Any) -> dict[str, Any]:
         cfg = getattr(run_config, self.name)
         out = {"config": cfg.model_dump(mode="json"), "model": model_identity(cfg.model or run_config.model), "seed": run_config.seed}
-        kind, where = rows_source(run_config, cfg.rows)
-        if kind == "file":
-            out["rows_sha256"] = file_digest(Path(where))
-        elif kind == "feedback":
-            from valign.feedback import feedback_digest
-
-            out["feedback"] = feedback_digest(where)  # new feedback makes a new round
-        return out
+        return {**out, **rows_fingerprint(*rows_source(run_config, cfg.rows))}
 
     def _rows(self, ctx: StageContext, kind_of_rows: str) -> list[Row]:
         cfg = ctx.config

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from valign.errors import ValignError
-from valign.stages.base import TRAINING_STAGES, ConfigFile, StageContext, file_digest, model_identity, previous_training_stage, training_start
+from valign.stages.base import TRAINING_STAGES, ConfigFile, StageContext, model_identity, previous_training_stage, rows_fingerprint, training_start
 from valign.types import Row
 
 
@@ -83,13 +83,10 @@ class SFTStage:
     def describe(self, run_config: Any) -> dict[str, Any]:
         cfg: SFTStageConfig = run_config.sft
         out = {"config": cfg.model_dump(mode="json"), "model": model_identity(cfg.model or run_config.model), "seed": run_config.seed}
-        if cfg.rows is not None and cfg.rows.startswith("feedback:"):
-            from valign.feedback import feedback_digest
-
-            out["feedback"] = feedback_digest(cfg.rows.removeprefix("feedback:"))  # new corrections make a new round
-        elif cfg.rows is not None:
-            out["rows_sha256"] = file_digest(Path(cfg.rows))
-        return out
+        if cfg.rows is None:
+            return out  # the revisions: revise's fingerprint counts them
+        kind = "feedback" if cfg.rows.startswith("feedback:") else "file"
+        return {**out, **rows_fingerprint(kind, cfg.rows.removeprefix("feedback:"))}
 
     def run(self, ctx: StageContext) -> None:
         cfg: SFTStageConfig = ctx.config
