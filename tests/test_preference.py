@@ -243,7 +243,7 @@ def _lora_grads(rows, batch_size, kind="dpo", **config):
     from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
     from valign.stages.preference import _dataset, valign_trainer
-    from valign.stages.sft import load_base
+    from valign.stages.training import load_base
 
     config_cls, trainer_cls, columns = {
         "dpo": (DPOConfig, DPOTrainer, ("prompt", "chosen", "rejected")),
@@ -301,7 +301,7 @@ def test_plain_head_matches_trls_kernel():
     from trl.trainer.utils import add_fused_lm_head
 
     from valign.stages.plain_head import add_plain_lm_head
-    from valign.stages.sft import load_base
+    from valign.stages.training import load_base
 
     outputs = ("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs")
     _, theirs = load_base("embedded", False)

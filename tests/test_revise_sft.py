@@ -164,7 +164,8 @@ def test_sft_loss_is_on_the_assistant_tokens_only(tmp_path):
     """The trainer `sft` builds masks every token of the chat-templated prompt out of the
     labels, keeps every completion token in, and its loss is the cross-entropy over
     those completion tokens alone."""
-    from valign.stages.sft import SFTStageConfig, build_sft_trainer, load_base
+    from valign.stages.sft import SFTStageConfig, build_sft_trainer
+    from valign.stages.training import load_base
 
     rows = [
         {

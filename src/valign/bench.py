@@ -174,7 +174,8 @@ def bench_train(steps: int = 6, batch: int = 8, seq: int = 128, json_out: Path |
 
     from transformers import TrainerCallback
 
-    from valign.stages.sft import SFTStageConfig, build_sft_trainer, load_base
+    from valign.stages.sft import SFTStageConfig, build_sft_trainer
+    from valign.stages.training import load_base
 
     class StepClock(TrainerCallback):
         def __init__(self) -> None:
@@ -313,7 +314,7 @@ def bench_dpo(pairs: int = 16, batch: int = 4, epochs: int = 3, repeats: int = 2
     from trl import DPOConfig, DPOTrainer
 
     from valign.stages.preference import _dataset, valign_trainer
-    from valign.stages.sft import load_base
+    from valign.stages.training import load_base
 
     tokenizer, _ = load_base("embedded", qlora=False)
     rows = _bench_pairs(pairs)

@@ -105,13 +105,16 @@ def run(
     from_: Optional[str] = typer.Option(None, "--from", help="Re-run this stage and every later one from scratch."),
 ) -> None:
     """Run a pipeline; finished stages are skipped and a killed run resumes where it stopped."""
+    from valign import distributed
     from valign.config import load_config
     from valign.pipeline import run_pipeline
 
     cfg = load_config(config, set_)
-    outcomes = run_pipeline(cfg, only=only, start_from=from_, console=console)
-    for o in outcomes:
-        typer.echo(f"{o.name}\t{o.status}\t{o.rows} rows\t{o.dir}")
+    # Launched in several processes, the main one reports for all of them.
+    outcomes = run_pipeline(cfg, only=only, start_from=from_, console=console if distributed.is_main() else None)
+    if distributed.is_main():
+        for o in outcomes:
+            typer.echo(f"{o.name}\t{o.status}\t{o.rows} rows\t{o.dir}")
 
 
 @app.command("eval")

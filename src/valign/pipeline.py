@@ -1,5 +1,11 @@
 """Runs a config's stages in order, skipping finished ones and resuming interrupted ones.
 
+Launched in several processes (``accelerate launch``), every process walks the same
+stages and computes the same fingerprints; training stages train in all of them
+(data-parallel), every other stage runs in the main process alone while the others
+wait, and only the main process resets a stage folder or writes rows and manifests
+(`valign.distributed`). A stage's refusals (`check`) run before its folder is reset.
+
 Example:
     >>> from valign.config import load_config
     >>> run_pipeline(load_config("configs/kantian-demo.yaml"))
@@ -14,11 +20,12 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
+from valign import distributed
 from valign.cache import CompletionCache
 from valign.config import RunConfig
 from valign.errors import ValignError
-from valign.runs import StageDir, fingerprint
-from valign.stages.base import ModelPool, Stage, StageContext, stage_folder
+from valign.runs import RowLog, StageDir, fingerprint
+from valign.stages.base import TRAINING_STAGES, ModelPool, Stage, StageContext, stage_folder
 from valign.stages.evaluate import EvaluateStage
 from valign.stages.judge import JudgeStage
 from valign.stages.pairs import PairsStage
@@ -29,6 +36,7 @@ from valign.stages.revise import ReviseStage
 from valign.stages.sft import SFTStage
 from valign.stages.survey import SurveyStage
 from valign.stages.survey_sft import SurveySFTStage
+from valign.stages.training import training_launch
 
 STAGES: dict[str, Stage] = {
     s.name: s
@@ -65,13 +73,15 @@ def run_pipeline(
     ``only`` runs one stage (its inputs must be finished); ``start_from`` re-runs that
     stage and every later one from scratch, keeping earlier finished stages.
     """
-    console = console or Console(stderr=True)
+    main = distributed.is_main()
+    console = console or Console(stderr=True, quiet=not main)
     for flag, value in (("--only", only), ("--from", start_from)):
         if value is not None and value not in cfg.stages:
             raise ValignError(f"{flag} {value}: no such stage in this run; its stages are {', '.join(cfg.stages)}.")
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    cache = CompletionCache(cfg.run_dir / "cache.sqlite") if cfg.cache else None
+    if main:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        (cfg.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    cache = CompletionCache(cfg.run_dir / "cache.sqlite") if cfg.cache and main else None
     models = ModelPool(cache, cfg.backends.for_spec)
     dirs = stage_dirs(cfg)
     fps: dict[str, str] = {}
@@ -86,7 +96,12 @@ def run_pipeline(
         for dep in inputs:
             if dep not in fps:
                 raise ValignError(f"stage '{name}' reads '{dep}', which must come before it in `stages`.")
-        fp = fingerprint(name, stage.describe(cfg), {d: fps[d] for d in inputs})
+        trains = name in TRAINING_STAGES
+        described = stage.describe(cfg)
+        if trains:
+            # Processes, precision and quantization change what training produces.
+            described = {**described, "launch": training_launch(getattr(cfg, name), name)}
+        fp = fingerprint(name, described, {d: fps[d] for d in inputs})
         fps[name] = fp
         forcing = forcing or name == start_from
         if only is not None and name != only:
@@ -95,14 +110,22 @@ def run_pipeline(
             for dep in inputs:
                 if not dirs[dep].is_done(fps[dep]):
                     raise ValignError(f"--only {name} needs '{dep}' finished and up to date; run without --only first.")
-        if forcing:
-            sdir.reset()
-        elif sdir.is_done(fp):
+        if not forcing and sdir.is_done(fp):
             console.print(f"[green]✓[/] {sdir.path.name}: up to date, skipped")
             manifest = sdir.manifest() or {}
             outcomes.append(StageOutcome(name, sdir.path, "skipped", manifest.get("counts", {}).get("rows", 0), 0.0))
             continue
-        rows = sdir.begin(fp)
+        input_dirs = {d: dirs[d].path for d in inputs}
+        check = getattr(stage, "check", None)
+        if check is not None:
+            check(cfg, input_dirs)  # refuse before anything of the stage is deleted
+        if main:
+            if forcing:
+                sdir.reset()
+            rows = sdir.begin(fp)
+        distributed.barrier()  # the others open the folder once the main process has (re)set it
+        if not main:
+            rows = RowLog(sdir.rows_path, writer=False)
         status = "resumed" if len(rows) else "ran"
         if status == "resumed":
             console.print(f"[yellow]↻[/] {sdir.path.name}: resuming after {len(rows)} rows")
@@ -113,16 +136,21 @@ def run_pipeline(
             dir=sdir.path,
             rows=rows,
             models=models,
-            input_dirs={d: dirs[d].path for d in inputs},
+            input_dirs=input_dirs,
             console=console,
         )
-        stage.run(ctx)
+        if trains or main:
+            stage.run(ctx)
         adapted = models.request_adjustments()
         if adapted:
             ctx.info["request_adjustments"] = adapted  # e.g. a reasoning judge's fixed temperature
+        if trains:
+            ctx.info["launch"] = described["launch"]
         seconds = time.perf_counter() - started
         ctx.info.setdefault("counts", {})["rows"] = len(rows)
-        sdir.finish(fp, {"stage": name, "inputs": {d: fps[d] for d in inputs}, "seconds": round(seconds, 3), **ctx.info})
+        if main:
+            sdir.finish(fp, {"stage": name, "inputs": {d: fps[d] for d in inputs}, "seconds": round(seconds, 3), **ctx.info})
+        distributed.barrier()  # nobody reads this stage's results before the manifest is written
         console.print(f"[green]✓[/] {sdir.path.name}: {len(rows)} rows in {seconds:.1f}s")
         outcomes.append(StageOutcome(name, sdir.path, status, len(rows), seconds))
     if cache is not None:

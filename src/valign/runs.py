@@ -47,8 +47,9 @@ def fingerprint(stage: str, config: Any, inputs: dict[str, str], templates: dict
 
 
 def _fsync_write(path: Path, text: str) -> None:
-    """Write a small file atomically: temp file, fsync, rename."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Write a small file atomically: temp file (named for this process, so two writers
+    can never share one), fsync, rename."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         f.write(text)
         f.flush()
@@ -69,9 +70,12 @@ class RowLog:
         True
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, writer: bool = True) -> None:
         self.path = Path(path)
         self.ids: set[str] = set()
+        # Only one process writes a run folder; in the others (several training processes)
+        # `append` counts rows without writing them.
+        self.writer = writer
         self._repair_and_index()
 
     def _repair_and_index(self) -> None:
@@ -79,7 +83,7 @@ class RowLog:
             return
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1
-        if end < len(data):  # torn tail from a killed writer
+        if end < len(data) and self.writer:  # torn tail from a killed writer
             with open(self.path, "r+b") as f:
                 f.truncate(end)
                 os.fsync(f.fileno())
@@ -96,7 +100,7 @@ class RowLog:
                 continue  # written before a crash; never duplicate
             self.ids.add(row["id"])
             fresh.append(json.dumps(row, ensure_ascii=False))
-        if fresh:
+        if fresh and self.writer:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write("\n".join(fresh) + "\n")

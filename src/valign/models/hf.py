@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from valign.errors import ModelError
 from valign.models.base import BaseChatModel, GenRequest, normalise
@@ -57,7 +57,7 @@ class HFChatModel(BaseChatModel):
         source = str(local) if local.exists() else self.path
         kwargs: dict = {"dtype": torch.float32}
         if load_in_4bit:
-            kwargs.update(_four_bit_kwargs())
+            kwargs.update(four_bit_load_kwargs())
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source)
             self.model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -76,6 +76,8 @@ class HFChatModel(BaseChatModel):
 
         self.decoder = llama_decode.LlamaDecoder(self.model) if llama_decode.supports(self.model) else None
         base = name or f"hf:{self.path}"
+        if load_in_4bit:
+            base += "@nf4"  # a 4-bit base answers differently: its completions are cached apart
         self.name = base if self.adapter is None else f"{base}+{self.adapter}#{_adapter_fingerprint(self.adapter)}"
 
     # -- prompts ----------------------------------------------------------------------
@@ -254,27 +256,44 @@ def _eos_ids(tokenizer, model) -> set[int]:
     return ids
 
 
-def _four_bit_kwargs() -> dict:
-    """QLoRA-style 4-bit loading; needs CUDA and bitsandbytes, else a clear error."""
+def four_bit_load_kwargs(for_training: bool = False) -> dict:
+    """``from_pretrained`` arguments for a 4-bit NF4 base (QLoRA) through bitsandbytes.
+
+    bitsandbytes runs NF4 on CUDA and on CPUs, computing in bf16. Where the weights go:
+    every GPU in one process (``auto``); this process's own GPU when several processes
+    train data-parallel; nowhere yet under FSDP, which shards the model itself and wants
+    the 4-bit weights stored as bf16 (``bnb_4bit_quant_storage``) to flatten them with
+    the rest; the CPU without a GPU.
+    """
     import importlib.util
 
     import torch
 
-    if not torch.cuda.is_available():
-        raise ModelError("4-bit loading needs a CUDA GPU and none is visible; drop `load_in_4bit`/`qlora` on this machine.")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelError("4-bit loading needs bitsandbytes; run `pip install bitsandbytes`.")
+        raise ModelError("4-bit loading needs bitsandbytes; run `pip install bitsandbytes` or drop `load_in_4bit`/`qlora`.")
     from transformers import BitsAndBytesConfig
 
+    from valign import distributed
+
+    fsdp = for_training and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and torch.cuda.is_available()
+    if not torch.cuda.is_available():
+        device_map: Any = "cpu"
+    elif fsdp:
+        device_map = None
+    elif for_training and distributed.world_size() > 1:
+        device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    else:
+        device_map = "auto"
     return {
         "quantization_config": BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
+            **({"bnb_4bit_quant_storage": torch.bfloat16} if fsdp else {}),
         ),
         "dtype": torch.bfloat16,
-        "device_map": "auto",
+        **({"device_map": device_map} if device_map is not None else {}),
     }
 
 

@@ -34,6 +34,10 @@ def supports(model) -> bool:
         and not getattr(cfg, "sliding_window", None)
         and model.device.type == "cpu"
         and model.dtype in (torch.float32, torch.bfloat16)
+        # A 4-bit base keeps packed NF4 weights and an unmerged adapter beside them;
+        # transformers' own generate runs those.
+        and getattr(cfg, "quantization_config", None) is None
+        and not hasattr(model, "peft_config")
     )
 
 

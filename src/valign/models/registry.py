@@ -57,8 +57,18 @@ def load_model(spec: str, **kw: Any) -> ChatModel:
 
         return VLLMChatModel(rest, **kw)
     if kind == "run" and rest:
+        if stage_quantization(Path(rest)) == "nf4":
+            kw = {**kw, "load_in_4bit": True}  # the adapter was trained on a 4-bit base: load it the same way
         return load_model(stage_model_spec(Path(rest)), **kw)
     raise ModelError(f"unknown model spec '{spec}'; use {SPEC_FORMS}.")
+
+
+def stage_quantization(stage_dir: Path) -> str | None:
+    """How a finished training stage's base was quantized (``nf4`` for QLoRA), or None."""
+    manifest = stage_dir / "manifest.json"
+    if not manifest.exists():
+        return None
+    return (json.loads(manifest.read_text()).get("model") or {}).get("quantization")
 
 
 def stage_model_spec(stage_dir: Path) -> str:

@@ -12,40 +12,36 @@ JSONL file of such rows instead.
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from valign import distributed
 from valign.errors import ValignError
 from valign.runs import read_rows
-from valign.stages.base import TRAINING_STAGES, ConfigFile, StageContext, model_identity, previous_training_stage, rows_fingerprint, training_start
+from valign.stages.base import ConfigFile, StageContext, model_identity, previous_training_stage, rows_fingerprint
+from valign.stages.training import TrainingConfig, TrainingStage, load_base, log_series, model_record, train_and_finish, trainer_args, training_base
 from valign.types import Row
 
 
-class _TrainBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PreferenceConfig(TrainingConfig):
+    """What DPO and KTO share besides every training stage's settings (`TrainingConfig`).
+
+    ``precompute_ref_log_probs`` computes the reference model's log-probs once before
+    training; with several processes it is turned off (each process would cache its
+    share where the others cannot read it), and the manifest says so.
+    """
 
     beta: float = Field(0.1, gt=0)
     learning_rate: float = Field(5e-5, gt=0)
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1, ge=-1)
-    batch_size: int = Field(4, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    max_length: int = Field(512, ge=16)
     precompute_ref_log_probs: bool = True
-    logging_steps: int = Field(1, ge=1)
-    save_steps: int = Field(50, ge=1)
     lora_r: int = Field(8, ge=1)  # used only when there is no SFT adapter to continue
     lora_alpha: int = Field(16, ge=1)
-    qlora: bool = False
-    model: str | None = None  # the base; defaults to the run's model
     rows: ConfigFile | None = None  # see `rows_source`; default: the judge's pairs (kept ones for dpo)
 
 
-class DPOStageConfig(_TrainBase):
+class DPOStageConfig(PreferenceConfig):
     """Settings of the `dpo` stage.
 
     Example (YAML):
@@ -55,7 +51,7 @@ class DPOStageConfig(_TrainBase):
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust", "bco_pair", "sppo_hard", "nca_pair", "apo_zero", "apo_down"] = "sigmoid"
 
 
-class KTOStageConfig(_TrainBase):
+class KTOStageConfig(PreferenceConfig):
     """Settings of the `kto` stage.
 
     Example (YAML):
@@ -80,7 +76,7 @@ def rows_source(run_config: Any, rows: str | None) -> tuple[str, str | None]:
     return "file", rows
 
 
-class _PreferenceStage:
+class _PreferenceStage(TrainingStage):
     name: ClassVar[str]
 
     def inputs(self, run_config: Any) -> list[str]:
@@ -299,13 +295,10 @@ def valign_trainer(trainer_cls):
     return ValignTrainer
 
 
-def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> dict[str, Any]:
+def _train(ctx: StageContext, cfg: PreferenceConfig, rows: list[Row], kind: str) -> dict[str, Any]:
     from peft import LoraConfig, PeftModel
 
-    from valign.stages.sft import load_base, resume_checkpoint, resumed, trainer_args
-
-    previous = next((d for name, d in ctx.input_dirs.items() if name in TRAINING_STAGES), None)
-    base_spec, adapter = training_start(cfg.model or ctx.run_config.model, previous)
+    base_spec, adapter = training_base(cfg, ctx.run_config, ctx.input_dirs)
     tokenizer, base = load_base(base_spec, cfg.qlora)
     peft_config = None
     if adapter is not None:
@@ -314,10 +307,14 @@ def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> di
     else:
         model = base
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
+    # TRL caches the precomputed reference log-probs in each process's own temporary
+    # folder, where the other processes look for them and fail: with several processes
+    # the reference runs in every step instead.
+    precompute = cfg.precompute_ref_log_probs and distributed.world_size() == 1
     common = dict(
-        trainer_args(cfg, ctx.dir, ctx.run_config.seed),
+        trainer_args(cfg, ctx.dir, ctx.run_config.seed, kind),
         beta=cfg.beta,
-        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        precompute_ref_log_probs=precompute,
         # The training batch size: bigger reference batches gain nothing on a CPU, and the
         # plain LM head's logits grow with the batch (16 pairs were 1.6× slower per row).
         precompute_ref_batch_size=cfg.batch_size,
@@ -334,37 +331,29 @@ def _train(ctx: StageContext, cfg: _TrainBase, rows: list[Row], kind: str) -> di
         data = _dataset(rows, ("prompt", "completion", "label"))
         args = KTOConfig(desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight, **common)  # type: ignore[attr-defined]
         trainer = valign_trainer(KTOTrainer)(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config)
-    ckpt = ctx.dir / "checkpoints"
-    resume = resume_checkpoint(ctx.dir)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    trainer.model.save_pretrained(ctx.dir / "adapter", selected_adapters=["default"])
+    train = train_and_finish(trainer, tokenizer, ctx.dir)
     history = trainer.state.log_history
-    with open(ctx.dir / "train_log.jsonl", "w") as f:
-        for entry in history:
-            f.write(json.dumps(entry) + "\n")
-    shutil.rmtree(ckpt, ignore_errors=True)
-    series = lambda key: [e[key] for e in history if key in e]  # noqa: E731
     if kind == "dpo":
-        metrics = {"reward_accuracy": series("rewards/accuracies"), "reward_margin": series("rewards/margins")}
+        metrics = {"reward_accuracy": log_series(history, "rewards/accuracies"), "reward_margin": log_series(history, "rewards/margins")}
     else:
         # KTO has no pairs to rank, so no reward accuracy: it logs the implied rewards of the
         # desirable and undesirable rows, their margin (steps whose batch holds both) and
         # the KL estimate its loss is measured against.
         metrics = {
-            "reward_desirable": series("rewards/chosen"),
-            "reward_undesirable": series("rewards/rejected"),
-            "reward_margin": series("rewards/margins"),
-            "kl": series("kl"),
+            "reward_desirable": log_series(history, "rewards/chosen"),
+            "reward_undesirable": log_series(history, "rewards/rejected"),
+            "reward_margin": log_series(history, "rewards/margins"),
+            "kl": log_series(history, "kl"),
         }
     return {
-        "model": {"base": base_spec, "adapter": "adapter"},
+        "model": model_record(base_spec, cfg),
         "counts": {"train_rows": len(rows)},
         "train": {
-            "steps": trainer.state.global_step,
-            "loss": series("loss"),
+            **train,
             **metrics,
+            "precompute_ref_log_probs": precompute,
+            **({"precompute_ref_log_probs_off": "several processes"} if cfg.precompute_ref_log_probs and not precompute else {}),
             "continued_from": str(adapter.parent) if adapter is not None else None,
-            **resumed(resume),
         },
     }
 

@@ -19,7 +19,6 @@ stages load ``run:<this folder>``. A killed run resumes from the last checkpoint
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,12 +26,15 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from valign.errors import ValignError
-from valign.stages.base import TRAINING_STAGES, ConfigFile, StageContext, model_identity, previous_training_stage, rows_fingerprint, training_start
+from valign import distributed
+from valign.stages.base import ConfigFile, StageContext, model_identity, previous_training_stage, rows_fingerprint
+from valign.stages.training import TrainingConfig, TrainingStage, load_base, model_record, train_and_finish, trainer_args, training_base
 from valign.types import Row
 
 
-class SFTStageConfig(BaseModel):
-    """Settings of the `sft` stage (LoRA by default; ``qlora: true`` loads the base in 4 bit).
+class SFTStageConfig(TrainingConfig):
+    """Settings of the `sft` stage: LoRA on the base (``qlora: true`` loads it in 4 bit),
+    plus the settings every training stage has (`TrainingConfig`).
 
     Example (YAML):
         sft:
@@ -44,8 +46,6 @@ class SFTStageConfig(BaseModel):
           max_length: 512
     """
 
-    model_config = ConfigDict(extra="forbid")
-
     class Lora(BaseModel):
         model_config = ConfigDict(extra="forbid")
         r: int = Field(8, ge=1)
@@ -54,23 +54,12 @@ class SFTStageConfig(BaseModel):
         target_modules: str | list[str] = "all-linear"
 
     lora: Lora = Field(default_factory=Lora)
-    qlora: bool = False
-    learning_rate: float = Field(2e-4, gt=0)
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1, ge=-1)  # -1: run `epochs`
-    batch_size: int = Field(4, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    max_length: int = Field(512, ge=16)
     warmup_steps: float = Field(0, ge=0)  # a whole number of steps, or a fraction (< 1) of training
-    gradient_checkpointing: bool | None = None  # None: on with CUDA, off on a CPU
-    logging_steps: int = Field(1, ge=1)
-    save_steps: int = Field(50, ge=1)
     include_respond_kinds: list[str] = Field(default_factory=lambda: ["benign"])
     rows: ConfigFile | None = None  # None: revise (+ respond); `feedback:<db URL>`: corrections; else a JSONL file
-    model: str | None = None  # the base; defaults to the run's model
 
 
-class SFTStage:
+class SFTStage(TrainingStage):
     name: ClassVar[str] = "sft"
 
     def inputs(self, run_config: Any) -> list[str]:
@@ -102,14 +91,13 @@ class SFTStage:
             raise ValignError("sft has no training rows: revise produced none; check respond/revise settings.")
         ctx.rows.append(rows)
         log = train_lora(base_spec, rows, cfg, ctx.dir, seed=ctx.run_config.seed)
-        ctx.info["model"] = {"base": base_spec, "adapter": "adapter"}
+        ctx.info["model"] = model_record(base_spec, cfg)
         ctx.info["counts"] = {"train_rows": len(rows), "revised": sum(r["origin"] == "revise" for r in rows)}
         ctx.info["train"] = log
 
     def _train_on_rows(self, ctx: StageContext, cfg: SFTStageConfig) -> None:
         assert cfg.rows is not None
-        previous = next((d for name, d in ctx.input_dirs.items() if name in TRAINING_STAGES), None)
-        base_spec, adapter = training_start(cfg.model or ctx.run_config.model, previous)
+        base_spec, adapter = training_base(cfg, ctx.run_config, ctx.input_dirs)
         if cfg.rows.startswith("feedback:"):
             from valign.feedback import sft_rows_from_feedback
 
@@ -118,12 +106,13 @@ class SFTStage:
             from valign.stages.preference import read_sft_file
 
             rows = read_sft_file(Path(cfg.rows))
-        ctx.info["model"] = {"base": base_spec, "adapter": "adapter"}
+        ctx.info["model"] = model_record(base_spec, cfg)
         ctx.info["counts"] = {"train_rows": len(rows)}
         if not rows and adapter is not None:
             # A round in which nobody wrote a correction: the model passes on unchanged, so
             # the stages after this one (kto on the ratings) still have an adapter to continue.
-            shutil.copytree(adapter, ctx.dir / "adapter", dirs_exist_ok=True)
+            if distributed.is_main():
+                shutil.copytree(adapter, ctx.dir / "adapter", dirs_exist_ok=True)
             ctx.info["train"] = {"steps": 0, "loss": [], "continued_from": str(adapter.parent), "note": "no rows: adapter passed on unchanged"}
             return
         if not rows:
@@ -158,22 +147,6 @@ def _pc_row(r: Row, origin: str) -> Row:
     }
 
 
-def base_model_path(spec: str) -> str:
-    """A local checkpoint to train from; remote backends cannot be fine-tuned here."""
-    if spec == "embedded":
-        from valign.models.embedded import embedded_dir, is_prepared, prepare_embedded
-
-        if not is_prepared():
-            prepare_embedded()
-        return str(embedded_dir())
-    if spec.startswith("hf:") and "+" not in spec:
-        return spec[3:]
-    raise ValignError(
-        f"sft trains a LoRA adapter on a local base model, and '{spec}' is not one; "
-        "set sft.model to 'embedded' or 'hf:<path or hub id>'."
-    )
-
-
 def _plain_loss_trainer_class():
     """TRL's SFTTrainer with the model's own cross-entropy loss.
 
@@ -192,68 +165,6 @@ def _plain_loss_trainer_class():
             return Trainer.compute_loss(self, model, keep, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     return PlainLossSFTTrainer
-
-
-def trainer_args(cfg: Any, out_dir: Path, seed: int, checkpointing: bool | None = None) -> dict[str, Any]:
-    """The TrainingArguments every valign training stage shares (SFT, DPO, KTO).
-
-    ``cfg`` has the common fields (epochs, max_steps, batch_size,
-    gradient_accumulation_steps, learning_rate, max_length, logging_steps, save_steps).
-    Gradient checkpointing saves GPU memory for big models; on a CPU with a small model
-    memory is plentiful and the recomputation is pure loss, so it defaults to "on with CUDA".
-    """
-    import torch
-
-    on_gpu = torch.cuda.is_available()
-    return dict(
-        output_dir=str(out_dir / "checkpoints"),
-        num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        gradient_checkpointing=on_gpu if checkpointing is None else checkpointing,
-        learning_rate=cfg.learning_rate,
-        max_length=cfg.max_length,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=1,
-        seed=seed,
-        report_to="none",
-        use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        disable_tqdm=True,
-    )
-
-
-def resume_checkpoint(out_dir: Path) -> Path | None:
-    """The newest complete checkpoint in ``out_dir/checkpoints`` to resume training from, or None.
-
-    The Trainer writes a checkpoint's ``trainer_state.json`` last. A run killed while it was
-    writing one leaves a folder without it, which the Trainer would take for the last
-    checkpoint and fail to load on every later attempt ("Can't find a valid checkpoint");
-    such torn folders are removed, so training resumes from the checkpoint before.
-    """
-    ckpt_dir = out_dir / "checkpoints"
-    complete: list[tuple[int, Path]] = []
-    for folder in ckpt_dir.glob("checkpoint-*") if ckpt_dir.is_dir() else ():
-        step = folder.name.removeprefix("checkpoint-")
-        if not folder.is_dir() or not step.isdigit():
-            continue
-        try:
-            json.loads((folder / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            shutil.rmtree(folder, ignore_errors=True)  # torn: killed mid-save
-            continue
-        complete.append((int(step), folder))
-    return max(complete)[1] if complete else None
-
-
-def resumed(checkpoint: Path | None) -> dict[str, Any]:
-    """The manifest's record of where a training stage resumed: ``resumed_from_checkpoint``
-    and the step it continued after (None when it started afresh)."""
-    step = int(checkpoint.name.removeprefix("checkpoint-")) if checkpoint is not None else None
-    return {"resumed_from_checkpoint": checkpoint is not None, "resumed_from_step": step}
 
 
 def build_sft_trainer(
@@ -278,7 +189,7 @@ def build_sft_trainer(
 
     on_gpu = torch.cuda.is_available()
     args = SFTConfig(
-        **trainer_args(cfg, out_dir, seed, cfg.gradient_checkpointing),
+        **trainer_args(cfg, out_dir, seed, "sft"),
         warmup_steps=int(cfg.warmup_steps) if cfg.warmup_steps >= 1 else cfg.warmup_steps,
     )
     lora = LoraConfig(
@@ -297,26 +208,6 @@ def build_sft_trainer(
     )
 
 
-def load_base(base_spec: str, qlora: bool):
-    """Tokenizer and model to train: fp32 on a CPU, 4-bit with ``qlora`` (CUDA only)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = base_model_path(base_spec)
-    load_kw: dict[str, Any] = {"dtype": torch.float32}
-    if qlora:
-        from valign.models.hf import _four_bit_kwargs
-
-        load_kw = _four_bit_kwargs()  # a clear error on a machine without CUDA/bitsandbytes
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, **load_kw)
-    if qlora:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model)
-    return tokenizer, model
-
-
 def train_lora(
     base_spec: str, rows: list[Row], cfg: SFTStageConfig, out_dir: Path, seed: int = 0, adapter: Path | None = None
 ) -> dict[str, Any]:
@@ -327,24 +218,4 @@ def train_lora(
 
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
     trainer = build_sft_trainer(model, tokenizer, rows, cfg, out_dir, seed)
-    ckpt_dir = out_dir / "checkpoints"
-    resume = resume_checkpoint(out_dir)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    saved = out_dir / "adapter"
-    trainer.model.save_pretrained(saved)
-    tokenizer.save_pretrained(saved)
-    history = trainer.state.log_history
-    with open(out_dir / "train_log.jsonl", "w") as f:
-        for entry in history:
-            f.write(json.dumps(entry) + "\n")
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # the adapter is the result; checkpoints only served resuming
-    losses = [e["loss"] for e in history if "loss" in e]
-    final = next((e for e in reversed(history) if "train_runtime" in e), {})
-    return {
-        "steps": trainer.state.global_step,
-        "loss": losses,
-        "first_loss": losses[0] if losses else None,
-        "last_loss": losses[-1] if losses else None,
-        "runtime_s": final.get("train_runtime"),
-        **resumed(resume),
-    }
+    return train_and_finish(trainer, tokenizer, out_dir)

@@ -23,29 +23,26 @@ Example (YAML):
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from valign.errors import ValignError
-from valign.stages.base import TRAINING_STAGES, ConfigFile, StageContext, previous_training_stage, training_start, model_identity
+from valign.stages.base import ConfigFile, StageContext, model_identity, previous_training_stage
+from valign.stages.training import TrainingConfig, TrainingStage, load_base, model_record, train_and_finish, trainer_args, training_base
 from valign.survey.opinion import OpinionItem, opinion_prompt, option_letters, read_items
 from valign.types import Row
 
 __all__ = ["SurveySFTConfig", "SurveySFTStage", "split_items", "train_distributions"]
 
-class SurveySFTConfig(BaseModel):
+class SurveySFTConfig(TrainingConfig):
     """Settings of the `survey_sft` stage.
 
     ``items``: an evaluation-set JSONL (`valign survey export` writes ``eval_items.jsonl``);
     by default the run's `survey` stage's. ``kinds``: which survey items to train on
     (``value`` items are the instrument's value questions).
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     items: ConfigFile | None = None
     kinds: list[str] = Field(default_factory=lambda: ["value"])
@@ -54,14 +51,7 @@ class SurveySFTConfig(BaseModel):
     lora_alpha: int = Field(16, ge=1)
     learning_rate: float = Field(3e-4, gt=0)
     epochs: float = Field(4.0, gt=0)
-    max_steps: int = Field(-1, ge=-1)
     batch_size: int = Field(8, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    max_length: int = Field(512, ge=16)
-    logging_steps: int = Field(1, ge=1)
-    save_steps: int = Field(50, ge=1)
-    qlora: bool = False
-    model: str | None = None  # the base; defaults to the run's model
 
 
 def split_items(items: list[OpinionItem], holdout: float, seed: int) -> tuple[list[OpinionItem], list[OpinionItem]]:
@@ -81,7 +71,7 @@ def split_items(items: list[OpinionItem], holdout: float, seed: int) -> tuple[li
     return [it for it in items if it.id not in held], [it for it in items if it.id in held]
 
 
-class SurveySFTStage:
+class SurveySFTStage(TrainingStage):
     name: ClassVar[str] = "survey_sft"
 
     def inputs(self, run_config: Any) -> list[str]:
@@ -106,8 +96,7 @@ class SurveySFTStage:
         if len(items) < 2:
             raise ValignError(f"survey_sft found {len(items)} item(s) of kinds {cfg.kinds} in {path}; it needs two or more — check survey_sft.kinds.")
         train, held = split_items(items, cfg.holdout, ctx.run_config.seed)
-        previous = next((d for name, d in ctx.input_dirs.items() if name in TRAINING_STAGES), None)
-        base_spec, adapter = training_start(cfg.model or ctx.run_config.model, previous)
+        base_spec, adapter = training_base(cfg, ctx.run_config, ctx.input_dirs)
         result = train_distributions(base_spec, train, held, cfg, ctx.dir, ctx.run_config.seed, adapter)
         ctx.rows.append(result.pop("rows"))
         ctx.info.update(result)
@@ -130,7 +119,6 @@ def train_distributions(
     from transformers import TrainingArguments
 
     from valign.evaluate.fidelity import item_distance
-    from valign.stages.sft import load_base, resume_checkpoint, resumed, trainer_args
 
     tokenizer, base = load_base(base_spec, cfg.qlora)
     if continue_from is not None:
@@ -140,17 +128,10 @@ def train_distributions(
         model = get_peft_model(base, lora)
     examples = [_example(tokenizer, it, cfg.max_length) for it in train + held]
     before = _distributions(model, examples)
-    args = TrainingArguments(**_plain_args(trainer_args(cfg, out_dir, seed)), remove_unused_columns=False)
+    args = TrainingArguments(**_plain_args(trainer_args(cfg, out_dir, seed, "survey_sft")), remove_unused_columns=False)
     trainer = _soft_label_trainer_class()(model=model, args=args, train_dataset=examples[: len(train)], data_collator=_collate(tokenizer.pad_token_id))
-    ckpt = out_dir / "checkpoints"
-    resume = resume_checkpoint(out_dir)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    log = train_and_finish(trainer, tokenizer, out_dir)
     after = _distributions(trainer.model, examples)
-    trainer.model.save_pretrained(out_dir / "adapter")
-    history = trainer.state.log_history
-    with open(out_dir / "train_log.jsonl", "w") as f:
-        f.writelines(json.dumps(e) + "\n" for e in history)
-    shutil.rmtree(ckpt, ignore_errors=True)
 
     rows: list[Row] = []
     for i, item in enumerate(train + held):
@@ -172,11 +153,10 @@ def train_distributions(
     }
     return {
         "rows": rows,
-        "model": {"base": base_spec, "adapter": "adapter"},
+        "model": model_record(base_spec, cfg),
         "counts": {"train_items": len(train), "held_out_items": len(held)},
         "fidelity": fidelity,
-        "train": {"steps": trainer.state.global_step, "loss": [e["loss"] for e in history if "loss" in e],
-                  "continued_from": str(continue_from) if continue_from else None, **resumed(resume)},
+        "train": {**log, "continued_from": str(continue_from) if continue_from else None},
     }
 
 
@@ -225,9 +205,10 @@ def _option_log_probs(model: Any, batch: dict[str, Any]):
 
     hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True, logits_to_keep=1)
     # Right padding: the answer position differs per row, so read the last layer's state
-    # there and project only those rows through the LM head.
+    # there and project only those rows through the LM head (the frozen head of the
+    # model under DDP's wrapper, when several processes train).
     states = hidden.hidden_states[-1][torch.arange(len(batch["last"])), batch["last"]]
-    head = model.get_output_embeddings()
+    head = getattr(model, "module", model).get_output_embeddings()
     logits = head(states).float()
     options = batch["option_ids"]
     picked = logits.gather(1, options.clamp(min=0)).masked_fill(options < 0, float("-inf"))

@@ -1,0 +1,328 @@
+"""What every training stage (sft, survey_sft, dpo, kto) shares, declared once.
+
+* `TrainingConfig`: the settings they all have (base model, QLoRA, precision, steps,
+  batch, learning rate, checkpoints), beside which each stage's config adds its own.
+* `check_can_train`: the refusals (4-bit without bitsandbytes, a remote base, a missing
+  adapter to continue), run by the pipeline *before* the stage's folder is reset, so a
+  refusal never deletes a finished stage.
+* `training_launch`: how the stage is launched — processes, precision, quantization —
+  which is part of its fingerprint: two processes, or bf16, train a different model.
+* `load_base`: the base to train, in fp32 or as a 4-bit NF4 base through bitsandbytes
+  (QLoRA), on a GPU or a CPU.
+* `trainer_args`, `resume_checkpoint`, `finish_training`: the TrainingArguments, where a
+  killed run resumes, and the end of training — adapter, tokenizer and loss curve saved
+  the same way for every stage, by the main process alone.
+
+Several processes (``accelerate launch``) train data-parallel; everything that writes the
+stage folder happens in the main process (`valign.distributed`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from valign import distributed
+from valign.errors import ValignError
+from valign.stages.base import TRAINING_STAGES, training_start
+
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+class TrainingConfig(BaseModel):
+    """Settings every training stage has; each stage's config extends it.
+
+    ``precision``: ``auto`` follows the launcher (``accelerate launch --mixed_precision
+    bf16`` or a DeepSpeed config's bf16), else bf16 on a GPU that has it and fp32 on a
+    CPU; ``bf16`` trains with bf16 autocast (also on CPUs), ``fp32`` without. Weights
+    stay fp32 either way (LoRA's trainable ones), and a 4-bit base (``qlora``) computes
+    in bf16.
+
+    Example (YAML, any training stage):
+        sft: {qlora: true, precision: auto, learning_rate: 2.0e-4, batch_size: 4, max_steps: -1}
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None  # the base; defaults to the run's model
+    qlora: bool = False  # load the base in 4-bit NF4 (bitsandbytes) and train LoRA on it
+    precision: Precision = "auto"
+    learning_rate: float = Field(2e-4, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, ge=-1)  # -1: run `epochs`
+    batch_size: int = Field(4, ge=1)  # per process
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16)
+    gradient_checkpointing: bool | None = None  # None: on with CUDA, off on a CPU
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int = Field(50, ge=1)
+
+
+# -- the launch, as a fingerprint sees it ---------------------------------------------
+
+
+def _launcher_precision() -> str:
+    """What `accelerate launch` asked for (``no``, ``bf16`` or ``fp16``); ``no`` without it."""
+    return os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+
+
+def resolve_precision(setting: Precision, stage: str = "training") -> Literal["fp32", "bf16"]:
+    """The precision a stage trains in, from its setting and the launcher's.
+
+    accelerate applies its ``--mixed_precision`` whatever the Trainer is told, so a
+    stage that asks for fp32 under a bf16 launch is refused instead of silently mixed.
+
+    Example:
+        >>> resolve_precision("auto")  # on a CPU, launched without --mixed_precision
+        'fp32'
+    """
+    launcher = _launcher_precision()
+    if launcher == "fp16":
+        raise ValignError(f"{stage}: accelerate was launched with --mixed_precision fp16, which valign does not train in; use bf16 or no.")
+    if setting == "fp32" and launcher == "bf16":
+        raise ValignError(
+            f"{stage}.precision is fp32 but accelerate was launched with mixed precision bf16; "
+            "set precision: auto (or bf16), or launch with --mixed_precision no."
+        )
+    if setting != "auto":
+        return setting
+    if launcher == "bf16":
+        return "bf16"
+    import torch
+
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def _strategy() -> str:
+    """How accelerate spreads the model: ``ddp``, ``fsdp``, ``deepspeed`` or ``single``.
+
+    accelerate enables FSDP only on GPUs: launched with an FSDP config on a CPU, it
+    quietly trains plain DDP, and valign says so instead.
+    """
+    if distributed.world_size() <= 1:
+        return "single"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return "deepspeed"
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        import torch
+
+        return "fsdp" if torch.cuda.is_available() else "ddp (FSDP needs GPUs; accelerate falls back to DDP on a CPU)"
+    return "ddp"
+
+
+def training_launch(cfg: TrainingConfig, stage: str = "training") -> dict[str, Any]:
+    """What the launch adds to a training stage's fingerprint: processes (the global
+    batch is ``batch_size × gradient_accumulation_steps × processes``), precision,
+    quantization and strategy.
+
+    Example:
+        >>> training_launch(TrainingConfig())  # one process on a CPU
+        {'processes': 1, 'precision': 'fp32', 'quantization': None, 'strategy': 'single'}
+    """
+    return {
+        "processes": distributed.world_size(),
+        "precision": resolve_precision(cfg.precision, stage),
+        "quantization": "nf4" if cfg.qlora else None,
+        "strategy": _strategy(),
+    }
+
+
+# -- refusals, before anything is deleted ----------------------------------------------
+
+
+def is_local_base(spec: str) -> bool:
+    """Whether a spec names a base model this machine can load to train (no adapter on it)."""
+    return spec == "embedded" or (spec.startswith("hf:") and "+" not in spec)
+
+
+def base_model_path(spec: str) -> str:
+    """A local checkpoint to train from; remote backends cannot be fine-tuned here."""
+    if spec == "embedded":
+        from valign.models.embedded import embedded_dir, is_prepared, prepare_embedded
+
+        if not is_prepared():
+            prepare_embedded()
+        return str(embedded_dir())
+    if is_local_base(spec):
+        return spec[3:]
+    raise ValignError(
+        f"a training stage trains a LoRA adapter on a local base model, and '{spec}' is not one; "
+        "set the stage's `model` to 'embedded' or 'hf:<path or hub id>'."
+    )
+
+
+def check_can_train(cfg: TrainingConfig, stage: str, base_spec: str, adapter: Path | None) -> None:
+    """Everything that would refuse this stage, checked before its folder is reset."""
+    if not is_local_base(base_spec):
+        base_model_path(base_spec)  # raises the sentence
+    if cfg.qlora and importlib.util.find_spec("bitsandbytes") is None:
+        raise ValignError(f"{stage}.qlora: true loads the base in 4 bit through bitsandbytes, which is not installed; run `pip install bitsandbytes` or set qlora: false.")
+    if adapter is not None and not (adapter / "adapter_config.json").exists():
+        raise ValignError(f"{stage} continues the adapter in {adapter}, which is missing; re-run the stage that trains it (drop --only).")
+    resolve_precision(cfg.precision, stage)
+
+
+def training_base(cfg: TrainingConfig, run_config: Any, input_dirs: dict[str, Path]) -> tuple[str, Path | None]:
+    """(base spec, adapter to continue or None) of a training stage, from its inputs:
+    the run's previous training stage's adapter, else a ``run:`` model's, else none."""
+    previous = next((d for name, d in input_dirs.items() if name in TRAINING_STAGES), None)
+    return training_start(cfg.model or run_config.model, previous)
+
+
+def model_record(base_spec: str, cfg: TrainingConfig) -> dict[str, Any]:
+    """The manifest's ``model`` entry, from which ``run:<stage folder>`` loads the result:
+    the base, the adapter folder, and the base's quantization when it trained in 4 bit
+    (``run:`` then loads the base in 4 bit too)."""
+    return {"base": base_spec, "adapter": "adapter", **({"quantization": "nf4"} if cfg.qlora else {})}
+
+
+class TrainingStage:
+    """What the pipeline asks of a training stage besides `Stage`'s methods: its refusals,
+    checked before its folder is reset (`check_can_train`)."""
+
+    name: ClassVar[str]
+
+    def check(self, run_config: Any, input_dirs: dict[str, Path]) -> None:
+        cfg = getattr(run_config, self.name)
+        base, adapter = training_base(cfg, run_config, input_dirs)
+        check_can_train(cfg, self.name, base, adapter)
+
+
+# -- the model to train -----------------------------------------------------------------
+
+
+def load_base(base_spec: str, qlora: bool):
+    """Tokenizer and model to train: fp32 weights, or a 4-bit NF4 base with ``qlora``
+    (bitsandbytes; on a GPU or a CPU), prepared for k-bit training."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from valign.models.hf import four_bit_load_kwargs
+
+    path = base_model_path(base_spec)
+    load_kw: dict[str, Any] = four_bit_load_kwargs(for_training=True) if qlora else {"dtype": torch.float32}
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, **load_kw)
+    if qlora:
+        from peft import prepare_model_for_kbit_training
+
+        # Its gradient checkpointing is TrainingArguments' business (off on a CPU).
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=torch.cuda.is_available())
+    return tokenizer, model
+
+
+def trainer_args(cfg: TrainingConfig, out_dir: Path, seed: int, stage: str = "training") -> dict[str, Any]:
+    """The TrainingArguments every training stage shares (TRL's configs take them all).
+
+    Gradient checkpointing saves GPU memory for big models; on a CPU with a small model
+    memory is plentiful and the recomputation is pure loss, so it defaults to "on with CUDA".
+    """
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    checkpointing = cfg.gradient_checkpointing
+    return dict(
+        output_dir=str(out_dir / "checkpoints"),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        gradient_checkpointing=on_gpu if checkpointing is None else checkpointing,
+        learning_rate=cfg.learning_rate,
+        max_length=cfg.max_length,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,
+        seed=seed,
+        report_to="none",
+        use_cpu=not on_gpu,
+        bf16=resolve_precision(cfg.precision, stage) == "bf16",
+        disable_tqdm=True,
+        # DDP over LoRA: every trainable parameter gets a gradient, and searching the
+        # graph for unused ones costs a pass per step.
+        ddp_find_unused_parameters=False,
+    )
+
+
+# -- resuming and finishing ------------------------------------------------------------
+
+
+def resume_checkpoint(out_dir: Path) -> Path | None:
+    """The newest complete checkpoint in ``out_dir/checkpoints`` to resume training from, or None.
+
+    The Trainer writes a checkpoint's ``trainer_state.json`` last. A run killed while it was
+    writing one leaves a folder without it, which the Trainer would take for the last
+    checkpoint and fail to load on every later attempt ("Can't find a valid checkpoint");
+    the main process removes such torn folders, so training resumes from the one before.
+    Every process then finds the same checkpoint.
+    """
+    ckpt_dir = out_dir / "checkpoints"
+
+    def complete(remove_torn: bool) -> list[tuple[int, Path]]:
+        found: list[tuple[int, Path]] = []
+        for folder in ckpt_dir.glob("checkpoint-*") if ckpt_dir.is_dir() else ():
+            step = folder.name.removeprefix("checkpoint-")
+            if not folder.is_dir() or not step.isdigit():
+                continue
+            try:
+                json.loads((folder / "trainer_state.json").read_text())
+            except (OSError, ValueError):
+                if remove_torn:
+                    shutil.rmtree(folder, ignore_errors=True)  # torn: killed mid-save
+                continue
+            found.append((int(step), folder))
+        return found
+
+    if distributed.is_main():
+        complete(remove_torn=True)
+    distributed.barrier()
+    found = complete(remove_torn=False)
+    return max(found)[1] if found else None
+
+
+def resumed(checkpoint: Path | None) -> dict[str, Any]:
+    """The manifest's record of where a training stage resumed: ``resumed_from_checkpoint``
+    and the step it continued after (None when it started afresh)."""
+    step = int(checkpoint.name.removeprefix("checkpoint-")) if checkpoint is not None else None
+    return {"resumed_from_checkpoint": checkpoint is not None, "resumed_from_step": step}
+
+
+def train_and_finish(trainer, tokenizer, out_dir: Path) -> dict[str, Any]:
+    """Train (resuming from the newest checkpoint), then end the way every stage ends:
+    the main process saves the trained adapter (``adapter/``, with the tokenizer, so the
+    folder loads on its own) and the loss curve (``train_log.jsonl``), and removes the
+    checkpoints, which only served resuming. Returns the manifest's ``train`` record.
+    """
+    resume = resume_checkpoint(out_dir)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    history = trainer.state.log_history
+    if distributed.is_main():
+        # DPO/KTO hold a frozen "ref" copy of a continued adapter beside the trained one.
+        trainer.model.save_pretrained(out_dir / "adapter", selected_adapters=["default"])
+        tokenizer.save_pretrained(out_dir / "adapter")
+        with open(out_dir / "train_log.jsonl", "w") as f:
+            f.writelines(json.dumps(entry) + "\n" for entry in history)
+        shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    distributed.barrier()
+    losses = [e["loss"] for e in history if "loss" in e]
+    final = next((e for e in reversed(history) if "train_runtime" in e), {})
+    return {
+        "steps": trainer.state.global_step,
+        "loss": losses,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "runtime_s": final.get("train_runtime"),
+        **resumed(resume),
+    }
+
+
+def log_series(history: list[dict[str, Any]], key: str) -> list[Any]:
+    """One metric's values over a training log."""
+    return [e[key] for e in history if key in e]
