@@ -272,9 +272,11 @@ def test_sample_weights_weight_the_dpo_loss_exactly():
     alone = _lora_grads([pairs[0]], batch_size=1)
     unweighted = _lora_grads(pairs, batch_size=2)
     assert weighted.keys() == alone.keys()
+    # A batch of two and a batch of one sum in different orders: fp32 gradients of size ~1
+    # then differ by a few 1e-6 (4.8e-6 seen on one element near zero), hence atol 1e-5.
     for name in alone:
-        assert torch.allclose(weighted[name], alone[name], rtol=1e-3, atol=1e-6), name
-    assert any(not torch.allclose(unweighted[n], alone[n], rtol=1e-3, atol=1e-6) for n in alone), "weights made a difference"
+        assert torch.allclose(weighted[name], alone[name], rtol=1e-3, atol=1e-5), name
+    assert any(not torch.allclose(unweighted[n], alone[n], rtol=1e-3, atol=1e-5) for n in alone), "weights made a difference"
 
 
 def test_sample_weights_weight_the_kto_loss_exactly():

@@ -12,6 +12,8 @@ import pytest
 
 from valign.runs import read_rows
 
+from tests.run_helpers import check_trained, complete_checkpoints, kill_when, run_to_end, start_run, steps_logged, write_jsonl
+
 pytestmark = pytest.mark.slow
 
 
@@ -92,99 +94,6 @@ def test_revise_killed_mid_stage_resumes_without_duplicates(tmp_path):
 
 
 # --------------------------------------------------------------------------- pairs and training stages
-#
-# Each test below starts `valign run` in its own process group, watches the stage folder
-# from here, kills the whole group with SIGKILL at the chosen moment and runs the same
-# command again. The child imports this worktree's code (PYTHONPATH) and writes its
-# output unbuffered into one file, so the trainer's per-step log lines ({'loss': …},
-# printed on stdout) and the pipeline's "✓ <stage>" lines (stderr) keep their order.
-
-SRC = Path(__file__).resolve().parents[1] / "src"
-POLL = 0.2  # seconds between looks at the run folder
-TIMEOUT = 300  # seconds a run may take to reach the kill point (the machine may be busy)
-
-
-def _start(cfg: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])), "PYTHONUNBUFFERED": "1"}
-    out = open(log, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "valign.cli", "run", str(cfg)], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    out.close()  # the child holds its own copy
-    return proc
-
-
-def _run(cfg: Path, log: Path) -> str:
-    """A whole run to its end; returns its output."""
-    proc = _start(cfg, log)
-    try:
-        proc.wait(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    text = log.read_text()
-    assert proc.returncode == 0, text[-1500:]
-    return text
-
-
-def _kill_when(proc: subprocess.Popen, log: Path, ready, what: str, more_work: str, poll: float = POLL) -> None:
-    """Poll until ``ready()``, then SIGKILL the run's process group. A run that ends first
-    fails the test: it would prove nothing about resuming."""
-    deadline = time.time() + TIMEOUT
-    try:
-        while not ready():
-            if proc.poll() is not None:
-                tail = log.read_text()[-800:]
-                pytest.fail(f"the run ended (exit {proc.returncode}) before {what}, so nothing was killed; {more_work}.\n{tail}")
-            if time.time() > deadline:
-                pytest.fail(f"no {what} after {TIMEOUT}s; the machine is too busy or the run is stuck.\n{log.read_text()[-800:]}")
-            time.sleep(poll)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    tail = log.read_text()[-800:]
-    assert proc.returncode == -signal.SIGKILL, f"the run ended (exit {proc.returncode}) before the kill; {more_work}.\n{tail}"
-
-
-def _complete_checkpoints(stage: Path) -> list[int]:
-    """Steps of the checkpoints the Trainer finished writing (trainer_state.json comes last)."""
-    steps = []
-    for folder in (stage / "checkpoints").glob("checkpoint-*"):
-        try:
-            json.loads((folder / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            continue
-        steps.append(int(folder.name.split("-")[1]))
-    return sorted(steps)
-
-
-def _steps_logged(output: str) -> int:
-    """Training steps a run printed a loss for (the Trainer prints one line per logged step)."""
-    return sum(line.startswith("{'loss'") for line in output.splitlines())
-
-
-def _check_trained(stage: Path, max_steps: int, resumed_from: int, rows: int) -> dict:
-    """A finished training stage that resumed after step ``resumed_from``: each step once, all rows once."""
-    manifest = json.loads((stage / "manifest.json").read_text())
-    train = manifest["train"]
-    assert train["resumed_from_checkpoint"] is True and train["resumed_from_step"] == resumed_from, train
-    assert train["steps"] == max_steps, "the resumed run stops at max_steps, counting the steps before the kill"
-    logged = [e["step"] for e in read_rows(stage / "train_log.jsonl") if "loss" in e]
-    assert logged == list(range(1, max_steps + 1)), f"each step's loss is logged once: {logged}"
-    assert len(train["loss"]) == max_steps
-    ids = [r["id"] for r in read_rows(stage / "rows.jsonl")]
-    assert len(ids) == len(set(ids)) == rows, "no duplicate and no missing training row"
-    assert (stage / "adapter" / "adapter_config.json").exists() and (stage / "adapter" / "adapter_model.safetensors").exists()
-    assert not (stage / "checkpoints").exists(), "checkpoints only served resuming; the finished stage removes them"
-    return manifest
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def test_pairs_killed_mid_stage_resumes_without_duplicates(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
@@ -194,8 +103,8 @@ def test_pairs_killed_mid_stage_resumes_without_duplicates(tmp_path):
     )
     stage = tmp_path / "runs" / "killed" / "02-pairs"
     log = tmp_path / "first.log"
-    proc = _start(cfg, log)
-    _kill_when(
+    proc = start_run(cfg, log)
+    kill_when(
         proc, log, lambda: len(read_rows(stage / "rows.jsonl")) >= 2, "two pairs rows were written",
         "give pairs more prompts (respond.limit) or longer answers (pairs.gen.max_new_tokens)",
     )
@@ -203,7 +112,7 @@ def test_pairs_killed_mid_stage_resumes_without_duplicates(tmp_path):
     assert 2 <= at_kill < 6, f"killed mid-stage ({at_kill} of 6 pairs written); if 6, give pairs more work"
     assert not (stage / "manifest.json").exists()
 
-    out = _run(cfg, tmp_path / "second.log")
+    out = run_to_end(cfg, tmp_path / "second.log")
     assert "01-respond: up to date, skipped" in out
     assert f"02-pairs: resuming after {at_kill} rows" in out
     prompts = [r["prompt_id"] for r in read_rows(stage.parent / "01-respond" / "rows.jsonl")]
@@ -224,7 +133,7 @@ def test_sft_killed_while_writing_a_checkpoint_resumes_from_the_one_before(tmp_p
     the remaining steps exactly once (before the fix it took the torn folder for the last
     checkpoint and crashed on every rerun)."""
     rows = [{"id": f"r{i}", "prompt": f"Name fact {i} about the sea.", "completion": f"Fact {i}: the sea is salty."} for i in range(4)]
-    data = _write_jsonl(tmp_path / "sft.jsonl", rows)
+    data = write_jsonl(tmp_path / "sft.jsonl", rows)
     max_steps = 4
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
@@ -233,7 +142,7 @@ def test_sft_killed_while_writing_a_checkpoint_resumes_from_the_one_before(tmp_p
     )
     stage = tmp_path / "runs" / "killed" / "01-sft"
     log = tmp_path / "first.log"
-    proc = _start(cfg, log)
+    proc = start_run(cfg, log)
     looked: set[int] = set()  # checkpoints already inspected
     caught: list[int] = []  # the one found mid-write
 
@@ -252,15 +161,15 @@ def test_sft_killed_while_writing_a_checkpoint_resumes_from_the_one_before(tmp_p
             os.killpg(proc.pid, signal.SIGCONT)  # too late for this one; try the next
         return False
 
-    _kill_when(proc, log, mid_save, "a checkpoint was caught mid-write", "raise sft.max_steps for more checkpoints to catch", poll=0.005)
+    kill_when(proc, log, mid_save, "a checkpoint was caught mid-write", "raise sft.max_steps for more checkpoints to catch", poll=0.005)
     k = caught[0]
-    assert _complete_checkpoints(stage) == [k - 1], "the checkpoint before the torn one is complete"
+    assert complete_checkpoints(stage) == [k - 1], "the checkpoint before the torn one is complete"
     assert (stage / "checkpoints" / f"checkpoint-{k}").is_dir()
     assert not (stage / "manifest.json").exists()
 
-    out = _run(cfg, tmp_path / "second.log")
-    assert _steps_logged(out) == max_steps - (k - 1), f"the rerun trains only steps {k}..{max_steps}:\n{out[-1500:]}"
-    _check_trained(stage, max_steps, resumed_from=k - 1, rows=len(rows))
+    out = run_to_end(cfg, tmp_path / "second.log")
+    assert steps_logged(out) == max_steps - (k - 1), f"the rerun trains only steps {k}..{max_steps}:\n{out[-1500:]}"
+    check_trained(stage, max_steps, resumed_from=k - 1, rows=len(rows))
 
 
 def test_dpo_then_kto_each_killed_after_a_checkpoint_resume_from_it(tmp_path):
@@ -280,16 +189,16 @@ def test_dpo_then_kto_each_killed_after_a_checkpoint_resume_from_it(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         f"name: killed\nruns_dir: {tmp_path / 'runs'}\nmodel: embedded\nstages: [dpo, kto]\n"
-        f"dpo:\n  rows: {_write_jsonl(tmp_path / 'dpo.jsonl', dpo_rows)}\n{train}"
-        f"kto:\n  rows: {_write_jsonl(tmp_path / 'kto.jsonl', kto_rows)}\n{train}"
+        f"dpo:\n  rows: {write_jsonl(tmp_path / 'dpo.jsonl', dpo_rows)}\n{train}"
+        f"kto:\n  rows: {write_jsonl(tmp_path / 'kto.jsonl', kto_rows)}\n{train}"
     )
     dpo, kto = tmp_path / "runs" / "killed" / "01-dpo", tmp_path / "runs" / "killed" / "02-kto"
     more = "raise max_steps so training outlasts the poll"
 
     def kill_after_checkpoint(stage: Path, log: Path) -> int:
-        proc = _start(cfg, log)
-        _kill_when(proc, log, lambda: bool(_complete_checkpoints(stage)), f"a checkpoint in {stage.name}", more)
-        k = _complete_checkpoints(stage)[-1]
+        proc = start_run(cfg, log)
+        kill_when(proc, log, lambda: bool(complete_checkpoints(stage)), f"a checkpoint in {stage.name}", more)
+        k = complete_checkpoints(stage)[-1]
         assert k < max_steps, f"killed after the last step (checkpoint-{k}); {more}"
         assert not (stage / "manifest.json").exists()
         return k
@@ -301,14 +210,14 @@ def test_dpo_then_kto_each_killed_after_a_checkpoint_resume_from_it(tmp_path):
     second = (tmp_path / "second.log").read_text()
     assert f"01-dpo: resuming after {len(dpo_rows)} rows" in second
     dpo_part = second.split("✓ 01-dpo:")[0]
-    assert _steps_logged(dpo_part) == max_steps - k_dpo, f"dpo trains only steps {k_dpo + 1}..{max_steps} again:\n{dpo_part[-1500:]}"
-    _check_trained(dpo, max_steps, resumed_from=k_dpo, rows=len(dpo_rows))
+    assert steps_logged(dpo_part) == max_steps - k_dpo, f"dpo trains only steps {k_dpo + 1}..{max_steps} again:\n{dpo_part[-1500:]}"
+    check_trained(dpo, max_steps, resumed_from=k_dpo, rows=len(dpo_rows))
 
-    third = _run(cfg, tmp_path / "third.log")
+    third = run_to_end(cfg, tmp_path / "third.log")
     assert "01-dpo: up to date, skipped" in third
     assert f"02-kto: resuming after {len(kto_rows)} rows" in third
-    assert _steps_logged(third) == max_steps - k_kto, f"kto trains only steps {k_kto + 1}..{max_steps} again:\n{third[-1500:]}"
-    manifest = _check_trained(kto, max_steps, resumed_from=k_kto, rows=len(kto_rows))
+    assert steps_logged(third) == max_steps - k_kto, f"kto trains only steps {k_kto + 1}..{max_steps} again:\n{third[-1500:]}"
+    manifest = check_trained(kto, max_steps, resumed_from=k_kto, rows=len(kto_rows))
     assert manifest["train"]["continued_from"] == str(dpo), "kto continues dpo's adapter"
 
 
@@ -332,13 +241,13 @@ def test_survey_sft_killed_after_a_checkpoint_resumes_from_it(tmp_path):
     )
     stage = tmp_path / "runs" / "killed" / "01-survey_sft"
     log = tmp_path / "first.log"
-    proc = _start(cfg, log)
+    proc = start_run(cfg, log)
     more = "raise survey_sft.max_steps so training outlasts the poll"
-    _kill_when(proc, log, lambda: bool(_complete_checkpoints(stage)), "a checkpoint in survey_sft", more)
-    k = _complete_checkpoints(stage)[-1]
+    kill_when(proc, log, lambda: bool(complete_checkpoints(stage)), "a checkpoint in survey_sft", more)
+    k = complete_checkpoints(stage)[-1]
     assert k < max_steps, f"killed after the last step (checkpoint-{k}); {more}"
     assert not (stage / "manifest.json").exists()
 
-    out = _run(cfg, tmp_path / "second.log")
-    assert _steps_logged(out) == max_steps - k, f"the rerun trains only steps {k + 1}..{max_steps}:\n{out[-1500:]}"
-    _check_trained(stage, max_steps, resumed_from=k, rows=len(items))
+    out = run_to_end(cfg, tmp_path / "second.log")
+    assert steps_logged(out) == max_steps - k, f"the rerun trains only steps {k + 1}..{max_steps}:\n{out[-1500:]}"
+    check_trained(stage, max_steps, resumed_from=k, rows=len(items))

@@ -61,6 +61,24 @@ def stage_dirs(cfg: RunConfig) -> dict[str, StageDir]:
     return {name: StageDir(stage_folder(cfg, name)) for name in cfg.stages}
 
 
+def describe_stage(cfg: RunConfig, name: str) -> dict:
+    """What a stage's fingerprint hashes besides its inputs: its own description, and for
+    a training stage also its launch — processes, precision and quantization change what
+    training produces."""
+    described = STAGES[name].describe(cfg)
+    if name in TRAINING_STAGES:
+        described = {**described, "launch": training_launch(getattr(cfg, name), name)}
+    return described
+
+
+def stage_fingerprints(cfg: RunConfig) -> dict[str, str]:
+    """Every stage's fingerprint as `run_pipeline` computes it (each reads its inputs')."""
+    fps: dict[str, str] = {}
+    for name in cfg.stages:
+        fps[name] = fingerprint(name, describe_stage(cfg, name), {d: fps[d] for d in STAGES[name].inputs(cfg)})
+    return fps
+
+
 def run_pipeline(
     cfg: RunConfig,
     *,
@@ -97,10 +115,7 @@ def run_pipeline(
             if dep not in fps:
                 raise ValignError(f"stage '{name}' reads '{dep}', which must come before it in `stages`.")
         trains = name in TRAINING_STAGES
-        described = stage.describe(cfg)
-        if trains:
-            # Processes, precision and quantization change what training produces.
-            described = {**described, "launch": training_launch(getattr(cfg, name), name)}
+        described = describe_stage(cfg, name)
         fp = fingerprint(name, described, {d: fps[d] for d in inputs})
         fps[name] = fp
         forcing = forcing or name == start_from

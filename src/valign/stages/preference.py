@@ -299,14 +299,6 @@ def _train(ctx: StageContext, cfg: PreferenceConfig, rows: list[Row], kind: str)
     from peft import LoraConfig, PeftModel
 
     base_spec, adapter = training_base(cfg, ctx.run_config, ctx.input_dirs)
-    tokenizer, base = load_base(base_spec, cfg.qlora)
-    peft_config = None
-    if adapter is not None:
-        # Continue the adapter it starts from (SFT's, last round's, …); TRL keeps a frozen copy of it as the reference.
-        model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
-    else:
-        model = base
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
     # TRL caches the precomputed reference log-probs in each process's own temporary
     # folder, where the other processes look for them and fail: with several processes
     # the reference runs in every step instead.
@@ -322,15 +314,22 @@ def _train(ctx: StageContext, cfg: PreferenceConfig, rows: list[Row], kind: str)
     if kind == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        data = _dataset(rows, ("prompt", "chosen", "rejected"))
         args = DPOConfig(loss_type=[cfg.loss_type], **common)  # type: ignore[attr-defined]
-        trainer = valign_trainer(DPOTrainer)(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config)
+        trainer_cls, data = valign_trainer(DPOTrainer), _dataset(rows, ("prompt", "chosen", "rejected"))
     else:
         from trl import KTOConfig, KTOTrainer
 
-        data = _dataset(rows, ("prompt", "completion", "label"))
         args = KTOConfig(desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight, **common)  # type: ignore[attr-defined]
-        trainer = valign_trainer(KTOTrainer)(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config)
+        trainer_cls, data = valign_trainer(KTOTrainer), _dataset(rows, ("prompt", "completion", "label"))
+    tokenizer, base = load_base(base_spec, cfg.qlora)  # after the arguments: see `load_base`
+    peft_config = None
+    if adapter is not None:
+        # Continue the adapter it starts from (SFT's, last round's, …); TRL keeps a frozen copy of it as the reference.
+        model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
+    else:
+        model = base
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = trainer_cls(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config)
     train = train_and_finish(trainer, tokenizer, ctx.dir)
     history = trainer.state.log_history
     if kind == "dpo":

@@ -167,6 +167,16 @@ def _plain_loss_trainer_class():
     return PlainLossSFTTrainer
 
 
+def sft_config(cfg: SFTStageConfig, out_dir: Path, seed: int = 0):
+    """TRL's SFTConfig for this stage (TrainingArguments plus TRL's own settings)."""
+    from trl import SFTConfig
+
+    return SFTConfig(
+        **trainer_args(cfg, out_dir, seed, "sft"),
+        warmup_steps=int(cfg.warmup_steps) if cfg.warmup_steps >= 1 else cfg.warmup_steps,
+    )
+
+
 def build_sft_trainer(
     model,
     tokenizer,
@@ -175,23 +185,23 @@ def build_sft_trainer(
     out_dir: Path,
     seed: int = 0,
     *,
+    args=None,
     plain_loss: bool | None = None,
     callbacks: list | None = None,
 ):
     """A configured TRL SFTTrainer with a PEFT LoRA adapter on `model`.
 
-    ``plain_loss`` (default: on a CPU) swaps TRL's chunked loss for the model's own.
+    ``args``: the stage's `sft_config` when the caller made it before loading the model
+    (as `train_lora` does); ``plain_loss`` (default: on a CPU) swaps TRL's chunked loss
+    for the model's own.
     """
     import torch
     from datasets import Dataset
     from peft import LoraConfig, PeftModel
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     on_gpu = torch.cuda.is_available()
-    args = SFTConfig(
-        **trainer_args(cfg, out_dir, seed, "sft"),
-        warmup_steps=int(cfg.warmup_steps) if cfg.warmup_steps >= 1 else cfg.warmup_steps,
-    )
+    args = args if args is not None else sft_config(cfg, out_dir, seed)
     lora = LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
@@ -212,10 +222,11 @@ def train_lora(
     base_spec: str, rows: list[Row], cfg: SFTStageConfig, out_dir: Path, seed: int = 0, adapter: Path | None = None
 ) -> dict[str, Any]:
     """Fine-tune a LoRA adapter with TRL's SFTTrainer (a new one, or ``adapter`` continued); returns the loss curve."""
+    args = sft_config(cfg, out_dir, seed)  # before the model: see `load_base`
     tokenizer, model = load_base(base_spec, cfg.qlora)
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
-    trainer = build_sft_trainer(model, tokenizer, rows, cfg, out_dir, seed)
+    trainer = build_sft_trainer(model, tokenizer, rows, cfg, out_dir, seed, args=args)
     return train_and_finish(trainer, tokenizer, out_dir)

@@ -120,7 +120,8 @@ def train_distributions(
 
     from valign.evaluate.fidelity import item_distance
 
-    tokenizer, base = load_base(base_spec, cfg.qlora)
+    args = TrainingArguments(**_plain_args(trainer_args(cfg, out_dir, seed, "survey_sft")), remove_unused_columns=False)
+    tokenizer, base = load_base(base_spec, cfg.qlora)  # after the arguments: see `load_base`
     if continue_from is not None:
         model = PeftModel.from_pretrained(base, str(continue_from), is_trainable=True)
     else:
@@ -128,7 +129,6 @@ def train_distributions(
         model = get_peft_model(base, lora)
     examples = [_example(tokenizer, it, cfg.max_length) for it in train + held]
     before = _distributions(model, examples)
-    args = TrainingArguments(**_plain_args(trainer_args(cfg, out_dir, seed, "survey_sft")), remove_unused_columns=False)
     trainer = _soft_label_trainer_class()(model=model, args=args, train_dataset=examples[: len(train)], data_collator=_collate(tokenizer.pad_token_id))
     log = train_and_finish(trainer, tokenizer, out_dir)
     after = _distributions(trainer.model, examples)

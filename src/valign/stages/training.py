@@ -199,7 +199,12 @@ class TrainingStage:
 
 def load_base(base_spec: str, qlora: bool):
     """Tokenizer and model to train: fp32 weights, or a 4-bit NF4 base with ``qlora``
-    (bitsandbytes; on a GPU or a CPU), prepared for k-bit training."""
+    (bitsandbytes; on a GPU or a CPU), prepared for k-bit training.
+
+    Call it after the stage's TrainingArguments exist: under DeepSpeed ZeRO-3 their
+    creation is what makes transformers partition the weights while loading them, instead
+    of loading the whole model into every process first.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -303,9 +308,17 @@ def train_and_finish(trainer, tokenizer, out_dir: Path) -> dict[str, Any]:
     resume = resume_checkpoint(out_dir)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     history = trainer.state.log_history
-    if distributed.is_main():
+    if _strategy() in ("deepspeed", "fsdp"):
+        # The weights are sharded across the processes: every one takes part in gathering
+        # them, and the Trainer writes them from the main process — as a whole adapter,
+        # not FSDP's sharded checkpoint format (which suits only the checkpoints).
+        if getattr(trainer, "is_fsdp_enabled", False):
+            trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        trainer.save_model(str(out_dir / "adapter"))
+    elif distributed.is_main():
         # DPO/KTO hold a frozen "ref" copy of a continued adapter beside the trained one.
         trainer.model.save_pretrained(out_dir / "adapter", selected_adapters=["default"])
+    if distributed.is_main():
         tokenizer.save_pretrained(out_dir / "adapter")
         with open(out_dir / "train_log.jsonl", "w") as f:
             f.writelines(json.dumps(entry) + "\n" for entry in history)
