@@ -154,8 +154,13 @@ def run_pipeline(
             input_dirs=input_dirs,
             console=console,
         )
-        if trains or main:
-            stage.run(ctx)
+        try:
+            if trains or main:
+                stage.run(ctx)
+        except BaseException:
+            if main and sdir.restore_if_idle():
+                console.print(f"[yellow]↺[/] {sdir.path.name}: failed before doing any work; the stage it replaced is back as it was")
+            raise
         adapted = models.request_adjustments()
         if adapted:
             ctx.info["request_adjustments"] = adapted  # e.g. a reasoning judge's fixed temperature
@@ -165,6 +170,7 @@ def run_pipeline(
         ctx.info.setdefault("counts", {})["rows"] = len(rows)
         if main:
             sdir.finish(fp, {"stage": name, "inputs": {d: fps[d] for d in inputs}, "seconds": round(seconds, 3), **ctx.info})
+            sdir.discard_set_aside()
         distributed.barrier()  # nobody reads this stage's results before the manifest is written
         console.print(f"[green]✓[/] {sdir.path.name}: {len(rows)} rows in {seconds:.1f}s")
         outcomes.append(StageOutcome(name, sdir.path, status, len(rows), seconds))

@@ -153,7 +153,7 @@ class StageDir:
 
     def begin(self, fp: str) -> RowLog:
         """Open the stage for (re)starting under fingerprint `fp`, keeping rows only
-        if they were written under the same fingerprint."""
+        if they were written under the same fingerprint (the rest is set aside)."""
         started = self.path / "started.json"
         previous = json.loads(started.read_text()).get("fingerprint") if started.exists() else None
         if previous != fp or self.manifest_path.exists():
@@ -163,12 +163,47 @@ class StageDir:
             _fsync_write(started, json.dumps({"fingerprint": fp, "started": time.time()}))
         return RowLog(self.rows_path)
 
+    @property
+    def set_aside_path(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.replaced")
+
     def reset(self) -> None:
-        """Remove every artifact of the stage (its rows, manifest, adapters)."""
+        """Start the stage afresh. What it held (rows, manifest, adapter) is set aside, not
+        deleted, until the new attempt has done some work (`discard_set_aside`): a stage
+        that refuses before doing anything — an unreachable server, a missing package —
+        gets its finished predecessor back (`restore_if_idle`)."""
         import shutil
 
+        if not self.path.exists():
+            return
+        if self.set_aside_path.exists():
+            # An older set-aside copy: a new attempt had already replaced it with its work.
+            shutil.rmtree(self.set_aside_path) if self._did_work() else shutil.rmtree(self.path)
+        if self.path.exists():
+            os.replace(self.path, self.set_aside_path)
+
+    def _did_work(self) -> bool:
+        """Whether the current attempt wrote anything but its start marker."""
+        return self.path.exists() and any(p.name != "started.json" for p in self.path.iterdir())
+
+    def restore_if_idle(self) -> bool:
+        """After a failed attempt: put the set-aside stage back if the attempt wrote
+        nothing. Returns whether it did."""
+        import shutil
+
+        if not self.set_aside_path.exists() or self._did_work():
+            return False
         if self.path.exists():
             shutil.rmtree(self.path)
+        os.replace(self.set_aside_path, self.path)
+        return True
+
+    def discard_set_aside(self) -> None:
+        """After a finished attempt: the replaced stage is no longer needed."""
+        import shutil
+
+        if self.set_aside_path.exists():
+            shutil.rmtree(self.set_aside_path)
 
     def finish(self, fp: str, info: dict[str, Any]) -> dict[str, Any]:
         manifest = {"fingerprint": fp, **info, "versions": package_versions(), "finished": time.time()}
