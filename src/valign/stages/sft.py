@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from valign.errors import ValignError
 from valign import distributed
+from valign.errors import ValignError
 from valign.stages.base import ConfigFile, StageContext, model_identity, previous_training_stage, rows_fingerprint
 from valign.stages.training import TrainingConfig, TrainingStage, load_base, model_record, train_and_finish, trainer_args, training_base
 from valign.types import Row
