@@ -40,6 +40,35 @@ def start_run(cfg: Path, log: Path, processes: int = 1) -> subprocess.Popen:
     return proc
 
 
+def kill_all(proc: subprocess.Popen) -> None:
+    """SIGKILL the run and every process it started, as a crash of the machine would.
+
+    torchrun starts its workers in sessions of their own, so killing the launcher's
+    process group alone leaves them running on (they would finish the stage behind the
+    test's back); they are found as the launcher's descendants and killed too."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    for p in descendants:
+        try:
+            p.suspend()  # freeze first, so none writes while the others are being killed
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for p in descendants:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(descendants, timeout=30)
+
+
 def run_to_end(cfg: Path, log: Path, processes: int = 1) -> str:
     """A whole run to its end; returns its output."""
     proc = start_run(cfg, log, processes)
@@ -47,7 +76,7 @@ def run_to_end(cfg: Path, log: Path, processes: int = 1) -> str:
         proc.wait(timeout=600)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_all(proc)
     text = log.read_text()
     assert proc.returncode == 0, text[-1500:]
     return text
@@ -67,7 +96,7 @@ def kill_when(proc: subprocess.Popen, log: Path, ready, what: str, more_work: st
             time.sleep(poll)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_all(proc)
         proc.wait()
     tail = log.read_text()[-800:]
     assert proc.returncode == -signal.SIGKILL, f"the run ended (exit {proc.returncode}) before the kill; {more_work}.\n{tail}"

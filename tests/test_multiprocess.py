@@ -63,7 +63,8 @@ def test_two_processes_killed_in_sft_resume_and_match_a_single_process_run(tmp_p
     #    checkpoint (the main process prints each step's loss).
     out = run_to_end(cfg, tmp_path / "second.log", processes=2)
     assert "01-respond: up to date, skipped" in out
-    assert steps_logged(out) == SFT_STEPS - k, f"sft trains only steps {k + 1}..{SFT_STEPS} again:\n{out[-1500:]}"
+    sft_part = out.split("✓ 02-sft:")[0]
+    assert steps_logged(sft_part) == SFT_STEPS - k, f"sft trains only steps {k + 1}..{SFT_STEPS} again:\n{sft_part[-1500:]}"
     two = _manifests(run)
     assert sorted(two) == ["01-respond", "02-sft", "03-pairs", "04-dpo"]
     for stage in ("02-sft", "04-dpo"):
