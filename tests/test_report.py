@@ -78,6 +78,17 @@ def test_every_section_is_rendered_and_model_text_is_escaped(full_run):
     assert "mt_bench/model_judgment/judge_single.jsonl" in html
 
 
+def test_survey_sfts_loss_curve_reaches_the_report(tmp_path):
+    """Every training stage's curve is drawn, survey_sft's too (it was left out once)."""
+    root = tmp_path / "pv"
+    root.mkdir()
+    (root / "config.yaml").write_text(yaml.safe_dump({"name": "pv", "model": "embedded", "constitution": "kantian", "stages": ["survey_sft"]}))
+    _finish(root / "01-survey_sft", {"stage": "survey_sft", "seconds": 9.0, "counts": {"rows": 8, "train_items": 6}, "train": {"steps": 4}})
+    _train_log(root / "01-survey_sft", [{"step": i, "loss": 1.5 - 0.1 * i} for i in range(1, 5)])
+    html = render_report(root).read_text()
+    assert ">Training curves</h2>" in html and "SURVEY_SFT training curves: loss ends at 1.100" in html
+
+
 def test_a_run_with_only_some_stages_still_renders(tmp_path):
     root = tmp_path / "partial"
     root.mkdir()

@@ -352,15 +352,18 @@ def read_rows_loose(path: Path) -> list[dict[str, Any]]:
 
 
 def training_section(run: RunData, env: ReportEnv) -> Section | None:
-    """Training curves: SFT loss; DPO/KTO loss, reward accuracy and reward margins.
+    """Training curves of every training stage: SFT's and survey_sft's loss; DPO/KTO loss,
+    reward accuracy and reward margins.
 
     Example:
         >>> training_section(load_run("runs/kantian-demo"), ReportEnv()).title
         'Training curves'
     """
+    from valign.stages.base import TRAINING_STAGES
+
     plots = []
     for s in run.stages:
-        if s.name not in ("sft", "dpo", "kto") or s.manifest is None:
+        if s.name not in TRAINING_STAGES or s.manifest is None:
             continue
         series = _series(s)
         if not series:
