@@ -65,18 +65,3 @@ def barrier() -> None:
 
     _ensure_group()
     dist.barrier()
-
-
-def broadcast_flag(value: bool) -> bool:
-    """The main process's `value`, in every process (e.g. "the stage failed, stop")."""
-    if world_size() <= 1:
-        return value
-    import torch
-    import torch.distributed as dist
-
-    _ensure_group()
-    flag = torch.tensor([1 if value else 0], dtype=torch.int64)
-    if torch.cuda.is_available() and dist.get_backend() == "nccl":
-        flag = flag.cuda()
-    dist.broadcast(flag, src=0)
-    return bool(flag.item())
