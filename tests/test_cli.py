@@ -36,7 +36,10 @@ def test_bench_generate_reports_both_rates_and_the_limit(tmp_path):
 
     res = bench_generate(prompts=4, new_tokens=8, baseline_prompts=1, json_out=tmp_path / "b.json")
     assert res["baseline"]["tokens"] > 0 and res["valign"]["tokens"] > 0
-    assert res["speedup"] == pytest.approx(res["valign"]["tok_per_s"] / res["baseline"]["tok_per_s"], rel=0.05)
+    # The rates are rounded to 0.1 tok/s, the speed-up is not: on a busy machine (0.6 tok/s)
+    # that rounding alone moves the rates' ratio by 8%, so compare within its bounds.
+    ours, base = res["valign"]["tok_per_s"], res["baseline"]["tok_per_s"]
+    assert (ours - 0.05) / (base + 0.05) <= res["speedup"] <= (ours + 0.05) / max(base - 0.05, 1e-9)
     assert 0 < res["fraction_of_limit"] < 1.5 and res["matmul_gflops"] > 1
     assert (tmp_path / "b.json").exists()
 
