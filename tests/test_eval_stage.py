@@ -103,8 +103,10 @@ def test_pipeline_wiring_and_fingerprints(tmp_path):
     assert STAGES["evaluate"].inputs(sft_only) == ["sft"]
     given = load_config("configs/kantian-demo.yaml", ["stages=[evaluate, report]", "evaluate.tuned=embedded"])
     assert STAGES["evaluate"].inputs(given) == []
-    served = load_seed_config()
-    assert served.evaluate.tuned.startswith("openai:") and STAGES["evaluate"].inputs(served) == ["dpo"]
+    served = load_seed_config()  # its tuned model is run:<dpo>, hot-loaded into the vLLM server
+    assert served.evaluate.tuned is None and STAGES["evaluate"].inputs(served) == ["dpo"]
+    named = load_seed_config(["evaluate.tuned=openai:dpo@http://localhost:8000/v1"])
+    assert STAGES["evaluate"].inputs(named) == ["dpo"], "a named tuned model still re-evaluates when dpo retrains"
     none = load_config("configs/kantian-demo.yaml", ["stages=[respond, evaluate]"])
     with pytest.raises(ValignError, match="set evaluate.tuned"):
         STAGES["evaluate"].inputs(none)

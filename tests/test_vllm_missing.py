@@ -1,4 +1,5 @@
-"""Without vLLM installed, ``vllm:`` specs fail with one sentence saying how to get it."""
+"""Where vLLM is not installed (valign's own environment: vLLM lives in .venv-vllm), ``vllm:``
+specs fail with one sentence saying where it is and what to use instead."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from valign.errors import ModelError
 from valign.models.registry import load_model
 
 
-def test_vllm_spec_without_vllm_names_the_extra(monkeypatch):
+def test_vllm_spec_without_vllm_names_its_environment(monkeypatch):
     # A None entry in sys.modules makes `import vllm` raise ImportError, so this runs
-    # (rather than skips) on a machine that has the optional extra installed too.
+    # (rather than skips) in an environment that has vLLM installed too (.venv-vllm).
     monkeypatch.setitem(sys.modules, "vllm", None)
-    with pytest.raises(ModelError, match=r"valign\[vllm\]") as err:
+    with pytest.raises(ModelError, match="make vllm-env") as err:
         load_model("vllm:some/model")
-    assert "vllm:some/model" in str(err.value)
+    assert "vllm:some/model" in str(err.value) and "openai:<name>@<url>" in str(err.value)

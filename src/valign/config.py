@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from valign.errors import ConfigError
+from valign.errors import ConfigError, ModelError
 from valign.stages.respond import RespondConfig
 from valign.stages.judge import JudgeConfig
 from valign.stages.pairs import PairsConfig
@@ -55,10 +55,32 @@ class LocalOptions(BaseModel):
 class BackendOptions(BaseModel):
     """Per-backend options, applied to every model a run loads.
 
+    ``adapters_on`` says where ``run:<stage folder>`` models — what a training stage
+    produced: pairs samples ``run:<sft>``, evaluate's tuned model is ``run:<dpo>`` — are
+    sampled:
+
+    - ``null`` (default): here, by transformers (the stage's base + its LoRA adapter).
+    - ``auto``: on the run's own ``model`` when that is an ``openai:`` server (a config
+      error otherwise) — the usual choice when generation runs on vLLM.
+    - ``openai:<served base>@<url>[,<url>…]``: on these vLLM servers. valign loads the
+      stage's adapter into every one of them at runtime (``POST /v1/load_lora_adapter``)
+      under a name made from the adapter's fingerprint, skips servers that have it
+      already (a resumed run), and samples ``openai:<that name>@<urls>``. The servers
+      need ``--enable-lora --max-lora-rank <r or more>`` and
+      ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``, must serve the base the adapter was
+      trained on, and read the adapter from their own file system at the run folder's
+      absolute path (same machine or shared storage).
+    - ``vllm``: in this process's vLLM engine (``vllm:<stage base>+<adapter>``, with
+      ``backends.vllm`` settings); only where vLLM is installed beside valign.
+
+    It chooses where a model runs, not which model it is, so like the other backend
+    options it is not part of stage fingerprints (completion-cache keys do differ).
+
     Example (YAML):
         backends:
           openai: {api_key_env: MY_SERVER_KEY, concurrency: 64}
           local: {token_budget: 8192}
+          adapters_on: auto
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -68,9 +90,26 @@ class BackendOptions(BaseModel):
     api_key_envs: dict[str, str] = Field(default_factory=dict)
     local: LocalOptions = Field(default_factory=LocalOptions)
     vllm: dict[str, Any] = Field(default_factory=dict)  # passed to vllm.LLM(...)
+    adapters_on: str | None = None  # where run: models are sampled (see above)
+
+    @field_validator("adapters_on")
+    @classmethod
+    def _engine_named(cls, value: str | None) -> str | None:
+        from valign.models.openai_api import parse_openai_spec
+
+        if value is None or value in ("auto", "vllm"):
+            return value
+        try:
+            parse_openai_spec(value)
+        except ModelError:
+            raise ValueError("use null, auto, vllm, or an openai:<served model>@<base_url>[,<url>…] server spec") from None
+        return value
 
     def for_spec(self, spec: str) -> dict[str, Any]:
         """Keyword arguments for `load_model(spec)`."""
+        if spec.startswith("run:") and self.adapters_on not in (None, "auto"):
+            engine = self.adapters_on if self.adapters_on != "vllm" else "vllm:"
+            return {**self.for_spec(engine), "adapters_on": self.adapters_on}
         if spec.startswith("openai:"):
             options = self.openai.model_dump()
             urls = spec.rpartition("@")[2]
@@ -149,6 +188,14 @@ class RunConfig(BaseModel):
                 raise ValueError(f"the '{self.constitution}' stage writes the constitution, so it must come before {' and '.join(users)} in `stages`")
         return self
 
+    @model_validator(mode="after")
+    def _adapters_on_resolved(self) -> "RunConfig":
+        if self.backends.adapters_on == "auto":
+            if not self.model.startswith("openai:"):
+                raise ValueError(f"backends.adapters_on: auto samples run: models on the run's model, which must be an openai: server for that; model is '{self.model}' — name a server or use null")
+            self.backends.adapters_on = self.model
+        return self
+
     @property
     def run_dir(self) -> Path:
         return self.runs_dir / self.name
@@ -212,6 +259,8 @@ def _explain(path: Path, err: ValidationError) -> str:
     if first["type"] == "missing":
         return f"{path}: '{loc}' is required; add it to the config.{tail}"
     msg = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:  # a check across settings: the input is the whole config, not worth echoing
+        return f"{path}: {msg}.{tail}"
     return f"{path}: {loc}: {msg} (got {first.get('input')!r}); fix that value.{tail}"
 
 

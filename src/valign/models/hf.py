@@ -7,25 +7,17 @@ on ``model.generate`` for anything else.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Iterator
 
 from valign.errors import ModelError
 from valign.models.base import BaseChatModel, GenRequest, normalise
+from valign.models.lora import adapter_fingerprint
 from valign.types import Completion, Conversation, GenConfig, TokenLogprob
 
 DEFAULT_TOKEN_BUDGET = 16384  # prompt + new tokens per batch: ~64 short chats on a CPU
 MAX_BATCH = 128
-
-
-def _adapter_fingerprint(adapter: Path) -> str:
-    """Short hash of the adapter weights, so a retrained adapter never hits stale cache."""
-    h = hashlib.sha256()
-    for f in sorted(adapter.glob("adapter_model.*")) + sorted(adapter.glob("adapter_config.json")):
-        h.update(f.read_bytes())
-    return h.hexdigest()[:10]
 
 
 class HFChatModel(BaseChatModel):
@@ -78,7 +70,7 @@ class HFChatModel(BaseChatModel):
         base = name or f"hf:{self.path}"
         if load_in_4bit:
             base += "@nf4"  # a 4-bit base answers differently: its completions are cached apart
-        self.name = base if self.adapter is None else f"{base}+{self.adapter}#{_adapter_fingerprint(self.adapter)}"
+        self.name = base if self.adapter is None else f"{base}+{self.adapter}#{adapter_fingerprint(self.adapter)}"
 
     # -- prompts ----------------------------------------------------------------------
 

@@ -101,6 +101,20 @@ class RequestPolicy:
         return True
 
 
+def parse_openai_spec(spec: str) -> tuple[str, list[str]]:
+    """``openai:<model>@<url>[,<url>…]`` → (model, base URLs).
+
+    Example:
+        >>> parse_openai_spec("openai:smol@http://a:8000/v1,http://b:8000/v1")
+        ('smol', ['http://a:8000/v1', 'http://b:8000/v1'])
+    """
+    model, sep, urls = spec.strip().removeprefix("openai:").rpartition("@")
+    found = [u for u in urls.split(",") if u]
+    if not spec.strip().startswith("openai:") or not sep or not model or not found:
+        raise ModelError(f"'{spec}' needs the form openai:<model>@<base_url>, e.g. openai:gpt-4o-mini@https://api.openai.com/v1.")
+    return model, found
+
+
 def option_probs(top: Iterable[tuple[str, float]], options: list[str]) -> dict[str, float]:
     """Probability mass of each option among one position's top alternatives (not normalised).
 
