@@ -107,10 +107,10 @@ def test_bf16_training_on_this_cpu(tmp_path):
 def test_a_stage_that_fails_before_any_work_gets_its_finished_predecessor_back(tmp_path):
     """respond finished on the embedded model; re-pointed at a server that is down, it
     fails on its first request — before any row — and the finished stage is put back."""
-    import socket
-
     from valign.errors import ModelError
     from valign.pipeline import run_pipeline
+
+    from tests.survey_helpers import free_port
 
     text = f"name: r\nruns_dir: {tmp_path}\nstages: [respond]\nrespond: {{prompts: demo, limit: 2, gen: {{max_new_tokens: 4}}}}\n"
     run_pipeline(load_config_text(tmp_path, text))
@@ -118,10 +118,7 @@ def test_a_stage_that_fails_before_any_work_gets_its_finished_predecessor_back(t
     before = {p.name: p.read_bytes() for p in stage.iterdir()}
     assert {"rows.jsonl", "manifest.json"} <= set(before)
 
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    down = text.replace("stages:", f"model: openai:m@http://127.0.0.1:{port}/v1\nbackends: {{openai: {{max_retries: 0}}}}\nstages:")
+    down = text.replace("stages:", f"model: openai:m@http://127.0.0.1:{free_port()}/v1\nbackends: {{openai: {{max_retries: 0}}}}\nstages:")
     with pytest.raises(ModelError):
         run_pipeline(load_config_text(tmp_path, down))
     assert {p.name: p.read_bytes() for p in stage.iterdir()} == before, "the refusal deleted nothing"

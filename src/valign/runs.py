@@ -177,8 +177,10 @@ class StageDir:
         if not self.path.exists():
             return
         if self.set_aside_path.exists():
-            # An older set-aside copy: a new attempt had already replaced it with its work.
-            shutil.rmtree(self.set_aside_path) if self._did_work() else shutil.rmtree(self.path)
+            if self._did_work():
+                shutil.rmtree(self.set_aside_path)  # the attempt that replaced it had already written
+            else:
+                shutil.rmtree(self.path)  # an idle attempt: keep the finished stage set aside
         if self.path.exists():
             os.replace(self.path, self.set_aside_path)
 

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from valign.errors import ModelError
 from valign.models.base import BaseChatModel, GenRequest, normalise
-from valign.models.lora import adapter_fingerprint
+from valign.models.lora import adapter_config, adapter_fingerprint
 from valign.types import Completion, Conversation, GenConfig, TokenLogprob
 
 DEFAULT_TOKEN_BUDGET = 16384  # prompt + new tokens per batch: ~64 short chats on a CPU
@@ -290,8 +290,7 @@ def four_bit_load_kwargs(for_training: bool = False) -> dict:
 
 
 def _attach_adapter(model, adapter: Path, merge: bool):
-    if not (adapter / "adapter_config.json").exists():
-        raise ModelError(f"no LoRA adapter at {adapter} (adapter_config.json is missing); check the path.")
+    adapter_config(adapter)  # one sentence when the folder holds no adapter
     from peft import PeftModel
 
     peft_model = PeftModel.from_pretrained(model, str(adapter))

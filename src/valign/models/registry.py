@@ -81,22 +81,25 @@ def load_model(spec: str, *, adapters_on: str | None = None, **kw: Any) -> ChatM
     raise ModelError(f"unknown model spec '{spec}'; use {SPEC_FORMS}.")
 
 
-def stage_quantization(stage_dir: Path) -> str | None:
-    """How a finished training stage's base was quantized (``nf4`` for QLoRA), or None."""
-    manifest = stage_dir / "manifest.json"
-    if not manifest.exists():
-        return None
-    return (json.loads(manifest.read_text()).get("model") or {}).get("quantization")
-
-
-def stage_model(stage_dir: Path) -> tuple[str, Path | None]:
-    """The model a finished training stage produced: (base spec, adapter folder or None), from its manifest."""
+def _model_entry(stage_dir: Path) -> dict[str, Any]:
+    """The ``model`` entry of a finished training stage's manifest."""
     manifest = stage_dir / "manifest.json"
     if not manifest.exists():
         raise ModelError(f"run:{stage_dir} has no manifest.json; the stage has not finished — run it first.")
     info = json.loads(manifest.read_text()).get("model")
     if not info or "base" not in info:
         raise ModelError(f"stage {stage_dir} did not produce a model (its manifest has no 'model'); name a training stage.")
+    return info
+
+
+def stage_quantization(stage_dir: Path) -> str | None:
+    """How a finished training stage's base was quantized (``nf4`` for QLoRA), or None."""
+    return _model_entry(stage_dir).get("quantization")
+
+
+def stage_model(stage_dir: Path) -> tuple[str, Path | None]:
+    """The model a finished training stage produced: (base spec, adapter folder or None), from its manifest."""
+    info = _model_entry(stage_dir)
     adapter = info.get("adapter")
     return info["base"], (stage_dir / adapter).resolve() if adapter else None
 
