@@ -76,6 +76,15 @@ def embedded():
     return load_model("embedded")
 
 
+@pytest.fixture(scope="session")
+def embedded_fp32():
+    """The embedded model on valign's engine in fp32: the mode whose logits equal
+    transformers' (the default, bf16 on CPUs that have it, is within a tolerance)."""
+    from valign.models.registry import load_model
+
+    return load_model("embedded", dtype="float32")
+
+
 # configs/kantian-llama70b.yaml draws the seed's 10k prompts partly from the Hugging Face
 # hub, which these machines cannot reach: tests load it with the wheel-only mix instead
 # (and check the real mix's numbers in the YAML itself, test_config.py).

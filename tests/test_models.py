@@ -32,7 +32,8 @@ def test_seeded_sample_does_not_depend_on_its_batch(embedded):
     assert alone == with_others
 
 
-def test_fast_decoder_matches_transformers(embedded):
+def test_fast_decoder_matches_transformers(embedded_fp32):
+    embedded = embedded_fp32
     ids = [embedded.render(Q), embedded.render(R)]
     fast = embedded.decoder.logits_last(ids)
     with torch.inference_mode():

@@ -387,3 +387,90 @@ def bench_dpo(pairs: int = 16, batch: int = 4, epochs: int = 3, repeats: int = 2
         ("TRL's stock DPOTrainer, precomputed", f"{stock_s:.1f}", f"TRL's defaults; valign is {result['plain_head_speedup']:.2f}× faster"),
     ]
     return _report("valign bench dpo", ("", "s/epoch", "note"), rows, result, json_out)
+
+
+def _prefix_workloads(n: int, answerer) -> dict:
+    """Prompt shapes from the pipeline, each a function of a model: the revise stage's
+    critique→revision turns (a few-shot example in front, the revision quoting the
+    critique), the judge's both-order comparisons (a shared example in front), MT-Bench's
+    judgments of both turns (turn 2's quotes turn 1; answers made once, by ``answerer``),
+    and, for information, MT-Bench's answering, which is mostly decoding."""
+    from valign.constitution import load_constitution
+    from valign.evaluate.mtbench import answer_questions, judge_answers, load_mtbench, select_questions
+    from valign.stages.judge import JudgeConfig, judge_logprob
+    from valign.stages.revise import critique_conversation, pick_examples, pick_principle
+    from valign.types import GenConfig
+
+    constitution = load_constitution("kantian")
+    pairs = _bench_pairs(n)
+    data = load_mtbench()
+    questions = select_questions(data.questions, per_category=max(1, n // 8))
+    answers = {a["question_id"]: a for a in answer_questions(answerer, questions, "bench", max_new_tokens=64)}
+
+    def revise(model) -> None:
+        states = [{"id": p["id"], "prompt_messages": p["prompt_messages"], "response": p["responses"][1]["text"]} for p in pairs]
+        principles = [pick_principle(constitution, 0, s["id"], 0) for s in states]
+        convs = [critique_conversation(s, p, pick_examples(constitution, 0, s["id"], 0, 1), constitution)
+                 for s, p in zip(states, principles)]
+        critiques = model.generate(convs, GenConfig(temperature=0.7, max_new_tokens=48, seed=0))
+        convs = [[*c, {"role": "assistant", "content": out.text.strip()}, {"role": "user", "content": constitution.revision_prompt(p)}]
+                 for c, out, p in zip(convs, critiques, principles)]
+        model.generate(convs, GenConfig(temperature=0.7, max_new_tokens=48, seed=1))
+
+    def judge(model) -> None:
+        judge_logprob(model, pairs, JudgeConfig(mode="logprob", few_shot=1), constitution, seed=0)
+
+    def mtbench_judge(model) -> None:
+        judge_answers(model, "embedded", questions, answers, data, "bench", mode="logprob")
+
+    def mtbench_answer(model) -> None:
+        answer_questions(model, questions, "bench", max_new_tokens=64)
+
+    return {"revise": revise, "judge": judge, "mtbench judge": mtbench_judge, "mtbench answer": mtbench_answer}
+
+
+TARGETED = ("revise", "judge", "mtbench judge")  # mtbench answer is decoding-bound: shown, no target
+
+
+def bench_prefix(n: int = 16, repeats: int = 2, json_out: Path | None = None) -> dict:
+    """valign's engine with and without prefix caching on revise-, judge- and
+    MT-Bench-shaped work (the embedded model, no completion cache). Each arm starts
+    from an empty prefix cache; arms take turns and keep their fastest run."""
+    from valign.models.registry import load_model
+
+    arms = {"off": 0, "on": 512}
+    models = {arm: load_model("embedded", prefix_cache_mb=mb) for arm, mb in arms.items()}
+    workloads = _prefix_workloads(n, models["off"])
+    workloads["judge"](models["off"])  # warm-up: thread pools, allocator, kernel selection
+    times: dict[str, dict[str, list[float]]] = {w: {a: [] for a in arms} for w in workloads}
+    saved: dict[str, float] = {}
+    for name, work in workloads.items():
+        for _ in range(repeats):
+            for arm, model in models.items():
+                model.decoder.cache.clear()  # type: ignore[attr-defined]
+                model.decoder.cache.stats.reset()  # type: ignore[attr-defined]
+                t = time.perf_counter()
+                work(model)
+                times[name][arm].append(time.perf_counter() - t)
+                if arm == "on":
+                    saved[name] = model.decoder.cache.stats.saved  # type: ignore[attr-defined]
+    best = {w: {a: min(ts) for a, ts in arms_t.items()} for w, arms_t in times.items()}
+    result = {
+        "benchmark": "prefix",
+        "model": f"embedded ({models['on'].dtype}, CPU)",  # type: ignore[attr-defined]
+        "n": n,
+        "repeats": repeats,
+        "workloads": {
+            w: {"seconds_off": round(b["off"], 2), "seconds_on": round(b["on"], 2), "speedup": round(b["off"] / b["on"], 2),
+                "prompt_tokens_not_computed": round(saved[w], 3), "target": 2.0 if w in TARGETED else None}
+            for w, b in best.items()
+        },
+        "targets": {"speedup": 2.0, "workloads": list(TARGETED)},
+    }
+    rows = [
+        (w, f"{b['off']:.1f} → {b['on']:.1f}",
+         f"{b['off'] / b['on']:.2f}× ({'target ≥ 2×' if w in TARGETED else 'decoding-bound, no target'}); "
+         f"{saved[w]:.0%} of prompt tokens not computed")
+        for w, b in best.items()
+    ]
+    return _report("valign bench prefix", ("workload", "seconds off → on", "speed-up"), rows, result, json_out)

@@ -266,6 +266,18 @@ def bench_dpo(
     run_bench(pairs=pairs, batch=batch, epochs=epochs, repeats=repeats, json_out=json_out)
 
 
+@bench_app.command("prefix")
+def bench_prefix(
+    n: int = typer.Option(16, help="Pairs (revise, judge) and MT-Bench questions (n/8 per category) per workload."),
+    repeats: int = typer.Option(2, min=1, help="Runs per arm, taking turns; each arm keeps its fastest."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+) -> None:
+    """Revise-, judge- and MT-Bench-shaped work with and without prefix caching."""
+    from valign.bench import bench_prefix as run_bench
+
+    run_bench(n=n, repeats=repeats, json_out=json_out)
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2; bugs keep their traceback."""
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -43,13 +43,23 @@ class OpenAIOptions(BaseModel):
 
 
 class LocalOptions(BaseModel):
-    """How `embedded`, `hf:` and `run:` models run on this machine."""
+    """How `embedded`, `hf:` and `run:` models run on this machine.
+
+    ``token_budget`` bounds the KV cache of the requests decoding together (their number
+    × the longest one's prompt + new tokens), ``max_batch`` their number. ``dtype`` is
+    the engine's compute dtype (the completion cache keeps bf16 and fp32 answers apart);
+    ``prefix_cache_mb`` bounds the keys and values of shared prompt prefixes kept between
+    calls.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     token_budget: int = Field(16384, ge=256)
     max_batch: int = Field(128, ge=1)
     load_in_4bit: bool = False
+    # auto: bf16 on CPUs with bf16 units (AVX-512 BF16, AMX), fp32 elsewhere
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    prefix_cache_mb: int = Field(512, ge=0)  # 0 turns prefix caching off
 
 
 class BackendOptions(BaseModel):

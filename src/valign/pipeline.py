@@ -161,6 +161,9 @@ def run_pipeline(
             if main and sdir.restore_if_idle():
                 console.print(f"[yellow]↺[/] {sdir.path.name}: failed before doing any work; the stage it replaced is back as it was")
             raise
+        engines = models.engines()
+        if engines:
+            ctx.info["engines"] = engines  # e.g. {"embedded": {"engine": "valign", "dtype": "bfloat16", …}}
         adapted = models.request_adjustments()
         if adapted:
             ctx.info["request_adjustments"] = adapted  # e.g. a reasoning judge's fixed temperature

@@ -79,6 +79,9 @@ class BaseChatModel(ABC):
     """Backends subclass this and implement `_generate_batches` and `_choice_probs`."""
 
     name: str = "model"
+    # How this model computes when that changes its answers but not which model it is
+    # (a bf16 engine): part of the completion-cache keys, not of the name.
+    variant: str = ""
     cache: CompletionCache | None = None
 
     # -- what a backend implements --------------------------------------------------------
@@ -163,10 +166,14 @@ class BaseChatModel(ABC):
     # -- cache keys -----------------------------------------------------------------------
 
     def _cache_key(self, req: GenRequest, cfg: GenConfig) -> str:
-        return _digest(["generate", self.name, req.conv, cfg.for_sample(), req.sample])
+        return _digest(["generate", self._cache_name, req.conv, cfg.for_sample(), req.sample])
 
     def _choice_key(self, conv: tuple, options: list[str], prefix: str) -> str:
-        return _digest(["choice_probs", self.name, conv, options, prefix])
+        return _digest(["choice_probs", self._cache_name, conv, options, prefix])
+
+    @property
+    def _cache_name(self) -> str:
+        return f"{self.name}@{self.variant}" if self.variant else self.name
 
 
 def _digest(obj: object) -> str:

@@ -1,8 +1,8 @@
 """Local transformers models: ``hf:<path or hub id>[+<adapter dir>]`` and ``embedded``.
 
-Generation is batched — requests sorted by length, batches sized by a token budget,
-left padding — and runs on `LlamaDecoder` for Llama-family models (the fast path) or
-on ``model.generate`` for anything else.
+Llama-family models run on valign's own engine, `LlamaDecoder` (continuous batching,
+prefix caching, bf16 where the CPU has it); anything else runs on ``model.generate`` in
+batches sorted by length and sized by a token budget, with left padding.
 """
 
 from __future__ import annotations
@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from valign.errors import ModelError
+from valign.hardware import fast_dtype
 from valign.models.base import BaseChatModel, GenRequest, normalise
 from valign.models.lora import adapter_config, adapter_fingerprint
 from valign.types import Completion, Conversation, GenConfig, TokenLogprob
 
 DEFAULT_TOKEN_BUDGET = 16384  # prompt + new tokens per batch: ~64 short chats on a CPU
 MAX_BATCH = 128
+PREFIX_CACHE_MB = 512
+DTYPES = ("auto", "float32", "bfloat16")
 
 
 class HFChatModel(BaseChatModel):
@@ -37,6 +40,8 @@ class HFChatModel(BaseChatModel):
         load_in_4bit: bool = False,
         token_budget: int = DEFAULT_TOKEN_BUDGET,
         max_batch: int = MAX_BATCH,
+        dtype: str = "auto",
+        prefix_cache_mb: int = PREFIX_CACHE_MB,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -45,6 +50,11 @@ class HFChatModel(BaseChatModel):
         self.adapter = Path(adapter) if adapter else None
         self.token_budget = token_budget
         self.max_batch = max_batch
+        if dtype not in DTYPES:
+            raise ModelError(f"dtype '{dtype}' is not one of {', '.join(DTYPES)}; use auto (bf16 where the CPU has it).")
+        # The compute dtype: weights load in fp32 (exactly as stored) and the engine casts.
+        # A 4-bit base always computes in bf16 (bitsandbytes' compute dtype).
+        self.dtype = "bfloat16" if load_in_4bit else (fast_dtype("cpu") if dtype == "auto" else dtype)
         local = Path(self.path).expanduser()
         source = str(local) if local.exists() else self.path
         kwargs: dict = {"dtype": torch.float32}
@@ -66,7 +76,16 @@ class HFChatModel(BaseChatModel):
         self.eos_ids = _eos_ids(self.tokenizer, self.model)
         from valign.models import llama_decode
 
-        self.decoder = llama_decode.LlamaDecoder(self.model) if llama_decode.supports(self.model) else None
+        self.decoder = None
+        if llama_decode.supports(self.model):
+            self.decoder = llama_decode.LlamaDecoder(
+                self.model, dtype=getattr(torch, self.dtype), prefix_cache_mb=prefix_cache_mb,
+                token_budget=token_budget, max_batch=max_batch,
+            )
+        elif self.dtype == "bfloat16" and not load_in_4bit:
+            self.model.to(torch.bfloat16)
+        # bf16 answers differ from fp32 ones in the last digits: cached apart, same name.
+        self.variant = "" if self.dtype == "float32" else self.dtype
         base = name or f"hf:{self.path}"
         if load_in_4bit:
             base += "@nf4"  # a 4-bit base answers differently: its completions are cached apart
@@ -98,12 +117,23 @@ class HFChatModel(BaseChatModel):
 
     def _generate_batches(self, requests: list[GenRequest], cfg: GenConfig) -> Iterator[list[tuple[int, Completion]]]:
         prompts = [self.render(r.messages) for r in requests]
+        if self.decoder is not None:
+            yield from self._decode_fast(prompts, requests, cfg)
+            return
         for batch in self._batches([len(p) for p in prompts], cfg.max_new_tokens):
-            if self.decoder is not None:
-                outs = self._decode_fast([prompts[i] for i in batch], [requests[i] for i in batch], cfg)
-            else:
-                outs = self._decode_generic([prompts[i] for i in batch], [requests[i] for i in batch], cfg)
+            outs = self._decode_generic([prompts[i] for i in batch], [requests[i] for i in batch], cfg)
             yield [(i, comp) for i, comp in zip(batch, outs)]
+
+    def engine_info(self) -> dict[str, Any]:
+        """How this model computes, for manifests: engine, dtype, and prompt tokens asked
+        for against those computed (the prefix cache's saving) since the last call."""
+        info: dict[str, Any] = {"engine": "valign" if self.decoder is not None else "transformers", "dtype": self.dtype}
+        if self.decoder is not None:
+            stats = self.decoder.cache.stats
+            info["prefix_cache"] = {"prompt_tokens": stats.prompt_tokens, "computed_tokens": stats.computed_tokens,
+                                    "saved": round(stats.saved, 3)}
+            stats.reset()
+        return info
 
     def _completion(self, prompt: list[int], tokens: list[int], finish: str, lps=None) -> Completion:
         text_tokens = tokens[:-1] if finish == "stop" and tokens and tokens[-1] in self.eos_ids else tokens
@@ -121,15 +151,15 @@ class HFChatModel(BaseChatModel):
             logprobs=logprobs,
         )
 
-    def _decode_fast(self, prompts: list[list[int]], reqs: list[GenRequest], cfg: GenConfig) -> list[Completion]:
+    def _decode_fast(
+        self, prompts: list[list[int]], reqs: list[GenRequest], cfg: GenConfig
+    ) -> Iterator[list[tuple[int, Completion]]]:
+        """All requests through the engine at once; yields them as they finish."""
         from valign.models.llama_decode import SamplingRow
 
         rows = [SamplingRow(cfg.temperature, cfg.top_p, cfg.max_new_tokens, r.seed) for r in reqs]
-        out = self.decoder.generate(prompts, rows, self.eos_ids, top_logprobs=cfg.logprobs)  # type: ignore[union-attr]
-        return [
-            self._completion(p, toks, fin, out.logprobs[k] if out.logprobs else None)
-            for k, (p, toks, fin) in enumerate(zip(prompts, out.tokens, out.finish))
-        ]
+        for done in self.decoder.stream(prompts, rows, self.eos_ids, top_logprobs=cfg.logprobs):  # type: ignore[union-attr]
+            yield [(f.row, self._completion(prompts[f.row], f.tokens, f.finish, f.logprobs if cfg.logprobs else None)) for f in done]
 
     def _decode_generic(self, prompts: list[list[int]], reqs: list[GenRequest], cfg: GenConfig) -> list[Completion]:
         """Any architecture, through ``model.generate`` (seeded per batch, not per row)."""
@@ -180,7 +210,10 @@ class HFChatModel(BaseChatModel):
         prompts = [self.render(c, answer_prefix) for c in convs]
         prompts = [p[: len(p) - cut] for p in prompts]
         results: list[dict[str, float]] = [{}] * len(prompts)
-        for batch in self._batches([len(p) for p in prompts], 1):
+        # The engine takes every prompt at once, so prompts that share a prefix (one
+        # judge template, both orders of a pair) compute it once.
+        batches = [list(range(len(prompts)))] if self.decoder is not None else self._batches([len(p) for p in prompts], 1)
+        for batch in batches:
             batch_prompts = [prompts[i] for i in batch]
             if self.decoder is not None:
                 logits = self.decoder.logits_last(batch_prompts)

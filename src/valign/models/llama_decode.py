@@ -1,28 +1,42 @@
-"""A lean batched decoder for Llama-family checkpoints (Llama, SmolLM, Mistral, Qwen2).
+"""valign's own engine for Llama-family checkpoints (Llama, SmolLM, Mistral, Qwen2) on a CPU.
 
 Why not ``model.generate``: on a CPU at batch 64, transformers spends about 40% of each
 decode step concatenating its dynamic KV cache and most of the rest in many small
-matmuls. This decoder reads the same weights and does the same arithmetic with
+matmuls; it pads every batch to its longest prompt, drains a batch before starting the
+next, and computes a shared prompt prefix once per prompt. This engine reads the same
+weights and does the same arithmetic with
 
-- q/k/v and gate/up projections fused into one matmul each (fewer, wider GEMMs),
-- a preallocated KV cache written in place (no concatenation),
-- grouped-query attention as batched matmuls without expanding K/V,
-- finished rows dropped from the batch, so no work is spent on padding,
+- **bf16 where the hardware multiplies it natively** (`valign.hardware`), fp32 elsewhere;
+  norms, softmax, logits, log-probs and sampling stay in fp32;
+- q/k/v and gate/up projections fused into one matmul each (fewer, wider GEMMs);
+- a preallocated KV cache laid out so that column = token position, written in place;
+- **continuous batching** (as vLLM's scheduler and llama.cpp's slots do): each request
+  owns a slot while it decodes; a finished request's slot is refilled from the waiting
+  ones instead of the batch draining, and the number of slots follows a token budget;
+- **prefix caching** (as vLLM's automatic prefix caching, `valign.models.prefix_cache`):
+  16-token blocks of keys and values are kept after they are computed, so a prefix that
+  prompts share — within one call or across calls — is computed once; a prefill
+  computes only each prompt's uncached tail, with no padding to a common start;
+- grouped-query attention as batched matmuls without expanding K/V;
 - per-row random generators, so a seeded sample does not depend on its batch-mates.
 
-It produces the same logits as transformers (checked in the tests); models of other
-architectures fall back to ``generate``.
+In fp32 it produces the same logits as transformers (checked in the tests); models of
+other architectures fall back to ``generate``.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 
+from valign.models.prefix_cache import BLOCK, PrefixCache
+
 SUPPORTED_MODEL_TYPES = {"llama", "mistral", "qwen2"}
+PREFILL_TOKENS = 4096  # new prompt tokens per prefill forward pass (bounds its attention scores)
 
 
 def supports(model) -> bool:
@@ -53,15 +67,6 @@ class _Layer:
 
 
 @dataclass
-class DecodeResult:
-    """Generated token ids per row, why each row stopped, and optional logprobs."""
-
-    tokens: list[list[int]]
-    finish: list[str]
-    logprobs: list[list[tuple[int, float, list[tuple[int, float]]]]] | None = None
-
-
-@dataclass
 class SamplingRow:
     """Per-row sampling settings: a row is one (conversation, sample) request."""
 
@@ -72,52 +77,117 @@ class SamplingRow:
     generator: torch.Generator | None = field(default=None, repr=False)
 
 
+@dataclass
+class Finished:
+    """One finished request: its position in the call, tokens, why it stopped, log-probs."""
+
+    row: int
+    tokens: list[int]
+    finish: str
+    logprobs: list[tuple[int, float, list[tuple[int, float]]]] | None = None
+
+
+@dataclass
+class DecodeResult:
+    """Generated token ids per row, why each row stopped, and optional logprobs."""
+
+    tokens: list[list[int]]
+    finish: list[str]
+    logprobs: list[list[tuple[int, float, list[tuple[int, float]]]]] | None = None
+
+
+@dataclass
+class _Slots:
+    """The live requests of a `LlamaDecoder.stream` call, one KV-cache row each.
+
+    Live requests occupy rows 0…n-1 of ``k``/``v`` ([layers, rows, kv heads, columns,
+    d]); column = token position. ``pos[i]`` is where row i's next token goes and
+    ``last[i]`` is that token (sampled, not yet fed).
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    row: list[int] = field(default_factory=list)  # request index per slot
+    pos: list[int] = field(default_factory=list)
+    last: list[int] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.row)
+
+    @property
+    def rows(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def columns(self) -> int:
+        return self.k.shape[3]
+
+
 class LlamaDecoder:
-    """Batched prefill + decode over a transformers Llama-family model's weights.
+    """Continuous-batching prefill + decode over a transformers Llama-family model's weights.
+
+    ``dtype`` is the compute dtype (the model's own by default); ``prefix_cache_mb``
+    bounds the prefix cache (0 turns it off); ``token_budget`` bounds the KV cache of the
+    live requests (slots × their longest prompt + new tokens) and ``max_batch`` the slots.
 
     Example:
-        >>> dec = LlamaDecoder(model)
+        >>> dec = LlamaDecoder(model, dtype=torch.bfloat16)
         >>> out = dec.generate([[1, 2, 3]], [SamplingRow(0.0, 1.0, 16, None)], eos_ids={2})
         >>> out.tokens[0]
     """
 
-    def __init__(self, model) -> None:
+    def __init__(
+        self,
+        model,
+        *,
+        dtype: torch.dtype | None = None,
+        prefix_cache_mb: int = 512,
+        token_budget: int = 16384,
+        max_batch: int = 128,
+    ) -> None:
         cfg = model.config
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         self.eps = cfg.rms_norm_eps
-        self.dtype = model.dtype
+        self.dtype = dtype or model.dtype
+        self.token_budget = token_budget
+        self.max_batch = max_batch
+        self.cache = PrefixCache(prefix_cache_mb << 20)
         inner = model.model
-        self.embed = inner.embed_tokens.weight
-        self.final_norm = inner.norm.weight
-        self.lm_head = model.lm_head.weight
+        cast = lambda t: t.detach().to(self.dtype).contiguous()  # noqa: E731
+        self.embed = cast(inner.embed_tokens.weight)
+        self.final_norm = inner.norm.weight.detach().float()
+        self.lm_head = cast(model.lm_head.weight)
+        # Scores that are read as numbers (choice probabilities, log-probs) come from an
+        # fp32 head: a bf16 matmul rounds each logit to 3 significant digits.
+        self.lm_head_fp32 = model.lm_head.weight.detach().float() if self.dtype != torch.float32 else self.lm_head
         self.rotary = inner.rotary_emb
         self.layers: list[_Layer] = []
         with torch.no_grad():
             for layer in inner.layers:
                 att, mlp = layer.self_attn, layer.mlp
-                qkv_w = torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]).contiguous()
                 qkv_b = None
                 if att.q_proj.bias is not None:
-                    qkv_b = torch.cat([att.q_proj.bias, att.k_proj.bias, att.v_proj.bias]).contiguous()
+                    qkv_b = cast(torch.cat([att.q_proj.bias, att.k_proj.bias, att.v_proj.bias]))
                 self.layers.append(
                     _Layer(
-                        in_norm=layer.input_layernorm.weight,
-                        qkv_w=qkv_w,
+                        in_norm=layer.input_layernorm.weight.detach().float(),
+                        qkv_w=cast(torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight])),
                         qkv_b=qkv_b,
-                        o_w=att.o_proj.weight,
-                        post_norm=layer.post_attention_layernorm.weight,
-                        gate_up_w=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).contiguous(),
-                        down_w=mlp.down_proj.weight,
+                        o_w=cast(att.o_proj.weight),
+                        post_norm=layer.post_attention_layernorm.weight.detach().float(),
+                        gate_up_w=cast(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
+                        down_w=cast(mlp.down_proj.weight),
                     )
                 )
 
     # -- the forward pass -------------------------------------------------------------
 
     def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        # One fused kernel instead of five elementwise passes (same result as Llama's RMSNorm).
-        return F.rms_norm(x.float(), (x.shape[-1],), w.float(), self.eps).to(x.dtype)
+        # One fused kernel in fp32 instead of five elementwise passes (Llama's RMSNorm).
+        return F.rms_norm(x, (x.shape[-1],), w, self.eps).to(self.dtype)
 
     @staticmethod
     def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -127,33 +197,24 @@ class LlamaDecoder:
 
     def _forward(
         self,
-        ids: torch.Tensor,  # [B, S]
-        positions: torch.Tensor,  # [B, S]
-        cache_k: list[torch.Tensor],  # per layer [B, n_kv, T, d]
-        cache_v: list[torch.Tensor],
-        start: int,  # column where these S tokens are written
-        key_mask: torch.Tensor,  # [B, start+S] bool, True = attend
+        ids: torch.Tensor,  # [B, S] new tokens
+        positions: torch.Tensor,  # [B, S] their positions = the cache columns they are written to
+        k_cache: torch.Tensor,  # [layers, B, n_kv, columns, d]
+        v_cache: torch.Tensor,
+        bias: torch.Tensor,  # [B, 1, S, T] additive attention mask over columns 0…T-1
+        last: torch.Tensor,  # [B] which of the S positions' hidden state to return
     ) -> torch.Tensor:
-        """Runs S new tokens per row; returns the last position's hidden state [B, H]."""
+        """Runs S new tokens per row through every layer; returns the chosen positions'
+        final hidden states [B, H] in fp32."""
         B, S = ids.shape
-        h = F.embedding(ids, self.embed)
+        T = bias.shape[-1]
+        # The residual stream stays fp32 (as norms do): only the matmuls run in bf16.
+        h = F.embedding(ids, self.embed).float()
         cos, sin = self.rotary(h, positions)  # [B, S, d]
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        cos, sin = cos.unsqueeze(1).to(self.dtype), sin.unsqueeze(1).to(self.dtype)
         nq, nkv, d = self.n_heads, self.n_kv, self.head_dim
         group = nq // nkv
-        end = start + S
-        # Attention bias: padding keys masked for everyone; causal within the new block.
-        bias = torch.zeros(B, 1, S, end, dtype=h.dtype)
-        bias.masked_fill_(~key_mask[:, None, None, :end], float("-inf"))
-        if S > 1:
-            causal = torch.ones(S, S, dtype=torch.bool).triu(1)
-            bias[:, :, :, start:end].masked_fill_(causal, float("-inf"))
-        # A left-padded row's pad queries would see no key at all; let them see themselves
-        # so softmax stays finite (their outputs are never used).
-        diag = torch.arange(S)
-        bias[:, :, diag, start + diag] = torch.where(
-            bias[:, :, diag, start + diag] == float("-inf"), 0.0, bias[:, :, diag, start + diag]
-        )
+        rows = torch.arange(B)[:, None]
         scale = d**-0.5
         for i, L in enumerate(self.layers):
             x = self._norm(h, L.in_norm)
@@ -161,119 +222,283 @@ class LlamaDecoder:
             q, k, v = qkv.split([nq * d, nkv * d, nkv * d], dim=-1)
             q = self._rope(q.view(B, S, nq, d).transpose(1, 2), cos, sin)  # [B, nq, S, d]
             k = self._rope(k.view(B, S, nkv, d).transpose(1, 2), cos, sin)
-            v = v.view(B, S, nkv, d).transpose(1, 2)
-            cache_k[i][:, :, start:end] = k
-            cache_v[i][:, :, start:end] = v
-            keys, values = cache_k[i][:, :, :end], cache_v[i][:, :, :end]
+            # Each row's new keys/values go to its own columns (its positions).
+            k_cache[i][rows, :, positions] = k.transpose(1, 2)
+            v_cache[i][rows, :, positions] = v.view(B, S, nkv, d)
+            keys, values = k_cache[i][:, :, :T], v_cache[i][:, :, :T]
             if S > 1:
-                # Prefill: torch's fused attention never materialises the S×S scores,
-                # which for long prompts (few-shot chats) would dominate the time.
+                # Prefill: torch's fused attention never materialises the S×T scores.
                 out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, enable_gqa=True)
             else:
                 # Decode: group query heads under their kv head, [B, nkv, group, d] x
                 # [B, nkv, d, T], which beats the fused kernel for a single query.
-                qg = q.reshape(B, nkv, group * S, d)
-                scores = torch.matmul(qg, keys.transpose(-1, -2)) * scale
-                scores = scores.view(B, nkv, group, S, end) + bias.unsqueeze(1)
-                att = torch.softmax(scores.float(), dim=-1).to(h.dtype)
-                out = torch.matmul(att.view(B, nkv, group * S, end), values).view(B, nq, S, d)
+                qg = q.reshape(B, nkv, group, d)
+                scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * scale
+                scores = scores + bias.view(B, 1, 1, T)
+                att = torch.softmax(scores, dim=-1).to(self.dtype)
+                out = torch.matmul(att, values).view(B, nq, S, d)
             out = out.transpose(1, 2).reshape(B, S, nq * d)
-            h = h + F.linear(out, L.o_w)
+            h = h + F.linear(out, L.o_w).float()
             x = self._norm(h, L.post_norm)
             gate, up = F.linear(x, L.gate_up_w).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, L.down_w)
-        return self._norm(h[:, -1], self.final_norm)
+            h = h + F.linear(F.silu(gate) * up, L.down_w).float()
+        h_last = h[torch.arange(B), last]
+        return F.rms_norm(h_last, (h_last.shape[-1],), self.final_norm, self.eps)
+
+    def _logits(self, h: torch.Tensor, exact: bool) -> torch.Tensor:
+        """fp32 logits; ``exact`` multiplies in fp32 too (for numbers that are read, not sampled)."""
+        if exact or self.dtype == torch.float32:
+            return F.linear(h, self.lm_head_fp32)
+        return F.linear(h.to(self.dtype), self.lm_head).float()
+
+    def _new_cache(self, rows: int, columns: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # Zeros, not empty: masked columns are multiplied by 0 weights, and 0·NaN is NaN.
+        shape = (len(self.layers), rows, self.n_kv, columns, self.head_dim)
+        return torch.zeros(shape, dtype=self.dtype), torch.zeros(shape, dtype=self.dtype)
+
+    # -- prefill with the prefix cache ----------------------------------------------------
+
+    @staticmethod
+    def _cacheable_blocks(n_tokens: int, whole: bool) -> int:
+        # A prompt's last token is always computed (its hidden state gives the logits),
+        # unless the sequence is only being cached (``whole``).
+        return (n_tokens if whole else n_tokens - 1) // BLOCK
+
+    def _warm_shared(self, seqs: list[list[int]]) -> None:
+        """Computes, once, the uncached prefixes that two or more of ``seqs`` share, so
+        that the prefill after this reads them from the cache instead of computing each."""
+        if self.cache.max_bytes <= 0 or len(seqs) < 2:
+            return
+        chains = [self.cache.chain(s, self._cacheable_blocks(len(s), False)) for s in seqs]
+        seen = Counter(key for chain in chains for key in set(chain))
+        shared: dict[int, list[int]] = {}
+        for s, chain in zip(seqs, chains):
+            # Along a chain the counts never grow, so the shared blocks are a prefix of it.
+            n = next((j for j, key in enumerate(chain) if seen[key] < 2), len(chain))
+            if n and self.cache.match(s, chain[:n]) < n:
+                shared[chain[n - 1]] = s[: n * BLOCK]
+        if shared:
+            self._prefill(list(shared.values()), whole=True)
+
+    def _prefill(
+        self, seqs: list[list[int]], *, whole: bool = False, into: tuple[_Slots, list[int]] | None = None, exact: bool = False
+    ) -> torch.Tensor | None:
+        """Computes ``seqs``' keys and values, reading and filling the prefix cache.
+
+        Returns each sequence's next-token logits (None when ``whole``: the sequences are
+        only being cached). ``into`` = (slots, slot index per sequence) also copies each
+        sequence's keys and values into those slots.
+        """
+        if not whole:
+            self.cache.stats.prompt_tokens += sum(len(s) for s in seqs)
+        self._warm_shared(seqs)
+        # Chunks of similar uncached length (little padding), each within the token
+        # budget (its own KV cache) and PREFILL_TOKENS new tokens (its attention scores).
+        new = [len(s) - self._cached_tokens(s, whole) for s in seqs]
+        order = sorted(range(len(seqs)), key=lambda i: (new[i], len(seqs[i])))
+        logits: list[torch.Tensor | None] = [None] * len(seqs)
+        chunks: list[list[int]] = [[]]
+        widest = 0
+        for i in order:
+            widest = max(widest, len(seqs[i]))
+            size = len(chunks[-1]) + 1
+            if chunks[-1] and (size * widest > self.token_budget or size * new[i] > PREFILL_TOKENS):
+                chunks.append([])
+                widest = len(seqs[i])
+            chunks[-1].append(i)
+        for chunk in chunks:
+            for j, row_logits in zip(chunk, self._prefill_chunk([seqs[j] for j in chunk], whole, into, chunk, exact)):
+                logits[j] = row_logits
+        return None if whole else torch.stack(logits)  # type: ignore[arg-type]
+
+    def _cached_tokens(self, seq: list[int], whole: bool) -> int:
+        if self.cache.max_bytes <= 0:
+            return 0
+        n = self._cacheable_blocks(len(seq), whole)
+        return self.cache.match(seq, self.cache.chain(seq, n)) * BLOCK
+
+    @torch.inference_mode()
+    def _prefill_chunk(self, seqs, whole, into, positions_in_call, exact) -> list[torch.Tensor | None]:
+        caching = self.cache.max_bytes > 0
+        chains = [self.cache.chain(s, len(s) // BLOCK) for s in seqs]
+        hits = [
+            self.cache.match(s, chain[: self._cacheable_blocks(len(s), whole)]) if caching else 0
+            for s, chain in zip(seqs, chains)
+        ]
+        starts = [h * BLOCK for h in hits]
+        new = [len(s) - c for s, c in zip(seqs, starts)]
+        if max(new) == 0:  # only caching, and another chunk cached these meanwhile
+            return [None] * len(seqs)
+        self.cache.stats.computed_tokens += sum(new)
+        B, S = len(seqs), max(new)
+        T = max(c + S for c in starts)  # pad queries write past their row's end, never before it
+        k_cache, v_cache = self._new_cache(B, T)
+        ids = torch.zeros(B, S, dtype=torch.long)
+        for b, (s, c, hit) in enumerate(zip(seqs, starts, hits)):
+            if hit:
+                kv = self.cache.get(chains[b][:hit])
+                k_cache[:, b, :, :c], v_cache[:, b, :, :c] = kv[0], kv[1]
+            ids[b, : len(s) - c] = torch.tensor(s[c:])
+        start = torch.tensor(starts)
+        positions = start[:, None] + torch.arange(S)[None, :]  # [B, S]
+        allowed = torch.arange(T)[None, None, :] <= positions[:, :, None]  # causal, by absolute position
+        bias = torch.zeros(B, 1, S, T).masked_fill_(~allowed[:, None], float("-inf")).to(self.dtype)
+        h = self._forward(ids, positions, k_cache, v_cache, bias, torch.tensor(new) - 1)
+        for b, s in enumerate(seqs):
+            self.cache.put(s, chains[b], hits[b], k_cache[:, b], v_cache[:, b])
+        if into is not None:
+            slots, where = into
+            for b, i in enumerate(positions_in_call):
+                n = len(seqs[b])
+                slots.k[:, where[i], :, :n] = k_cache[:, b, :, :n]
+                slots.v[:, where[i], :, :n] = v_cache[:, b, :, :n]
+        if whole:
+            return [None] * B
+        return list(self._logits(h, exact))
 
     def logits_last(self, prompts: list[list[int]]) -> torch.Tensor:
-        """Next-token logits after each (unpadded) prompt: [B, vocab]. Used by choice_probs."""
-        ids, positions, key_mask = _left_pad(prompts)
-        B, S = ids.shape
-        ck, cv = self._new_cache(B, S)
-        with torch.inference_mode():
-            h = self._forward(ids, positions, ck, cv, 0, key_mask)
-            return F.linear(h, self.lm_head).float()
-
-    def _new_cache(self, B: int, T: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        shape = (B, self.n_kv, T, self.head_dim)
-        ck = [torch.empty(shape, dtype=self.dtype) for _ in self.layers]
-        cv = [torch.empty(shape, dtype=self.dtype) for _ in self.layers]
-        return ck, cv
+        """Next-token logits (fp32) after each prompt: [B, vocab]. Used by choice_probs."""
+        return self._prefill(prompts, exact=True)  # type: ignore[return-value]
 
     # -- generation ---------------------------------------------------------------------
 
     def generate(
-        self,
-        prompts: list[list[int]],
-        rows: list[SamplingRow],
-        eos_ids: set[int],
-        top_logprobs: int = 0,
-        on_step: Callable[[int], None] | None = None,
+        self, prompts: list[list[int]], rows: list[SamplingRow], eos_ids: set[int], top_logprobs: int = 0
     ) -> DecodeResult:
         """Samples a continuation for every prompt; rows stop at an eos id or their budget."""
-        B = len(prompts)
-        ids, positions, key_mask = _left_pad(prompts)
-        S = ids.shape[1]
-        max_new = max(r.max_new_tokens for r in rows)
-        T = S + max_new
-        ck, cv = self._new_cache(B, T)
-        full_mask = torch.zeros(B, T, dtype=torch.bool)
-        full_mask[:, :S] = key_mask
-        next_pos = positions[:, -1] + 1  # [B]
+        done: dict[int, Finished] = {}
+        for batch in self.stream(prompts, rows, eos_ids, top_logprobs):
+            done.update((f.row, f) for f in batch)
+        ordered = [done[i] for i in range(len(prompts))]
+        return DecodeResult(
+            tokens=[f.tokens for f in ordered],
+            finish=[f.finish for f in ordered],
+            logprobs=[f.logprobs or [] for f in ordered] if top_logprobs else None,
+        )
+
+    def stream(
+        self, prompts: list[list[int]], rows: list[SamplingRow], eos_ids: set[int], top_logprobs: int = 0
+    ) -> Iterator[list[Finished]]:
+        """Yields requests as they finish, continuously batched (see the module docstring).
+
+        Requests wait longest first, so the first admitted set the KV cache's width; a
+        freed slot is refilled once an eighth of the slots are free (a prefill per
+        finished row would cost more in per-call overhead than the idle slot does).
+        """
         for r in rows:
             if r.seed is not None:
                 r.generator = torch.Generator().manual_seed(r.seed)
-        temps = torch.tensor([r.temperature for r in rows])
-        top_ps = torch.tensor([r.top_p for r in rows])
-        budgets = torch.tensor([r.max_new_tokens for r in rows])
-
-        tokens: list[list[int]] = [[] for _ in range(B)]
-        finish = ["length"] * B
-        lps: list[list[tuple[int, float, list[tuple[int, float]]]]] = [[] for _ in range(B)]
-        alive = torch.arange(B)  # original row index of each live batch slot
+        need = [len(p) + r.max_new_tokens for p, r in zip(prompts, rows)]
+        waiting = sorted(range(len(prompts)), key=lambda i: -need[i])
+        waiting.reverse()  # pop() takes the longest
         eos = torch.tensor(sorted(eos_ids)) if eos_ids else torch.tensor([], dtype=torch.long)
+        tokens: list[list[int]] = [[] for _ in prompts]
+        lps: list[list] = [[] for _ in prompts]
+        slots: _Slots | None = None
+        while waiting or (slots is not None and slots.n):
+            if waiting:
+                slots = self._admit(slots, waiting, prompts, rows, need, tokens, lps, eos, top_logprobs)
+            assert slots is not None
+            finished = self._collect(slots, prompts, rows, tokens, lps, eos)
+            if finished:
+                yield finished
+            if slots.n:
+                self._decode_step(slots, rows, tokens, lps, top_logprobs)
 
-        with torch.inference_mode():
-            h = self._forward(ids, positions, ck, cv, 0, full_mask)
-            col = S
-            for step in range(max_new):
-                logits = F.linear(h, self.lm_head).float()
-                chosen = self._sample(logits, [rows[i] for i in alive.tolist()], temps[alive], top_ps[alive])
-                if top_logprobs:
-                    logp = torch.log_softmax(logits, dim=-1)
-                    top_v, top_i = logp.topk(top_logprobs, dim=-1)
-                    picked = logp.gather(1, chosen[:, None]).squeeze(1)
-                for slot, row in enumerate(alive.tolist()):
-                    tokens[row].append(int(chosen[slot]))
-                    if top_logprobs:
-                        alts = list(zip(top_i[slot].tolist(), top_v[slot].tolist()))
-                        lps[row].append((int(chosen[slot]), float(picked[slot]), alts))
-                if on_step:
-                    on_step(len(alive))
-                is_eos = torch.isin(chosen, eos)
-                n_done = torch.tensor([len(tokens[r]) for r in alive.tolist()])
-                done = is_eos | (n_done >= budgets[alive])
-                for slot in torch.nonzero(is_eos).flatten().tolist():
-                    finish[int(alive[slot])] = "stop"
-                if bool(done.all()) or step == max_new - 1:
-                    break
-                keep = torch.nonzero(~done).flatten()
-                if len(keep) < len(alive):
-                    # Drop finished rows so later steps compute only live ones.
-                    alive = alive[keep]
-                    chosen, next_pos = chosen[keep], next_pos[keep]
-                    full_mask = full_mask[keep]
-                    ck = [c[keep] for c in ck]
-                    cv = [c[keep] for c in cv]
-                full_mask[:, col] = True
-                h = self._forward(chosen[:, None], next_pos[:, None], ck, cv, col, full_mask)
-                next_pos = next_pos + 1
-                col += 1
-        return DecodeResult(tokens=tokens, finish=finish, logprobs=lps if top_logprobs else None)
+    def _admit(self, slots, waiting, prompts, rows, need, tokens, lps, eos, top_logprobs) -> _Slots:
+        """Moves waiting requests into free slots (prefilling them and sampling their
+        first token) while the slot count and the token budget allow."""
+        live = slots.n if slots is not None else 0
+        width = max([need[slots.row[s]] for s in range(live)] if live else [need[waiting[-1]]])
+        fit = max(1, min(self.max_batch, self.token_budget // width))
+        if slots is not None and live and fit - live < max(1, fit // 8):
+            return slots
+        admitted: list[int] = []
+        while waiting and live + len(admitted) < fit:
+            admitted.append(waiting.pop())
+        if not admitted:
+            return slots  # type: ignore[return-value]
+        if slots is None or slots.rows < live + len(admitted) or slots.columns < width:
+            slots = self._resized(slots, fit, width)
+        where = {i: live + n for n, i in enumerate(admitted)}
+        logits = self._prefill([prompts[i] for i in admitted], into=(slots, list(where.values())), exact=top_logprobs > 0)
+        assert logits is not None
+        chosen = self._sample(logits, [rows[i] for i in admitted])
+        for n, i in enumerate(admitted):
+            slots.row.append(i)
+            slots.pos.append(len(prompts[i]))
+            slots.last.append(int(chosen[n]))
+        self._record(logits, chosen, admitted, tokens, lps, top_logprobs)
+        return slots
+
+    def _resized(self, slots: _Slots | None, rows: int, columns: int) -> _Slots:
+        """A KV cache of ``rows`` × ``columns``, holding the live requests of ``slots``."""
+        k, v = self._new_cache(rows, columns)
+        if slots is None:
+            return _Slots(k, v)
+        n, used = slots.n, max(slots.pos, default=0)
+        k[:, :n, :, :used], v[:, :n, :, :used] = slots.k[:, :n, :, :used], slots.v[:, :n, :, :used]
+        return _Slots(k, v, slots.row, slots.pos, slots.last)
+
+    def _collect(self, slots: _Slots, prompts, rows, tokens, lps, eos) -> list[Finished]:
+        """Takes finished requests out of their slots (the last live slot moves into the
+        hole, so live slots stay rows 0…n-1) and caches their generated blocks too: a
+        second turn that quotes the first turn's answer finds it in the prefix cache."""
+        finished: list[Finished] = []
+        for s in reversed(range(slots.n)):
+            i = slots.row[s]
+            toks = tokens[i]
+            stopped = bool(toks) and bool(torch.isin(torch.tensor(toks[-1]), eos))
+            if not stopped and len(toks) < rows[i].max_new_tokens:
+                continue
+            finished.append(Finished(i, toks, "stop" if stopped else "length", lps[i]))
+            fed = prompts[i] + toks[:-1]  # the last sampled token was never fed
+            if self.cache.max_bytes > 0 and len(fed) >= BLOCK:
+                chain = self.cache.chain(fed, len(fed) // BLOCK)
+                self.cache.put(fed, chain, len(prompts[i]) // BLOCK, slots.k[:, s], slots.v[:, s])
+            end = slots.n - 1
+            if s != end:
+                used = slots.pos[end]
+                slots.k[:, s, :, :used] = slots.k[:, end, :, :used]
+                slots.v[:, s, :, :used] = slots.v[:, end, :, :used]
+                slots.row[s], slots.pos[s], slots.last[s] = slots.row[end], slots.pos[end], slots.last[end]
+            del slots.row[end], slots.pos[end], slots.last[end]
+        return finished
+
+    @torch.inference_mode()
+    def _decode_step(self, slots: _Slots, rows, tokens, lps, top_logprobs) -> None:
+        """Feeds every live slot its last token and samples the next."""
+        n = slots.n
+        pos = torch.tensor(slots.pos)
+        T = int(pos.max()) + 1
+        bias = torch.zeros(n, T).masked_fill_(torch.arange(T)[None, :] > pos[:, None], float("-inf"))
+        h = self._forward(
+            torch.tensor(slots.last)[:, None], pos[:, None], slots.k[:, :n], slots.v[:, :n],
+            bias.view(n, 1, 1, T), torch.zeros(n, dtype=torch.long),
+        )
+        logits = self._logits(h, exact=top_logprobs > 0)
+        live = list(slots.row)
+        chosen = self._sample(logits, [rows[i] for i in live])
+        for s in range(n):
+            slots.pos[s] += 1
+            slots.last[s] = int(chosen[s])
+        self._record(logits, chosen, live, tokens, lps, top_logprobs)
 
     @staticmethod
-    def _sample(
-        logits: torch.Tensor, rows: list[SamplingRow], temps: torch.Tensor, top_ps: torch.Tensor
-    ) -> torch.Tensor:
+    def _record(logits, chosen, live, tokens, lps, top_logprobs) -> None:
+        if top_logprobs:
+            logp = torch.log_softmax(logits, dim=-1)
+            top_v, top_i = logp.topk(top_logprobs, dim=-1)
+            picked = logp.gather(1, chosen[:, None]).squeeze(1)
+        for s, i in enumerate(live):
+            tokens[i].append(int(chosen[s]))
+            if top_logprobs:
+                lps[i].append((int(chosen[s]), float(picked[s]), list(zip(top_i[s].tolist(), top_v[s].tolist()))))
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        temps = torch.tensor([r.temperature for r in rows])
+        top_ps = torch.tensor([r.top_p for r in rows])
         greedy = temps <= 0
         out = logits.argmax(-1)
         if bool(greedy.all()):
@@ -292,20 +517,4 @@ class LlamaDecoder:
         cum = probs.cumsum(-1)
         sampled = torch.searchsorted(cum, (u * cum[:, -1])[:, None]).squeeze(1)
         sampled = sampled.clamp_max(probs.shape[-1] - 1)
-        out = torch.where(greedy, out, sampled)
-        return out
-
-
-def _left_pad(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pads token lists; returns ids, per-token positions (0 at each row's first
-    real token) and the mask of real tokens."""
-    S = max(len(p) for p in prompts)
-    B = len(prompts)
-    ids = torch.zeros(B, S, dtype=torch.long)
-    mask = torch.zeros(B, S, dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        if p:
-            ids[i, S - len(p) :] = torch.tensor(p)
-            mask[i, S - len(p) :] = True
-    positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
-    return ids, positions, mask
+        return torch.where(greedy, out, sampled)

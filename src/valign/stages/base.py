@@ -161,6 +161,7 @@ class ModelPool:
         self.cache = cache
         self.options = options or (lambda spec: {})
         self._models: dict[str, ChatModel] = {}
+        self._used: set[str] = set()  # specs asked for since the last `engines()`
 
     def request_adjustments(self) -> dict[str, list[str]]:
         """What `openai:` models had to change in their requests (see `RequestPolicy`)."""
@@ -171,7 +172,19 @@ class ModelPool:
                 out[spec] = list(policy.adjustments)
         return out
 
+    def engines(self) -> dict[str, dict[str, Any]]:
+        """How each local model used since the last call computes (engine, dtype, prefix
+        cache), for the stage's manifest; starts counting afresh."""
+        out = {}
+        for spec in sorted(self._used):
+            info = getattr(self._models[spec], "engine_info", None)
+            if info is not None:
+                out[spec] = info()
+        self._used.clear()
+        return out
+
     def get(self, spec: str) -> ChatModel:
+        self._used.add(spec)
         if spec not in self._models:
             from valign.models.registry import load_model
 
