@@ -68,8 +68,8 @@ def gemm_ceiling(decoder, batch: int, repeats: int = 5) -> float:
     import torch.nn.functional as F
 
     hidden = decoder.embed.shape[1]
-    x = torch.randn(batch, hidden)
-    h = torch.randn(batch, decoder.layers[0].down_w.shape[1])
+    x = torch.randn(batch, hidden, dtype=decoder.dtype)
+    h = torch.randn(batch, decoder.layers[0].down_w.shape[1], dtype=decoder.dtype)
 
     def step() -> None:
         for layer in decoder.layers:
