@@ -168,13 +168,17 @@ class LlamaDecoder:
         with torch.no_grad():
             for layer in inner.layers:
                 att, mlp = layer.self_attn, layer.mlp
-                qkv_b = None
-                if att.q_proj.bias is not None:
-                    qkv_b = cast(torch.cat([att.q_proj.bias, att.k_proj.bias, att.v_proj.bias]))
+                qkv_b = att.q_proj.bias
+                # Queries are pre-scaled by 1/√d in their weights (RoPE is linear), which
+                # spares a pass over every attention score; exact when d is a power of 4.
+                scale = self.head_dim**-0.5
+                qkv_w = torch.cat([att.q_proj.weight * scale, att.k_proj.weight, att.v_proj.weight])
+                if qkv_b is not None:
+                    qkv_b = cast(torch.cat([att.q_proj.bias * scale, att.k_proj.bias, att.v_proj.bias]))
                 self.layers.append(
                     _Layer(
                         in_norm=layer.input_layernorm.weight.detach().float(),
-                        qkv_w=cast(torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight])),
+                        qkv_w=cast(qkv_w),
                         qkv_b=qkv_b,
                         o_w=cast(att.o_proj.weight),
                         post_norm=layer.post_attention_layernorm.weight.detach().float(),
@@ -211,37 +215,34 @@ class LlamaDecoder:
         # The residual stream stays fp32 (as norms do): only the matmuls run in bf16.
         h = F.embedding(ids, self.embed).float()
         cos, sin = self.rotary(h, positions)  # [B, S, d]
-        cos, sin = cos.unsqueeze(1).to(self.dtype), sin.unsqueeze(1).to(self.dtype)
+        cos, sin = cos.unsqueeze(2).to(self.dtype), sin.unsqueeze(2).to(self.dtype)  # over heads
         nq, nkv, d = self.n_heads, self.n_kv, self.head_dim
         group = nq // nkv
         rows = torch.arange(B)[:, None]
-        scale = d**-0.5
         for i, L in enumerate(self.layers):
             x = self._norm(h, L.in_norm)
-            qkv = F.linear(x, L.qkv_w, L.qkv_b)
-            q, k, v = qkv.split([nq * d, nkv * d, nkv * d], dim=-1)
-            q = self._rope(q.view(B, S, nq, d).transpose(1, 2), cos, sin)  # [B, nq, S, d]
-            k = self._rope(k.view(B, S, nkv, d).transpose(1, 2), cos, sin)
+            qkv = F.linear(x, L.qkv_w, L.qkv_b).view(B, S, nq + 2 * nkv, d)
+            qk = self._rope(qkv[:, :, : nq + nkv], cos, sin)  # q and k rotated in one pass
             # Each row's new keys/values go to its own columns (its positions).
-            k_cache[i][rows, :, positions] = k.transpose(1, 2)
-            v_cache[i][rows, :, positions] = v.view(B, S, nkv, d)
+            k_cache[i][rows, :, positions] = qk[:, :, nq:]
+            v_cache[i][rows, :, positions] = qkv[:, :, nq + nkv :]
             keys, values = k_cache[i][:, :, :T], v_cache[i][:, :, :T]
             if S > 1:
                 # Prefill: torch's fused attention never materialises the S×T scores.
-                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, enable_gqa=True)
+                q = qk[:, :, :nq].transpose(1, 2)  # [B, nq, S, d]
+                out = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, enable_gqa=True, scale=1.0)
+                out = out.transpose(1, 2).reshape(B, S, nq * d)
             else:
                 # Decode: group query heads under their kv head, [B, nkv, group, d] x
                 # [B, nkv, d, T], which beats the fused kernel for a single query.
-                qg = q.reshape(B, nkv, group, d)
-                scores = torch.matmul(qg, keys.transpose(-1, -2)).float() * scale
-                scores = scores + bias.view(B, 1, 1, T)
-                att = torch.softmax(scores, dim=-1).to(self.dtype)
-                out = torch.matmul(att, values).view(B, nq, S, d)
-            out = out.transpose(1, 2).reshape(B, S, nq * d)
-            h = h + F.linear(out, L.o_w).float()
+                qg = qk[:, 0, :nq].reshape(B, nkv, group, d)
+                scores = torch.matmul(qg, keys.transpose(-1, -2)).add_(bias.view(B, 1, 1, T))
+                att = torch.softmax(scores, dim=-1, dtype=torch.float32).to(self.dtype)
+                out = torch.matmul(att, values).view(B, 1, nq * d)
+            h.add_(F.linear(out, L.o_w))
             x = self._norm(h, L.post_norm)
             gate, up = F.linear(x, L.gate_up_w).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, L.down_w).float()
+            h.add_(F.linear(F.silu(gate) * up, L.down_w))
         h_last = h[torch.arange(B), last]
         return F.rms_norm(h_last, (h_last.shape[-1],), self.final_norm, self.eps)
 
