@@ -126,7 +126,9 @@ def test_dpo_reference_is_the_sft_model_not_the_base(tmp_path, sft_stage, monkey
         return Spy
 
     monkeypatch.setattr(preference, "valign_trainer", spying)
-    cfg = DPOStageConfig(max_steps=1, batch_size=2, learning_rate=5e-4, max_length=128)
+    # fp32: the reference log-probs are compared with `pair_logps`' fp32 forward to 2e-3;
+    # in bf16 autocast, summed over ~60 answer tokens, they differ by ~0.1.
+    cfg = DPOStageConfig(max_steps=1, batch_size=2, learning_rate=5e-4, max_length=128, precision="fp32")
     rows = judged_rows()[:2]
     ctx = _ctx(tmp_path, "dpo", cfg, sft_stage, rows)
     DPOStage().run(ctx)
@@ -154,6 +156,40 @@ def test_dpo_reference_is_the_sft_model_not_the_base(tmp_path, sft_stage, monkey
         assert not value.requires_grad, "the reference adapter is frozen"
         moved |= not torch.equal(params[name.replace(".ref.", ".default.")].detach().cpu(), sft_value)
     assert moved, "the trained adapter moved away from the reference"
+
+
+def test_dpo_trains_under_bf16_autocast_where_the_cpu_has_bf16(tmp_path, sft_dir, monkeypatch):
+    """`precision: auto` on a CPU with bf16 units (VALIGN_CPU_BF16=1 stands for the flags):
+    every forward pass of the stage — the precomputed reference included — runs under
+    bf16 autocast (the LoRA matmuls come out bf16), each LoRA layer's sum stays fp32
+    (`guard_bf16`), and the manifest says bf16. The reference and the policy are computed
+    the same way: at the first step, before any update, every implied reward is 0."""
+    import torch
+
+    monkeypatch.setenv("VALIGN_CPU_BF16", "1")
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    seen: dict[str, set] = {"lora_A": set(), "lora_sum": set(), "autocast": set()}
+
+    def note(module, args, out) -> None:
+        from peft.tuners.lora import Linear
+
+        if isinstance(module, Linear):
+            seen["lora_sum"].add(out.dtype)
+            seen["autocast"].add(torch.is_autocast_enabled("cpu"))
+        elif type(module) is torch.nn.Linear and out.shape[-1] == 8:  # lora_A (r=8)
+            seen["lora_A"].add(out.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(note)
+    try:
+        cfg = DPOStageConfig(max_steps=1, batch_size=2, learning_rate=5e-4, max_length=128)
+        ctx = _ctx(tmp_path, "dpo", cfg, sft_dir, judged_rows()[:2])
+        DPOStage().run(ctx)
+    finally:
+        handle.remove()
+    assert ctx.info["train"]["precision"] == "bf16" and ctx.info["train"]["steps"] == 1
+    assert seen == {"lora_A": {torch.bfloat16}, "lora_sum": {torch.float32}, "autocast": {True}}, seen
+    (step,) = [json.loads(line) for line in (ctx.dir / "train_log.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert step["rewards/chosen"] == pytest.approx(0, abs=1e-3) and step["rewards/rejected"] == pytest.approx(0, abs=1e-3), step
 
 
 def test_kto_trains_on_judged_pairs(tmp_path, sft_dir):

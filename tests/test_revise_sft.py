@@ -153,10 +153,14 @@ def test_shipped_demo_config_runs_end_to_end(tmp_path):
 def test_bench_train_plain_loss_matches_trl_and_reports_the_peak_share(tmp_path):
     from valign.bench import bench_train
 
-    res = bench_train(steps=3, batch=2, seq=64, json_out=tmp_path / "t.json")
+    res = bench_train(steps=3, batch=2, seq=64, repeats=1, json_out=tmp_path / "t.json")
     assert res["same_losses"], "valign's plain cross-entropy gives TRL's loss values"
-    assert res["baseline"]["tok_per_s"] > 0 and res["valign"]["tok_per_s"] > 0
+    assert res["baseline"]["tok_per_s"] > 0 and res["valign"]["tok_per_s"] > 0 and res["bf16"]["tok_per_s"] > 0
     assert 0 < res["fraction_of_peak"] < 1.5 and res["lora_flops_per_token"] == 4 * res["parameters"]
+    assert 0 < res["bf16_fraction_of_peak"] < 1.5 and res["matmul_gflops_bf16"] > 0
+    assert res["bf16_speedup"] == pytest.approx(res["bf16"]["tok_per_s"] / res["valign"]["tok_per_s"], rel=0.02)
+    assert len(res["losses"]["bf16"]) == len(res["losses"]["fp32"]) == 3 and res["bf16_max_loss_diff"] < 0.03
+    assert json.loads((tmp_path / "t.json").read_text())["bf16_max_loss_diff"] == res["bf16_max_loss_diff"]
 
 
 @pytest.mark.slow

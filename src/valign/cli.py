@@ -232,12 +232,14 @@ def bench_train(
     steps: int = typer.Option(6, help="Training steps per trainer (the first is not timed)."),
     batch: int = typer.Option(8, help="Rows per step."),
     seq: int = typer.Option(128, help="Tokens per row."),
+    repeats: int = typer.Option(2, min=1, help="Runs per arm, taking turns; each arm keeps its fastest."),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: torch's own); 1 is steadier on a shared machine."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
-    """LoRA SFT tokens/s on the embedded model, valign vs TRL's defaults, and the share of matmul peak."""
+    """LoRA SFT tokens/s on the embedded model: valign vs TRL's defaults, bf16 vs fp32, and the shares of matmul peak."""
     from valign.bench import bench_train as run_bench
 
-    run_bench(steps=steps, batch=batch, seq=seq, json_out=json_out)
+    run_bench(steps=steps, batch=batch, seq=seq, repeats=repeats, threads=threads, json_out=json_out)
 
 
 @bench_app.command("judge")

@@ -21,7 +21,7 @@ from valign import distributed
 from valign.errors import ValignError
 from valign.runs import read_rows
 from valign.stages.base import ConfigFile, StageContext, model_identity, previous_training_stage, rows_fingerprint
-from valign.stages.training import TrainingConfig, TrainingStage, load_base, log_series, model_record, train_and_finish, trainer_args, training_base
+from valign.stages.training import TrainingConfig, TrainingStage, guard_bf16, load_base, log_series, model_record, train_and_finish, trainer_args, training_base
 from valign.types import Row
 
 
@@ -235,6 +235,9 @@ def valign_trainer(trainer_cls):
       carries each row's weight into the batch, and `RowWeights` scales that row's
       gradient by it (see `valign.stages.plain_head`).
     * On a CPU, the plain LM head replaces TRL's chunked kernel.
+    * Under bf16 autocast, the LoRA sums and (on a CPU) attention stay fp32
+      (`guard_bf16`), from the reference pass on, so reference and policy are computed
+      the same way.
     """
     import torch
 
@@ -259,7 +262,8 @@ def valign_trainer(trainer_cls):
                 self.data_collator = with_weights
 
         def _install_plain_head(self):
-            """The plain LM head on a CPU, once; returns the model under the adapters."""
+            """The plain LM head on a CPU, once, and `guard_bf16`; returns the model under the adapters."""
+            guard_bf16(self.model)
             inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
             if not self._plain_head_on and plain_head_wanted(inner):
                 outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
@@ -271,7 +275,8 @@ def valign_trainer(trainer_cls):
         def _precompute_ref_logps(self, *args, **kwargs):
             # TRL precomputes inside its __init__, after installing its fused head and
             # before ours would be: without this, the one reference pass ran on the slow
-            # CPU path and cost about three times an in-step reference forward.
+            # CPU path and cost about three times an in-step reference forward (and in
+            # bf16, without `guard_bf16`, unlike the policy it is compared with).
             self._install_plain_head()
             return super()._precompute_ref_logps(*args, **kwargs)
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from valign import distributed
 from valign.errors import ValignError
 from valign.stages.base import ConfigFile, StageContext, model_identity, previous_training_stage, rows_fingerprint
-from valign.stages.training import TrainingConfig, TrainingStage, load_base, model_record, train_and_finish, trainer_args, training_base
+from valign.stages.training import TrainingConfig, TrainingStage, guard_bf16, load_base, model_record, train_and_finish, trainer_args, training_base
 from valign.types import Row
 
 
@@ -193,7 +193,8 @@ def build_sft_trainer(
 
     ``args``: the stage's `sft_config` when the caller made it before loading the model
     (as `train_lora` does); ``plain_loss`` (default: on a CPU) swaps TRL's chunked loss
-    for the model's own.
+    for the model's own. With ``bf16`` arguments it trains under bf16 autocast, with the
+    LoRA sums and (on a CPU) attention in fp32 (`guard_bf16`).
     """
     import torch
     from datasets import Dataset
@@ -213,9 +214,11 @@ def build_sft_trainer(
     plain = (not on_gpu) if plain_loss is None else plain_loss
     trainer_cls = _plain_loss_trainer_class() if plain else SFTTrainer
     continuing = isinstance(model, PeftModel)  # an adapter loaded trainable: train it, add none
-    return trainer_cls(
+    trainer = trainer_cls(
         model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=None if continuing else lora, callbacks=callbacks
     )
+    guard_bf16(trainer.model)  # the adapter exists now: TRL added it
+    return trainer
 
 
 def train_lora(

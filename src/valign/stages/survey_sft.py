@@ -30,7 +30,7 @@ from pydantic import Field
 
 from valign.errors import ValignError
 from valign.stages.base import ConfigFile, StageContext, model_identity, previous_training_stage
-from valign.stages.training import TrainingConfig, TrainingStage, load_base, model_record, train_and_finish, trainer_args, training_base
+from valign.stages.training import TrainingConfig, TrainingStage, guard_bf16, load_base, model_record, train_and_finish, trainer_args, training_base
 from valign.survey.opinion import OpinionItem, opinion_prompt, option_letters, read_items
 from valign.types import Row
 
@@ -127,6 +127,7 @@ def train_distributions(
     else:
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
         model = get_peft_model(base, lora)
+    guard_bf16(model)
     examples = [_example(tokenizer, it, cfg.max_length) for it in train + held]
     before = _distributions(model, examples)
     trainer = _soft_label_trainer_class()(model=model, args=args, train_dataset=examples[: len(train)], data_collator=_collate(tokenizer.pad_token_id))
