@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -43,6 +44,21 @@ def test_a_machine_without_cmake_cannot_build_and_says_so(tmp_path, monkeypatch)
     res = peers.measure_llama_server(gguf, bench_prompts(2), 4, prompt_tokens=40, say=lambda m: None)
     assert res.missing == "llama-server cannot be built: cmake is not installed (apt-get install cmake)."
     assert not (tmp_path / "peers" / f"llama-server-{peers.LLAMA_CPP_PYTHON}").exists()
+
+
+def test_a_server_groups_cpu_time_is_counted_from_proc():
+    # A process in a group of its own (as servers are started) that burns 0.6 s of CPU, then sleeps.
+    code = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\ntime.sleep(30)"
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while (used := peers.group_cpu_seconds(proc.pid)) < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert 0.5 <= used < 5
+    finally:
+        proc.kill()
+        proc.wait()
+    assert peers.group_cpu_seconds(proc.pid) == 0  # gone: nothing left to count
 
 
 def test_llama_build_is_native_release_server_only():
@@ -80,6 +96,7 @@ def test_bench_generate_peers_reports_missing_peers_and_still_measures_valign(tm
     assert res["bf16_matmul_gflops"] > 1 and 0 < res["fraction_of_bf16_limit"] < 1.5
     assert res["targets"]["vs_vllm"] == 1.2 and res["targets"]["vs_llama_server"] == 1.8 and res["targets"]["fraction_of_bf16_limit"] == 0.4
     assert run.stdout.count("missing") >= 2  # the table's rows say so too
+    assert set(res["cpu_share"]) == {"valign"} and 0 < res["cpu_share"]["valign"] <= 1.05
 
 
 @pytest.mark.slow
@@ -91,6 +108,6 @@ def test_cached_llama_server_serves_the_embedded_gguf_and_is_measured():
                                      slots=2, say=lambda m: None)  # fmt: skip
     assert res.missing is None, res.missing
     assert res.tokens == 4 * 8 and res.details["finished_by_length"] == 4 and res.details["peak_in_flight"] == 2
-    assert res.tok_per_s and res.tok_per_s > 0
+    assert res.tok_per_s and res.tok_per_s > 0 and 0 < res.cpu_share <= 1.05
     with pytest.raises(httpx.HTTPError):  # stopped once measured
         httpx.get(res.details["url"] + "/models", timeout=5)

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from valign.errors import ValignError
+from valign.peers import cpu_count
 
 # Long-answer prompts, so that most rows use their whole token budget.
 _TOPICS = [
@@ -132,9 +133,11 @@ def bench_generate(prompts: int = 64, new_tokens: int = 128, baseline_prompts: i
             base_tokens += out.shape[1] - ids.shape[1]
     base_rate = base_tokens / (time.perf_counter() - t)
 
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     outs = model.generate(convs, cfg)
     ours_s = time.perf_counter() - t
+    # The share of the machine's cores this process had while timed: below ~90%, other work took the rest.
+    ours_cpu_share = (time.process_time() - cpu) / (ours_s * cpu_count())
     ours_tokens = sum(c.completion_tokens for c in outs)
     ours_rate = ours_tokens / ours_s
 
@@ -151,6 +154,7 @@ def bench_generate(prompts: int = 64, new_tokens: int = 128, baseline_prompts: i
         "baseline": {"method": "one model.generate call per prompt", "prompts": baseline_prompts,
                      "tokens": base_tokens, "tok_per_s": round(base_rate, 1)},
         "valign": {"method": "batched LlamaDecoder", "tokens": ours_tokens, "seconds": round(ours_s, 2),
+                   "cpu_share": round(ours_cpu_share, 2),
                    "tok_per_s": round(ours_rate, 1)},
         "speedup": round(ours_rate / base_rate, 2),
         "matmul_gflops": round(peak / 1e9, 1),
@@ -175,6 +179,7 @@ def bench_generate(prompts: int = 64, new_tokens: int = 128, baseline_prompts: i
 
 # The targets for valign's engine against the peers, on 64 prompts × 128 tokens.
 PEER_TARGETS = {"vs_vllm": 1.2, "vs_llama_server": 1.8, "fraction_of_bf16_limit": 0.40}
+QUIET_SHARE = 0.85  # an engine that had less of the cores than this while timed shared the machine
 
 
 def _generate_peers(model, convs: list[list[dict]], new_tokens: int, params: int, ours_rate: float, result: dict,
@@ -187,7 +192,7 @@ def _generate_peers(model, convs: list[list[dict]], new_tokens: int, params: int
 
     say = Console(stderr=True).print
     prompt_tokens = max(len(model.render(c)) for c in convs)
-    bf16_peak = matmul_flops(dtype="bfloat16")  # measured before the servers, while nothing else runs
+    bf16_peak = matmul_flops(dtype="bfloat16")  # measured before the servers start, while none of ours runs
     vllm = peers.measure_vllm(embedded_dir(), convs, new_tokens, python=vllm_python or VLLM_PYTHON, say=say)
     try:
         gguf = gguf_file()
@@ -219,6 +224,15 @@ def _generate_peers(model, convs: list[list[dict]], new_tokens: int, params: int
         ("bf16 compute-bound limit", f"{bf16_limit:,.1f}", f"{bf16_peak / 1e9:,.0f} GFLOP/s (bf16) ÷ 2·{params / 1e6:.1f}M params"),
         ("share of bf16 limit", f"{ours_rate / bf16_limit:.1%}", f"target ≥ {PEER_TARGETS['fraction_of_bf16_limit']:.0%}"),
     ]
+    # Each engine's share of the cores while timed. On a shared machine the rates, and so the
+    # ratios, move with what else runs (llama.cpp's spinning threads lose up to 10× of their rate).
+    shares = {"valign": result["valign"]["cpu_share"]} | {p.key: p.cpu_share for p in (vllm, llama) if p.cpu_share is not None}
+    shared = {k: v for k, v in shares.items() if v < QUIET_SHARE}
+    result["cpu_share"] = shares
+    result["machine_was_shared"] = bool(shared)
+    if shared:
+        got = ", ".join(f"{k} {v:.0%}" for k, v in shared.items())
+        rows.append(("⚠ machine shared", "", f"while timed, {got} of the cores: other work ran; run again on a quiet machine"))
     return rows
 
 

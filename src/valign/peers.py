@@ -51,6 +51,22 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def group_cpu_seconds(pgid: int) -> float | None:
+    """CPU seconds used so far by the live processes of process group ``pgid`` (a server and
+    the workers it started), from /proc; None where there is no /proc."""
+    proc, total = Path("/proc"), 0
+    if not (proc / "self" / "stat").exists():
+        return None
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == pgid:  # after the name: state, ppid, pgrp, …, utime (12), stime (13)
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 # --------------------------------------------------------------------------- the request driver
 
 
@@ -135,6 +151,7 @@ class PeerResult:
     seconds: float = 0.0
     requests: int = 0
     concurrency: int = 0
+    cpu_share: float | None = None  # of this machine's cores, used by the server while timed
     details: dict = field(default_factory=dict)
 
     @property
@@ -163,7 +180,11 @@ def measure(result: PeerResult, server: Callable[[], LocalServer], convs: list[l
             result.details["startup_seconds"] = round(time.monotonic() - started, 1)
             say(f"{result.engine}: up after {result.details['startup_seconds']:.0f} s; warming up, then {len(convs)} requests")
             drive(srv.url, "smol", warmup_prompts(result.concurrency), WARMUP_TOKENS, result.concurrency, extra=extra)
+            assert srv.process is not None
+            cpu = group_cpu_seconds(srv.process.pid)
             run = drive(srv.url, "smol", convs, new_tokens, result.concurrency, extra=extra)
+            if cpu is not None and (after := group_cpu_seconds(srv.process.pid)) is not None:
+                result.cpu_share = round((after - cpu) / (run.seconds * cpu_count()), 2)
         result.details.update(url=srv.url, log=str(srv.log))
     except (ValignError, OSError) as e:  # OSError: the server's program could not be executed
         result.missing = str(e)
@@ -171,7 +192,8 @@ def measure(result: PeerResult, server: Callable[[], LocalServer], convs: list[l
         return result
     result.tokens, result.seconds, result.requests = run.tokens, run.seconds, run.requests
     result.details.update(peak_in_flight=run.peak_in_flight, finished_by_length=run.finish_reasons.count("length"))
-    say(f"{result.engine}: {run.tokens} tokens in {run.seconds:.1f} s, {run.tok_per_s:.1f} tok/s")
+    share = "" if result.cpu_share is None else f", {result.cpu_share:.0%} of the cores"
+    say(f"{result.engine}: {run.tokens} tokens in {run.seconds:.1f} s, {run.tok_per_s:.1f} tok/s{share}")
     return result
 
 
