@@ -265,12 +265,12 @@ class LlamaDecoder:
         # unless the sequence is only being cached (``whole``).
         return (n_tokens if whole else n_tokens - 1) // BLOCK
 
-    def _warm_shared(self, seqs: list[list[int]]) -> None:
+    def _warm_shared(self, seqs: list[list[int]], full_chains: list[list[int]]) -> None:
         """Computes, once, the uncached prefixes that two or more of ``seqs`` share, so
         that the prefill after this reads them from the cache instead of computing each."""
         if self.cache.max_bytes <= 0 or len(seqs) < 2:
             return
-        chains = [self.cache.chain(s, self._cacheable_blocks(len(s), False)) for s in seqs]
+        chains = [chain[: self._cacheable_blocks(len(s), False)] for s, chain in zip(seqs, full_chains)]
         seen = Counter(key for chain in chains for key in set(chain))
         shared: dict[int, list[int]] = {}
         for s, chain in zip(seqs, chains):
@@ -292,10 +292,12 @@ class LlamaDecoder:
         """
         if not whole:
             self.cache.stats.prompt_tokens += sum(len(s) for s in seqs)
-        self._warm_shared(seqs)
+        # Each sequence's block keys, hashed once for the whole prefill.
+        chains = [self.cache.chain(s, len(s) // BLOCK) if self.cache.max_bytes > 0 else [] for s in seqs]
+        self._warm_shared(seqs, chains)
         # Chunks of similar uncached length (little padding), each within the token
         # budget (its own KV cache) and PREFILL_TOKENS new tokens (its attention scores).
-        new = [len(s) - self._cached_tokens(s, whole) for s in seqs]
+        new = [len(s) - self._cached_blocks(s, chain, whole) * BLOCK for s, chain in zip(seqs, chains)]
         order = sorted(range(len(seqs)), key=lambda i: (new[i], len(seqs[i])))
         logits: list[torch.Tensor | None] = [None] * len(seqs)
         chunks: list[list[int]] = [[]]
@@ -308,24 +310,19 @@ class LlamaDecoder:
                 widest = len(seqs[i])
             chunks[-1].append(i)
         for chunk in chunks:
-            for j, row_logits in zip(chunk, self._prefill_chunk([seqs[j] for j in chunk], whole, into, chunk, exact)):
+            rows = self._prefill_chunk([seqs[j] for j in chunk], [chains[j] for j in chunk], whole, into, chunk, exact)
+            for j, row_logits in zip(chunk, rows):
                 logits[j] = row_logits
         return None if whole else torch.stack(logits)  # type: ignore[arg-type]
 
-    def _cached_tokens(self, seq: list[int], whole: bool) -> int:
-        if self.cache.max_bytes <= 0:
-            return 0
-        n = self._cacheable_blocks(len(seq), whole)
-        return self.cache.match(seq, self.cache.chain(seq, n)) * BLOCK
+    def _cached_blocks(self, seq: list[int], chain: list[int], whole: bool) -> int:
+        """How many of ``seq``'s leading blocks the prefill can read from the cache now."""
+        return self.cache.match(seq, chain[: self._cacheable_blocks(len(seq), whole)]) if chain else 0
 
     @torch.inference_mode()
-    def _prefill_chunk(self, seqs, whole, into, positions_in_call, exact) -> list[torch.Tensor | None]:
-        caching = self.cache.max_bytes > 0
-        chains = [self.cache.chain(s, len(s) // BLOCK) for s in seqs]
-        hits = [
-            self.cache.match(s, chain[: self._cacheable_blocks(len(s), whole)]) if caching else 0
-            for s, chain in zip(seqs, chains)
-        ]
+    def _prefill_chunk(self, seqs, chains, whole, into, positions_in_call, exact) -> list[torch.Tensor | None]:
+        # Matched again here: an earlier chunk's blocks may have evicted some.
+        hits = [self._cached_blocks(s, chain, whole) for s, chain in zip(seqs, chains)]
         starts = [h * BLOCK for h in hits]
         new = [len(s) - c for s, c in zip(seqs, starts)]
         if max(new) == 0:  # only caching, and another chunk cached these meanwhile
@@ -392,21 +389,20 @@ class LlamaDecoder:
         need = [len(p) + r.max_new_tokens for p, r in zip(prompts, rows)]
         waiting = sorted(range(len(prompts)), key=lambda i: -need[i])
         waiting.reverse()  # pop() takes the longest
-        eos = torch.tensor(sorted(eos_ids)) if eos_ids else torch.tensor([], dtype=torch.long)
         tokens: list[list[int]] = [[] for _ in prompts]
         lps: list[list] = [[] for _ in prompts]
         slots: _Slots | None = None
         while waiting or (slots is not None and slots.n):
             if waiting:
-                slots = self._admit(slots, waiting, prompts, rows, need, tokens, lps, eos, top_logprobs)
+                slots = self._admit(slots, waiting, prompts, rows, need, tokens, lps, top_logprobs)
             assert slots is not None
-            finished = self._collect(slots, prompts, rows, tokens, lps, eos)
+            finished = self._collect(slots, prompts, rows, tokens, lps, eos_ids)
             if finished:
                 yield finished
             if slots.n:
                 self._decode_step(slots, rows, tokens, lps, top_logprobs)
 
-    def _admit(self, slots, waiting, prompts, rows, need, tokens, lps, eos, top_logprobs) -> _Slots:
+    def _admit(self, slots, waiting, prompts, rows, need, tokens, lps, top_logprobs) -> _Slots:
         """Moves waiting requests into free slots (prefilling them and sampling their
         first token) while the slot count and the token budget allow."""
         live = slots.n if slots is not None else 0
@@ -421,8 +417,8 @@ class LlamaDecoder:
             return slots  # type: ignore[return-value]
         if slots is None or slots.rows < live + len(admitted) or slots.columns < width:
             slots = self._resized(slots, fit, width)
-        where = {i: live + n for n, i in enumerate(admitted)}
-        logits = self._prefill([prompts[i] for i in admitted], into=(slots, list(where.values())), exact=top_logprobs > 0)
+        where = [live + n for n in range(len(admitted))]  # admitted requests take the next rows
+        logits = self._prefill([prompts[i] for i in admitted], into=(slots, where), exact=top_logprobs > 0)
         assert logits is not None
         chosen = self._sample(logits, [rows[i] for i in admitted])
         for n, i in enumerate(admitted):
@@ -441,7 +437,7 @@ class LlamaDecoder:
         k[:, :n, :, :used], v[:, :n, :, :used] = slots.k[:, :n, :, :used], slots.v[:, :n, :, :used]
         return _Slots(k, v, slots.row, slots.pos, slots.last)
 
-    def _collect(self, slots: _Slots, prompts, rows, tokens, lps, eos) -> list[Finished]:
+    def _collect(self, slots: _Slots, prompts, rows, tokens, lps, eos_ids: set[int]) -> list[Finished]:
         """Takes finished requests out of their slots (the last live slot moves into the
         hole, so live slots stay rows 0…n-1) and caches their generated blocks too: a
         second turn that quotes the first turn's answer finds it in the prefix cache."""
@@ -449,7 +445,7 @@ class LlamaDecoder:
         for s in reversed(range(slots.n)):
             i = slots.row[s]
             toks = tokens[i]
-            stopped = bool(toks) and bool(torch.isin(torch.tensor(toks[-1]), eos))
+            stopped = bool(toks) and toks[-1] in eos_ids
             if not stopped and len(toks) < rows[i].max_new_tokens:
                 continue
             finished.append(Finished(i, toks, "stop" if stopped else "length", lps[i]))
