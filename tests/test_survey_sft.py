@@ -56,8 +56,9 @@ def test_survey_sft_moves_the_model_towards_the_population(tmp_path):
     from valign.models.registry import load_model
 
     # The evaluation path (choice_probs through the served model) reads the same
-    # distributions the stage measured with its own forward pass.
-    tuned = score_fidelity(load_model(f"run:{ctx.dir}"), _items())
+    # distributions the stage measured with its own (fp32) forward pass; the engine runs
+    # in fp32 for this comparison (its default, bf16 on CPUs that have it, is within 0.03).
+    tuned = score_fidelity(load_model(f"run:{ctx.dir}", dtype="float32"), _items())
     after = {r["id"]: r["after"] for r in rows}
     for item in tuned.items:
         assert item["model"] == pytest.approx(after[item["id"]], abs=2e-3), item["id"]

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-3
 
 
-def test_vllm_in_process_generates_scores_and_applies_adapters(sft_stage, embedded, tmp_path):
+def test_vllm_in_process_generates_scores_and_applies_adapters(sft_stage, embedded_fp32, tmp_path):
     python = ROOT / ".venv-vllm" / "bin" / "python"
     assert python.exists(), "vLLM's environment is missing: run `make vllm-env`"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), VLLM_CPU_KVCACHE_SPACE="1")
@@ -37,12 +37,13 @@ def test_vllm_in_process_generates_scores_and_applies_adapters(sft_stage, embedd
         [{"role": "user", "content": "Name a virtue and say why it matters."}],
     ]
     greedy = GenConfig(temperature=0.0, max_new_tokens=24, logprobs=3)
-    base = embedded.generate(prompts, greedy)
-    sft = load_model(f"run:{sft_stage}").generate(prompts, greedy)
+    # valign's engine in fp32, the mode that equals transformers' numbers (as vLLM's does here).
+    base = embedded_fp32.generate(prompts, greedy)
+    sft = load_model(f"run:{sft_stage}", dtype="float32").generate(prompts, greedy)
     assert got["base_text"] == [c.text for c in base]
     assert got["sft_text"] == [c.text for c in sft], "LoRARequest applies the adapter as PEFT does"
     assert abs(got["base_first_logprob"] - base[0].logprobs[0].logprob) < TOLERANCE
     assert abs(got["sft_first_logprob"] - sft[0].logprobs[0].logprob) < TOLERANCE
     ask = [[{"role": "user", "content": "Is 2+2=4? Answer A for yes or B for no."}]]
-    local = embedded.choice_probs(ask, ["A", "B"], answer_prefix="The answer is (")[0]
+    local = embedded_fp32.choice_probs(ask, ["A", "B"], answer_prefix="The answer is (")[0]
     assert abs(got["probs"]["base"]["A"] - local["A"]) < TOLERANCE

@@ -53,9 +53,9 @@ def _close(local, remote) -> None:
         assert abs(mine.logprobs[0].logprob - theirs.logprobs[0].logprob) < LOGPROB_TOLERANCE
 
 
-def test_generation_with_concurrency_and_seeds(vllm_server, embedded):
+def test_generation_with_concurrency_and_seeds(vllm_server, embedded_fp32):
     served = load_model(vllm_server.spec, concurrency=8)
-    _close(embedded.generate(PROMPTS, GREEDY), served.generate(PROMPTS, GREEDY))
+    _close(embedded_fp32.generate(PROMPTS, GREEDY), served.generate(PROMPTS, GREEDY))
     convs = [[{"role": "user", "content": f"Write a line about the number {i}."}] for i in range(8)]
     sampled = GenConfig(temperature=1.0, max_new_tokens=16, seed=7, n=2)
     first = served.generate(convs, sampled)
@@ -65,7 +65,7 @@ def test_generation_with_concurrency_and_seeds(vllm_server, embedded):
     assert served.attempts == len(PROMPTS) + 2 * len(first), "no cache here: every sample was a request"
 
 
-def test_choice_probs_through_logprobs(vllm_server, embedded):
+def test_choice_probs_through_logprobs(vllm_server, embedded_fp32):
     convs = [
         [{"role": "user", "content": "Is 2+2=4? Answer A for yes or B for no."}],
         [{"role": "user", "content": "Is lying to a friend kind? Answer A for yes or B for no."}],
@@ -73,17 +73,17 @@ def test_choice_probs_through_logprobs(vllm_server, embedded):
     served = load_model(vllm_server.spec)
     for prefix in ("", "The answer is ("):  # the prefix goes over HTTP as continue_final_message
         remote = served.choice_probs(convs, ["A", "B"], answer_prefix=prefix)
-        local = embedded.choice_probs(convs, ["A", "B"], answer_prefix=prefix)
+        local = embedded_fp32.choice_probs(convs, ["A", "B"], answer_prefix=prefix)
         for r, l in zip(remote, local):
             assert math.isclose(sum(r.values()), 1.0) and abs(r["A"] - l["A"]) < 1e-3
 
 
-def test_sft_adapter_hot_loaded_samples_like_run_sft_locally(vllm_server, sft_stage, embedded):
+def test_sft_adapter_hot_loaded_samples_like_run_sft_locally(vllm_server, sft_stage):
     # What a run does: its ModelPool resolves run:<sft> with the run's backend options.
     pool = ModelPool(None, BackendOptions(adapters_on=vllm_server.spec).for_spec)
     served = pool.get(f"run:{sft_stage}")
     assert served.name.startswith("openai:") and served.name.endswith(f"@{vllm_server.url}")
-    local = load_model(f"run:{sft_stage}")
+    local = load_model(f"run:{sft_stage}", dtype="float32")  # the server computes in fp32 too
     _close(local.generate(PROMPTS, GREEDY), served.generate(PROMPTS, GREEDY))
     base = load_model(vllm_server.spec).generate(PROMPTS[:1], GREEDY)[0]
     assert served.generate(PROMPTS[:1], GREEDY)[0].text != base.text, "the adapter is applied, not the bare base"
