@@ -31,6 +31,20 @@ def test_precision_follows_the_launcher_and_refuses_a_silent_mix(monkeypatch, tm
         resolve_precision("auto")
 
 
+def test_deepspeed_takes_its_precision_from_the_launch(monkeypatch):
+    """DeepSpeed refuses a Trainer whose bf16 differs from its launch's: launched without
+    mixed precision, `auto` trains fp32 even where bf16 units would pick bf16."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    monkeypatch.setenv("VALIGN_CPU_BF16", "1")
+    assert resolve_precision("auto") == "fp32" and resolve_precision("fp32") == "fp32"
+    with pytest.raises(ValignError, match=r"kto\.precision is bf16 but DeepSpeed was launched without mixed precision"):
+        resolve_precision("bf16", "kto")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert resolve_precision("auto") == "bf16" and resolve_precision("bf16") == "bf16"
+
+
 def test_auto_is_bf16_on_a_cpu_with_bf16_units(monkeypatch, tmp_path):
     """`auto` follows `valign.hardware`: bf16 where the CPU multiplies it natively
     (``VALIGN_CPU_BF16=1`` stands for avx512_bf16/amx_bf16), fp32 where it would be emulated."""

@@ -85,7 +85,7 @@ def resolve_precision(setting: Precision, stage: str = "training") -> Literal["f
     accelerate applies its ``--mixed_precision`` whatever the Trainer is told, so a
     stage that asks for fp32 under a bf16 launch is refused instead of silently mixed.
     Without a launcher's word, ``auto`` is bf16 where the hardware multiplies it natively
-    (`auto_bf16`).
+    (`auto_bf16`) — except under DeepSpeed, which takes its precision from the launch only.
 
     Example:
         >>> resolve_precision("auto")  # launched without --mixed_precision, VALIGN_CPU_BF16=1
@@ -101,6 +101,15 @@ def resolve_precision(setting: Precision, stage: str = "training") -> Literal["f
             f"{stage}.precision is fp32 but accelerate was launched with mixed precision bf16; "
             "set precision: auto (or bf16), or launch with --mixed_precision no."
         )
+    if _strategy() == "deepspeed" and launcher == "no":
+        # DeepSpeed takes its precision from the launch (accelerate's config and the
+        # DeepSpeed JSON), and refuses a Trainer that asks for another one at start-up.
+        if setting == "bf16":
+            raise ValignError(
+                f"{stage}.precision is bf16 but DeepSpeed was launched without mixed precision; "
+                "launch with --mixed_precision bf16 (and bf16 enabled in the DeepSpeed config), or set precision: auto."
+            )
+        return "fp32"
     if setting != "auto":
         return setting
     if launcher == "bf16":
