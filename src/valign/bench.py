@@ -96,7 +96,8 @@ def bench_generate(prompts: int = 64, new_tokens: int = 128, baseline_prompts: i
     """Embedded-model generation: valign's batched engine vs one ``generate`` call per prompt.
 
     Reports tokens/s of both, their ratio, and the share of the compute-bound limit
-    (measured matmul FLOP/s ÷ 2·parameters, the FLOPs of one token's forward pass).
+    (measured matmul FLOP/s in the engine's dtype ÷ 2·parameters, the FLOPs of one
+    token's forward pass).
 
     With ``peers``, the same prompts and sampling also go to vLLM's CPU build (64 requests
     in flight, from ``vllm_python``'s environment) and llama.cpp's ``llama-server`` (16
@@ -140,49 +141,57 @@ def bench_generate(prompts: int = 64, new_tokens: int = 128, baseline_prompts: i
     ours_tokens = sum(c.completion_tokens for c in outs)
     ours_rate = ours_tokens / ours_s
 
-    peak = matmul_flops()
+    # The limit is in the engine's own dtype: bf16 where the CPU multiplies it natively.
+    dtype = str(model.decoder.dtype).removeprefix("torch.")  # type: ignore[attr-defined]
+    peak = matmul_flops(dtype=dtype)
     limit = peak / (2 * params)
     ceiling = gemm_ceiling(model.decoder, min(prompts, model.max_batch))  # type: ignore[attr-defined]
     result = {
         "benchmark": "generate",
-        "model": "embedded (SmolLM2-135M-Instruct, fp32, CPU)",
+        "model": f"embedded (SmolLM2-135M-Instruct, {dtype}, CPU)",
         "parameters": params,
         "threads": torch.get_num_threads(),
         "prompts": prompts,
         "new_tokens": new_tokens,
         "baseline": {"method": "one model.generate call per prompt", "prompts": baseline_prompts,
                      "tokens": base_tokens, "tok_per_s": round(base_rate, 1)},
-        "valign": {"method": "batched LlamaDecoder", "tokens": ours_tokens, "seconds": round(ours_s, 2),
+        "valign": {"method": "LlamaDecoder: continuous batching, prefix cache", "tokens": ours_tokens, "seconds": round(ours_s, 2),
                    "cpu_share": round(ours_cpu_share, 2),
                    "tok_per_s": round(ours_rate, 1)},
         "speedup": round(ours_rate / base_rate, 2),
+        "matmul_dtype": dtype,
         "matmul_gflops": round(peak / 1e9, 1),
         "compute_bound_tok_per_s": round(limit, 1),
         "fraction_of_limit": round(ours_rate / limit, 3),
         "gemm_only_tok_per_s": round(ceiling, 1),
         "gemm_only_fraction_of_limit": round(ceiling / limit, 3),
-        "targets": {"speedup": 7.0, "fraction_of_limit": 0.60},
+        "targets": {"speedup": 7.0, "fraction_of_limit": LIMIT_TARGETS[dtype]},
     }
     rows = [
         ("naive baseline", f"{base_rate:,.1f}", f"{baseline_prompts} prompts, one generate() each"),
         ("valign", f"{ours_rate:,.1f}", f"{prompts} prompts × ≤{new_tokens} tokens, {ours_tokens} tokens"),
         ("speed-up", f"{result['speedup']:.2f}×", "target ≥ 7×"),
-        ("compute-bound limit", f"{limit:,.1f}", f"{peak / 1e9:,.0f} GFLOP/s ÷ 2·{params / 1e6:.1f}M params"),
-        ("share of limit", f"{ours_rate / limit:.1%}", "target ≥ 60%"),
+        ("compute-bound limit", f"{limit:,.1f}", f"{peak / 1e9:,.0f} GFLOP/s ({dtype}) ÷ 2·{params / 1e6:.1f}M params"),
+        ("share of limit", f"{ours_rate / limit:.1%}", f"target ≥ {LIMIT_TARGETS[dtype]:.0%}"),
         ("GEMM-only ceiling", f"{ceiling:,.1f}", f"{ceiling / limit:.1%} of the limit: weight matmuls alone at batch {prompts}"),
     ]
     if peers:
-        rows += _generate_peers(model, convs, new_tokens, params, ours_rate, result, vllm_python, llama_server)
+        rows += _generate_peers(model, convs, new_tokens, params, ours_rate, result, vllm_python, llama_server,
+                                bf16_peak=peak if dtype == "bfloat16" else None)
     return _report("valign bench generate" + (" --peers" if peers else ""), ("", "tok/s", "note"), rows, result, json_out)
 
 
+# The share of the compute-bound limit an engine in this dtype is held to: an fp32 engine
+# (CPUs without bf16 units) reaches more of its lower limit than a bf16 one, whose GEMMs
+# are 2.5× faster while the rest of a decode step is not.
+LIMIT_TARGETS = {"float32": 0.60, "bfloat16": 0.40}
 # The issue's targets for valign's engine against the peers, on 64 prompts × 128 tokens.
 PEER_TARGETS = {"vs_vllm": 1.2, "vs_llama_server": 1.8, "fraction_of_bf16_limit": 0.40}
 QUIET_SHARE = 0.85  # an engine that had less of the cores than this while timed shared the machine
 
 
 def _generate_peers(model, convs: list[list[dict]], new_tokens: int, params: int, ours_rate: float, result: dict,
-                    vllm_python: Path | None, llama_server: Path | None) -> list[tuple[str, str, str]]:
+                    vllm_python: Path | None, llama_server: Path | None, bf16_peak: float | None) -> list[tuple[str, str, str]]:
     """`bench_generate`'s peers: vLLM-CPU and llama-server on the same work, and the bf16
     limit. Adds their figures to ``result`` and returns their table rows."""
     from valign import peers
@@ -191,7 +200,9 @@ def _generate_peers(model, convs: list[list[dict]], new_tokens: int, params: int
 
     say = Console(stderr=True).print
     prompt_tokens = max(len(model.render(c)) for c in convs)
-    bf16_peak = matmul_flops(dtype="bfloat16")  # measured before the servers start, while none of ours runs
+    limit_rows = bf16_peak is None  # an fp32 engine: the bf16 limit is not in the table yet
+    if bf16_peak is None:
+        bf16_peak = matmul_flops(dtype="bfloat16")  # measured before the servers start, while none of ours runs
     vllm = peers.measure_vllm(embedded_dir(), convs, new_tokens, python=vllm_python or VLLM_PYTHON, say=say)
     try:
         gguf = gguf_file()
@@ -219,10 +230,11 @@ def _generate_peers(model, convs: list[list[dict]], new_tokens: int, params: int
         else:
             rows.append((peer.engine, f"{peer.tok_per_s:,.1f}", f"{peer.setup}, {peer.tokens} tokens"))
             rows.append((f"valign / {name}", f"{result[key]:.2f}×", f"target ≥ {PEER_TARGETS[key]}×"))
-    rows += [
-        ("bf16 compute-bound limit", f"{bf16_limit:,.1f}", f"{bf16_peak / 1e9:,.0f} GFLOP/s (bf16) ÷ 2·{params / 1e6:.1f}M params"),
-        ("share of bf16 limit", f"{ours_rate / bf16_limit:.1%}", f"target ≥ {PEER_TARGETS['fraction_of_bf16_limit']:.0%}"),
-    ]
+    if limit_rows:
+        rows += [
+            ("bf16 compute-bound limit", f"{bf16_limit:,.1f}", f"{bf16_peak / 1e9:,.0f} GFLOP/s (bf16) ÷ 2·{params / 1e6:.1f}M params"),
+            ("share of bf16 limit", f"{ours_rate / bf16_limit:.1%}", f"target ≥ {PEER_TARGETS['fraction_of_bf16_limit']:.0%}"),
+        ]
     # Each engine's share of the cores while timed. On a shared machine the rates, and so the
     # ratios, move with what else runs (llama.cpp's spinning threads lose up to 10× of their rate).
     shares = {"valign": result["valign"]["cpu_share"]} | {p.key: p.cpu_share for p in (vllm, llama) if p.cpu_share is not None}
