@@ -66,20 +66,29 @@ def test_the_kv_cache_grows_while_decoding_and_every_step_equals_a_fresh_prefill
     """Decoding attends over whole GROW_COLUMNS blocks (the unwritten columns masked) and
     grows them as the requests lengthen: the log-prob of every 8th decoded token equals
     what a prefill of the prompt and the tokens before it gives."""
-    prompts = [embedded_fp32.render(c) for c in CONVS[:3]]
+    # The long prompt takes slot 0, grows the cache, and finishes first: the last slot
+    # then moves into its hole, in the grown cache.
+    prompts = [embedded_fp32.render(FEW_SHOT + CONVS[0]), embedded_fp32.render(CONVS[1]), embedded_fp32.render(CONVS[2])]
+    budgets = [GROW_COLUMNS + 5, 3 * GROW_COLUMNS, 2 * GROW_COLUMNS]
     dec = LlamaDecoder(embedded_fp32.model, dtype=torch.float32, prefix_cache_mb=0)
-    widths = []
-    reserve = dec._reserve
+    widths, order = [], []
+    reserve, collect = dec._reserve, dec._collect
 
-    def watching(slots, rows, columns):
+    def reserving(slots, rows, columns):
         out = reserve(slots, rows, columns)
         widths.append(out.columns)
         return out
 
-    dec._reserve = watching  # type: ignore[method-assign]
-    out = dec.generate(prompts, [SamplingRow(0.9, 1.0, 3 * GROW_COLUMNS, seed=i) for i in range(3)], set(), top_logprobs=1)
-    assert len(widths) >= 3 and all(w % GROW_COLUMNS == 0 for w in widths) and widths == sorted(widths), widths
-    assert widths[-1] >= max(len(p) for p in prompts) + 3 * GROW_COLUMNS - 1
+    def collecting(slots, *args):
+        done = collect(slots, *args)
+        order.extend(f.row for f in done)
+        return done
+
+    dec._reserve, dec._collect = reserving, collecting  # type: ignore[method-assign]
+    out = dec.generate(prompts, [SamplingRow(0.9, 1.0, b, seed=i) for i, b in enumerate(budgets)], set(), top_logprobs=1)
+    assert [len(t) for t in out.tokens] == budgets and order[0] == 0
+    assert len(widths) >= 2 and all(w % GROW_COLUMNS == 0 for w in widths) and widths == sorted(widths), widths
+    assert widths[-1] >= len(prompts[0]) + budgets[0] - 1
     for p, toks, lps in zip(prompts, out.tokens, out.logprobs):
         for k in range(1, len(toks), 8):
             logp = torch.log_softmax(dec.logits_last([p + toks[:k]])[0], -1)[toks[k]]

@@ -483,6 +483,7 @@ class LlamaDecoder:
         slots.k, slots.v = k, v
         return slots
 
+    @torch.inference_mode()  # it moves slots' keys and values, which a decode step may have allocated
     def _collect(self, slots: _Slots, prompts, rows, tokens, lps, eos_ids: set[int]) -> list[Finished]:
         """Takes finished requests out of their slots (the last live slot moves into the
         hole, so live slots stay rows 0…n-1) and caches their generated blocks too: a
