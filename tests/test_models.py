@@ -25,7 +25,8 @@ def test_generate_groups_samples_and_counts_tokens(embedded):
     assert out[0].text != out[1].text or out[2].text != out[3].text, "samples differ"
 
 
-def test_seeded_sample_does_not_depend_on_its_batch(embedded):
+def test_seeded_sample_does_not_depend_on_its_batch(embedded_fp32):
+    embedded = embedded_fp32  # in bf16 a batch-mate can change how a matmul rounds, and so a near-tie
     cfg = GenConfig(max_new_tokens=16, seed=5, temperature=0.9)
     alone = embedded.generate([Q], cfg)[0].text
     with_others = embedded.generate([R, Q, R], cfg)[1].text

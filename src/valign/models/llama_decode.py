@@ -18,7 +18,8 @@ weights and does the same arithmetic with
   prompts share — within one call or across calls — is computed once; a prefill
   computes only each prompt's uncached tail, with no padding to a common start;
 - grouped-query attention as batched matmuls without expanding K/V;
-- per-row random generators, so a seeded sample does not depend on its batch-mates.
+- per-row random generators, so a seeded sample does not depend on its batch-mates (in
+  fp32; in bf16 a batch-mate can change how a matmul rounds, and so break a near-tie).
 
 In fp32 it produces the same logits as transformers (checked in the tests); models of
 other architectures fall back to ``generate``.
@@ -37,6 +38,7 @@ from valign.models.prefix_cache import BLOCK, PrefixCache
 
 SUPPORTED_MODEL_TYPES = {"llama", "mistral", "qwen2"}
 PREFILL_TOKENS = 4096  # new prompt tokens per prefill forward pass (bounds its attention scores)
+MAX_PADDING = 1.25  # a prefill chunk's query slots (rows × longest) per real new token, at most
 # The live requests' KV cache grows by this many columns at a time. A decode step attends
 # over every column (the unwritten ones masked): the cache then is one contiguous block
 # per request, which the batched matmuls read in place, where a slice up to the longest
@@ -335,19 +337,21 @@ class LlamaDecoder:
         # Each sequence's block keys, hashed once for the whole prefill.
         chains = [self.cache.chain(s, len(s) // BLOCK) if self.cache.max_bytes > 0 else [] for s in seqs]
         self._warm_shared(seqs, chains)
-        # Chunks of similar uncached length (little padding), each within the token
-        # budget (its own KV cache) and PREFILL_TOKENS new tokens (its attention scores).
+        # Chunks of similar uncached length, each within the token budget (its own KV
+        # cache) and PREFILL_TOKENS new tokens (its attention scores), and at most a
+        # quarter padding: a padded query costs as much as a real one, and a prefill's
+        # matmuls are as fast in two chunks as in one.
         new = [len(s) - self._cached_blocks(s, chain, whole) * BLOCK for s, chain in zip(seqs, chains)]
         order = sorted(range(len(seqs)), key=lambda i: (new[i], len(seqs[i])))
         logits: list[torch.Tensor | None] = [None] * len(seqs)
         chunks: list[list[int]] = [[]]
-        widest = 0
-        for i in order:
-            widest = max(widest, len(seqs[i]))
+        widest = real = 0
+        for i in order:  # ascending uncached length: new[i] is the chunk's longest so far
+            widest, real = max(widest, len(seqs[i])), real + new[i]
             size = len(chunks[-1]) + 1
-            if chunks[-1] and (size * widest > self.token_budget or size * new[i] > PREFILL_TOKENS):
+            if chunks[-1] and (size * widest > self.token_budget or size * new[i] > PREFILL_TOKENS or size * new[i] > MAX_PADDING * real):
                 chunks.append([])
-                widest = len(seqs[i])
+                widest, real = len(seqs[i]), new[i]
             chunks[-1].append(i)
         for chunk in chunks:
             rows = self._prefill_chunk([seqs[j] for j in chunk], [chains[j] for j in chunk], whole, into, chunk, exact)
