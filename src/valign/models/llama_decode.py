@@ -259,7 +259,7 @@ class LlamaDecoder:
             # Decode: each row's one new key goes to row-major slot (row, head, its
             # position) of the layer's contiguous cache — an index_copy_, computed once.
             columns = k_cache.shape[3]
-            flat = ((torch.arange(B)[:, None] * nkv + torch.arange(nkv)[None, :]) * columns + positions).view(-1)
+            flat = ((rows * nkv + torch.arange(nkv)[None, :]) * columns + positions).view(-1)
         for i, L in enumerate(self.layers):
             x = self._norm(h, L.in_norm)
             qkv = self.linear(x, L.qkv_w, L.qkv_b).view(B, S, nq + 2 * nkv, d)
@@ -610,7 +610,7 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     block_cum = blocks.sum(-1).cumsum(-1)  # [n, blocks]
     target = u * block_cum[:, -1]
     b = torch.searchsorted(block_cum, target[:, None], right=True).clamp_max(block_cum.shape[1] - 1)  # [n, 1]
-    before = torch.where(b > 0, block_cum.gather(1, (b - 1).clamp_min(0)), torch.zeros_like(target[:, None]))
+    before = F.pad(block_cum, (1, 0)).gather(1, b)  # the mass of the blocks before block b
     within = blocks[torch.arange(n), b.squeeze(1)].cumsum(-1)  # [n, BLOCK]
     j = torch.searchsorted(within, target[:, None] - before, right=True).clamp_max(_CDF_BLOCK - 1)
     return (b * _CDF_BLOCK + j).squeeze(1).clamp_max(vocab - 1)
