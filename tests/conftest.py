@@ -4,7 +4,6 @@ on it, and a scripted model for control-flow tests."""
 from __future__ import annotations
 
 import hashlib
-from types import SimpleNamespace
 from typing import Callable, Iterator
 
 import pytest
@@ -108,6 +107,7 @@ def sft_stage(tmp_path_factory):
     SFT model's log-probs and samples differ visibly from the base's."""
     import json
 
+    from valign.config import RunConfig
     from valign.runs import StageDir
     from valign.stages.sft import SFTStage, SFTStageConfig
 
@@ -119,7 +119,7 @@ def sft_stage(tmp_path_factory):
     )
     cfg = SFTStageConfig(rows=str(rows), max_steps=1, batch_size=2, max_length=64, learning_rate=1e-2)
     sdir = StageDir(root / "01-sft")
-    ctx = stage_context(sdir, SimpleNamespace(model="embedded", seed=0, stages=["sft"], sft=cfg), cfg, fingerprint="sft-fp")
+    ctx = stage_context(sdir, RunConfig(name="t", model="embedded", seed=0, stages=["sft"], sft=cfg), cfg, fingerprint="sft-fp")
     SFTStage().run(ctx)
     sdir.finish("sft-fp", ctx.info)
     return sdir.path

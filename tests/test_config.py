@@ -4,6 +4,7 @@ import yaml
 from tests.conftest import load_seed_config
 from valign.config import load_config
 from valign.errors import ConfigError, ValignError
+from valign.pipeline import preflight
 
 GOOD = """
 name: t
@@ -24,7 +25,7 @@ def write(tmp_path, text, name="c.yaml"):
 def test_valid_config_and_overrides(tmp_path):
     cfg = load_config(write(tmp_path, GOOD), ["respond.gen.temperature=1.0", "seed=7", "respond.limit=3"])
     assert cfg.respond.gen.temperature == 1.0 and cfg.seed == 7 and cfg.respond.limit == 3
-    assert len(cfg.respond.rows) == 3 and cfg.respond.rows[0]["id"] == "demo-red-01"
+    assert len(cfg.respond.prompt_rows()) == 3 and cfg.respond.prompt_rows()[0]["id"] == "demo-red-01"
 
 
 @pytest.mark.parametrize(
@@ -36,17 +37,51 @@ def test_valid_config_and_overrides(tmp_path):
         (GOOD, "stages=[respond, polish]", "unknown stage 'polish'"),
         (GOOD, "modle=embedded", "unknown setting 'modle'; did you mean 'model'?"),
         (GOOD, "name=has space", "name"),
-        (GOOD, "respond.prompts=no_such_file.jsonl", "prompt source 'no_such_file.jsonl' is not a known set or an existing file"),
+        (GOOD, "respond.prompts=no_such_file.jsonl", "respond.prompts: prompt source 'no_such_file.jsonl' is not a known set or an existing file"),
         (GOOD, "respond.prompts={red_team: 5000, benign: 1}", "hold 1658 distinct prompts, but the mix asks for 5000"),
+        (GOOD, "constitution=no_such_constitution.yaml", "constitution: "),
         (GOOD, "justakey", "--set 'justakey' must look like key=value"),
         (GOOD, "respond.prompts.x=1", "'prompts' holds a value, not a section"),
     ],
 )
 def test_errors_name_the_key_and_the_fix(tmp_path, text, override, expected):
+    # Files a config names are read by the preflight, not while validating; either way
+    # the mistake is one sentence before any model loads.
     with pytest.raises(ValignError) as e:
-        load_config(write(tmp_path, text), [override])
+        preflight(load_config(write(tmp_path, text), [override]))
     assert expected in str(e.value)
     assert "\n" not in str(e.value), "one sentence, no traceback-like dump"
+
+
+def test_validating_a_config_reads_no_file(tmp_path, monkeypatch):
+    """Configs are data: prompt sets, mixes (hub ones included) and constitutions are
+    loaded by the pipeline's preflight, not by validation."""
+    import valign.constitution
+    import valign.stages.respond
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("validation read a file")
+
+    monkeypatch.setattr(valign.stages.respond, "_load", no_reads)
+    monkeypatch.setattr(valign.constitution, "load_constitution", no_reads)
+    cfg = load_config(write(tmp_path, GOOD), ["respond.prompts={red_team: 6, benign: 4, benign_sources: ['hub:nobody/nothing']}",
+                                              "constitution=missing.yaml"])
+    assert cfg.constitution == "missing.yaml"
+    with pytest.raises(AssertionError, match="validation read a file"):
+        preflight(cfg)
+
+
+def test_the_stage_registry_makes_the_run_config():
+    from valign.config import RunConfig
+    from valign.stages.registry import STAGES, training_stages
+
+    assert set(STAGES) <= set(RunConfig.model_fields), "every registered stage has a section"
+    for name, stage in STAGES.items():
+        assert isinstance(RunConfig(name="t").section(name), stage.config_class)
+    assert training_stages() == ("sft", "survey_sft", "dpo", "kto")
+    cfg = RunConfig(name="t", stages=["respond", "revise", "sft", "pairs", "judge", "dpo", "evaluate"])
+    assert cfg.previous_training_stage("dpo") == "sft" and cfg.training_stages_before("evaluate") == ["sft", "dpo"]
+    assert cfg.stage_dir("dpo").name == "06-dpo"
 
 
 def test_bad_yaml_names_the_line(tmp_path):
@@ -77,15 +112,15 @@ def test_prompts_path_relative_to_config_folder(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "p.jsonl").write_text('{"id": "a", "prompt": "hi"}\n')
     cfg = load_config(write(tmp_path / "sub", "name: t\nrespond:\n  prompts: p.jsonl\n"))
-    assert [r["id"] for r in cfg.respond.rows] == ["a"]
+    assert [r["id"] for r in cfg.respond.prompt_rows()] == ["a"]
 
 
 def test_prompt_mix_in_the_config(tmp_path):
     cfg = load_config(write(tmp_path, GOOD), ["respond.prompts={red_team: 6, benign: 4, red_team_sources: [advbench], seed: 3}"])
-    kinds = [r["kind"] for r in cfg.respond.rows]
+    kinds = [r["kind"] for r in cfg.respond.prompt_rows()]
     assert kinds.count("red_team") == 6 and kinds.count("benign") == 4
     again = load_config(write(tmp_path, GOOD), ["respond.prompts={red_team: 6, benign: 4, red_team_sources: [advbench], seed: 3}"])
-    assert [r["id"] for r in again.respond.rows] == [r["id"] for r in cfg.respond.rows]
+    assert [r["id"] for r in again.respond.prompt_rows()] == [r["id"] for r in cfg.respond.prompt_rows()]
 
 
 def test_backend_options_reach_the_right_backend(tmp_path):
@@ -101,7 +136,7 @@ def test_backend_options_reach_the_right_backend(tmp_path):
 def test_shipped_configs_validate(name):
     cfg = load_seed_config() if name == "kantian-llama70b" else load_config(f"configs/{name}.yaml")
     assert cfg.stages == ["respond", "revise", "sft", "pairs", "judge", "dpo", "evaluate", "report"] and cfg.constitution == "kantian"
-    assert len(cfg.respond.rows) > 0
+    assert len(cfg.respond.prompt_rows()) > 0
 
 
 def test_the_seed_setting_uses_qlora_and_a_server(monkeypatch):
@@ -115,16 +150,16 @@ def test_the_seed_setting_uses_qlora_and_a_server(monkeypatch):
     assert mix["red_team"] + mix["benign"] == 10_000 and mix["red_team"] > 4 * mix["benign"], "the seed's 10k, mostly red-team"
     assert "hh-red-team" in mix["red_team_sources"] and any(s.startswith("hub:") for s in mix["benign_sources"])
     with pytest.raises(ValignError, match="Anthropic/hh-rlhf"):  # offline here: one clear sentence, not a traceback
-        load_config("configs/kantian-llama70b.yaml")
+        preflight(load_config("configs/kantian-llama70b.yaml"))
     cfg = load_seed_config()
     assert cfg.sft.qlora and cfg.model.startswith("openai:") and cfg.backends.openai.api_key_env == "VLLM_API_KEY"
     assert cfg.backends.for_spec(cfg.judge.model)["api_key_env"] == "OPENAI_API_KEY", "the API judge has its own key"
     assert cfg.backends.for_spec(cfg.model)["api_key_env"] == "VLLM_API_KEY"
-    assert len(cfg.respond.rows) == 1560  # the wheel-only stand-in
+    assert len(cfg.respond.prompt_rows()) == 1560  # the wheel-only stand-in
 
 
 def test_public_values_configs_wire_the_survey_through_the_run():
-    from valign.pipeline import STAGES
+    from valign.stages.registry import STAGES
 
     cfg = load_config("configs/public-values-demo.yaml")
     assert cfg.stages[0] == "survey" and cfg.constitution == "survey" and cfg.survey.include_synthetic

@@ -14,7 +14,7 @@ from rich.console import Console
 from tests.conftest import ScriptedModel, load_seed_config
 from valign.config import load_config
 from valign.errors import ValignError
-from valign.pipeline import STAGES
+from valign.stages.registry import STAGES
 from valign.runs import RowLog, fingerprint, read_rows
 from valign.stages.base import ModelPool
 from valign.stages.evaluate import EvaluateConfig, run_evaluation, tuned_stage
@@ -124,7 +124,7 @@ def test_config_errors_name_the_key(tmp_path):
 def test_a_partial_gen_setting_keeps_the_sections_greedy_default():
     """`--set keycases.gen.max_new_tokens=64` changes the length only: key-case and
     safety answers and every judge stay greedy (GenConfig's own default is 0.7)."""
-    from valign.config import apply_override
+    from valign.overrides import apply_override
 
     data: dict = {}
     for item in ("keycases.gen.max_new_tokens=64", "keycases.judge_gen.max_new_tokens=32", "mtbench.judge_gen.max_new_tokens=16", "safety.gen.max_new_tokens=8"):

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import pytest
 from rich.console import Console
 
 from tests.conftest import stage_context
+from valign.config import RunConfig
 from valign.feedback import FeedbackStore, feedback_digest, kto_rows_from_feedback, sft_rows_from_feedback
 from valign.serve import create_app, serve_in_background
 
@@ -121,7 +121,7 @@ def test_feedback_rounds_train_on_corrections_and_ratings_and_compare_with_the_l
     _rate(root, "Give me a two-word motto for a bakery.", "down", "Fresh daily.")
     _rate(root, "Name a colour of the sky.", "up")
     cfg = KTOStageConfig(rows=f"feedback:{store.url}", max_steps=1, batch_size=2, max_length=128, precompute_ref_log_probs=False)
-    run_config = SimpleNamespace(model="embedded", seed=0, stages=["kto"], kto=cfg)
+    run_config = RunConfig(name="t", model="embedded", seed=0, stages=["kto"], kto=cfg)
     assert KTOStage().inputs(run_config) == []
     sdir = StageDir(tmp_path / "round1" / "01-kto")
     first = stage_context(sdir, run_config, cfg)
@@ -159,7 +159,7 @@ def test_feedback_rounds_train_on_corrections_and_ratings_and_compare_with_the_l
 
     quiet = FeedbackStore(f"sqlite:///{tmp_path / 'quiet.db'}")
     sft_cfg = SFTStageConfig(rows=f"feedback:{quiet.url}")
-    rc = SimpleNamespace(model=f"run:{first.dir}", seed=0, stages=["sft"], sft=sft_cfg)
+    rc = RunConfig(name="t", model=f"run:{first.dir}", seed=0, stages=["sft"], sft=sft_cfg)
     sdir = StageDir(tmp_path / "round3" / "01-sft")
     ctx = stage_context(sdir, rc, sft_cfg)
     SFTStage().run(ctx)
@@ -167,4 +167,4 @@ def test_feedback_rounds_train_on_corrections_and_ratings_and_compare_with_the_l
     assert (ctx.dir / "adapter" / "adapter_model.safetensors").read_bytes() == (first.dir / "adapter" / "adapter_model.safetensors").read_bytes()
     empty = StageDir(tmp_path / "nothing" / "01-sft")
     with pytest.raises(Exception, match="holds no rows"):
-        SFTStage().run(stage_context(empty, SimpleNamespace(model="embedded", seed=0, stages=["sft"], sft=sft_cfg), sft_cfg))
+        SFTStage().run(stage_context(empty, RunConfig(name="t", model="embedded", seed=0, stages=["sft"], sft=sft_cfg), sft_cfg))

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Iterator
 
 import pytest
 from rich.console import Console
 
 from tests.conftest import ScriptedModel
+from valign.config import RunConfig
 from valign.constitution import load_constitution
 from valign.models.base import GenRequest
 from valign.runs import RowLog
@@ -128,7 +128,7 @@ def _ctx(tmp_path: Path, pairs: list[dict], model, **judge) -> StageContext:
     pairs_dir.mkdir(exist_ok=True)
     (pairs_dir / "rows.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     cfg = JudgeConfig(**judge)
-    run_config = SimpleNamespace(model="policy-spec", seed=0, constitution="kantian", judge=cfg)
+    run_config = RunConfig(name="t", model="policy-spec", seed=0, constitution="kantian", judge=cfg)
     return StageContext(
         run_config=run_config,
         config=cfg,
@@ -335,11 +335,11 @@ def test_stage_rows_counts_and_resume(tmp_path):
 
 def test_describe_changes_with_the_config():
     stage = JudgeStage()
-    rc = SimpleNamespace(model="embedded", seed=0, constitution="kantian", judge=JudgeConfig())
+    rc = RunConfig(name="t", model="embedded", seed=0, constitution="kantian", judge=JudgeConfig())
     d = stage.describe(rc)
     assert d["model"] == "policy" and d["templates"] == templates_digest()
     assert d["constitution"] == KANT.fingerprint()
-    rc2 = SimpleNamespace(**{**vars(rc), "judge": JudgeConfig(model="openai:gpt-5@http://x", mode="verdict")})
+    rc2 = rc.model_copy(update={"judge": JudgeConfig(model="openai:gpt-5@http://x", mode="verdict")})
     assert stage.describe(rc2) != d and stage.describe(rc2)["model"] == "openai:gpt-5@http://x"
     assert stage.inputs(rc) == ["pairs"]
 

@@ -3,12 +3,12 @@ temperature it was sampled at — control flow on a scripted model, then for rea
 the embedded model with a trained SFT stage as the policy."""
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
 
 from tests.conftest import ScriptedModel, stage_context
+from valign.config import RunConfig
 from valign.models.base import GenRequest
 from valign.runs import RowLog, StageDir, read_rows
 from valign.stages.base import StageContext
@@ -41,7 +41,7 @@ def _ctx(tmp_path: Path, cfg: PairsConfig, sft_dir: Path, rows: list[dict]) -> S
     if not (respond_dir / "rows.jsonl").exists():
         RowLog(respond_dir / "rows.jsonl").append(rows)
     sdir = StageDir(tmp_path / "04-pairs")
-    run_config = SimpleNamespace(model="embedded", seed=0, stages=["respond", "revise", "sft", "pairs"], pairs=cfg)
+    run_config = RunConfig(name="t", model="embedded", seed=0, stages=["respond", "revise", "sft", "pairs"], pairs=cfg)
     assert PairsStage().inputs(run_config) == ["respond", "sft"], "the policy defaults to the run's sft stage"
     return stage_context(sdir, run_config, cfg, {"respond": respond_dir, "sft": sft_dir})
 

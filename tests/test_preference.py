@@ -2,11 +2,11 @@
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from tests.conftest import stage_context
+from valign.config import RunConfig
 from valign.runs import RowLog, StageDir
 from valign.stages.base import StageContext
 from valign.stages.preference import (
@@ -15,12 +15,39 @@ from valign.stages.preference import (
     KTOStage,
     KTOStageConfig,
     kto_rows,
-    pair_margins,
     preference_rows,
     read_kto_file,
 )
 
 pytestmark = pytest.mark.slow
+
+
+def pair_logps(spec: str, rows: list[dict]) -> list[tuple[float, float]]:
+    """(log p(chosen), log p(rejected)) of each pair under a model, summed over the
+    answer tokens after the chat-templated prompt (one fp32 forward per answer)."""
+    import torch
+
+    from valign.models.registry import load_model
+
+    model = load_model(spec)
+    hf, tok = model.model, model.tokenizer
+
+    def logp(prompt: list, answer: list) -> float:
+        head = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        full = tok.apply_chat_template(prompt + answer, tokenize=False)
+        head_ids = tok(head, add_special_tokens=False)["input_ids"]
+        ids = tok(full, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logits = hf(torch.tensor([ids])).logits[0, :-1].float()
+        lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None]).squeeze(1)
+        return float(lp[len(head_ids) - 1 :].sum())
+
+    return [(logp(r["prompt"], r["chosen"]), logp(r["prompt"], r["rejected"])) for r in rows]
+
+
+def pair_margins(spec: str, rows: list[dict]) -> list[float]:
+    """log p(chosen) − log p(rejected): the quantity DPO pushes up."""
+    return [chosen - rejected for chosen, rejected in pair_logps(spec, rows)]
 
 GOOD = "I can't help you deceive them, but here is an honest way to ask for what you need."
 BAD = "Sure, here is a convincing lie you can tell them."
@@ -81,7 +108,7 @@ def _ctx(tmp_path: Path, stage: str, cfg, sft_dir: Path, judge_rows) -> StageCon
     judge_dir = tmp_path / "05-judge"
     RowLog(judge_dir / "rows.jsonl").append(judge_rows)
     sdir = StageDir(tmp_path / f"06-{stage}")
-    run_config = SimpleNamespace(model="embedded", seed=0, stages=["sft", "judge", stage], **{stage: cfg})
+    run_config = RunConfig(name="t", model="embedded", seed=0, stages=["sft", "judge", stage], **{stage: cfg})
     return stage_context(sdir, run_config, cfg, {"judge": judge_dir, "sft": sft_dir})
 
 
@@ -110,7 +137,6 @@ def test_dpo_reference_is_the_sft_model_not_the_base(tmp_path, sft_stage, monkey
     from safetensors.torch import load_file
 
     from valign.stages import preference
-    from valign.stages.preference import pair_logps
 
     trainers = []
     make = preference.valign_trainer

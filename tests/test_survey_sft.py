@@ -2,11 +2,11 @@
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from tests.conftest import stage_context
+from valign.config import RunConfig
 from valign.runs import StageDir
 from valign.stages.survey_sft import SurveySFTConfig, SurveySFTStage, split_items
 from valign.survey.opinion import OpinionItem, write_items
@@ -38,7 +38,7 @@ def test_holdout_split_is_stable_and_leaves_both_sides():
 def test_survey_sft_moves_the_model_towards_the_population(tmp_path):
     path = write_items(_items(), tmp_path / "eval_items.jsonl")
     cfg = SurveySFTConfig(items=str(path), epochs=3, batch_size=6, learning_rate=1e-3)
-    run_config = SimpleNamespace(model="embedded", seed=0, stages=["survey_sft"], survey_sft=cfg)
+    run_config = RunConfig(name="t", model="embedded", seed=0, stages=["survey_sft"], survey_sft=cfg)
     stage = SurveySFTStage()
     assert stage.inputs(run_config) == []
     sdir = StageDir(tmp_path / "01-survey_sft")

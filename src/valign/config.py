@@ -1,9 +1,11 @@
 """The run config: a YAML file validated by pydantic, with ``--set key=value`` overrides.
 
 Every stage has its own config class beside its code (``RespondConfig`` in
-`valign.stages.respond`); `RunConfig` gathers them. Unknown keys are errors, reported
+`valign.stages.respond`); `RunConfig` is the run-level settings (`RunSettings`) plus
+one section per stage of `valign.stages.registry`. Unknown keys are errors, reported
 with the closest valid key, because a typo that silently does nothing is the worst
-kind of config bug.
+kind of config bug. Validating a config reads no file: the files it names are loaded
+by `valign.pipeline.preflight`, before any stage runs.
 """
 
 from __future__ import annotations
@@ -13,22 +15,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
 from valign.errors import ConfigError, ModelError
-from valign.stages.respond import RespondConfig
-from valign.stages.judge import JudgeConfig
-from valign.stages.pairs import PairsConfig
-from valign.stages.preference import DPOStageConfig, KTOStageConfig
-from valign.stages.revise import ReviseConfig
-from valign.stages.sft import SFTStageConfig
-from valign.stages.evaluate import EvaluateConfig
-from valign.stages.report import ReportConfig
-from valign.stages.survey import SurveyStageConfig
-from valign.stages.survey_sft import SurveySFTConfig
+from valign.overrides import apply_override
+from valign.stages.registry import STAGES, constitution_stages, stage_names, training_stages
 
-CONSTITUTION_STAGES = ("survey",)  # stages that write a constitution.yaml later stages can use
-KNOWN_STAGES = ("survey", "respond", "revise", "sft", "survey_sft", "pairs", "judge", "dpo", "kto", "evaluate", "report")
+__all__ = ["RunConfig", "RunSettings", "BackendOptions", "LocalOptions", "OpenAIOptions", "load_config"]
 
 
 class OpenAIOptions(BaseModel):
@@ -132,13 +125,11 @@ class BackendOptions(BaseModel):
         return self.local.model_dump()
 
 
-class RunConfig(BaseModel):
-    """A whole run: which model, which stages in which order, and each stage's settings.
+class RunSettings(BaseModel):
+    """A run's own settings: which model, which stages in which order, and where it goes.
 
-    Example:
-        >>> cfg = load_config("configs/kantian-demo.yaml", overrides=["respond.gen.temperature=1.0"])
-        >>> cfg.stages
-        ['respond']
+    `RunConfig` adds each stage's section; stages read their own as ``ctx.config`` and
+    the run's through these fields and methods.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -149,57 +140,43 @@ class RunConfig(BaseModel):
     runs_dir: Path = Path("runs")
     cache: bool = True
     backends: BackendOptions = Field(default_factory=BackendOptions)
-    constitution: str = "kantian"  # a shipped name or a constitution file
+    constitution: str = "kantian"  # a shipped name, a constitution file, or a stage that writes one
     stages: list[str] = Field(default_factory=lambda: ["respond"], min_length=1)
-    survey: SurveyStageConfig = Field(default_factory=SurveyStageConfig)
-    respond: RespondConfig = Field(default_factory=RespondConfig)
-    revise: ReviseConfig = Field(default_factory=ReviseConfig)
-    sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
-    survey_sft: SurveySFTConfig = Field(default_factory=SurveySFTConfig)
-    pairs: PairsConfig = Field(default_factory=PairsConfig)
-    judge: JudgeConfig = Field(default_factory=JudgeConfig)
-    dpo: DPOStageConfig = Field(default_factory=DPOStageConfig)
-    kto: KTOStageConfig = Field(default_factory=KTOStageConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    report: ReportConfig = Field(default_factory=ReportConfig)
 
     @field_validator("constitution")
     @classmethod
-    def _constitution_loads(cls, value: str, info: ValidationInfo) -> str:
-        from valign.constitution import load_constitution
-
-        if value in CONSTITUTION_STAGES:
+    def _constitution_named(cls, value: str, info: ValidationInfo) -> str:
+        if value in constitution_stages():
             return value  # written by that stage of the run (the survey's export)
-        if value in KNOWN_STAGES:
+        if value in STAGES:
             raise ValueError(f"the '{value}' stage writes no constitution; name a constitution file, a shipped one, or the survey stage")
         base = (info.context or {}).get("base_dir")
         if base is not None and (Path(base) / value).is_file():
             value = str((Path(base) / value).resolve())
-        load_constitution(value)  # fails now, with the file and entry, not mid-run
-        return value
+        return value  # loaded by the pipeline's preflight, before any stage runs
 
     @field_validator("stages")
     @classmethod
     def _known_stages(cls, stages: list[str]) -> list[str]:
         for s in stages:
-            if s not in KNOWN_STAGES:
-                raise ValueError(f"unknown stage '{s}'; the stages are {', '.join(KNOWN_STAGES)}")
+            if s not in STAGES:
+                raise ValueError(f"unknown stage '{s}'; the stages are {', '.join(stage_names())}")
         if len(set(stages)) != len(stages):
             raise ValueError("a stage is listed twice")
         return stages
 
     @model_validator(mode="after")
-    def _constitution_stage_runs_first(self) -> "RunConfig":
-        if self.constitution in CONSTITUTION_STAGES:
+    def _constitution_stage_runs_first(self) -> "RunSettings":
+        if self.constitution in constitution_stages():
             if self.constitution not in self.stages:
                 raise ValueError(f"constitution '{self.constitution}' names a stage that is not in `stages`; add it or name a constitution file")
-            users = [s for s in ("revise", "judge", "evaluate") if s in self.stages]
+            users = [s for s in self.stages if STAGES[s].reads_constitution]
             if users and self.stages.index(self.constitution) > min(self.stages.index(s) for s in users):
                 raise ValueError(f"the '{self.constitution}' stage writes the constitution, so it must come before {' and '.join(users)} in `stages`")
         return self
 
     @model_validator(mode="after")
-    def _adapters_on_resolved(self) -> "RunConfig":
+    def _adapters_on_resolved(self) -> "RunSettings":
         if self.backends.adapters_on == "auto":
             if not self.model.startswith("openai:"):
                 raise ValueError(f"backends.adapters_on: auto samples run: models on the run's model, which must be an openai: server for that; model is '{self.model}' — name a server or use null")
@@ -209,6 +186,44 @@ class RunConfig(BaseModel):
     @property
     def run_dir(self) -> Path:
         return self.runs_dir / self.name
+
+    def section(self, stage: str) -> Any:
+        """A stage's settings, an instance of its `Stage.config_class` (``run.section("respond")``
+        is ``run.respond``); for code that names the stage in a variable."""
+        return getattr(self, stage)
+
+    def stage_dir(self, stage: str) -> Path:
+        """A stage's folder in the run: ``runs/<run>/<NN>-<stage>``, NN its place in ``stages``."""
+        return self.run_dir / f"{self.stages.index(stage) + 1:02d}-{stage}"
+
+    def trains(self, stage: str) -> bool:
+        """Whether a stage trains an adapter."""
+        return stage in training_stages()
+
+    def training_stages_before(self, stage: str) -> list[str]:
+        """The run's training stages before ``stage`` (all of them when it is not in the run)."""
+        earlier = self.stages[: self.stages.index(stage)] if stage in self.stages else self.stages
+        return [s for s in earlier if self.trains(s)]
+
+    def previous_training_stage(self, stage: str) -> str | None:
+        """The last training stage before ``stage``, whose adapter ``stage`` continues."""
+        return next(iter(reversed(self.training_stages_before(stage))), None)
+
+
+# One section per registered stage, named after it: `respond: RespondConfig`, ….
+RunConfig = create_model(
+    "RunConfig",
+    __base__=RunSettings,
+    __module__=__name__,
+    **{name: (stage.config_class, Field(default_factory=stage.config_class)) for name, stage in STAGES.items()},
+)
+RunConfig.__doc__ = """A whole run: `RunSettings` and each stage's settings, under the stage's name.
+
+Example:
+    >>> cfg = load_config("configs/kantian-demo.yaml", overrides=["respond.gen.temperature=1.0"])
+    >>> cfg.stages[:3], cfg.respond.gen.temperature
+    (['respond', 'revise', 'sft'], 1.0)
+"""
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -233,27 +248,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     except ValidationError as e:
         raise ConfigError(_explain(path, e)) from None
     return cfg
-
-
-def apply_override(data: dict[str, Any], item: str) -> None:
-    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set '{item}' must look like key=value, e.g. --set respond.gen.temperature=1.0.")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError:
-        value = raw
-    parts = key.strip().split(".")
-    node = data
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: '{part}' holds a value, not a section, so it has no '{parts[-1]}'.")
-        node = child
-    node[parts[-1]] = value
 
 
 def _explain(path: Path, err: ValidationError) -> str:

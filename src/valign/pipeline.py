@@ -4,11 +4,14 @@ Launched in several processes (``accelerate launch``), every process walks the s
 stages and computes the same fingerprints; training stages train in all of them
 (data-parallel), every other stage runs in the main process alone while the others
 wait, and only the main process resets a stage folder or writes rows and manifests
-(`valign.distributed`). A stage's refusals (`check`) run before its folder is reset.
+(`valign.distributed`). Before the first stage, every stage's `preflight` loads the
+files its settings name, so a mistake in any of them fails before a model loads; a
+stage's refusals (`check`) run before its folder is reset.
 
-Example:
-    >>> from valign.config import load_config
-    >>> run_pipeline(load_config("configs/kantian-demo.yaml"))
+Example::
+
+    from valign.config import load_config
+    run_pipeline(load_config("configs/kantian-demo.yaml"))  # runs/kantian-demo/…, report.html last
 """
 
 from __future__ import annotations
@@ -23,28 +26,11 @@ from rich.console import Console
 from valign import distributed
 from valign.cache import CompletionCache
 from valign.config import RunConfig
-from valign.errors import ValignError
+from valign.errors import ConfigError, ValignError
 from valign.runs import RowLog, StageDir, fingerprint
-from valign.stages.base import TRAINING_STAGES, ModelPool, Stage, StageContext, stage_folder
-from valign.stages.evaluate import EvaluateStage
-from valign.stages.judge import JudgeStage
-from valign.stages.pairs import PairsStage
-from valign.stages.preference import DPOStage, KTOStage
-from valign.stages.report import ReportStage
-from valign.stages.respond import RespondStage
-from valign.stages.revise import ReviseStage
-from valign.stages.sft import SFTStage
-from valign.stages.survey import SurveyStage
-from valign.stages.survey_sft import SurveySFTStage
+from valign.stages.base import ModelPool, StageContext
+from valign.stages.registry import STAGES
 from valign.stages.training import training_launch
-
-STAGES: dict[str, Stage] = {
-    s.name: s
-    for s in (
-        SurveyStage(), RespondStage(), ReviseStage(), SFTStage(), SurveySFTStage(), PairsStage(), JudgeStage(),
-        DPOStage(), KTOStage(), EvaluateStage(), ReportStage(),
-    )
-}
 
 
 @dataclass
@@ -58,7 +44,7 @@ class StageOutcome:
 
 def stage_dirs(cfg: RunConfig) -> dict[str, StageDir]:
     """The folder of each stage: ``runs/<name>/<NN>-<stage>``."""
-    return {name: StageDir(stage_folder(cfg, name)) for name in cfg.stages}
+    return {name: StageDir(cfg.stage_dir(name)) for name in cfg.stages}
 
 
 def describe_stage(cfg: RunConfig, name: str) -> dict:
@@ -66,9 +52,24 @@ def describe_stage(cfg: RunConfig, name: str) -> dict:
     a training stage also its launch — processes, precision and quantization change what
     training produces."""
     described = STAGES[name].describe(cfg)
-    if name in TRAINING_STAGES:
-        described = {**described, "launch": training_launch(getattr(cfg, name), name)}
+    if cfg.trains(name):
+        described = {**described, "launch": training_launch(cfg.section(name), name)}
     return described
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Load every file the run's settings name — prompt sets, the constitution, key
+    cases, … — so a mistake in any of them fails before a model loads (validating the
+    config read none of them)."""
+    from valign.stages.base import run_constitution
+
+    if cfg.constitution not in cfg.stages:  # a stage's constitution.yaml is written by the run
+        try:
+            run_constitution(cfg)
+        except ValignError as e:
+            raise ConfigError(f"constitution: {e}") from None
+    for name in cfg.stages:
+        STAGES[name].preflight(cfg)
 
 
 def stage_fingerprints(cfg: RunConfig) -> dict[str, str]:
@@ -96,6 +97,7 @@ def run_pipeline(
     for flag, value in (("--only", only), ("--from", start_from)):
         if value is not None and value not in cfg.stages:
             raise ValignError(f"{flag} {value}: no such stage in this run; its stages are {', '.join(cfg.stages)}.")
+    preflight(cfg)
     if main:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         (cfg.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -114,7 +116,7 @@ def run_pipeline(
         for dep in inputs:
             if dep not in fps:
                 raise ValignError(f"stage '{name}' reads '{dep}', which must come before it in `stages`.")
-        trains = name in TRAINING_STAGES
+        trains = cfg.trains(name)
         described = describe_stage(cfg, name)
         fp = fingerprint(name, described, {d: fps[d] for d in inputs})
         fps[name] = fp
@@ -131,9 +133,7 @@ def run_pipeline(
             outcomes.append(StageOutcome(name, sdir.path, "skipped", manifest.get("counts", {}).get("rows", 0), 0.0))
             continue
         input_dirs = {d: dirs[d].path for d in inputs}
-        check = getattr(stage, "check", None)
-        if check is not None:
-            check(cfg, input_dirs)  # refuse before anything of the stage is deleted
+        stage.check(cfg, input_dirs)  # refuse before anything of the stage is deleted
         if main:
             if forcing:
                 sdir.reset()
@@ -147,7 +147,7 @@ def run_pipeline(
         started = time.perf_counter()
         ctx = StageContext(
             run_config=cfg,
-            config=getattr(cfg, name),
+            config=cfg.section(name),
             dir=sdir.path,
             rows=rows,
             models=models,

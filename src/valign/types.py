@@ -6,6 +6,7 @@ chat template, TRL dataset and OpenAI-compatible server already uses.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo
@@ -49,6 +50,27 @@ class GenConfig(BaseModel):
     def for_sample(self) -> dict[str, Any]:
         """The fields that identify one sample (everything but ``n``)."""
         return self.model_dump(exclude={"n"})
+
+    def seeded(self, seed: int) -> GenConfig:
+        """This config if it names its own seed, else a copy with ``seed`` — the run's, or
+        one `derived_seed` made for a use — so a rerun asks the same and hits the cache.
+
+        Example:
+            >>> GenConfig().seeded(7).seed, GenConfig(seed=1).seeded(7).seed
+            (7, 1)
+        """
+        return self if self.seed is not None else self.model_copy(update={"seed": seed})
+
+
+def derived_seed(*parts: object) -> int:
+    """A seed for one use of the run's seed (``derived_seed(seed, round, "critique")``):
+    the same in every run and process, different for different uses.
+
+    Example:
+        >>> derived_seed(0, 1, "critique") == derived_seed(0, 1, "critique") != derived_seed(0, 2, "critique")
+        True
+    """
+    return int(hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:8], 16)
 
 
 def keep_gen_defaults(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:

@@ -1,5 +1,9 @@
 """What a stage is: a config, the earlier stages it reads, and a `run` that appends rows.
 
+A stage is one module under `valign/stages/` holding its config class and a `Stage`
+subclass that names both, plus one entry in `valign.stages.registry`; the run config's
+sections, the pipeline's stages and which of them train all come from there.
+
 The pipeline (`valign.pipeline`) computes each stage's fingerprint from
 `Stage.describe` and its inputs' fingerprints, skips finished stages, and hands a
 `StageContext` to `run`, which must only append rows whose ids are not yet written —
@@ -10,30 +14,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar
 
-from pydantic import AfterValidator, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ValidationInfo
 
 from rich.console import Console
 
 from valign.cache import CompletionCache
 from valign.models.base import ChatModel
 
-if TYPE_CHECKING:
-    from valign.constitution import Constitution
 from valign.runs import RowLog, read_rows
 from valign.types import Row
 
-
-# Stages that train an adapter; each continues the adapter of the one before it in a run.
-TRAINING_STAGES = ("sft", "survey_sft", "dpo", "kto")
-
-
-def previous_training_stage(run_config: Any, name: str) -> str | None:
-    """The last training stage before ``name`` in the run, whose adapter ``name`` continues."""
-    stages = list(run_config.stages)
-    earlier = stages[: stages.index(name)] if name in stages else stages
-    return next((s for s in reversed(earlier) if s in TRAINING_STAGES), None)
+if TYPE_CHECKING:
+    from valign.config import RunConfig
+    from valign.constitution import Constitution
 
 
 def model_identity(spec: str) -> Any:
@@ -60,9 +55,10 @@ def training_start(spec: str, previous: Path | None) -> tuple[str, Path | None]:
     (e.g. last round's KTO stage, for a continual-learning round) is split into its base
     and its adapter.
 
-    Example:
-        >>> training_start("run:runs/pv/07-kto", None)
-        ('embedded', PosixPath('runs/pv/07-kto/adapter'))
+    For example, ``training_start("run:runs/pv/07-kto", None)`` is
+    ``("embedded", Path("runs/pv/07-kto/adapter"))`` when that KTO stage trained an
+    adapter on the embedded model, and ``training_start("embedded", None)`` is
+    ``("embedded", None)``.
     """
     import json
 
@@ -90,8 +86,10 @@ def config_relative(value: str | None, context: Any) -> str | None:
     files are; anything else (a shipped name, a stage, a URL, a cwd-relative path) as given.
 
     Example:
-        >>> config_relative("rows.jsonl", {"base_dir": "configs"})  # configs/rows.jsonl exists
-        '/work/repo/configs/rows.jsonl'
+        >>> config_relative("kantian-demo.yaml", {"base_dir": "configs"}).endswith("/configs/kantian-demo.yaml")
+        True
+        >>> config_relative("demo", {"base_dir": "configs"})  # not a file there: a shipped name
+        'demo'
     """
     base = context.get("base_dir") if isinstance(context, dict) else None
     if not value or base is None or Path(value).is_absolute():
@@ -133,25 +131,26 @@ def rows_fingerprint(kind: str, where: str | None) -> dict[str, Any]:
     return {}
 
 
-def stage_folder(run_config: Any, name: str) -> Path:
-    """A stage's folder in the run: ``runs/<run>/<NN>-<stage>``, NN its place in ``stages``."""
-    return Path(run_config.run_dir) / f"{list(run_config.stages).index(name) + 1:02d}-{name}"
-
-
-def run_constitution(run_config: Any) -> "Constitution":
+def run_constitution(run_config: RunConfig) -> "Constitution":
     """The run's constitution: a shipped name, a file, or — when ``constitution`` names a
     stage of the run (``survey``) — the ``constitution.yaml`` that stage wrote."""
     from valign.constitution import load_constitution
 
+    return load_constitution(constitution_file(run_config))
+
+
+def constitution_file(run_config: RunConfig) -> str:
+    """The run's constitution as a shipped name or a file (the ``constitution.yaml`` of
+    the stage that writes it, when one does)."""
     name = run_config.constitution
-    if name in getattr(run_config, "stages", ()):
-        return load_constitution(stage_folder(run_config, name) / "constitution.yaml")
-    return load_constitution(name)
+    if name in run_config.stages:
+        return str(run_config.stage_dir(name) / "constitution.yaml")
+    return name
 
 
-def constitution_inputs(run_config: Any) -> list[str]:
+def constitution_inputs(run_config: RunConfig) -> list[str]:
     """The stage the constitution comes from, if it comes from one."""
-    return [run_config.constitution] if run_config.constitution in getattr(run_config, "stages", ()) else []
+    return [run_config.constitution] if run_config.constitution in run_config.stages else []
 
 
 class ModelPool:
@@ -199,8 +198,8 @@ class ModelPool:
 class StageContext:
     """Everything a running stage may touch."""
 
-    run_config: Any  # valign.config.RunConfig (typed loosely to avoid an import cycle)
-    config: Any  # this stage's own config section
+    run_config: RunConfig
+    config: Any  # this stage's own section of the run config (its `Stage.config_class`)
     dir: Path
     rows: RowLog
     models: ModelPool
@@ -213,18 +212,35 @@ class StageContext:
         return read_rows(self.input_dirs[stage] / "rows.jsonl")
 
 
-class Stage(Protocol):
-    """A pipeline stage. Example: see `valign.stages.respond.RespondStage`."""
+class Stage:
+    """A pipeline stage; see `valign.stages.respond` for a small one.
+
+    A subclass names itself and its config class once; `valign.stages.registry` lists
+    it, and the run config grows a section of that class under the stage's name.
+    """
 
     name: ClassVar[str]
+    config_class: ClassVar[type[BaseModel]]
+    trains: ClassVar[bool] = False  # trains an adapter, continuing the run's previous training stage's
+    writes_constitution: ClassVar[bool] = False  # writes a constitution.yaml (`constitution: <stage>`)
+    reads_constitution: ClassVar[bool] = False  # must come after the stage that writes the constitution
 
-    def inputs(self, run_config: Any) -> list[str]:
+    def inputs(self, run_config: RunConfig) -> list[str]:
         """Names of the earlier stages whose rows this stage reads."""
-        ...
+        return []
 
-    def describe(self, run_config: Any) -> dict[str, Any]:
+    def describe(self, run_config: RunConfig) -> dict[str, Any]:
         """Everything besides inputs that determines the output (config, data hashes,
         templates); it is hashed into the fingerprint."""
-        ...
+        raise NotImplementedError
 
-    def run(self, ctx: StageContext) -> None: ...
+    def preflight(self, run_config: RunConfig) -> None:
+        """Load the files this stage's settings name (prompt sets, key cases, …), so a
+        mistake fails before any stage of the run loads a model. Validating a config
+        reads no file; the pipeline calls this for every stage first."""
+
+    def check(self, run_config: RunConfig, input_dirs: dict[str, Path]) -> None:
+        """Refuse to run (a `ValignError`) before the stage's folder is reset."""
+
+    def run(self, ctx: StageContext) -> None:
+        raise NotImplementedError

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence, TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from rich.console import Console
@@ -34,8 +34,11 @@ from valign.evaluate.keycases import KeyCasesConfig
 from valign.evaluate.mtbench import MTBenchConfig
 from valign.evaluate.safety import SafetyConfig
 from valign.runs import RowLog
-from valign.stages.base import TRAINING_STAGES, ModelPool, StageContext, stage_folder, model_identity
+from valign.stages.base import ModelPool, Stage, StageContext, constitution_file, model_identity
 from valign.types import GenConfig, Row
+
+if TYPE_CHECKING:
+    from valign.config import RunConfig
 
 __all__ = ["EvaluateConfig", "FidelityConfig", "EvaluateStage", "run_evaluation", "tuned_stage", "SUITES"]
 
@@ -99,15 +102,15 @@ class EvaluateConfig(BaseModel):
         return self._base_dir
 
 
-def tuned_stage(run_config: Any) -> str:
+def tuned_stage(run_config: RunConfig) -> str:
     """The run's last training stage, whose model is the default `tuned`.
 
     Example:
-        >>> tuned_stage(SimpleNamespace(stages=["respond", "revise", "sft", "pairs", "judge", "dpo", "evaluate"]))
+        >>> from valign.config import RunConfig
+        >>> tuned_stage(RunConfig(name="demo", stages=["respond", "revise", "sft", "pairs", "judge", "dpo", "evaluate"]))
         'dpo'
     """
-    before = run_config.stages[: run_config.stages.index("evaluate")] if "evaluate" in run_config.stages else run_config.stages
-    trained = [s for s in before if s in TRAINING_STAGES]
+    trained = run_config.training_stages_before("evaluate")
     if not trained:
         raise ValignError(
             "evaluate compares a tuned model with the base, and this run trains none before it; "
@@ -360,8 +363,8 @@ def evaluate_outside_pipeline(
     from pydantic import ValidationError
 
     from valign.cache import CompletionCache
-    from valign.config import apply_override
     from valign.errors import ConfigError
+    from valign.overrides import apply_override
     from valign.runs import StageDir, fingerprint
 
     data = dict(settings)
@@ -393,24 +396,25 @@ def evaluate_outside_pipeline(
     return info
 
 
-class EvaluateStage:
+class EvaluateStage(Stage):
     """Key cases, MT-Bench and safety, base vs tuned. Example: ``stages: [..., dpo, evaluate, report]``."""
 
     name: ClassVar[str] = "evaluate"
+    config_class = EvaluateConfig
+    reads_constitution = True
 
-    def inputs(self, run_config: Any) -> list[str]:
+    def inputs(self, run_config: RunConfig) -> list[str]:
         # A named tuned model (e.g. the DPO adapter served by vLLM) still comes from the
         # run's training when there is one: depend on it so retraining re-evaluates.
         if run_config.evaluate.tuned:
-            trained = [s for s in run_config.stages[: run_config.stages.index(self.name)] if s in TRAINING_STAGES]
-            deps = trained[-1:]
+            deps = run_config.training_stages_before(self.name)[-1:]
         else:
             deps = [tuned_stage(run_config)]
         if _uses_survey(run_config):
             deps.append("survey")  # its items (fidelity) and its constitution (key cases)
         return deps
 
-    def describe(self, run_config: Any) -> dict[str, Any]:
+    def describe(self, run_config: RunConfig) -> dict[str, Any]:
         cfg: EvaluateConfig = run_config.evaluate
         return describe_evaluation(
             cfg,
@@ -418,7 +422,7 @@ class EvaluateStage:
             cfg.tuned or f"stage:{tuned_stage(run_config)}",  # its model is covered by the input's fingerprint
             cfg.judge or run_config.model,
             run_config.seed,
-            _constitution_file(run_config),
+            constitution_file(run_config),
             run_config.respond.prompts,
         )
 
@@ -436,7 +440,7 @@ class EvaluateStage:
                 models=ctx.models,
                 out_dir=ctx.dir,
                 seed=rc.seed,
-                constitution=_constitution_file(rc),
+                constitution=constitution_file(rc),
                 train_prompts=rc.respond.prompts,
                 console=ctx.console,
                 fidelity_items=ctx.input_dirs["survey"] / "eval_items.jsonl" if "survey" in ctx.input_dirs else None,
@@ -444,7 +448,7 @@ class EvaluateStage:
         )
 
 
-def _uses_survey(run_config: Any) -> bool:
+def _uses_survey(run_config: RunConfig) -> bool:
     """The run has a survey stage before evaluate, and evaluate reads its items or constitution."""
     stages = list(run_config.stages)
     if "survey" not in stages or "evaluate" not in stages or stages.index("survey") > stages.index("evaluate"):
@@ -453,9 +457,3 @@ def _uses_survey(run_config: Any) -> bool:
     return ("fidelity" in cfg.suites and not cfg.fidelity.items) or run_config.constitution == "survey"
 
 
-def _constitution_file(run_config: Any) -> str:
-    """The run's constitution as a name or file (a stage's ``constitution.yaml`` when a stage writes it)."""
-    name = run_config.constitution
-    if name in run_config.stages:
-        return str(stage_folder(run_config, name) / "constitution.yaml")
-    return name

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from string import Template
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence, TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -53,8 +53,11 @@ from valign.constitution import Constitution, Principle
 from valign.errors import ValignError
 from valign.models.base import ChatModel
 from valign.progress import GenProgress
-from valign.stages.base import StageContext, constitution_inputs, run_constitution, model_identity
+from valign.stages.base import Stage, StageContext, constitution_inputs, model_identity, run_constitution
 from valign.types import Conversation, GenConfig, Row, keep_gen_defaults
+
+if TYPE_CHECKING:
+    from valign.config import RunConfig
 
 __all__ = [
     "JudgeConfig",
@@ -611,15 +614,17 @@ def _check_pair(row: Row) -> None:
 # --------------------------------------------------------------------------- the stage
 
 
-class JudgeStage:
+class JudgeStage(Stage):
     """Labels and curates `pairs` into preference rows. Example: ``stages: [..., pairs, judge]``."""
 
     name: ClassVar[str] = "judge"
+    config_class = JudgeConfig
+    reads_constitution = True
 
-    def inputs(self, run_config: Any) -> list[str]:
+    def inputs(self, run_config: RunConfig) -> list[str]:
         return ["pairs", *constitution_inputs(run_config)]
 
-    def describe(self, run_config: Any) -> dict[str, Any]:
+    def describe(self, run_config: RunConfig) -> dict[str, Any]:
         cfg: JudgeConfig = run_config.judge
         return {
             "config": cfg.model_dump(mode="json"),

@@ -11,13 +11,16 @@ Rows: ``id`` (the prompt id), ``prompt``, ``prompt_messages``, ``kind``, ``respo
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from valign.progress import GenProgress
-from valign.stages.base import StageContext, model_identity
+from valign.stages.base import Stage, StageContext, model_identity
 from valign.types import GenConfig, Row
+
+if TYPE_CHECKING:
+    from valign.config import RunConfig
 
 
 class PairsConfig(BaseModel):
@@ -46,14 +49,15 @@ class PairsConfig(BaseModel):
         return temps
 
 
-class PairsStage:
+class PairsStage(Stage):
     name: ClassVar[str] = "pairs"
+    config_class = PairsConfig
 
-    def inputs(self, run_config: Any) -> list[str]:
+    def inputs(self, run_config: RunConfig) -> list[str]:
         uses_sft = run_config.pairs.model is None and "sft" in run_config.stages
         return ["respond", "sft"] if uses_sft else ["respond"]
 
-    def describe(self, run_config: Any) -> dict[str, Any]:
+    def describe(self, run_config: RunConfig) -> dict[str, Any]:
         cfg: PairsConfig = run_config.pairs
         default = "sft" if "sft" in run_config.stages else run_config.model
         return {"config": cfg.model_dump(mode="json"), "model": model_identity(cfg.model or default), "seed": run_config.seed}

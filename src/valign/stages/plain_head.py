@@ -18,8 +18,9 @@ and on detached quantities), so the scaled gradient is exactly the gradient of t
 weighted loss ``Σ w_i l_i / B``; the weights are normalised to mean 1 over the data
 set so the learning rate means the same with and without them.
 
-Example:
-    >>> add_plain_lm_head(trainer.model.get_base_model(), outputs=("log_probs", "entropy"))
+Example, on a TRL trainer's PEFT model::
+
+    add_plain_lm_head(trainer.model.get_base_model(), outputs=("log_probs", "entropy"))
 """
 
 from __future__ import annotations

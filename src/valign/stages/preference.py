@@ -13,16 +13,19 @@ JSONL file of such rows instead.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
 from valign import distributed
 from valign.errors import ValignError
 from valign.runs import read_rows
-from valign.stages.base import ConfigFile, StageContext, model_identity, previous_training_stage, rows_fingerprint
+from valign.stages.base import ConfigFile, StageContext, model_identity, rows_fingerprint
 from valign.stages.training import TrainingConfig, TrainingStage, guard_bf16, load_base, log_series, model_record, train_and_finish, trainer_args, training_base
 from valign.types import Row
+
+if TYPE_CHECKING:
+    from valign.config import RunConfig
 
 
 class PreferenceConfig(TrainingConfig):
@@ -62,7 +65,7 @@ class KTOStageConfig(PreferenceConfig):
     undesirable_weight: float = Field(1.0, gt=0)
 
 
-def rows_source(run_config: Any, rows: str | None) -> tuple[str, str | None]:
+def rows_source(run_config: RunConfig, rows: str | None) -> tuple[str, str | None]:
     """Where a dpo/kto stage's rows come from: ``("judge", None)`` by default;
     ``("stage", name)`` when ``rows`` names an earlier stage of the run that writes
     ``dpo.jsonl``/``kto.jsonl`` (e.g. ``survey``); ``("feedback", db_url)`` for
@@ -76,20 +79,22 @@ def rows_source(run_config: Any, rows: str | None) -> tuple[str, str | None]:
     return "file", rows
 
 
-class _PreferenceStage(TrainingStage):
+class PreferenceStage(TrainingStage):
+    """What `dpo` and `kto` share: where their rows come from, and what they hash."""
+
     name: ClassVar[str]
 
-    def inputs(self, run_config: Any) -> list[str]:
-        cfg = getattr(run_config, self.name)
+    def inputs(self, run_config: RunConfig) -> list[str]:
+        cfg = run_config.section(self.name)
         kind, where = rows_source(run_config, cfg.rows)
         deps = {"judge": ["judge"], "stage": [where]}.get(kind, [])
-        prev = previous_training_stage(run_config, self.name)
+        prev = run_config.previous_training_stage(self.name)
         if cfg.model is None and prev is not None:
             deps.append(prev)
         return deps
 
-    def describe(self, run_config: Any) -> dict[str, Any]:
-        cfg = getattr(run_config, self.name)
+    def describe(self, run_config: RunConfig) -> dict[str, Any]:
+        cfg = run_config.section(self.name)
         out = {"config": cfg.model_dump(mode="json"), "model": model_identity(cfg.model or run_config.model), "seed": run_config.seed}
         return {**out, **rows_fingerprint(*rows_source(run_config, cfg.rows))}
 
@@ -111,8 +116,9 @@ class _PreferenceStage(TrainingStage):
         return pairs if kind_of_rows == "dpo" else kto_rows(pairs)
 
 
-class DPOStage(_PreferenceStage):
+class DPOStage(PreferenceStage):
     name: ClassVar[str] = "dpo"
+    config_class = DPOStageConfig
 
     def run(self, ctx: StageContext) -> None:
         cfg: DPOStageConfig = ctx.config
@@ -123,8 +129,9 @@ class DPOStage(_PreferenceStage):
         ctx.info.update(_train(ctx, cfg, rows, "dpo"))
 
 
-class KTOStage(_PreferenceStage):
+class KTOStage(PreferenceStage):
     name: ClassVar[str] = "kto"
+    config_class = KTOStageConfig
 
     def run(self, ctx: StageContext) -> None:
         cfg: KTOStageConfig = ctx.config
@@ -372,42 +379,3 @@ def _dataset(rows: list[Row], columns: tuple[str, ...]):
         for d, w in zip(data, weights):
             d["weight"] = w
     return Dataset.from_list(data)
-
-
-def pair_logps(spec: str, rows: list[Row]) -> list[tuple[float, float]]:
-    """(log p(chosen), log p(rejected)) of each pair under a model, summed over the
-    answer tokens after the chat-templated prompt.
-
-    Example:
-        >>> pair_logps("run:runs/demo/03-sft", rows)[:1]
-        [(-41.2, -37.9)]
-    """
-    import torch
-
-    from valign.models.registry import load_model
-
-    model = load_model(spec)
-    hf, tok = model.model, model.tokenizer  # type: ignore[attr-defined]
-
-    def logp(prompt: list, answer: list) -> float:
-        head = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        full = tok.apply_chat_template(prompt + answer, tokenize=False)
-        head_ids = tok(head, add_special_tokens=False)["input_ids"]
-        ids = tok(full, add_special_tokens=False)["input_ids"]
-        with torch.inference_mode():
-            logits = hf(torch.tensor([ids])).logits[0, :-1].float()
-        lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None]).squeeze(1)
-        return float(lp[len(head_ids) - 1 :].sum())
-
-    return [(logp(r["prompt"], r["chosen"]), logp(r["prompt"], r["rejected"])) for r in rows]
-
-
-def pair_margins(spec: str, rows: list[Row]) -> list[float]:
-    """log p(chosen) − log p(rejected) under a model, summed over the answer tokens:
-    the quantity DPO pushes up. Used to check that training moved the model.
-
-    Example:
-        >>> pair_margins("run:runs/demo/06-dpo", rows)[:2]
-        [1.7, -0.3]
-    """
-    return [chosen - rejected for chosen, rejected in pair_logps(spec, rows)]

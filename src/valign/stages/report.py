@@ -9,12 +9,15 @@ file at any time, also for an unfinished run.
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from valign.stages.base import StageContext
+from valign.stages.base import Stage, StageContext
 from valign.stages.judge import templates_digest
+
+if TYPE_CHECKING:
+    from valign.config import RunConfig
 
 __all__ = ["ReportConfig", "ReportStage", "report_templates_digest"]
 
@@ -42,15 +45,16 @@ def report_templates_digest() -> str:
     return templates_digest(sorted(f"report/{f.name}" for f in folder.iterdir() if f.name.endswith(".j2")))
 
 
-class ReportStage:
+class ReportStage(Stage):
     """Writes the run's report. Example: ``stages: [..., evaluate, report]``."""
 
     name: ClassVar[str] = "report"
+    config_class = ReportConfig
 
-    def inputs(self, run_config: Any) -> list[str]:
+    def inputs(self, run_config: RunConfig) -> list[str]:
         return list(run_config.stages[: run_config.stages.index(self.name)])
 
-    def describe(self, run_config: Any) -> dict[str, Any]:
+    def describe(self, run_config: RunConfig) -> dict[str, Any]:
         return {"config": run_config.report.model_dump(mode="json"), "templates": report_templates_digest()}
 
     def run(self, ctx: StageContext) -> None:

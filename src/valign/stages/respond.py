@@ -11,16 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from valign.datasets import load_prompts, resolve_source
-from valign.errors import ValignError
+from valign.errors import ConfigError, ValignError
 from valign.progress import GenProgress
 from valign.prompt_sets import PromptMixConfig, build_prompt_mix, load_source
-from valign.stages.base import StageContext, model_identity
+from valign.stages.base import Stage, StageContext, model_identity
 from valign.types import Completion, Conversation, GenConfig, Row
+
+if TYPE_CHECKING:
+    from valign.config import RunConfig
 
 
 class RespondConfig(BaseModel):
@@ -45,17 +48,27 @@ class RespondConfig(BaseModel):
     model: str | None = None  # defaults to the run's model
     chunk: int = Field(32, ge=1)
     gen: GenConfig = Field(default_factory=lambda: GenConfig(max_new_tokens=256))
-    _rows: list[Row] = PrivateAttr(default_factory=list)
+    _base_dir: Path | None = PrivateAttr(default=None)
+    _rows: list[Row] | None = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any) -> None:
-        # Load the prompts once, relative to the config file's folder, so a missing file
-        # or an impossible mix is a config error before any model loads.
+        # Remember the config file's folder: prompt files are relative to it. Loading
+        # waits for `prompt_rows` (the pipeline's preflight), so validating reads nothing.
         base = context.get("base_dir") if isinstance(context, dict) else None
-        self._rows = _load(self.prompts, base)[: self.limit]
+        self._base_dir = Path(base) if base is not None else None
 
-    @property
-    def rows(self) -> list[Row]:
-        """The prompt rows this stage answers (after `limit`)."""
+    def prompt_rows(self) -> list[Row]:
+        """The prompt rows this stage answers (after `limit`), loaded on first use.
+
+        A missing file or an impossible mix is a `ConfigError` naming ``respond.prompts``.
+        """
+        if self._rows is None:
+            try:
+                self._rows = _load(self.prompts, self._base_dir)[: self.limit]
+            except ConfigError:
+                raise
+            except ValignError as e:
+                raise ConfigError(f"respond.prompts: {e}") from None
         return self._rows
 
 
@@ -77,25 +90,26 @@ def rows_digest(rows: list[Row]) -> str:
     return h.hexdigest()
 
 
-class RespondStage:
+class RespondStage(Stage):
     name: ClassVar[str] = "respond"
+    config_class = RespondConfig
 
-    def inputs(self, run_config: Any) -> list[str]:
-        return []
-
-    def describe(self, run_config: Any) -> dict[str, Any]:
+    def describe(self, run_config: RunConfig) -> dict[str, Any]:
         cfg: RespondConfig = run_config.respond
         return {
             "config": cfg.model_dump(mode="json"),
             "model": model_identity(cfg.model or run_config.model),
             "seed": run_config.seed,
-            "prompts_sha256": rows_digest(cfg.rows),
+            "prompts_sha256": rows_digest(cfg.prompt_rows()),
         }
+
+    def preflight(self, run_config: RunConfig) -> None:
+        run_config.respond.prompt_rows()
 
     def run(self, ctx: StageContext) -> None:
         cfg: RespondConfig = ctx.config
-        prompts = cfg.rows
-        gen = cfg.gen if cfg.gen.seed is not None else cfg.gen.model_copy(update={"seed": ctx.run_config.seed})
+        prompts = cfg.prompt_rows()
+        gen = cfg.gen.seeded(ctx.run_config.seed)
         spec = cfg.model or ctx.run_config.model
         todo = [p for p in prompts if not set(_row_ids(p["id"], gen.n)) <= ctx.rows.ids]
         ctx.info["counts"] = {"prompts": len(prompts), "resumed_done": len(prompts) - len(todo)}

@@ -16,14 +16,17 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from valign.constitution import Constitution, FewShotExample, Principle
 from valign.progress import GenProgress
-from valign.stages.base import StageContext, constitution_inputs, run_constitution, model_identity
-from valign.types import Conversation, GenConfig, Row
+from valign.stages.base import Stage, StageContext, constitution_inputs, model_identity, run_constitution
+from valign.types import Conversation, GenConfig, Row, derived_seed
+
+if TYPE_CHECKING:
+    from valign.config import RunConfig
 
 # Small models often echo the label they were asked for; strip it so it is not trained on.
 _LABEL = re.compile(r"^\s*(?:\*\*)?(?:revised response|revision|rewritten response|critique)(?:\*\*)?\s*:\s*", re.I)
@@ -51,13 +54,15 @@ class ReviseConfig(BaseModel):
     gen: GenConfig = Field(default_factory=lambda: GenConfig(temperature=0.7, max_new_tokens=256))
 
 
-class ReviseStage:
+class ReviseStage(Stage):
     name: ClassVar[str] = "revise"
+    config_class = ReviseConfig
+    reads_constitution = True
 
-    def inputs(self, run_config: Any) -> list[str]:
+    def inputs(self, run_config: RunConfig) -> list[str]:
         return ["respond", *constitution_inputs(run_config)]
 
-    def describe(self, run_config: Any) -> dict[str, Any]:
+    def describe(self, run_config: RunConfig) -> dict[str, Any]:
         cfg: ReviseConfig = run_config.revise
         return {
             "config": cfg.model_dump(mode="json"),
@@ -88,13 +93,13 @@ class ReviseStage:
                     principles = [pick_principle(constitution, seed, s["id"], rnd) for s in states]
                     shots = [pick_examples(constitution, seed, s["id"], rnd, cfg.few_shot) for s in states]
                     convs = [critique_conversation(s, p, ex, constitution) for s, p, ex in zip(states, principles, shots)]
-                    critiques = model.generate(convs, _seeded(cfg.critique_gen, seed, rnd, "critique"), progress=bar)
+                    critiques = model.generate(convs, cfg.critique_gen.seeded(derived_seed(seed, rnd, "critique")), progress=bar)
                     for conv, p, c in zip(convs, principles, critiques):
                         conv += [
                             {"role": "assistant", "content": _clean(c.text)},
                             {"role": "user", "content": constitution.revision_prompt(p)},
                         ]
-                    revisions = model.generate(convs, _seeded(cfg.gen, seed, rnd, "revision"), progress=bar)
+                    revisions = model.generate(convs, cfg.gen.seeded(derived_seed(seed, rnd, "revision")), progress=bar)
                     for s, p, c, r in zip(states, principles, critiques, revisions):
                         s["rounds"].append(
                             {
@@ -178,7 +183,3 @@ def _rng(seed: int, row_id: str, rnd: int, what: str) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def _seeded(gen: GenConfig, seed: int, rnd: int, what: str) -> GenConfig:
-    if gen.seed is not None:
-        return gen
-    return gen.model_copy(update={"seed": int(hashlib.sha256(f"{seed}|{rnd}|{what}".encode()).hexdigest()[:8], 16)})

@@ -21,15 +21,18 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from valign import distributed
 from valign.errors import ValignError
-from valign.stages.base import ConfigFile, StageContext, model_identity, previous_training_stage, rows_fingerprint
+from valign.stages.base import ConfigFile, StageContext, model_identity, rows_fingerprint
 from valign.stages.training import TrainingConfig, TrainingStage, guard_bf16, load_base, model_record, train_and_finish, trainer_args, training_base
 from valign.types import Row
+
+if TYPE_CHECKING:
+    from valign.config import RunConfig
 
 
 class SFTStageConfig(TrainingConfig):
@@ -61,15 +64,16 @@ class SFTStageConfig(TrainingConfig):
 
 class SFTStage(TrainingStage):
     name: ClassVar[str] = "sft"
+    config_class = SFTStageConfig
 
-    def inputs(self, run_config: Any) -> list[str]:
+    def inputs(self, run_config: RunConfig) -> list[str]:
         cfg: SFTStageConfig = run_config.sft
         if cfg.rows is None:
             return ["respond", "revise"]
-        prev = previous_training_stage(run_config, self.name)
+        prev = run_config.previous_training_stage(self.name)
         return [prev] if cfg.model is None and prev is not None else []
 
-    def describe(self, run_config: Any) -> dict[str, Any]:
+    def describe(self, run_config: RunConfig) -> dict[str, Any]:
         cfg: SFTStageConfig = run_config.sft
         out = {"config": cfg.model_dump(mode="json"), "model": model_identity(cfg.model or run_config.model), "seed": run_config.seed}
         if cfg.rows is None:

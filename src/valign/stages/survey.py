@@ -18,14 +18,17 @@ Example (YAML):
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TYPE_CHECKING
 
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from valign.errors import ValignError
-from valign.stages.base import ConfigFile, StageContext
+from valign.stages.base import ConfigFile, Stage, StageContext
+
+if TYPE_CHECKING:
+    from valign.config import RunConfig
 
 __all__ = ["SurveyStageConfig", "SurveyStage", "survey_digest"]
 
@@ -86,13 +89,15 @@ def survey_digest(db_url: str) -> dict[str, Any]:
     }
 
 
-class SurveyStage:
+class SurveyStage(Stage):
     name: ClassVar[str] = "survey"
+    config_class = SurveyStageConfig
+    writes_constitution = True
 
-    def inputs(self, run_config: Any) -> list[str]:
+    def inputs(self, run_config: RunConfig) -> list[str]:
         return []
 
-    def describe(self, run_config: Any) -> dict[str, Any]:
+    def describe(self, run_config: RunConfig) -> dict[str, Any]:
         from valign.survey.db import resolve_db_url
         from valign.survey.instrument import load_instrument
         from valign.survey.margins import load_margins
@@ -106,6 +111,13 @@ class SurveyStage:
             "database": survey_digest(url),
             "seed": run_config.seed,
         }
+
+    def preflight(self, run_config: RunConfig) -> None:
+        from valign.survey.instrument import load_instrument
+        from valign.survey.margins import load_margins
+
+        load_instrument(run_config.survey.instrument)
+        load_margins(run_config.survey.margins)
 
     def run(self, ctx: StageContext) -> None:
         from valign.survey.artifacts import ExportSettings, export_survey

@@ -24,15 +24,18 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TYPE_CHECKING
 
 from pydantic import Field
 
 from valign.errors import ValignError
-from valign.stages.base import ConfigFile, StageContext, model_identity, previous_training_stage
+from valign.stages.base import ConfigFile, StageContext, model_identity
 from valign.stages.training import TrainingConfig, TrainingStage, guard_bf16, load_base, model_record, train_and_finish, trainer_args, training_base
 from valign.survey.opinion import OpinionItem, opinion_prompt, option_letters, read_items
 from valign.types import Row
+
+if TYPE_CHECKING:
+    from valign.config import RunConfig
 
 __all__ = ["SurveySFTConfig", "SurveySFTStage", "split_items", "train_distributions"]
 
@@ -73,16 +76,17 @@ def split_items(items: list[OpinionItem], holdout: float, seed: int) -> tuple[li
 
 class SurveySFTStage(TrainingStage):
     name: ClassVar[str] = "survey_sft"
+    config_class = SurveySFTConfig
 
-    def inputs(self, run_config: Any) -> list[str]:
+    def inputs(self, run_config: RunConfig) -> list[str]:
         cfg: SurveySFTConfig = run_config.survey_sft
         deps = [] if cfg.items else ["survey"]
-        prev = previous_training_stage(run_config, self.name)
+        prev = run_config.previous_training_stage(self.name)
         if cfg.model is None and prev is not None:
             deps.append(prev)
         return deps
 
-    def describe(self, run_config: Any) -> dict[str, Any]:
+    def describe(self, run_config: RunConfig) -> dict[str, Any]:
         cfg: SurveySFTConfig = run_config.survey_sft
         out: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "model": model_identity(cfg.model or run_config.model), "seed": run_config.seed}
         if cfg.items:

@@ -29,13 +29,16 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from valign import distributed
 from valign.errors import ValignError
-from valign.stages.base import TRAINING_STAGES, training_start
+from valign.stages.base import Stage, training_start
+
+if TYPE_CHECKING:
+    from valign.config import RunConfig
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -88,10 +91,10 @@ def resolve_precision(setting: Precision, stage: str = "training") -> Literal["f
     (`auto_bf16`) — except under DeepSpeed, which takes its precision from the launch only.
 
     Example:
-        >>> resolve_precision("auto")  # launched without --mixed_precision, VALIGN_CPU_BF16=1
-        'bf16'
-        >>> resolve_precision("fp32")
+        >>> resolve_precision("fp32")  # launched without --mixed_precision
         'fp32'
+        >>> resolve_precision("auto") == ("bf16" if auto_bf16() else "fp32")
+        True
     """
     launcher = _launcher_precision()
     if launcher == "fp16":
@@ -154,8 +157,8 @@ def training_launch(cfg: TrainingConfig, stage: str = "training") -> dict[str, A
     quantization and strategy.
 
     Example:
-        >>> training_launch(TrainingConfig())  # one process on a CPU with bf16 units
-        {'processes': 1, 'precision': 'bf16', 'quantization': None, 'strategy': 'single'}
+        >>> training_launch(TrainingConfig(precision="fp32"))  # one process, no launcher
+        {'processes': 1, 'precision': 'fp32', 'quantization': None, 'strategy': 'single'}
     """
     return {
         "processes": distributed.world_size(),
@@ -200,10 +203,10 @@ def check_can_train(cfg: TrainingConfig, stage: str, base_spec: str, adapter: Pa
     resolve_precision(cfg.precision, stage)
 
 
-def training_base(cfg: TrainingConfig, run_config: Any, input_dirs: dict[str, Path]) -> tuple[str, Path | None]:
+def training_base(cfg: TrainingConfig, run_config: RunConfig, input_dirs: dict[str, Path]) -> tuple[str, Path | None]:
     """(base spec, adapter to continue or None) of a training stage, from its inputs:
     the run's previous training stage's adapter, else a ``run:`` model's, else none."""
-    previous = next((d for name, d in input_dirs.items() if name in TRAINING_STAGES), None)
+    previous = next((d for name, d in input_dirs.items() if run_config.trains(name)), None)
     return training_start(cfg.model or run_config.model, previous)
 
 
@@ -214,14 +217,16 @@ def model_record(base_spec: str, cfg: TrainingConfig) -> dict[str, Any]:
     return {"base": base_spec, "adapter": "adapter", **({"quantization": "nf4"} if cfg.qlora else {})}
 
 
-class TrainingStage:
-    """What the pipeline asks of a training stage besides `Stage`'s methods: its refusals,
-    checked before its folder is reset (`check_can_train`)."""
+class TrainingStage(Stage):
+    """A stage that trains an adapter (in every process of a multi-process launch); its
+    refusals are checked before its folder is reset (`check_can_train`)."""
 
     name: ClassVar[str]
+    trains = True
 
-    def check(self, run_config: Any, input_dirs: dict[str, Path]) -> None:
-        cfg = getattr(run_config, self.name)
+    def check(self, run_config: RunConfig, input_dirs: dict[str, Path]) -> None:
+        cfg = run_config.section(self.name)
+        assert isinstance(cfg, TrainingConfig)
         base, adapter = training_base(cfg, run_config, input_dirs)
         check_can_train(cfg, self.name, base, adapter)
 
