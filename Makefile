@@ -10,7 +10,7 @@ VLLM_BIN   := $(VLLM_VENV)/bin
 VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_PORT  ?= 8765
 # The largest adapter rank the demo's server takes; the demo trains r=8, and 8 halves the
-# CPU's LoRA prefill time (README, "vLLM").
+# CPU's LoRA prefill time (docs/backends/vllm.md).
 VLLM_LORA_RANK ?= 16
 
 .PHONY: install vllm-env peers run public-demo vllm-demo test test-fast bench bench-peers clean
@@ -85,6 +85,15 @@ test: install $(VLLM_STAMP)
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The documentation site (mkdocs.yml, docs/) into site/, strict: a broken link, anchor or nav
+# entry is an error. docs-serve rebuilds it on every edit at http://127.0.0.1:8000.
+.PHONY: docs docs-serve
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 bench: install
 	$(BIN)/valign bench generate
 
@@ -93,4 +102,4 @@ bench-peers: install $(VLLM_STAMP) peers
 	$(BIN)/valign bench generate --peers --vllm-python $(VLLM_BIN)/python
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) runs site
