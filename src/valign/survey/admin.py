@@ -55,7 +55,7 @@ def admin_router(sv: SurveyState) -> APIRouter:
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import JSONResponse
 
-    from valign.survey.export import export_bytes
+    from valign.survey.data import export_bytes
     from valign.survey.quality import add_quality, flag_counts
 
     router = APIRouter()

@@ -134,7 +134,7 @@ def data(
     synthetic: bool = typer.Option(True, help="--no-synthetic drops simulated respondents."),
 ) -> None:
     """Write the respondent-level table (demographics, answers, flags; no tokens or addresses)."""
-    from valign.survey.export import write_export
+    from valign.survey.data import write_export
 
     rows = write_export(_frames(db, instrument), out, include_excluded=include_excluded, completed_only=completed_only, synthetic=synthetic)
     typer.echo(f"wrote {rows} respondents to {out}")

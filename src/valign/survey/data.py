@@ -1,4 +1,5 @@
-"""Respondent-level exports: CSV, JSON and SPSS ``.sav``, one row per respondent.
+"""``valign survey data``: the respondent-level data as CSV, JSON or SPSS ``.sav``, one
+row per respondent (also what the admin's ``/admin/export.*`` downloads serve).
 
 The wide table holds the respondent id (an opaque number, not a token), the
 demographics (named by their margin variable), ``completed``, ``synthetic``, the
@@ -17,9 +18,10 @@ item's point) — with the option labels as value labels and the question text a
 variable label; yes/no columns are 0/1 with labels; names are made SPSS-safe
 (``v-care-1`` → ``v_care_1``).
 
-Example:
-    >>> frames = add_quality(load_frames("sqlite:///survey.db", load_instrument("demo")))
-    >>> write_export(frames, "responses.sav")
+Example (a survey database, e.g. ``sqlite:///survey.db``)::
+
+    frames = add_quality(load_frames("sqlite:///survey.db", load_instrument("demo")))
+    write_export(frames, "responses.sav")
 """
 
 from __future__ import annotations
