@@ -186,8 +186,8 @@ def export(
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
 ) -> None:
     """Weighted survey → a constitution (group-aware consensus), DPO/KTO rows and an evaluation set."""
-    from valign.survey.artifacts import ExportSettings, export_survey
     from valign.survey.consensus import ConsensusSettings
+    from valign.survey.export import ExportSettings, export_survey
 
     settings = ExportSettings(B=replicates, seed=seed, min_group_n=min_group_n, consensus=ConsensusSettings(threshold=threshold))
     summary = export_survey(db, instrument, margins, out, settings, trim=parse_trim(trim), missing=missing, synthetic=synthetic)

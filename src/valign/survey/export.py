@@ -1,4 +1,5 @@
-"""What a weighted survey gives the pipeline: a constitution, training rows, an evaluation set.
+"""``valign survey export`` (and the `survey` stage): what a weighted survey gives the
+pipeline — a constitution, training rows, an evaluation set.
 
 `export_artifacts` writes, from weighted `SurveyFrames`:
 
@@ -15,10 +16,9 @@ Everything is aggregated: a row's ``weight`` is a sum of respondents' survey wei
 (times choice strength for scenarios), and subgroup distributions of fewer than
 ``min_group_n`` respondents are left out, so no file holds an individual's answers.
 
-Example:
-    >>> # export_artifacts(apply_weights(frames, result), result, Path("out"))
-    >>> ExportSettings().min_group_n
-    10
+Example (``frames`` raked into ``result`` by `valign.survey.weighting`)::
+
+    export_artifacts(apply_weights(frames, result), result, Path("out"))
 """
 
 from __future__ import annotations
