@@ -103,13 +103,13 @@ def consensus_table(analysis: "SurveyAnalysis", settings: ConsensusSettings = Co
     import numpy as np
     import pandas as pd
 
-    from valign.survey.analysis import _groups
+    from valign.survey.analysis import respondent_groups
 
     frames = analysis.frames
-    resp = analysis._resp
-    W = analysis._all_weights()  # column 0: the point estimate; then the replicates
+    resp = analysis.respondents
+    W = analysis.all_weights()  # column 0: the point estimate; then the replicates
     by = settings.by or tuple(frames.margins)
-    partitions = {var: [(label, mask) for label, _, mask in _groups(resp, var)[1:]] for var in by}
+    partitions = {var: [(label, mask) for label, _, mask in respondent_groups(resp, var)[1:]] for var in by}
     partitions = {var: groups for var, groups in partitions.items() if len(groups) >= 2}
     if not partitions:
         partitions = {"all": [("all", np.ones(len(resp), dtype=bool))]}
