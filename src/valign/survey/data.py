@@ -67,7 +67,11 @@ def wide_table(frames: SurveyFrames, *, include_excluded: bool = False, complete
     """One row per respondent: demographics, meta, quality, (weight), answers.
 
     Example:
-        >>> wide_table(add_quality(frames)).columns[:4].tolist()
+        >>> from valign.survey.frames import SurveyFrames
+        >>> from valign.survey.instrument import load_instrument
+        >>> from valign.survey.quality import add_quality
+        >>> frames = add_quality(SurveyFrames.empty(load_instrument("demo")))
+        >>> wide_table(frames).columns[:4].tolist()
         ['respondent_id', 'age_group', 'sex', 'education']
     """
     import pandas as pd
@@ -111,8 +115,9 @@ def wide_table(frames: SurveyFrames, *, include_excluded: bool = False, complete
 def to_csv(table: "pd.DataFrame") -> bytes:
     """The wide table as UTF-8 CSV (timestamps in ISO 8601, UTC).
 
-    Example:
-        >>> Path("responses.csv").write_bytes(to_csv(wide_table(frames)))
+    Example::
+
+        Path("responses.csv").write_bytes(to_csv(wide_table(frames)))
     """
     return table.to_csv(index=False, date_format="%Y-%m-%dT%H:%M:%SZ").encode("utf-8")
 
@@ -120,9 +125,9 @@ def to_csv(table: "pd.DataFrame") -> bytes:
 def to_json(table: "pd.DataFrame") -> bytes:
     """The wide table as a JSON list of objects (missing values are null).
 
-    Example:
-        >>> json.loads(to_json(wide_table(frames)))[0]["completed"]
-        True
+    Example::
+
+        json.loads(to_json(wide_table(frames)))[0]["completed"]   # True or False
     """
     records = json.loads(table.to_json(orient="records", date_format="iso", date_unit="s"))
     return json.dumps(records, ensure_ascii=False, indent=1).encode("utf-8")
@@ -156,8 +161,9 @@ def spss_names(columns: list[str]) -> dict[str, str]:
 def to_sav(frames: SurveyFrames, table: "pd.DataFrame", path: str | Path) -> None:
     """Write the wide table as an SPSS file with variable and value labels (pyreadstat).
 
-    Example:
-        >>> to_sav(frames, wide_table(frames), "responses.sav")
+    Example::
+
+        to_sav(frames, wide_table(frames), "responses.sav")
     """
     import pandas as pd
     import pyreadstat
@@ -221,9 +227,9 @@ def to_sav(frames: SurveyFrames, table: "pd.DataFrame", path: str | Path) -> Non
 def write_export(frames: SurveyFrames, path: str | Path, fmt: ExportFormat | None = None, **filters: bool) -> int:
     """Write the wide table to ``path`` (format from the suffix unless ``fmt``); returns the rows.
 
-    Example:
-        >>> write_export(frames, "responses.csv", completed_only=True)
-        412
+    Example (returns how many respondents it wrote)::
+
+        write_export(frames, "responses.csv", completed_only=True)
     """
     path = Path(path)
     fmt = fmt or path.suffix.lstrip(".").lower()  # type: ignore[assignment]
@@ -240,9 +246,9 @@ def write_export(frames: SurveyFrames, path: str | Path, fmt: ExportFormat | Non
 def export_bytes(frames: SurveyFrames, fmt: ExportFormat, **filters: bool) -> bytes:
     """The export as bytes (for HTTP downloads).
 
-    Example:
-        >>> export_bytes(frames, "sav", include_excluded=True)[:4]
-        b'$FL2'
+    Example (an SPSS file starts ``$FL2``)::
+
+        export_bytes(frames, "sav", include_excluded=True)[:4]
     """
     import os
     import tempfile
