@@ -35,7 +35,7 @@ __all__ = ["chat_page_router", "Submit", "MAX_MESSAGE_CHARS", "MAX_TURNS"]
 
 # What answers a conversation: queue it with these settings, get its completions later
 # (`valign.serve.Batcher.submit`, so the chat page shares the server's batches).
-Submit = Callable[[Conversation, GenConfig], "concurrent.futures.Future[list[Completion]]"]
+Submit = Callable[[Conversation, GenConfig], concurrent.futures.Future[list[Completion]]]
 
 MAX_MESSAGE_CHARS = 4000
 MAX_TURNS = 12  # user messages kept in one conversation; older turns are dropped

@@ -26,6 +26,8 @@ Example:
 
 from __future__ import annotations
 
+# The package's interface is the store's (`valign.feedback.store.__all__`).
+from valign.feedback.store import __all__  # noqa: F401
 from valign.feedback.store import (
     MAX_CORRECTION_CHARS,
     FeedbackError,
@@ -36,14 +38,3 @@ from valign.feedback.store import (
     migrate_feedback,
     sft_rows_from_feedback,
 )
-
-__all__ = [
-    "FeedbackStore",
-    "FeedbackError",
-    "kto_rows_from_feedback",
-    "sft_rows_from_feedback",
-    "feedback_digest",
-    "migrate_feedback",
-    "feedback_revision",
-    "MAX_CORRECTION_CHARS",
-]
