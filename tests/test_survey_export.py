@@ -8,7 +8,7 @@ import pytest
 from tests.survey_stats_sim import margins, simulate
 from valign.constitution import load_constitution
 from valign.survey.analysis import SurveyAnalysis
-from valign.survey.artifacts import ExportSettings, export_artifacts
+from valign.survey.export import ExportSettings, export_artifacts
 from valign.survey.consensus import ConsensusSettings, consensus_table, polis_consensus
 from valign.survey.frames import SurveyFrames
 from valign.survey.instrument import load_instrument

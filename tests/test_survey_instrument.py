@@ -88,7 +88,7 @@ def test_cli_check_prints_one_line_without_traceback(tmp_path):
 def pvq21_data(*changes: tuple[int, dict]) -> dict:
     """The demo with its value items replaced by the 21 PVQ items, each keyed as the pvq21
     key scores it (texts are placeholders); ``changes`` edit item ``index``."""
-    from valign.survey.scoring import scoring_key
+    from valign.survey.scoring_keys import scoring_key
 
     key = scoring_key("pvq21")
     items = [{"id": f"pvq-{n}", "text": f"(licensed item {n})", "value": key.value_of(n)} for n in range(1, 22)]

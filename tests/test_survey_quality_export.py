@@ -8,7 +8,7 @@ import pandas as pd
 import pyreadstat
 import pytest
 
-from valign.survey.export import spss_names, wide_table, write_export
+from valign.survey.data import spss_names, wide_table, write_export
 from valign.survey.frames import QUALITY_COLUMNS, SurveyFrames
 from valign.survey.instrument import load_instrument
 from valign.survey.quality import add_quality, flag_counts

@@ -1,4 +1,5 @@
-"""Signing, CSRF tokens, the admin token check and rate limits, as units and in the app."""
+"""The survey app's defences at work: rate limits on forms and on admin token guesses
+(the pieces themselves are tested in test_web.py)."""
 
 from __future__ import annotations
 
@@ -8,41 +9,6 @@ from fastapi.testclient import TestClient
 
 from valign.survey.app import SurveySettings, create_app
 from valign.survey.instrument import load_instrument
-from valign.survey.security import AdminAuth, RateLimiter, Signer, check_csrf, csrf_token
-
-
-def test_signed_values_cannot_be_altered_forged_or_replayed_too_late():
-    s = Signer("a" * 32, "session")
-    value = s.sign({"sid": "abc", "rid": "r1"})
-    assert s.unsign(value) == {"sid": "abc", "rid": "r1"}
-    body, mac = value.split(".")
-    assert s.unsign(body[:-1] + ("A" if body[-1] != "A" else "B") + "." + mac) is None
-    assert Signer("b" * 32, "session").unsign(value) is None  # another key
-    assert Signer("a" * 32, "other-purpose").unsign(value) is None  # another purpose
-    assert s.unsign(value, max_age=-1) is None
-    assert s.unsign(None) is None and s.unsign("garbage") is None
-
-
-def test_csrf_tokens_belong_to_one_session():
-    s = Signer("k" * 32)
-    assert check_csrf(s, "one", csrf_token(s, "one"))
-    assert not check_csrf(s, "two", csrf_token(s, "one"))
-    assert not check_csrf(s, "one", None) and not check_csrf(s, None, csrf_token(s, "one"))
-
-
-def test_admin_auth():
-    assert not AdminAuth(None).enabled and not AdminAuth(None).check_bearer("Bearer ")
-    a = AdminAuth("t0ken")
-    assert a.check_bearer("Bearer t0ken") and a.check_bearer("bearer t0ken")
-    assert not a.check_bearer("Bearer t0ke") and not a.check_bearer("Basic t0ken") and not a.check_bearer(None)
-
-
-def test_rate_limiter_refills_and_can_be_off():
-    rl = RateLimiter(per_minute=60, burst=3)
-    assert [rl.allow("k", now=0.0) for _ in range(4)] == [True, True, True, False]
-    assert rl.allow("other", now=0.0)  # keys are separate
-    assert rl.allow("k", now=1.0) and not rl.allow("k", now=1.0)  # one per second comes back
-    assert all(RateLimiter(per_minute=0).allow("k", now=0.0) for _ in range(1000))
 
 
 def test_too_many_posts_get_429_with_retry_after(tmp_path):
@@ -53,13 +19,6 @@ def test_too_many_posts_get_429_with_retry_after(tmp_path):
     assert codes[:10] == [200] * 10 and codes[-1] == 429  # burst of 10, then limited
     r = c.post("/consent", data={"csrf": csrf, "decision": "decline"})
     assert r.status_code == 429 and r.headers["retry-after"] == "60" and "Too many" in r.text
-
-
-def test_exhausted_peeks_without_consuming():
-    rl = RateLimiter(per_minute=60, burst=2)
-    assert not rl.exhausted("k", now=0.0) and not rl.exhausted("k", now=0.0)
-    assert rl.allow("k", now=0.0) and rl.allow("k", now=0.0)
-    assert rl.exhausted("k", now=0.0) and not rl.exhausted("k", now=1.5)
 
 
 def test_guessing_the_admin_token_is_rate_limited_and_short_tokens_refused(tmp_path):

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from tests.survey_stats_sim import INSTRUMENT, simulate
 from valign.errors import ValignError
 from valign.survey.instrument import Instrument
-from valign.survey.scoring import SCORING_KEYS, item_number, resolve_key, score_ratings, scoring_key, value_scores
+from valign.survey.scoring import resolve_key, score_ratings, value_scores
+from valign.survey.scoring_keys import SCORING_KEYS, item_number, scoring_key
 
 
 def _with_values(**changes) -> Instrument:

@@ -3,44 +3,50 @@
 Plain server-rendered HTML forms (no JavaScript): a message box, the conversation so
 far, and under the model's latest answer 👍 / 👎 buttons with an optional correction,
 which go to the server's feedback store (`valign.feedback`) for the next KTO round.
-The same defences as the survey's pages (`valign.survey.security`): a signed,
-HttpOnly session cookie with a CSRF token on every form, a per-session rate limit on
-model calls, a strict Content-Security-Policy. The conversation travels in a signed
-hidden field, so a page cannot put words in the model's mouth; nothing about the
-person is stored, only the conversation and the feedback.
+The same defences as the survey's pages, from the shared web layer (`valign.web`): a
+signed, HttpOnly session cookie with a CSRF token on every form, a per-session rate
+limit on model calls, a strict Content-Security-Policy, the shared stylesheet. The
+conversation travels in a signed hidden field, so a page cannot put words in the
+model's mouth; nothing about the person is stored, only the conversation and the
+feedback.
 
-Example:
-    >>> app.include_router(chat_page_router("embedded", batcher, FeedbackStore("sqlite:///feedback.db")))
+`valign.serve.create_app` mounts it; by hand::
+
+    app.include_router(chat_page_router("embedded", batcher.submit, FeedbackStore("sqlite:///feedback.db")))
 """
 
 # No `from __future__ import annotations`: FastAPI reads the handlers' annotations
 # (Request, Form) at runtime, and they are imported inside `chat_page_router`.
 import asyncio
+import concurrent.futures
 import os
 import secrets
 import uuid
-from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from valign.types import Conversation, GenConfig
+from valign.types import Completion, Conversation, GenConfig
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
 
     from valign.feedback import FeedbackStore
-    from valign.serve import Batcher
 
-__all__ = ["chat_page_router", "MAX_MESSAGE_CHARS", "MAX_TURNS"]
+__all__ = ["chat_page_router", "Submit", "MAX_MESSAGE_CHARS", "MAX_TURNS"]
+
+# What answers a conversation: queue it with these settings, get its completions later
+# (`valign.serve.Batcher.submit`, so the chat page shares the server's batches).
+Submit = Callable[[Conversation, GenConfig], concurrent.futures.Future[list[Completion]]]
 
 MAX_MESSAGE_CHARS = 4000
 MAX_TURNS = 12  # user messages kept in one conversation; older turns are dropped
 COOKIE = "valign_chat"
+SESSION_SECONDS = 12 * 3600  # a chat session (and the conversation it signed) lasts half a day
 CHAT_GEN = GenConfig(temperature=0.7, max_new_tokens=256)
 
 
 def chat_page_router(
     name: str,
-    batcher: "Batcher",
+    submit: Submit,
     feedback: "FeedbackStore | None",
     *,
     secret: str | None = None,
@@ -50,25 +56,25 @@ def chat_page_router(
     """``GET/POST /chat``, ``POST /chat/feedback`` and ``/chat/style.css``."""
     from fastapi import APIRouter, Form, Request
     from fastapi.responses import HTMLResponse, RedirectResponse, Response
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
 
     from valign.feedback import MAX_CORRECTION_CHARS, FeedbackError
-    from valign.survey.render import stylesheet
-    from valign.survey.security import SECURITY_HEADERS, RateLimiter, Signer, check_csrf, csrf_token
+    from valign.web.cookies import SignedCookie
+    from valign.web.csrf import check_csrf, csrf_token
+    from valign.web.headers import SECURITY_HEADERS
+    from valign.web.ratelimit import RateLimiter, client_address
+    from valign.web.signing import Signer
+    from valign.web.templates import stylesheet, template_env
 
     signer = Signer(secret or os.environ.get("VALIGN_CHAT_SECRET") or secrets.token_hex(32), purpose="chat")
+    cookie = SignedCookie(COOKIE, signer, path="/chat", max_age=SESSION_SECONDS)
     limiter = RateLimiter(per_minute=per_minute, burst=5)
     address_limiter = RateLimiter(per_minute=per_minute * 5, burst=20)
-    env = Environment(
-        loader=FileSystemLoader(str(resources.files("valign") / "data" / "templates" / "chat")),
-        autoescape=select_autoescape(default=True, default_for_string=True),
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = template_env("chat")
+    css = stylesheet("chat/chat.css")
     router = APIRouter()
 
     def session(request: "Request") -> "str | None":
-        data = signer.unsign(request.cookies.get(COOKIE), max_age=12 * 3600)
+        data = cookie.read(request.cookies)
         return data.get("sid") if data else None
 
     def page(sid: str, history: Conversation, *, status: int = 200, **ctx: Any) -> HTMLResponse:
@@ -77,11 +83,11 @@ def chat_page_router(
             feedback_on=feedback is not None, max_message=MAX_MESSAGE_CHARS, max_correction=MAX_CORRECTION_CHARS, **ctx,
         )
         resp = HTMLResponse(html, status_code=status, headers={**SECURITY_HEADERS, "Cache-Control": "no-store"})
-        resp.set_cookie(COOKIE, signer.sign({"sid": sid}), httponly=True, samesite="lax", max_age=12 * 3600, path="/chat")
+        cookie.write(resp, {"sid": sid})
         return resp
 
     def read_history(token: str) -> Conversation | None:
-        data = signer.unsign(token, max_age=12 * 3600) if token else {"h": []}
+        data = signer.unsign(token, max_age=SESSION_SECONDS) if token else {"h": []}
         return None if data is None else data.get("h", [])
 
     def accept(request: "Request", csrf: str, history: str) -> "tuple[str, Conversation] | Response":
@@ -96,7 +102,7 @@ def chat_page_router(
 
     @router.get("/chat/style.css")
     async def style() -> Response:
-        return Response(stylesheet() + CHAT_CSS, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
+        return Response(css, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
 
     @router.get("/chat", response_class=HTMLResponse)
     async def chat_home(request: Request) -> HTMLResponse:
@@ -113,14 +119,14 @@ def chat_page_router(
             problem = "Write a message first." if not text else f"Your message is {len(text)} characters; shorten it to at most {MAX_MESSAGE_CHARS}."
             return page(sid, past, status=400, error=problem, draft=message[:MAX_MESSAGE_CHARS])
         # Per session and per address: a new session is one GET away, an address is not.
-        address = request.client.host if request.client else "?"
+        address = client_address(request)
         if not (limiter.allow(sid) and address_limiter.allow(address)):
             return page(sid, past, status=429, error="You are sending messages faster than this server answers; wait a minute and send again.", draft=text)
         conv: Conversation = [*past, {"role": "user", "content": text}]
         while sum(m["role"] == "user" for m in conv) > MAX_TURNS:
             conv = conv[2:]
         try:
-            comps = await asyncio.wrap_future(batcher.submit(conv, gen))
+            comps = await asyncio.wrap_future(submit(conv, gen))
         except Exception as e:  # the model failed (e.g. the conversation outgrew its context): say so, keep the page
             return page(sid, past, status=500, error=f"The model could not answer ({type(e).__name__}); start a new conversation or try a shorter message.", draft=text)
         answer = comps[0].text
@@ -140,7 +146,7 @@ def chat_page_router(
         sid, past = accepted
         if feedback is None:
             return page(sid, past, status=404, error="This server does not collect feedback.")
-        if not address_limiter.allow(request.client.host if request.client else "?"):
+        if not address_limiter.allow(client_address(request)):
             return page(sid, past, status=429, error="Too much feedback from this address; wait a minute and send again.")
         try:
             await asyncio.to_thread(feedback.rate, f"{completion_id}:0", rating, correction)
@@ -150,12 +156,3 @@ def chat_page_router(
 
     return router
 
-
-CHAT_CSS = """
-/* chat page additions */
-.turn { margin: 0 0 1rem; padding: 0.75rem 1rem; border-left: 5px solid #505a5f; background: #f3f2f1; }
-.turn.assistant { border-left-color: #1d4f91; background: #ffffff; border-top: 1px solid #b1b4b6; border-right: 1px solid #b1b4b6; border-bottom: 1px solid #b1b4b6; }
-.turn p { margin: 0.25rem 0; white-space: pre-wrap; }
-textarea { width: 100%; font: inherit; padding: 0.5rem; border: 2px solid #0b0c0c; }
-.rate { display: flex; gap: 1rem; margin: 0.5rem 0; }
-"""

@@ -44,8 +44,8 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_TOKENS = 512  # OpenAI's default is "up to the context"; a CPU model needs a bound
 BATCH_WINDOW = 0.005  # seconds the worker waits for more requests before a batch starts
-MAX_BATCH_JOBS = 256
-FEEDBACK_PER_MINUTE = 60  # POST /v1/feedback per client address  # requests taken per batch; the model splits them further by its token budget
+MAX_BATCH_JOBS = 256  # requests taken per batch; the model splits them further by its token budget
+FEEDBACK_PER_MINUTE = 60  # POST /v1/feedback per client address, on average (bursts of up to 20)
 
 
 # -- the request -----------------------------------------------------------------------
@@ -73,7 +73,9 @@ class ChatCompletionRequest(BaseModel):
     """The body of ``POST /v1/chat/completions`` (the fields valign can honour).
 
     Example:
-        >>> ChatCompletionRequest(model="embedded", messages=[{"role": "user", "content": "Hi"}], max_tokens=16)
+        >>> req = ChatCompletionRequest(model="embedded", messages=[{"role": "user", "content": "Hi"}], max_tokens=16)
+        >>> req.gen_config().max_new_tokens, req.conversation()
+        (16, [{'role': 'user', 'content': 'Hi'}])
     """
 
     # Clients send many optional fields (user, metadata, …) that change nothing here.
@@ -132,7 +134,8 @@ class APIError(Exception):
     """An error answered in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
 
     Example:
-        >>> raise APIError(404, "The model 'x' does not exist.", type="invalid_request_error", code="model_not_found")
+        >>> APIError(404, "The model 'x' does not exist.", code="model_not_found").body()["error"]["code"]
+        'model_not_found'
     """
 
     def __init__(
@@ -171,10 +174,11 @@ class Batcher:
     batch: every sample gets its own seed, exactly the one ``model.generate`` would
     give it, so answers do not depend on what else was in the batch.
 
-    Example:
-        >>> batcher = Batcher(load_model("embedded"))
-        >>> fut = batcher.submit([{"role": "user", "content": "Hi"}], GenConfig(max_new_tokens=8))
-        >>> fut.result()[0].text
+    Example (loads the embedded model)::
+
+        batcher = Batcher(load_model("embedded"))
+        future = batcher.submit([{"role": "user", "content": "Hi"}], GenConfig(max_new_tokens=8))
+        future.result()[0].text
     """
 
     def __init__(self, model: ChatModel, *, window: float = BATCH_WINDOW, max_jobs: int = MAX_BATCH_JOBS) -> None:
@@ -337,9 +341,10 @@ def create_app(model: ChatModel, *, model_name: str | None = None, feedback: "Fe
     counts model calls and ``jobs`` requests served. With ``feedback``, answers are
     recorded and ``POST /v1/feedback`` takes ratings; ``chat_page`` adds ``/chat``.
 
-    Example:
-        >>> app = create_app(load_model("embedded"))
-        >>> uvicorn.run(app, port=8000)   # then: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="x")
+    Example (then: ``OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="x")``)::
+
+        app = create_app(load_model("embedded"))
+        uvicorn.run(app, port=8000)
     """
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
@@ -384,7 +389,7 @@ def create_app(model: ChatModel, *, model_name: str | None = None, feedback: "Fe
     if chat_page:
         from valign.chat import chat_page_router
 
-        app.include_router(chat_page_router(name, batcher, feedback))
+        app.include_router(chat_page_router(name, batcher.submit, feedback))
     return app
 
 
@@ -404,7 +409,7 @@ def _feedback_router(store: "FeedbackStore") -> "APIRouter":
     from fastapi import APIRouter
 
     from valign.feedback import FeedbackError
-    from valign.survey.security import RateLimiter
+    from valign.web.ratelimit import RateLimiter, client_address
 
     router = APIRouter(prefix="/v1")
     # Feedback becomes training data: bound how fast one client can write it (addresses
@@ -413,7 +418,7 @@ def _feedback_router(store: "FeedbackStore") -> "APIRouter":
 
     @router.post("/feedback")
     async def post_feedback(body: FeedbackIn, request: _Request) -> dict[str, Any]:
-        if not limiter.allow(request.client.host if request.client else "?"):
+        if not limiter.allow(client_address(request)):
             raise APIError(429, "too much feedback from this address; wait a minute and send again.", type="rate_limit_error")
         try:
             saved = await asyncio.to_thread(store.rate, f"{body.completion_id}:{body.choice}", body.rating, body.correction)
@@ -527,9 +532,10 @@ def serve(
 ) -> None:
     """Loads the model a spec names and serves it until interrupted.
 
-    Example:
-        >>> serve("embedded", port=8000)       # valign serve embedded --port 8000
-        >>> # elsewhere: load_model("openai:embedded@http://127.0.0.1:8000/v1")
+    Example (what ``valign serve embedded --port 8000`` runs; elsewhere, then:
+    ``load_model("openai:embedded@http://127.0.0.1:8000/v1")``)::
+
+        serve("embedded", port=8000)
     """
     import uvicorn
 
@@ -551,9 +557,10 @@ def serve_in_background(app: Any, host: str = "127.0.0.1", port: int = 0, *, tim
     ``port=0`` takes a free port. For tests, notebooks and benchmarks: the server stops
     when the block ends.
 
-    Example:
-        >>> with serve_in_background(create_app(load_model("embedded"))) as url:
-        ...     load_model(f"openai:embedded@{url}").generate([[{"role": "user", "content": "Hi"}]])
+    Example (loads the embedded model)::
+
+        with serve_in_background(create_app(load_model("embedded"))) as url:
+            load_model(f"openai:embedded@{url}").generate([[{"role": "user", "content": "Hi"}]])
     """
     import uvicorn
 

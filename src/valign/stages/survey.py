@@ -2,7 +2,7 @@
 
 Reads the survey database (the app's, `valign survey serve`), computes quality flags,
 rakes the respondents to census margins and writes the export
-(`valign.survey.artifacts`) into the stage folder: ``constitution.yaml``,
+(`valign.survey.export`) into the stage folder: ``constitution.yaml``,
 ``dpo.jsonl``, ``kto.jsonl``, ``eval_items.jsonl``, ``consensus.csv`` and
 ``summary.json``. Later stages refer to it by name — ``constitution: survey``,
 ``dpo.rows: survey``, ``kto.rows: survey`` — and `survey_sft` and the fidelity
@@ -120,8 +120,8 @@ class SurveyStage(Stage):
         load_margins(run_config.survey.margins)
 
     def run(self, ctx: StageContext) -> None:
-        from valign.survey.artifacts import ExportSettings, export_survey
         from valign.survey.consensus import ConsensusSettings
+        from valign.survey.export import ExportSettings, export_survey
         from valign.survey.opinion import read_items
 
         cfg: SurveyStageConfig = ctx.config

@@ -6,35 +6,41 @@ When the server has no token configured every admin route answers 403; a wrong o
 missing token answers 401. Forms posted with the cookie also need the CSRF token;
 bearer requests carry no ambient credentials and need none.
 
-Example:
-    >>> httpx.get(f"{url}/admin/api/summary", headers={"Authorization": f"Bearer {token}"}).json()
-    {'started': 12, 'completed': 9, 'synthetic': 0, 'declined': 1, ...}
+Example (against a running survey)::
+
+    httpx.get(f"{url}/admin/api/summary", headers={"Authorization": f"Bearer {token}"}).json()
+    # {'started': 12, 'completed': 9, 'synthetic': 0, 'declined': 1, ...}
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from valign.survey.db import Invitation, Proposal, load_frames, new_token, token_hash, utcnow
+from valign.survey.db import Database, Invitation, Proposal, load_frames, new_token, token_hash
+from valign.survey.state import BrowserSession, Problem, SurveyState
+from valign.web.database import utcnow
+from valign.web.ratelimit import client_address
 
+# Route signatures are resolved at run time by FastAPI, so these are real imports.
 from fastapi import Request
 from starlette.responses import Response
 
 if TYPE_CHECKING:
     from fastapi import APIRouter
 
-    from valign.survey.app import _Session, _Survey
-
 __all__ = ["admin_router", "create_invitations"]
 
 MAX_INVITATIONS = 10_000
 
 
-def create_invitations(db, n: int, synthetic: bool = False) -> list[str]:  # noqa: ANN001
+def create_invitations(db: Database, n: int, synthetic: bool = False) -> list[str]:
     """Create ``n`` invitation tokens (only their hashes are stored); returns the tokens.
 
     Example:
-        >>> tokens = create_invitations(Database(make_engine("sqlite:///survey.db")), 3)
+        >>> from valign.survey.db import make_engine, migrate
+        >>> engine = make_engine("sqlite:///:memory:"); migrate(engine)
+        >>> len(create_invitations(Database(engine), 3))
+        3
     """
     tokens = [new_token() for _ in range(n)]
     with db.write() as s:
@@ -42,24 +48,20 @@ def create_invitations(db, n: int, synthetic: bool = False) -> list[str]:  # noq
     return tokens
 
 
-def admin_router(sv: "_Survey") -> "APIRouter":
-    """The ``/admin`` routes of a survey app (`create_app` mounts them).
-
-    Example:
-        >>> app.include_router(admin_router(survey), prefix="/admin")
-    """
+def admin_router(sv: SurveyState) -> APIRouter:
+    """The ``/admin`` routes of a survey app; `valign.survey.app.create_app` mounts them
+    with ``app.include_router(admin_router(survey), prefix="/admin")``."""
     from fastapi import APIRouter
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import JSONResponse
 
-    from valign.survey.app import ADMIN_COOKIE, ADMIN_SESSION_SECONDS, _Problem
-    from valign.survey.export import export_bytes
+    from valign.survey.data import export_bytes
     from valign.survey.quality import add_quality, flag_counts
 
     router = APIRouter()
 
-    def disabled() -> _Problem:
-        return _Problem(403, "Admin is disabled", "The admin pages are disabled because the server has no admin token: set VALIGN_ADMIN_TOKEN and restart it.")
+    def disabled() -> Problem:
+        return Problem(403, "Admin is disabled", "The admin pages are disabled because the server has no admin token: set VALIGN_ADMIN_TOKEN and restart it.")
 
     def auth(request: Request) -> str:
         """'bearer' or 'cookie'; raises 403 (no token configured) or 401."""
@@ -69,19 +71,19 @@ def admin_router(sv: "_Survey") -> "APIRouter":
         if header is not None:
             # Wrong tokens count against the login form's limit, and an address that used it
             # up is refused before its token is even checked: guessing is as slow here.
-            key = f"bearer:{request.client.host if request.client else '?'}"
+            key = f"bearer:{client_address(request)}"
             if sv.limit_login.exhausted(key):
-                raise _Problem(429, "Too many attempts", "Too many wrong admin tokens from this address; wait a minute.", {"Retry-After": "60"})
+                raise Problem(429, "Too many attempts", "Too many wrong admin tokens from this address; wait a minute.", {"Retry-After": "60"})
             if sv.admin.check_bearer(header):
                 return "bearer"
             sv.limit_login.allow(key)
-            raise _Problem(401, "Wrong admin token", "The admin token is not right.", {"WWW-Authenticate": "Bearer"})
-        cookie = sv.signer.unsign(request.cookies.get(ADMIN_COOKIE), max_age=ADMIN_SESSION_SECONDS)
+            raise Problem(401, "Wrong admin token", "The admin token is not right.", {"WWW-Authenticate": "Bearer"})
+        cookie = sv.admin_cookie.read(request.cookies)
         if cookie and cookie.get("a") == sv.admin.cookie_marker(sv.signer):
             return "cookie"
-        raise _Problem(401, "Sign in needed", "These pages are for the survey's administrators. Sign in with the admin token.", {"WWW-Authenticate": "Bearer"})
+        raise Problem(401, "Sign in needed", "These pages are for the survey's administrators. Sign in with the admin token.", {"WWW-Authenticate": "Bearer"})
 
-    async def auth_post(request: Request) -> tuple[dict[str, Any], "_Session"]:
+    async def auth_post(request: Request) -> tuple[dict[str, Any], BrowserSession]:
         """Authenticated POST: a cookie-authenticated form must also carry the CSRF token."""
         how = auth(request)
         sess = sv.session(request)
@@ -89,7 +91,7 @@ def admin_router(sv: "_Survey") -> "APIRouter":
         if request.headers.get("content-type", "").startswith("application/json"):
             form = await request.json()
             if not isinstance(form, dict):
-                raise _Problem(422, "Bad request", "The request body must be a JSON object.")
+                raise Problem(422, "Bad request", "The request body must be a JSON object.")
         else:
             form = dict(await request.form())
         if how == "cookie":
@@ -136,19 +138,19 @@ def admin_router(sv: "_Survey") -> "APIRouter":
         form = dict(await request.form())
         sess = sv.session(request)
         sv.check_post(request, sess, form)
-        if not sv.limit_login.allow("login:" + sv.client_ip(request)):
-            raise _Problem(429, "Too many attempts", "Too many sign-in attempts. Wait a minute and try again.", {"Retry-After": "60"})
+        if not sv.limit_login.allow("login:" + client_address(request)):
+            raise Problem(429, "Too many attempts", "Too many sign-in attempts. Wait a minute and try again.", {"Retry-After": "60"})
         if not sv.admin.check_token(form.get("token")):
             return sv.html(request, sess, "admin_login.html", status=401, page_title="Admin sign in", error="That admin token is not right.")
         response = sv.redirect(request, sess, "/admin/")
-        response.set_cookie(ADMIN_COOKIE, sv.signer.sign({"a": sv.admin.cookie_marker(sv.signer)}), max_age=ADMIN_SESSION_SECONDS, httponly=True, samesite="strict", secure=sv.secure, path="/admin")
+        sv.admin_cookie.write(response, {"a": sv.admin.cookie_marker(sv.signer)})
         return response
 
     @router.post("/logout")
     async def logout(request: Request) -> Response:
         _, sess = await auth_post(request)
         response = sv.redirect(request, sess, "/admin/login")
-        response.delete_cookie(ADMIN_COOKIE, path="/admin")
+        sv.admin_cookie.clear(response)
         return response
 
     # -- pages ---------------------------------------------------------------------------
@@ -173,11 +175,11 @@ def admin_router(sv: "_Survey") -> "APIRouter":
 
     def moderate(pid: int, status: str) -> dict[str, Any]:
         if status not in ("approved", "rejected", "pending"):
-            raise _Problem(422, "Bad request", "status must be approved, rejected or pending.")
+            raise Problem(422, "Bad request", "status must be approved, rejected or pending.")
         with sv.db.write() as s:
             p = s.get(Proposal, pid)
             if p is None:
-                raise _Problem(404, "No such proposal", f"There is no proposal {pid}.")
+                raise Problem(404, "No such proposal", f"There is no proposal {pid}.")
             p.status, p.moderated_at = status, utcnow()
             return {"id": p.id, "item_id": p.item_id, "status": p.status, "text": p.text}
 
@@ -214,7 +216,7 @@ def admin_router(sv: "_Survey") -> "APIRouter":
         except (TypeError, ValueError):
             n = -1
         if not 1 <= n <= MAX_INVITATIONS:
-            raise _Problem(422, "Bad request", f"n must be a whole number from 1 to {MAX_INVITATIONS}.")
+            raise Problem(422, "Bad request", f"n must be a whole number from 1 to {MAX_INVITATIONS}.")
         synthetic = form.get("synthetic") in (True, "true", "1", "on")
         tokens = await run_in_threadpool(create_invitations, sv.db, n, synthetic)
         base = sv.public_base(request)
@@ -228,7 +230,7 @@ def admin_router(sv: "_Survey") -> "APIRouter":
     def export(request: Request, fmt: str, include_excluded: bool = False, completed_only: bool = False, synthetic: bool = True) -> Response:
         auth(request)
         if fmt not in media:
-            raise _Problem(404, "Page not found", "Exports are export.csv, export.json and export.sav.")
+            raise Problem(404, "Page not found", "Exports are export.csv, export.json and export.sav.")
         body = export_bytes(frames(), fmt, include_excluded=include_excluded, completed_only=completed_only, synthetic=synthetic)  # type: ignore[arg-type]
         name = f"{sv.instrument.id}-responses.{fmt}"
         return Response(body, media_type=media[fmt], headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from valign.survey.frames import SurveyFrames
     from valign.survey.weighting import WeightingResult
 
-__all__ = ["SurveyAnalysis", "bootstrap_weights", "weighted_counts", "By", "TIE"]
+__all__ = ["SurveyAnalysis", "bootstrap_weights", "weighted_counts", "respondent_groups", "By", "TIE"]
 
 By = str | tuple[str, str] | None
 TIE = 1e-9  # |d| below this is a tie in stated support
@@ -157,7 +157,7 @@ def weighted_counts(frames: SurveyFrames, weights: pd.Series | None = None, by: 
     w = pd.to_numeric(weights.reindex(resp.index), errors="coerce").fillna(0.0).to_numpy()
     choices = frames.choices("principle")
     rows = []
-    for label, var, mask in _groups(resp, by):
+    for label, var, mask in respondent_groups(resp, by):
         wg = w * mask
         for item in frames.instrument.items():
             if item.kind != "principle":
@@ -194,7 +194,7 @@ class SurveyAnalysis:
             raise ValignError(f"level={self.level} is not a confidence level; use e.g. 0.95.")
         self._ids = self.result.spec.ids
         self._w = self.result.weights.reindex(self._ids).to_numpy(dtype=float)
-        self._resp = self.frames.respondents.reindex(self._ids)
+        self.respondents = self.frames.respondents.reindex(self._ids)  # the weighted respondents, in weight order
         self._W: np.ndarray | None = None
 
     @property
@@ -203,13 +203,14 @@ class SurveyAnalysis:
         if self._W is None:
             strata = None
             if self.strata is not None:
-                if self.strata not in self._resp.columns:
+                if self.strata not in self.respondents.columns:
                     raise ValignError(f"strata='{self.strata}' is not a respondents column; use a margin variable such as {', '.join(self.result.spec.cells)}.")
-                strata = self._resp[self.strata].astype(str).to_numpy()
+                strata = self.respondents[self.strata].astype(str).to_numpy()
             self._W = bootstrap_weights(self.result, B=self.B, seed=self.seed, strata=strata)
         return self._W
 
-    def _all_weights(self) -> np.ndarray:
+    def all_weights(self) -> np.ndarray:
+        """n × (1 + B): the point-estimate weights, then the replicate weights."""
         import numpy as np
 
         return np.column_stack([self._w, self.replicate_weights])
@@ -256,8 +257,8 @@ class SurveyAnalysis:
                 num_index.append(k_mean)
                 k_mean += 1
         rows = []
-        W = self._all_weights()
-        for label, var, mask in _groups(self._resp, by):
+        W = self.all_weights()
+        for label, var, mask in respondent_groups(self.respondents, by):
             Wg = W * mask[:, None]
             num = X.T @ Wg
             den = A.T @ Wg
@@ -284,9 +285,9 @@ class SurveyAnalysis:
         S = scores.to_numpy(dtype=float)
         has = ~np.isnan(S)
         S0 = np.where(has, S, 0.0)
-        W = self._all_weights()
+        W = self.all_weights()
         rows = []
-        for label, var, mask in _groups(self._resp, by):
+        for label, var, mask in respondent_groups(self.respondents, by):
             Wg = W * mask[:, None]
             num, den = S0.T @ Wg, has.T.astype(float) @ Wg
             n = (has & mask[:, None]).sum(axis=0)
@@ -326,9 +327,9 @@ class SurveyAnalysis:
             pairs.append((sc.id, y, np.nan_to_num(d), valid))
         if not pairs:
             return pd.DataFrame(columns=["scenario", "group_var", "group", "measure", "estimate", "se", "lci", "uci", "n", "n_ties"])
-        W = self._all_weights()
+        W = self.all_weights()
         rows = []
-        for label, var, mask in _groups(self._resp, by):
+        for label, var, mask in respondent_groups(self.respondents, by):
             Wg = W * mask[:, None]
             stacked = [(sid, y, d, valid & mask) for sid, y, d, valid in pairs]
             if len(stacked) > 1:
@@ -397,11 +398,19 @@ class SurveyAnalysis:
         return out
 
 
-# ── module helpers ──────────────────────────────────────────────────────────
+# ── groups and helpers ──────────────────────────────────────────────────────────
 
 
-def _groups(resp: pd.DataFrame, by: By) -> list[tuple[str, str, np.ndarray]]:
-    """(group label, group variable, 0/1 mask) for "all" and each group of ``by``."""
+def respondent_groups(resp: pd.DataFrame, by: By) -> list[tuple[str, str, np.ndarray]]:
+    """(group label, group variable, 0/1 mask) for "all" and each group of ``by`` (one
+    respondents column, or a crossing of two: only the cells someone is in).
+
+    Example:
+        >>> import pandas as pd
+        >>> resp = pd.DataFrame({"sex": ["f", "m", "f"]})
+        >>> [(label, var, mask.tolist()) for label, var, mask in respondent_groups(resp, "sex")]
+        [('all', 'all', [True, True, True]), ('f', 'sex', [True, False, True]), ('m', 'sex', [False, True, False])]
+    """
     import numpy as np
 
     out = [("all", "all", np.ones(len(resp), dtype=bool))]

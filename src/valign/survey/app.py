@@ -11,9 +11,14 @@ Admin (``Authorization: Bearer $VALIGN_ADMIN_TOKEN``, or the cookie the login fo
 ``/admin/api/summary``, ``/admin/api/responses``, ``/admin/api/proposals``,
 ``/admin/api/invitations`` (POST), ``/admin/export.csv|json|sav``.
 
-Example:
-    >>> app = create_app(load_instrument("demo"), "sqlite:///survey.db")
-    >>> uvicorn.run(app, port=8000)
+The routes share a `valign.survey.state.SurveyState`; the admin routes live in
+`valign.survey.admin`, the defences (CSRF, signed cookies, rate limits, headers) in the
+shared web layer, `valign.web`.
+
+Example (what ``valign survey serve`` runs)::
+
+    app = create_app(load_instrument("demo"), "sqlite:///survey.db")
+    uvicorn.run(app, port=8000)
 """
 
 from __future__ import annotations
@@ -22,27 +27,17 @@ import json
 import os
 import secrets
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from valign.errors import ValignError
-from valign.survey.db import (
-    PROPOSAL_ITEM,
-    Answer,
-    Database,
-    Invitation,
-    PageEvent,
-    Proposal,
-    Respondent,
-    make_engine,
-    migrate,
-    new_token,
-    token_hash,
-    utcnow,
-)
-from valign.survey.flow import PROPOSAL_PAGE, Page, plan_pages
+from valign.survey.admin import admin_router
+from valign.survey.db import PROPOSAL_ITEM, Answer, Database, Invitation, PageEvent, Proposal, Respondent, make_engine, migrate, token_hash
+from valign.survey.flow import PROPOSAL_PAGE, Page
 from valign.survey.instrument import Instrument, Item
-from valign.survey.security import SECURITY_HEADERS, AdminAuth, RateLimiter, Signer, check_csrf, csrf_token
+from valign.survey.state import BrowserSession, Problem, RespondentState, SurveySettings, SurveyState, bad_invitation, forget_respondent
+from valign.web.database import utcnow
+from valign.web.headers import SecurityHeadersMiddleware
+from valign.web.templates import stylesheet
 
 # Route signatures are resolved at run time by FastAPI, so these are real imports.
 from fastapi import Request  # noqa: E402
@@ -53,75 +48,7 @@ if TYPE_CHECKING:
 
 __all__ = ["SurveySettings", "create_app", "app_from_env"]
 
-SESSION_COOKIE = "valign_s"
-ADMIN_COOKIE = "valign_admin"
-ADMIN_SESSION_SECONDS = 8 * 3600
 PAGE_SECONDS_CAP = 900.0  # a page left open longer counts as 15 minutes of active time
-
-
-@dataclass
-class SurveySettings:
-    """How the app runs. Defaults read ``VALIGN_ADMIN_TOKEN`` and ``VALIGN_SURVEY_SECRET``.
-
-    ``invitations``: ``open`` (anyone with the address may answer; invitation links
-    work too) or ``required`` (only ``/i/<token>`` opens the survey).
-    ``rate_limit_session`` / ``rate_limit_ip``: POSTs per minute per browser session /
-    per client address (0 = off). ``public_url``: the address respondents use (for the
-    resume link behind a proxy; default: the request's own). ``secure_cookies``: set
-    the cookies' Secure flag (default: when ``public_url`` is https).
-
-    Example:
-        >>> SurveySettings(invitations="required", rate_limit_ip=0)
-    """
-
-    invitations: Literal["open", "required"] = "open"
-    admin_token: str | None = field(default_factory=lambda: os.environ.get("VALIGN_ADMIN_TOKEN") or None)
-    secret: str | None = field(default_factory=lambda: os.environ.get("VALIGN_SURVEY_SECRET") or None)
-    rate_limit_session: int = 60
-    rate_limit_ip: int = 600
-    rate_limit_login: int = 10
-    public_url: str | None = None
-    secure_cookies: bool | None = None
-    migrate: bool = True
-    pool_size: int = 10
-
-
-# -- sessions ----------------------------------------------------------------------------
-
-
-@dataclass
-class _Session:
-    """The browser's signed session: its id (for CSRF), the respondent, the resume link."""
-
-    sid: str
-    rid: str | None = None  # Respondent.public_id
-    link: str | None = None  # "/r/<token>" or "/i/<token>": how this respondent resumes
-    inv: str | None = None  # an invitation token not yet consented to
-    syn: bool = False  # opened through a synthetic invitation (made with the admin token)
-    dirty: bool = False
-
-    def payload(self) -> dict[str, Any]:
-        return {k: v for k, v in (("sid", self.sid), ("rid", self.rid), ("link", self.link), ("inv", self.inv), ("syn", self.syn)) if v}
-
-
-@dataclass(frozen=True)
-class _Resp:
-    """What a request needs to know of its respondent."""
-
-    id: int
-    public_id: str
-    seed: int
-    proposals: tuple[int, ...]
-    completed: bool
-    submitted: frozenset[str] | set[str]
-
-
-class _Problem(Exception):
-    """Stop handling a request and answer with a page saying what happened."""
-
-    def __init__(self, status: int, title: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.title, self.message, self.headers = status, title, message, headers or {}
 
 
 # -- the app -------------------------------------------------------------------------------
@@ -131,7 +58,10 @@ def create_app(instrument: Instrument, db_url: str, settings: SurveySettings | N
     """The survey as an ASGI app; migrates the database first unless ``settings.migrate`` is off.
 
     Example:
-        >>> app = create_app(load_instrument("demo"), "sqlite:///survey.db", SurveySettings(invitations="required"))
+        >>> from valign.survey.instrument import load_instrument
+        >>> app = create_app(load_instrument("demo"), "sqlite:///:memory:", SurveySettings(invitations="required", admin_token=None))
+        >>> app.state.survey.settings.invitations
+        'required'
     """
     from fastapi import FastAPI
 
@@ -145,33 +75,31 @@ def create_app(instrument: Instrument, db_url: str, settings: SurveySettings | N
     if settings.secret is not None and len(settings.secret) < 16:
         raise ValignError("VALIGN_SURVEY_SECRET is shorter than 16 characters; use a long random value (e.g. from `openssl rand -hex 32`) or unset it.")
     secret = settings.secret or db.ensure_setting("cookie_secret", lambda: secrets.token_urlsafe(48))
-    survey = _Survey(instrument, db, settings, secret)
+    survey = SurveyState(instrument, db, settings, secret)
 
     app = FastAPI(title=f"valign survey: {instrument.title}", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.survey = survey
 
-    app.add_middleware(_SecurityHeaders)
+    app.add_middleware(SecurityHeadersMiddleware)
 
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    @app.exception_handler(_Problem)
-    async def _problem(request, exc: _Problem):  # noqa: ANN001
+    @app.exception_handler(Problem)
+    async def _problem(request, exc: Problem):  # noqa: ANN001
         return survey.problem_page(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, exc):  # noqa: ANN001
         titles = {404: "Page not found", 405: "Not allowed"}
         msg = "There is no page at this address. Check the link you followed." if exc.status_code == 404 else str(exc.detail)
-        return survey.problem_page(request, _Problem(exc.status_code, titles.get(exc.status_code, "Something went wrong"), msg))
+        return survey.problem_page(request, Problem(exc.status_code, titles.get(exc.status_code, "Something went wrong"), msg))
 
     from fastapi.exceptions import RequestValidationError
 
     @app.exception_handler(RequestValidationError)
     async def _malformed(request, exc):  # noqa: ANN001
         # e.g. /survey/abc: an address that names no page, not a form error
-        return survey.problem_page(request, _Problem(404, "Page not found", "There is no page at this address. Check the link you followed."))
-
-    from valign.survey.admin import admin_router
+        return survey.problem_page(request, Problem(404, "Page not found", "There is no page at this address. Check the link you followed."))
 
     app.include_router(_public_router(survey))
     app.include_router(admin_router(survey), prefix="/admin")
@@ -183,9 +111,10 @@ def app_from_env() -> "FastAPI":
     ``uvicorn --factory`` worker loads. ``valign survey serve --workers N`` sets it (and
     migrates once, before starting); tokens and secrets come from their own variables.
 
-    Example:
-        >>> os.environ["VALIGN_SURVEY_APP"] = '{"instrument": "demo", "db_url": "sqlite:///survey.db", "migrate": false}'
-        >>> uvicorn.run("valign.survey.app:app_from_env", factory=True, workers=2)
+    Example::
+
+        os.environ["VALIGN_SURVEY_APP"] = '{"instrument": "demo", "db_url": "sqlite:///survey.db", "migrate": false}'
+        uvicorn.run("valign.survey.app:app_from_env", factory=True, workers=2)
     """
     from valign.survey.instrument import load_instrument
 
@@ -193,172 +122,13 @@ def app_from_env() -> "FastAPI":
     return create_app(load_instrument(cfg.pop("instrument")), cfg.pop("db_url"), SurveySettings(**cfg))
 
 
-class _Survey:
-    """Everything the routes share: instrument, database, signing, limits, templates."""
-
-    def __init__(self, instrument: Instrument, db: Database, settings: SurveySettings, secret: str) -> None:
-        from valign.survey.render import Renderer
-
-        self.instrument = instrument
-        self.fingerprint = instrument.fingerprint()
-        self.db = db
-        self.settings = settings
-        self.signer = Signer(secret, "session")
-        self.page_signer = Signer(secret, "page-shown")
-        self.admin = AdminAuth(settings.admin_token)
-        self.limit_session = RateLimiter(settings.rate_limit_session, burst=max(10, settings.rate_limit_session // 3))
-        self.limit_ip = RateLimiter(settings.rate_limit_ip, burst=max(20, settings.rate_limit_ip // 3))
-        self.limit_login = RateLimiter(settings.rate_limit_login, burst=5)
-        self.render = Renderer(instrument)
-        secure = settings.secure_cookies
-        self.secure = bool(settings.public_url and settings.public_url.startswith("https")) if secure is None else secure
-        self._plans: dict[tuple, list[Page]] = {}
-
-    # sessions and responses ------------------------------------------------------------
-
-    def session(self, request: "Request") -> _Session:
-        data = self.signer.unsign(request.cookies.get(SESSION_COOKIE))
-        if data and isinstance(data.get("sid"), str):
-            return _Session(sid=data["sid"], rid=data.get("rid"), link=data.get("link"), inv=data.get("inv"), syn=bool(data.get("syn")))
-        return _Session(sid=secrets.token_urlsafe(16), dirty=True)
-
-    def finish(self, response: "Response", sess: _Session) -> "Response":
-        if sess.dirty:
-            response.set_cookie(SESSION_COOKIE, self.signer.sign(sess.payload()), httponly=True, samesite="lax", secure=self.secure, path="/")
-        return response
-
-    def html(self, request: "Request", sess: _Session, template: str, status: int = 200, **ctx: Any) -> "Response":
-        from starlette.responses import HTMLResponse
-
-        ctx.setdefault("csrf", csrf_token(self.signer, sess.sid))
-        ctx.setdefault("root", request.scope.get("root_path", ""))
-        return self.finish(HTMLResponse(self.render(template, **ctx), status_code=status), sess)
-
-    def redirect(self, request: "Request", sess: _Session, path: str) -> "Response":
-        from starlette.responses import RedirectResponse
-
-        return self.finish(RedirectResponse(request.scope.get("root_path", "") + path, status_code=303), sess)
-
-    def problem_page(self, request: "Request", p: _Problem) -> "Response":
-        from starlette.responses import HTMLResponse, JSONResponse
-
-        if request.url.path.startswith("/admin/api") or request.url.path.startswith("/admin/export"):
-            return JSONResponse({"error": p.message}, status_code=p.status, headers=p.headers)
-        body = self.render("problem.html", title=p.title, message=p.message, root=request.scope.get("root_path", ""), login=p.status == 401 and request.url.path.startswith("/admin"))
-        return HTMLResponse(body, status_code=p.status, headers=p.headers)
-
-    def public_base(self, request: "Request") -> str:
-        if self.settings.public_url:
-            return self.settings.public_url.rstrip("/")
-        return str(request.base_url).rstrip("/")
-
-    # checks --------------------------------------------------------------------------------
-
-    def client_ip(self, request: "Request") -> str:
-        return request.client.host if request.client else "unknown"
-
-    def check_post(self, request: "Request", sess: _Session, form: dict[str, Any]) -> None:
-        """CSRF and rate limits, for every form POST.
-
-        Synthetic respondents (their invitation was made with the admin token) are not
-        rate limited: ``valign survey simulate`` sends many from one address on purpose.
-        """
-        limited = not sess.syn and (not self.limit_ip.allow("ip:" + self.client_ip(request)) or not self.limit_session.allow("s:" + sess.sid))
-        if limited:
-            raise _Problem(429, "Too many requests", "You sent too many answers in a short time. Wait a minute, then go back and submit the page again.", {"Retry-After": "60"})
-        if sess.dirty:  # no valid session cookie came with the form
-            raise _Problem(403, "Cookies needed", "Your browser did not send this survey's cookie. Allow cookies for this site, reload the page and try again.")
-        if not check_csrf(self.signer, sess.sid, form.get("csrf")):
-            raise _Problem(403, "Form expired", "This form is out of date or did not come from this survey. Reload the page and submit it again.")
-
-    # respondents ----------------------------------------------------------------------------
-
-    def plan(self, r: "_Resp") -> list[Page]:
-        ids = r.proposals
-        key = (r.seed, ids)
-        plan = self._plans.get(key)
-        if plan is None:
-            texts: dict[int, str] = {}
-            if ids:
-                with self.db.read() as s:
-                    texts = {p.id: p.text for p in s.query(Proposal).filter(Proposal.id.in_(ids))}
-            plan = plan_pages(self.instrument, r.seed, [(i, texts[i]) for i in ids if i in texts])
-            if len(self._plans) > 5000:
-                self._plans.clear()
-            self._plans[key] = plan
-        return plan
-
-    def respondent(self, s, sess: _Session) -> "_Resp | None":  # noqa: ANN001
-        """The session's respondent and the pages it has submitted (two small queries)."""
-        from sqlalchemy import select
-
-        if not sess.rid:
-            return None
-        row = s.execute(
-            select(Respondent.id, Respondent.seed, Respondent.shown_proposals, Respondent.completed).where(Respondent.public_id == sess.rid)
-        ).first()
-        if row is None:
-            return None
-        pages = set(s.scalars(select(PageEvent.page).where(PageEvent.respondent_id == row.id).distinct()))
-        return _Resp(row.id, sess.rid, row.seed, tuple(json.loads(row.shown_proposals or "[]")), bool(row.completed), pages)
-
-    @staticmethod
-    def first_open(plan: list[Page], submitted: set[str]) -> int | None:
-        """1-based number of the first page not yet submitted; None when all are."""
-        return next((i for i, p in enumerate(plan, 1) if p.key not in submitted), None)
-
-    def start_respondent(self, sess: _Session, synthetic: bool = False) -> bool:
-        """Consent given: create the respondent (bound to the session's invitation, if any).
-
-        True when a new respondent was created; False when the invitation already had one.
-        """
-        from sqlalchemy.exc import IntegrityError
-
-        token = new_token()
-        with self.db.write() as s:
-            approved = [p.id for p in s.query(Proposal).filter(Proposal.status == "approved").order_by(Proposal.id)]
-            invitation = None
-            if sess.inv:
-                invitation = s.query(Invitation).filter(Invitation.token_hash == token_hash(sess.inv)).one_or_none()
-                if invitation is None:
-                    raise _bad_invitation()
-                existing = s.query(Respondent).filter(Respondent.invitation_id == invitation.id).one_or_none()
-                if existing is not None:  # the invitation was used: back to that one response
-                    sess.rid, sess.link, sess.inv, sess.dirty = existing.public_id, f"/i/{sess.inv}", None, True
-                    return False
-            r = Respondent(
-                public_id=secrets.token_hex(8),
-                resume_hash=token_hash(token),
-                instrument_id=self.instrument.id,
-                instrument_fingerprint=self.fingerprint,
-                seed=secrets.randbelow(2**31),
-                shown_proposals=json.dumps(approved),
-                invitation_id=invitation.id if invitation else None,
-                synthetic=bool(invitation and invitation.synthetic) or synthetic,
-            )
-            s.add(r)
-            try:
-                s.flush()
-            except IntegrityError:  # the same invitation consented twice at once: keep the first
-                s.rollback()
-                with self.db.read() as s2:
-                    existing = s2.query(Respondent).filter(Respondent.invitation_id == invitation.id).one()  # type: ignore[union-attr]
-                sess.rid, sess.link, sess.inv, sess.dirty = existing.public_id, f"/i/{sess.inv}", None, True
-                return False
-            link = f"/i/{sess.inv}" if sess.inv else f"/r/{token}"
-            sess.rid, sess.link, sess.inv, sess.dirty = r.public_id, link, None, True
-            return True
-
-
 # -- public routes --------------------------------------------------------------------------
 
 
-def _public_router(sv: _Survey):
+def _public_router(sv: SurveyState):
     from fastapi import APIRouter
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import PlainTextResponse
-
-    from valign.survey.render import stylesheet
 
     router = APIRouter()
     css = stylesheet()
@@ -408,7 +178,7 @@ def _public_router(sv: _Survey):
         with sv.db.read() as s:
             r = s.query(Respondent).filter(Respondent.resume_hash == token_hash(token)).one_or_none()
         if r is None:
-            raise _Problem(404, "Link not recognised", "This link does not open a survey response. Check that you copied the whole link.")
+            raise Problem(404, "Link not recognised", "This link does not open a survey response. Check that you copied the whole link.")
         sess.rid, sess.link, sess.inv, sess.syn, sess.dirty = r.public_id, f"/r/{token}", None, bool(r.synthetic), True
         return sv.redirect(request, sess, "/continue")
 
@@ -419,7 +189,7 @@ def _public_router(sv: _Survey):
             inv = s.query(Invitation).filter(Invitation.token_hash == token_hash(token)).one_or_none()
             r = s.query(Respondent).filter(Respondent.invitation_id == inv.id).one_or_none() if inv else None
         if inv is None:
-            raise _bad_invitation()
+            raise bad_invitation()
         if r is not None:
             sess.rid, sess.link, sess.inv = r.public_id, f"/i/{token}", None
         else:
@@ -463,7 +233,7 @@ def _public_router(sv: _Survey):
         with sv.db.read() as s:
             r = sv.respondent(s, sess)
         if r is None:
-            return sv.redirect(request, _forget(sess), "/")
+            return sv.redirect(request, forget_respondent(sess), "/")
         if not r.completed:
             return sv.redirect(request, sess, "/continue")
         return sv.html(request, sess, "done.html", page_title="Thank you", respondent_id=r.public_id)
@@ -471,13 +241,13 @@ def _public_router(sv: _Survey):
     return router
 
 
-def _locate(sv: _Survey, request: "Request", sess: _Session, s, n: int | None) -> tuple[Any, list[Page], "Response | None"]:  # noqa: ANN001
+def _locate(sv: SurveyState, request: "Request", sess: BrowserSession, s, n: int | None) -> tuple[Any, list[Page], "Response | None"]:  # noqa: ANN001
     """The respondent and their pages, and the redirect that replaces page ``n`` when it
     cannot be shown: no respondent → consent, finished → thank-you, a page not yet
     reached (or ``n`` None) → the first page not yet submitted."""
     r = sv.respondent(s, sess)
     if r is None:
-        return None, [], sv.redirect(request, _forget(sess), "/")
+        return None, [], sv.redirect(request, forget_respondent(sess), "/")
     if r.completed:
         return r, [], sv.redirect(request, sess, "/done")
     plan = sv.plan(r)
@@ -487,18 +257,7 @@ def _locate(sv: _Survey, request: "Request", sess: _Session, s, n: int | None) -
     return r, plan, None
 
 
-def _bad_invitation() -> _Problem:
-    return _Problem(404, "Invitation not valid", "This invitation link is not valid. Check that you copied the whole link.")
-
-
-def _forget(sess: _Session) -> _Session:
-    """The session's respondent no longer exists (e.g. a new database): start afresh."""
-    if sess.rid:
-        sess.rid, sess.link, sess.dirty = None, None, True
-    return sess
-
-
-def _render_page(sv: _Survey, request: "Request", sess: _Session, r: _Resp, plan: list[Page], n: int, values: dict[str, str], errors: dict[str, str], status: int = 200) -> "Response":
+def _render_page(sv: SurveyState, request: "Request", sess: BrowserSession, r: RespondentState, plan: list[Page], n: int, values: dict[str, str], errors: dict[str, str], status: int = 200) -> "Response":
     pg = plan[n - 1]
     shown = sv.page_signer.sign({"p": pg.key, "r": r.public_id, "at": time.time()})
     return sv.html(
@@ -529,7 +288,7 @@ def _field_anchor(key: str) -> str:
     return f"#q-{key}-1"
 
 
-def _validate(sv: _Survey, pg: Page, form: dict[str, Any]) -> tuple[list[dict], list[str], dict[str, str], dict[str, str]]:
+def _validate(sv: SurveyState, pg: Page, form: dict[str, Any]) -> tuple[list[dict], list[str], dict[str, str], dict[str, str]]:
     """(answers to save, item ids to clear, errors by field id, the values to re-show)."""
     rows: list[dict] = []
     cleared: list[str] = []
@@ -593,7 +352,7 @@ def _missing_message(item: Item) -> str:
     return f"Choose how much this person is like you: “{words}”"
 
 
-def _submit(sv: _Survey, request: "Request", sess: _Session, n: int, form: dict[str, Any]) -> "Response":
+def _submit(sv: SurveyState, request: "Request", sess: BrowserSession, n: int, form: dict[str, Any]) -> "Response":
     """Check and save one page in one transaction: a page is stored whole or not at all."""
     errors: dict[str, str] = {}
     with sv.db.write() as s:
@@ -603,7 +362,7 @@ def _submit(sv: _Survey, request: "Request", sess: _Session, n: int, form: dict[
         pg = plan[n - 1]
         shown = sv.page_signer.unsign(form.get("shown"))
         if not shown or shown.get("p") != pg.key or shown.get("r") != r.public_id:
-            raise _Problem(400, "Form expired", "This page's form is out of date. Go back, reload the page and submit it again.")
+            raise Problem(400, "Form expired", "This page's form is out of date. Go back, reload the page and submit it again.")
         rows, cleared, errors, values = _validate(sv, pg, form)
         last = n == len(plan)
         if not errors:
@@ -634,21 +393,3 @@ def _save_proposal(s, respondent_id: int, text: str | None) -> None:  # noqa: AN
             s.delete(existing)
 
 
-class _SecurityHeaders:
-    """Adds `SECURITY_HEADERS` to every response (plain ASGI: no per-request task overhead)."""
-
-    def __init__(self, app) -> None:  # noqa: ANN001
-        self.app = app
-        self.extra = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
-
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        async def send_with_headers(message) -> None:  # noqa: ANN001
-            if message["type"] == "http.response.start":
-                present = {k.lower() for k, _ in message.get("headers", [])}
-                message["headers"] = list(message.get("headers", [])) + [(k, v) for k, v in self.extra if k not in present]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)

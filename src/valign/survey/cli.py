@@ -134,7 +134,7 @@ def data(
     synthetic: bool = typer.Option(True, help="--no-synthetic drops simulated respondents."),
 ) -> None:
     """Write the respondent-level table (demographics, answers, flags; no tokens or addresses)."""
-    from valign.survey.export import write_export
+    from valign.survey.data import write_export
 
     rows = write_export(_frames(db, instrument), out, include_excluded=include_excluded, completed_only=completed_only, synthetic=synthetic)
     typer.echo(f"wrote {rows} respondents to {out}")
@@ -186,8 +186,8 @@ def export(
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
 ) -> None:
     """Weighted survey → a constitution (group-aware consensus), DPO/KTO rows and an evaluation set."""
-    from valign.survey.artifacts import ExportSettings, export_survey
     from valign.survey.consensus import ConsensusSettings
+    from valign.survey.export import ExportSettings, export_survey
 
     settings = ExportSettings(B=replicates, seed=seed, min_group_n=min_group_n, consensus=ConsensusSettings(threshold=threshold))
     summary = export_survey(db, instrument, margins, out, settings, trim=parse_trim(trim), missing=missing, synthetic=synthetic)

@@ -26,7 +26,7 @@ principle keeps its statement id and numbers in ``support``.
 
 Example:
     >>> polis_consensus([[8, 10], [3, 10]])  # two groups: 8 of 10 agree, 3 of 10 agree
-    0.2777777777777778
+    0.25
 """
 
 from __future__ import annotations
@@ -103,13 +103,13 @@ def consensus_table(analysis: "SurveyAnalysis", settings: ConsensusSettings = Co
     import numpy as np
     import pandas as pd
 
-    from valign.survey.analysis import _groups
+    from valign.survey.analysis import respondent_groups
 
     frames = analysis.frames
-    resp = analysis._resp
-    W = analysis._all_weights()  # column 0: the point estimate; then the replicates
+    resp = analysis.respondents
+    W = analysis.all_weights()  # column 0: the point estimate; then the replicates
     by = settings.by or tuple(frames.margins)
-    partitions = {var: [(label, mask) for label, _, mask in _groups(resp, var)[1:]] for var in by}
+    partitions = {var: [(label, mask) for label, _, mask in respondent_groups(resp, var)[1:]] for var in by}
     partitions = {var: groups for var, groups in partitions.items() if len(groups) >= 2}
     if not partitions:
         partitions = {"all": [("all", np.ones(len(resp), dtype=bool))]}
@@ -163,10 +163,9 @@ def public_constitution(table: "pd.DataFrame", *, name: str, source: str, settin
     ones as principles against the behaviour, contested ones as "present the main views
     fairly"; each principle's ``support`` holds its statement id and numbers.
 
-    Example:
-        >>> # public_constitution(consensus_table(analysis), name="public", source="survey valign-demo")
-        >>> public_constitution.__name__
-        'public_constitution'
+    Example (``analysis``: a `valign.survey.analysis.SurveyAnalysis`)::
+
+        public_constitution(consensus_table(analysis), name="public", source="survey valign-demo")
     """
     principles = []
     for row in table.to_dict(orient="records"):

@@ -13,49 +13,37 @@ Tables (created only by the Alembic migrations in ``migrations/``; see `migrate`
 * ``page_events`` — one per page submission, with the server-measured seconds
   between showing the page and receiving it (for the speeding check).
 * ``settings`` — key/value: the generated cookie-signing secret, the decline counter.
-* ``served_completions`` and ``feedback`` — answers a served model gave
-  (``valign serve --feedback-db``) and people's 👍/👎 and corrections on them, for
-  continual learning (`valign.feedback`); they can share the survey's database or
-  have their own.
+
+The feedback on a served model's answers is not the survey's: `valign.feedback` owns
+those tables and their migrations (its own Alembic chain), and may share this
+database. Engines, sessions and the migration runner come from `valign.web.database`.
 
 No IP address, user agent or other client data is stored anywhere.
 
 Example:
-    >>> engine = make_engine("sqlite:///survey.db")
+    >>> from valign.survey.instrument import load_instrument
+    >>> engine = make_engine("sqlite:///:memory:")
     >>> migrate(engine)
-    >>> frames = load_frames(engine, load_instrument("demo"))
+    >>> schema_revision(engine)
+    '0002'
+    >>> load_frames(engine, load_instrument("demo")).respondents.empty
+    True
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 import secrets
-from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime
 from importlib import resources
-from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable
 
-from sqlalchemy import (
-    Boolean,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    TypeDecorator,
-    UniqueConstraint,
-    create_engine,
-    event,
-    func,
-    select,
-)
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint, func, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from valign.errors import ValignError
+from valign.web.database import SqlDatabase, UTCDateTime, database_url, make_engine, migration_revision, run_migrations, utcnow
 
 if TYPE_CHECKING:
     from valign.survey.frames import SurveyFrames
@@ -69,8 +57,6 @@ __all__ = [
     "Proposal",
     "PageEvent",
     "Setting",
-    "ServedCompletion",
-    "Feedback",
     "make_engine",
     "migrate",
     "schema_revision",
@@ -79,23 +65,12 @@ __all__ = [
     "load_frames",
     "token_hash",
     "new_token",
-    "utcnow",
     "DEFAULT_DB_URL",
     "PROPOSAL_ITEM",
 ]
 
 DEFAULT_DB_URL = "sqlite:///survey.db"
 PROPOSAL_ITEM = "proposal"  # the item id of a respondent's proposed statement in `answers`
-
-
-def utcnow() -> datetime:
-    """The current time in UTC (timezone-aware).
-
-    Example:
-        >>> utcnow().tzinfo
-        datetime.timezone.utc
-    """
-    return datetime.now(timezone.utc)
 
 
 def new_token() -> str:
@@ -118,21 +93,6 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class _UTC(TypeDecorator):
-    """Timestamps stored without zone (SQLite has none) and always read back as UTC."""
-
-    impl = DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value, dialect):  # noqa: ANN001, ANN201
-        if value is not None and value.tzinfo is not None:
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
-        return value
-
-    def process_result_value(self, value, dialect):  # noqa: ANN001, ANN201
-        return value.replace(tzinfo=timezone.utc) if value is not None else None
-
-
 class Base(DeclarativeBase):
     """Declarative base of the survey's tables."""
 
@@ -144,7 +104,7 @@ class Invitation(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     synthetic: Mapped[bool] = mapped_column(Boolean, default=False)  # made for `valign survey simulate`
-    created_at: Mapped[datetime] = mapped_column(_UTC(), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Respondent(Base):
@@ -161,11 +121,8 @@ class Respondent(Base):
     invitation_id: Mapped[int | None] = mapped_column(ForeignKey("invitations.id"), unique=True, nullable=True)
     synthetic: Mapped[bool] = mapped_column(Boolean, default=False)
     completed: Mapped[bool] = mapped_column(Boolean, default=False)
-    started_at: Mapped[datetime] = mapped_column(_UTC(), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(_UTC(), nullable=True)
-
-    def proposal_ids(self) -> list[int]:
-        return [int(i) for i in json.loads(self.shown_proposals or "[]")]
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Answer(Base):
@@ -180,7 +137,7 @@ class Answer(Base):
     choice: Mapped[str] = mapped_column(String(100))
     strength: Mapped[int | None] = mapped_column(Integer, nullable=True)
     text: Mapped[str | None] = mapped_column(Text, nullable=True)
-    answered_at: Mapped[datetime] = mapped_column(_UTC(), default=utcnow)
+    answered_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Proposal(Base):
@@ -191,8 +148,8 @@ class Proposal(Base):
     respondent_id: Mapped[int | None] = mapped_column(ForeignKey("respondents.id", ondelete="SET NULL"), nullable=True, unique=True)
     text: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(10), default="pending", index=True)  # pending | approved | rejected
-    created_at: Mapped[datetime] = mapped_column(_UTC(), default=utcnow)
-    moderated_at: Mapped[datetime | None] = mapped_column(_UTC(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    moderated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     @property
     def item_id(self) -> str:
@@ -208,7 +165,7 @@ class PageEvent(Base):
     page: Mapped[str] = mapped_column(String(50))
     items: Mapped[int] = mapped_column(Integer)  # questions answered on this submission
     seconds: Mapped[float] = mapped_column(Float)
-    submitted_at: Mapped[datetime] = mapped_column(_UTC(), default=utcnow)
+    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Setting(Base):
@@ -219,156 +176,50 @@ class Setting(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
-class ServedCompletion(Base):
-    """An answer a served model gave: the chat completion's ``id``, the model, the conversation."""
+# -- migrations ----------------------------------------------------------------------------
 
-    __tablename__ = "served_completions"
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    model: Mapped[str] = mapped_column(String(300))
-    messages: Mapped[str] = mapped_column(Text)  # JSON: the conversation the answer replied to
-    completion: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(_UTC(), default=utcnow)
-
-
-class Feedback(Base):
-    """Someone's verdict on one served answer: at most one per answer; a new one replaces it."""
-
-    __tablename__ = "feedback"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    completion_id: Mapped[str] = mapped_column(ForeignKey("served_completions.id", ondelete="CASCADE"), unique=True)
-    rating: Mapped[str] = mapped_column(String(4))  # up | down
-    correction: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(_UTC(), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(_UTC(), default=utcnow)
-
-
-# -- engines -----------------------------------------------------------------------------
-
-
-def make_engine(url: str = DEFAULT_DB_URL, *, pool_size: int = 10) -> Engine:
-    """An engine for a SQLite path/URL or a PostgreSQL URL, tuned for the survey.
-
-    SQLite runs in WAL mode (readers never block the writer) with ``synchronous=NORMAL``
-    (durable at every checkpoint, safe against crashes of the app) and a 30-second busy
-    timeout; write transactions start with ``BEGIN IMMEDIATE`` (see `Database.write`),
-    so concurrent writers queue instead of failing. PostgreSQL gets a pool of
-    ``pool_size`` (+ as many again on demand) connections, recycled every half hour.
-
-    Example:
-        >>> make_engine("postgresql+psycopg://postgres@127.0.0.1:5432/survey")
-    """
-    if "://" not in url:  # a bare path
-        url = f"sqlite:///{url}"
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)  # SQLite makes the file, not its folder
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=pool_size, max_overflow=pool_size)
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
-            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _begin(conn):  # noqa: ANN001
-            # A deferred transaction that reads and then writes can fail at once with
-            # SQLITE_BUSY when another writer got in between; IMMEDIATE takes the write
-            # lock up front, so writers wait their turn (busy_timeout) instead.
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("valign_write") else "BEGIN")
-
-        return engine
-    if url.startswith("postgresql"):
-        # No pre-ping (a round trip per checkout); connections are recycled before servers drop idle ones.
-        return create_engine(url, pool_size=pool_size, max_overflow=2 * pool_size, pool_recycle=1800, pool_timeout=30)
-    raise ValignError(f"database URL '{url.split('://')[0]}://…' is not supported; use sqlite:///FILE or postgresql+psycopg://USER@HOST:PORT/DB.")
-
-
-def _alembic_config(engine: Engine):
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(resources.files("valign.survey") / "migrations"))
-    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
-    return cfg
+# `make_engine` (from `valign.web.database`) is part of this module's interface: callers
+# that deal only with the survey open its database through here.
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:
-    """Bring the database's schema to ``revision`` with the shipped Alembic migrations.
+    """Bring the survey's tables to ``revision`` with the shipped Alembic migrations.
 
-    The only way the survey's tables are created; safe to run on every start.
-
-    Example:
-        >>> migrate(make_engine("sqlite:///survey.db"))
+    The only way the survey's tables are created; safe to run on every start. The
+    chain keeps Alembic's default version table, ``alembic_version``.
     """
-    from alembic import command
-    from sqlalchemy.exc import OperationalError
-
-    cfg = _alembic_config(engine)
-    try:
-        with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
-    except OperationalError as e:
-        raise ValignError(f"cannot reach the survey database {engine.url.render_as_string(hide_password=True)}: {e.orig}; check the URL and that the server runs.") from None
+    run_migrations(engine, str(resources.files("valign.survey") / "migrations"), revision=revision, what="survey database")
 
 
 def schema_revision(engine: Engine) -> str | None:
-    """The Alembic revision the database is at (None before the first migration).
+    """The survey chain's revision in this database (None before its first migration).
 
     Example:
-        >>> schema_revision(make_engine("sqlite:///survey.db"))
-        '0001'
+        >>> schema_revision(make_engine("sqlite:///:memory:")) is None
+        True
     """
-    from alembic.runtime.migration import MigrationContext
-
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+    return migration_revision(engine)
 
 
 # -- the data access the app needs ----------------------------------------------------------
 
 
-class Database:
-    """An engine plus sessions: ``read()`` for pages, ``write()`` for one transaction per submit.
+class Database(SqlDatabase):
+    """The survey's database: sessions (`SqlDatabase`), settings and answers.
 
     Example:
-        >>> db = Database(make_engine("sqlite:///survey.db"))
-        >>> with db.write() as s:
-        ...     s.add(Setting(key="k", value="v"))
+        >>> engine = make_engine("sqlite:///:memory:"); migrate(engine)
+        >>> db = Database(engine)
+        >>> db.bump_counter("declined"); db.bump_counter("declined"); db.setting("declined")
+        '2'
     """
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
-
-    @contextmanager
-    def read(self) -> Iterator[Session]:
-        with self._sessions() as s:
-            yield s
-
-    @contextmanager
-    def write(self) -> Iterator[Session]:
-        """A session whose transaction commits at the end of the block (or rolls back)."""
-        with self._sessions() as s:
-            s.connection(execution_options={"valign_write": True})
-            try:
-                yield s
-                s.commit()
-            except BaseException:
-                s.rollback()
-                raise
 
     def setting(self, key: str) -> str | None:
         with self.read() as s:
             row = s.get(Setting, key)
             return row.value if row else None
 
-    def ensure_setting(self, key: str, make: "callable[[], str]") -> str:  # type: ignore[valid-type]
+    def ensure_setting(self, key: str, make: Callable[[], str]) -> str:
         """The setting's value, created with ``make()`` if absent (first writer wins)."""
         value = self.setting(key)
         if value is not None:
@@ -431,9 +282,10 @@ def load_frames(db: "str | Engine | Database", instrument: "Instrument", *, incl
     Only respondents who answered this instrument (same id) are included, unless
     ``include_other_instruments``. Quality columns are added by `valign.survey.quality`.
 
-    Example:
-        >>> frames = load_frames("sqlite:///survey.db", load_instrument("demo"))
-        >>> frames.respondents[["completed", "synthetic"]].sum()
+    Example (a migrated database, e.g. ``sqlite:///survey.db``)::
+
+        frames = load_frames("sqlite:///survey.db", load_instrument("demo"))
+        frames.respondents[["completed", "synthetic"]].sum()
     """
     import pandas as pd
 
@@ -499,9 +351,4 @@ def resolve_db_url(url: str | None) -> str:
         >>> resolve_db_url("data/s.db")
         'sqlite:///data/s.db'
     """
-    import os
-
-    url = url or os.environ.get("VALIGN_SURVEY_DB") or DEFAULT_DB_URL
-    if "://" not in url:
-        url = f"sqlite:///{Path(url)}"
-    return url
+    return database_url(url or os.environ.get("VALIGN_SURVEY_DB") or DEFAULT_DB_URL)

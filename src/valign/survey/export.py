@@ -1,260 +1,250 @@
-"""Respondent-level exports: CSV, JSON and SPSS ``.sav``, one row per respondent.
+"""``valign survey export`` (and the `survey` stage): what a weighted survey gives the
+pipeline — a constitution, training rows, an evaluation set.
 
-The wide table holds the respondent id (an opaque number, not a token), the
-demographics (named by their margin variable), ``completed``, ``synthetic``, the
-timestamps and active seconds, the quality columns, ``weight`` when weighting has
-run, then one column per question in instrument order (the chosen option code;
-``<id>_strength`` for scenario choices), answers to approved proposals (``prop-<n>``)
-and the respondent's own ``proposal`` text. Nothing else: no IP addresses, user
-agents, cookies, resume or invitation tokens — the database does not hold them either,
-except as one-way hashes that no export reads.
+`export_artifacts` writes, from weighted `SurveyFrames`:
 
-By default respondents whose quality checks say ``exclude`` are left out (their flags
-stay visible with ``include_excluded=True``).
+| file | what | used by |
+|---|---|---|
+| ``constitution.yaml`` | group-aware consensus principles (`valign.survey.consensus`) | `revise`, `judge` (``constitution: …``) |
+| ``consensus.csv`` | every statement's shares, consensus, intervals, verdict | people |
+| ``dpo.jsonl`` | scenario choices as ``prompt/chosen/rejected`` pairs, both directions, weighted | `dpo` (``rows: survey``) |
+| ``kto.jsonl`` | 👍/👎 ratings as ``prompt/completion/label`` rows, weighted | `kto` (``rows: survey``) |
+| ``eval_items.jsonl`` | every question with the weighted distribution, overall and per subgroup | `survey_sft`, fidelity |
+| ``summary.json`` | provenance: instrument, respondents, weighting diagnostics, settings | the report |
 
-In the ``.sav`` file every question is numeric — its option's position (a Likert
-item's point) — with the option labels as value labels and the question text as the
-variable label; yes/no columns are 0/1 with labels; names are made SPSS-safe
-(``v-care-1`` → ``v_care_1``).
+Everything is aggregated: a row's ``weight`` is a sum of respondents' survey weights
+(times choice strength for scenarios), and subgroup distributions of fewer than
+``min_group_n`` respondents are left out, so no file holds an individual's answers.
 
-Example:
-    >>> frames = add_quality(load_frames("sqlite:///survey.db", load_instrument("demo")))
-    >>> write_export(frames, "responses.sav")
+Example (``frames`` raked into ``result`` by `valign.survey.weighting`)::
+
+    export_artifacts(apply_weights(frames, result), result, Path("out"))
 """
 
 from __future__ import annotations
 
 import json
-import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any
 
 from valign.errors import ValignError
-from valign.survey.db import PROPOSAL_ITEM
-from valign.survey.frames import QUALITY_COLUMNS, RESPONDENT_COLUMNS, SurveyFrames
+from valign.survey.consensus import ConsensusSettings, consensus_table, public_constitution
+from valign.survey.opinion import GroupDistribution, OpinionItem, write_items
 
 if TYPE_CHECKING:
-    import pandas as pd
+    from valign.survey.analysis import SurveyAnalysis
+    from valign.survey.frames import SurveyFrames
+    from valign.survey.instrument import Item
+    from valign.survey.weighting import WeightingResult
 
-__all__ = ["wide_table", "to_csv", "to_json", "to_sav", "write_export", "export_bytes", "spss_names", "ExportFormat"]
+__all__ = ["ExportSettings", "export_survey", "export_artifacts", "eval_items", "scenario_pairs", "rating_rows"]
 
-ExportFormat = Literal["csv", "json", "sav"]
-_BOOL_COLUMNS = ["completed", "synthetic", "flag_attention", "flag_straightlining", "flag_speeding", "flag_social_desirability", "exclude"]
-_SPSS_RESERVED = {"ALL", "AND", "BY", "EQ", "GE", "GT", "LE", "LT", "NE", "NOT", "OR", "TO", "WITH"}
-
-
-def _item_columns(frames: SurveyFrames) -> list[str]:
-    cols: list[str] = []
-    for item in frames.instrument.items():
-        if item.kind == "demographic":
-            continue
-        cols.append(item.id)
-        if item.kind == "scenario":
-            cols.append(f"{item.id}_strength")
-    answered = set(frames.answers["item_id"]) if len(frames.answers) else set()
-    # Approved proposals are in the instrument when it was loaded with them; otherwise
-    # they are found in the answers.
-    props = sorted((i for i in answered if re.fullmatch(r"prop-\d+", str(i)) and i not in cols), key=lambda i: int(i.split("-")[1]))
-    cols += props
-    if frames.instrument.principles is not None and frames.instrument.principles.allow_proposals:
-        cols.append(PROPOSAL_ITEM)
-    return cols
+EVAL_KINDS = ("value", "principle", "scenario", "rating")
 
 
-def wide_table(frames: SurveyFrames, *, include_excluded: bool = False, completed_only: bool = False, synthetic: bool = True) -> "pd.DataFrame":
-    """One row per respondent: demographics, meta, quality, (weight), answers.
+@dataclass(frozen=True)
+class ExportSettings:
+    """``by``: subgroup variables of the evaluation set and the consensus (default: the
+    instrument's margin variables); ``B``: bootstrap replicates for the intervals."""
+
+    by: tuple[str, ...] = ()
+    B: int = 200
+    seed: int = 0
+    min_group_n: int = 10
+    consensus: ConsensusSettings = field(default_factory=ConsensusSettings)
+
+
+def export_survey(
+    db: str | None,
+    instrument: str,
+    margins: str | Path,
+    out_dir: Path,
+    settings: ExportSettings = ExportSettings(),
+    *,
+    trim: tuple[float, float] | None = None,
+    missing: str = "own_category",
+    synthetic: bool = False,
+    completed_only: bool = True,
+) -> dict[str, Any]:
+    """From the survey database to the export: quality flags, selection, raking, artifacts.
 
     Example:
-        >>> wide_table(add_quality(frames)).columns[:4].tolist()
-        ['respondent_id', 'age_group', 'sex', 'education']
+        >>> # export_survey("sqlite:///survey.db", "demo", "nz-census-2023", Path("out"), synthetic=True)
     """
-    import pandas as pd
+    from valign.survey.margins import load_margins
+    from valign.survey.quality import load_checked
+    from valign.survey.weighting import apply_weights, rake_frames
 
-    from valign.survey.quality import add_quality
+    frames = load_checked(db, instrument).select(completed_only=completed_only, synthetic=synthetic)
+    if frames.respondents.empty:
+        hint = " (all are synthetic: allow them for a demo)" if not synthetic else ""
+        raise ValignError(f"the survey database has no {'completed ' if completed_only else ''}respondents to export{hint}; collect responses first.")
+    result = rake_frames(frames, load_margins(margins), trim=trim, missing=missing, seed=settings.seed)  # type: ignore[arg-type]
+    return export_artifacts(apply_weights(frames, result), result, out_dir, settings)
 
-    if "exclude" not in frames.respondents.columns:
-        frames = add_quality(frames)
+
+def export_artifacts(frames: SurveyFrames, result: WeightingResult, out_dir: Path, settings: ExportSettings = ExportSettings()) -> dict[str, Any]:
+    """Write the survey's constitution, training rows and evaluation set to ``out_dir``; returns the summary."""
+    from valign.survey.analysis import SurveyAnalysis
+
+    weights = result.weights.dropna()
+    if weights.empty:
+        raise ValignError("no respondent has a survey weight (all excluded or none completed); collect more responses before exporting.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by = settings.by or tuple(frames.margins)
+    analysis = SurveyAnalysis(frames, result, B=settings.B, seed=settings.seed)
+    items = eval_items(analysis, by, settings.min_group_n)
+    write_items(items, out_dir / "eval_items.jsonl")
+    pairs = scenario_pairs(frames, weights)
+    ratings = rating_rows(frames, weights)
+    _write_jsonl(out_dir / "dpo.jsonl", pairs)
+    _write_jsonl(out_dir / "kto.jsonl", ratings)
+    counts: dict[str, Any] = {"eval_items": len(items), "dpo_rows": len(pairs), "kto_rows": len(ratings)}
+    inst = frames.instrument
+    if any(i.kind == "principle" for i in inst.items()):
+        cons_settings = ConsensusSettings(**{**asdict(settings.consensus), "by": by, "min_group_n": settings.min_group_n})
+        table = consensus_table(analysis, cons_settings)
+        table.drop(columns=["groups"]).to_csv(out_dir / "consensus.csv", index=False)
+        source = f"survey {inst.id} v{inst.version}"
+        try:
+            constitution = public_constitution(table, name=f"public-{inst.id}", source=source, settings=cons_settings)
+        except Exception as e:  # pydantic: a constitution needs at least one principle
+            raise ValignError(
+                f"no principle statement reached consensus, was rejected, or split groups (threshold {cons_settings.threshold}); "
+                "collect more responses or lower the consensus threshold."
+            ) from e
+        (out_dir / "constitution.yaml").write_text(constitution.to_yaml(), encoding="utf-8")
+        counts["principles"] = len(constitution.principles)
+        counts["verdicts"] = table["verdict"].value_counts().to_dict()
     resp = frames.respondents
-    meta = frames.margins + RESPONDENT_COLUMNS + QUALITY_COLUMNS + (["weight"] if "weight" in resp.columns else [])
-    table = resp[meta].copy()
-    a = frames.answers
-    items = _item_columns(frames)
-    if len(a):
-        choices = a[a["item_id"] != PROPOSAL_ITEM].pivot_table(index="respondent_id", columns="item_id", values="choice", aggfunc="last")
-        strengths = a[a["strength"].notna()].pivot_table(index="respondent_id", columns="item_id", values="strength", aggfunc="last")
-        strengths.columns = [f"{c}_strength" for c in strengths.columns]
-        texts = a[a["item_id"] == PROPOSAL_ITEM].set_index("respondent_id")["text"].rename(PROPOSAL_ITEM)
-        answers = pd.concat([choices, strengths, texts], axis=1)
-    else:
-        answers = pd.DataFrame(index=resp.index)
-    demographic_ids = {q.id for q in frames.instrument.demographics}
-    answers = answers.drop(columns=[c for c in answers.columns if c in demographic_ids])
-    answers = answers.reindex(index=resp.index, columns=items)
-    for col in items:
-        if col.endswith("_strength"):
-            answers[col] = answers[col].astype("Int64")
-        else:
-            answers[col] = answers[col].astype(object).where(answers[col].notna(), None)
-    table = pd.concat([table, answers], axis=1)
-    if not include_excluded:
-        table = table[~table["exclude"].astype(bool)]
-    if completed_only:
-        table = table[table["completed"].astype(bool)]
-    if not synthetic:
-        table = table[~table["synthetic"].astype(bool)]
-    table.index.name = "respondent_id"
-    return table.reset_index()
+    summary = {
+        "instrument": {"id": inst.id, "version": inst.version, "fingerprint": inst.fingerprint(), "validated": inst.validated},
+        "respondents": {
+            "total": int(len(resp)),
+            "weighted": int(len(weights)),
+            "synthetic": int(resp["synthetic"].fillna(False).astype(bool).sum()) if "synthetic" in resp else 0,
+            "excluded": int(resp["exclude"].fillna(False).astype(bool).sum()) if "exclude" in resp else 0,
+        },
+        "weighting": json.loads(result.to_json()) if hasattr(result, "to_json") else {},
+        "settings": {"by": list(by), "B": settings.B, "seed": settings.seed, "min_group_n": settings.min_group_n,
+                     "consensus": asdict(settings.consensus)},
+        "counts": counts,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str), encoding="utf-8")
+    return summary
 
 
-def to_csv(table: "pd.DataFrame") -> bytes:
-    """The wide table as UTF-8 CSV (timestamps in ISO 8601, UTC).
-
-    Example:
-        >>> Path("responses.csv").write_bytes(to_csv(wide_table(frames)))
-    """
-    return table.to_csv(index=False, date_format="%Y-%m-%dT%H:%M:%SZ").encode("utf-8")
-
-
-def to_json(table: "pd.DataFrame") -> bytes:
-    """The wide table as a JSON list of objects (missing values are null).
-
-    Example:
-        >>> json.loads(to_json(wide_table(frames)))[0]["completed"]
-        True
-    """
-    records = json.loads(table.to_json(orient="records", date_format="iso", date_unit="s"))
-    return json.dumps(records, ensure_ascii=False, indent=1).encode("utf-8")
+def _question(item: Item, instrument: Any) -> tuple[str, str, list[str]]:
+    """(instructions, question, option labels) as a model is asked the item."""
+    labels = [o.label for o in item.options]
+    if item.kind == "value":
+        return instrument.values.instructions, item.text, labels
+    if item.kind == "principle":
+        return instrument.principles.instructions, item.text, labels
+    if item.kind == "scenario":
+        return "", f'Someone asked an AI assistant: "{item.text}" Which answer would you rather it gave?', labels
+    if item.kind == "rating":
+        rated = next(r for r in instrument.ratings.items if r.id == item.id)
+        return "", f'Someone asked an AI assistant: "{rated.prompt}" It answered: "{rated.answer}" Is this a good answer?', ["Good answer", "Bad answer"]
+    raise ValueError(item.kind)
 
 
-def spss_names(columns: list[str]) -> dict[str, str]:
-    """SPSS-safe, unique variable names: letters, digits and ``_``, ≤ 64 bytes, no reserved word.
+def eval_items(analysis: SurveyAnalysis, by: tuple[str, ...], min_group_n: int = 10) -> list[OpinionItem]:
+    """Every value, principle, scenario and rating question with its weighted distribution."""
+    import pandas as pd
 
-    Example:
-        >>> spss_names(["v-care-1", "18+", "by"])
-        {'v-care-1': 'v_care_1', '18+': 'v18_', 'by': 'by_'}
-    """
-    out: dict[str, str] = {}
-    used: set[str] = set()
-    for col in columns:
-        name = re.sub(r"[^A-Za-z0-9_]", "_", str(col))
-        if not name or not name[0].isalpha():
-            name = "v" + name
-        if name.upper() in _SPSS_RESERVED:
-            name += "_"
-        name = name[:64]
-        base, k = name, 1
-        while name.lower() in used:
-            k += 1
-            name = f"{base[: 60]}_{k}"
-        used.add(name.lower())
-        out[col] = name
+    inst = analysis.frames.instrument
+    chosen = [i for i in inst.items() if i.kind in EVAL_KINDS]
+    if not chosen:
+        return []
+    ids = [i.id for i in chosen]
+    per_group = [t[t["group_var"] != "all"] for t in (analysis.distributions(ids, by=v) for v in by)]
+    shares = pd.concat([analysis.distributions(ids), *per_group], ignore_index=True)
+    shares = shares[shares["statistic"] == "share"]
+    out = []
+    for item in chosen:
+        rows = shares[shares["item_id"] == item.id]
+        codes = [o.code for o in item.options]
+
+        def dist(part: pd.DataFrame) -> tuple[list[float], int] | None:
+            est = part.set_index("option")["estimate"].reindex(codes)
+            n = int(part["n"].max()) if len(part) else 0
+            if est.isna().any() or n == 0:
+                return None
+            return [float(x) for x in est / est.sum()], n
+
+        overall = dist(rows[rows["group_var"] == "all"])
+        if overall is None:
+            continue  # nobody answered it
+        groups = {}
+        for (var, group), part in rows[rows["group_var"] != "all"].groupby(["group_var", "group"], sort=False):
+            got = dist(part)
+            if got is not None and got[1] >= min_group_n:
+                groups[f"{var}={group}"] = GroupDistribution(distribution=got[0], n=got[1])
+        instructions, question, labels = _question(item, inst)
+        out.append(OpinionItem(id=item.id, kind=item.kind, instructions=instructions, question=question, options=labels, codes=codes,
+                               ordinal=item.ordinal, distribution=overall[0], n=overall[1], groups=groups))
     return out
 
 
-def to_sav(frames: SurveyFrames, table: "pd.DataFrame", path: str | Path) -> None:
-    """Write the wide table as an SPSS file with variable and value labels (pyreadstat).
-
-    Example:
-        >>> to_sav(frames, wide_table(frames), "responses.sav")
-    """
-    import pandas as pd
-    import pyreadstat
-
+def scenario_pairs(frames: SurveyFrames, weights: Any) -> list[dict[str, Any]]:
+    """DPO rows from scenario choices: each direction of each scenario, weighted by
+    Σ (respondent weight × strength ÷ the strongest strength) over those who chose it."""
     inst = frames.instrument
-    df = table.copy()
-    labels: dict[str, str] = {"respondent_id": "Respondent (opaque id)", "completed": "Finished the survey", "synthetic": "Synthetic respondent (valign survey simulate)",
-                              "started_at": "Consent given (UTC)", "finished_at": "Finished (UTC)", "seconds": "Active seconds on question pages",
-                              "flag_attention": "Failed an attention check", "flag_straightlining": "Straight-lining", "flag_speeding": "Speeding",
-                              "flag_social_desirability": "High social desirability", "sd_score": "Social desirability score (share keyed)",
-                              "exclude": "Excluded by quality checks", "quality_factor": "Quality weight factor", "weight": "Survey weight",
-                              PROPOSAL_ITEM: "Proposed principle (text)"}
-    value_labels: dict[str, dict[float, str]] = {}
-    measure: dict[str, str] = {}
-    yes_no = {0.0: "No", 1.0: "Yes"}
-    for col in _BOOL_COLUMNS:
-        if col in df:
-            df[col] = df[col].astype(float)
-            value_labels[col] = yes_no
-            measure[col] = "nominal"
-    for col in ("started_at", "finished_at"):
-        if col in df:
-            df[col] = pd.to_datetime(df[col], utc=True).dt.tz_localize(None)
-    questions = {q.margin: (q.text, list(q.options), False) for q in inst.demographics}
-    questions.update({i.id: (i.text, list(i.options), i.ordinal) for i in inst.items() if i.kind != "demographic"})
-    for col in df.columns:
-        if col in questions:
-            text, options, ordinal = questions[col]
-            codes = {o.code: float(k) for k, o in enumerate(options, 1)}
-            df[col] = df[col].map(codes).astype(float)
-            labels[col] = text
-            value_labels[col] = {codes[o.code]: o.label for o in options}
-            measure[col] = "ordinal" if ordinal else "nominal"
-        elif col.startswith("prop-") or col.endswith("_strength"):
-            if col.startswith("prop-"):
-                codes = {"agree": 1.0, "disagree": 2.0, "pass": 3.0}
-                df[col] = df[col].map(codes).astype(float)
-                value_labels[col] = {1.0: "Agree", 2.0: "Disagree", 3.0: "Pass / unsure"}
-                labels[col] = f"Approved proposal {col}"
-                measure[col] = "nominal"
-            else:
-                df[col] = df[col].astype(float)
-                strengths = inst.scenarios.strength_labels if inst.scenarios else []
-                value_labels[col] = {float(k): s for k, s in enumerate(strengths, 1)}
-                labels[col] = f"How much better the chosen answer is ({col[: -len('_strength')]})"
-                measure[col] = "ordinal"
-    for col in df.columns:
-        if df[col].dtype == object or str(df[col].dtype).startswith(("str", "string")):
-            df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
-    names = spss_names(list(df.columns))
-    df = df.rename(columns=names)
-    pyreadstat.write_sav(
-        df,
-        str(path),
-        column_labels={names[c]: labels.get(c, c)[:250] for c in names},
-        variable_value_labels={names[c]: v for c, v in value_labels.items() if c in names},
-        variable_measure={names[c]: m for c, m in measure.items() if c in names},
-    )
+    if inst.scenarios is None:
+        return []
+    a = frames.answers[frames.answers["kind"] == "scenario"]
+    top = len(inst.scenarios.strength_labels)
+    rows = []
+    for sc in inst.scenarios.items:
+        picked = a[a["item_id"] == sc.id]
+        for win, lose in ((sc.answers[0], sc.answers[1]), (sc.answers[1], sc.answers[0])):
+            sel = picked[picked["choice"] == win.id]
+            strength = sel["strength"].astype(float).fillna(top).to_numpy() / top
+            total = float((_weights_of(weights, sel) * strength).sum())
+            if total <= 0:
+                continue
+            rows.append({
+                "id": f"{sc.id}:{win.id}>{lose.id}",
+                "prompt": [{"role": "user", "content": sc.prompt}],
+                "chosen": [{"role": "assistant", "content": win.text}],
+                "rejected": [{"role": "assistant", "content": lose.text}],
+                "weight": round(total, 6),
+                "respondents": int(len(sel)),
+            })
+    return rows
 
 
-def write_export(frames: SurveyFrames, path: str | Path, fmt: ExportFormat | None = None, **filters: bool) -> int:
-    """Write the wide table to ``path`` (format from the suffix unless ``fmt``); returns the rows.
+def rating_rows(frames: SurveyFrames, weights: Any) -> list[dict[str, Any]]:
+    """KTO rows from 👍/👎: each rated answer as desirable (weight Σ 👍) and undesirable (weight Σ 👎)."""
+    inst = frames.instrument
+    if inst.ratings is None:
+        return []
+    a = frames.answers[frames.answers["kind"] == "rating"]
+    rows = []
+    for r in inst.ratings.items:
+        picked = a[a["item_id"] == r.id]
+        for code, label in (("up", True), ("down", False)):
+            sel = picked[picked["choice"] == code]
+            total = float(_weights_of(weights, sel).sum())
+            if total <= 0:
+                continue
+            rows.append({
+                "id": f"{r.id}:{code}",
+                "prompt": [{"role": "user", "content": r.prompt}],
+                "completion": [{"role": "assistant", "content": r.answer}],
+                "label": label,
+                "weight": round(total, 6),
+                "respondents": int(len(sel)),
+            })
+    return rows
 
-    Example:
-        >>> write_export(frames, "responses.csv", completed_only=True)
-        412
-    """
-    path = Path(path)
-    fmt = fmt or path.suffix.lstrip(".").lower()  # type: ignore[assignment]
-    if fmt not in ("csv", "json", "sav"):
-        raise ValignError(f"cannot export to '{path.name}': use a .csv, .json or .sav file name (or --format).")
-    table = wide_table(frames, **filters)
-    if fmt == "sav":
-        to_sav(frames, table, path)
-    else:
-        path.write_bytes(to_csv(table) if fmt == "csv" else to_json(table))
-    return len(table)
+
+def _weights_of(weights: Any, answers: Any) -> Any:
+    """The survey weight of each answer's respondent (0 for respondents without one)."""
+    return weights.astype(float).reindex(answers["respondent_id"].to_numpy()).fillna(0.0).to_numpy()
 
 
-def export_bytes(frames: SurveyFrames, fmt: ExportFormat, **filters: bool) -> bytes:
-    """The export as bytes (for HTTP downloads).
-
-    Example:
-        >>> export_bytes(frames, "sav", include_excluded=True)[:4]
-        b'$FL2'
-    """
-    import os
-    import tempfile
-
-    table = wide_table(frames, **filters)
-    if fmt == "csv":
-        return to_csv(table)
-    if fmt == "json":
-        return to_json(table)
-    fd, name = tempfile.mkstemp(suffix=".sav")
-    os.close(fd)
-    try:
-        to_sav(frames, table, name)
-        return Path(name).read_bytes()
-    finally:
-        os.unlink(name)
-
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")

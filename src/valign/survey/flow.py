@@ -11,6 +11,7 @@ frozen list of proposals always give the same pages: a resumed survey looks exac
 as it did.
 
 Example:
+    >>> from valign.survey.instrument import load_instrument
     >>> plan = plan_pages(load_instrument("demo"), seed=7)
     >>> [p.key for p in plan][:3]
     ['demographics-1', 'values-1', 'values-2']
@@ -44,6 +45,7 @@ class Page:
     """One page of questions: its stable ``key`` (e.g. ``values-2``), section and items.
 
     Example:
+        >>> from valign.survey.instrument import load_instrument
         >>> page = plan_pages(load_instrument("demo"), seed=7)[1]
         >>> page.key, page.section, len(page.items)
         ('values-1', 'values', 5)
@@ -75,6 +77,7 @@ def plan_pages(instrument: Instrument, seed: int, proposals: list[tuple[int, str
     """The respondent's pages, in order. ``proposals`` are approved (id, text) pairs frozen at consent.
 
     Example:
+        >>> from valign.survey.instrument import load_instrument
         >>> len(plan_pages(load_instrument("demo"), seed=1))
         10
     """

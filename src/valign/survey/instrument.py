@@ -55,7 +55,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from valign.errors import ValignError
-from valign.survey.scoring import key_problem
+from valign.survey.scoring_keys import key_problem
 
 __all__ = [
     "Option",
@@ -189,7 +189,7 @@ class ValueSection(_Strict):
     def _items_match_the_scoring_key(self) -> ValueSection:
         # At load time, not only when scores are computed: a misnumbered item must stop
         # `valign survey check` and `serve` before anyone answers it.
-        problem = key_problem(self)
+        problem = key_problem(self.scoring_key, self.items)
         if problem is not None:
             index, message = problem
             raise _PlacedError(("items", index), message)

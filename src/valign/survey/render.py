@@ -1,47 +1,35 @@
-"""HTML for the survey: Jinja2 templates (autoescaped) in ``valign/data/templates/survey``.
+"""HTML for the survey: the Jinja2 templates in ``valign/data/templates/survey``
+(autoescaped, through `valign.web.templates`), with the instrument always at hand.
 
 Example:
+    >>> from valign.survey.instrument import load_instrument
     >>> render = Renderer(load_instrument("demo"))
-    >>> "<html lang=\\"en\\"" in render("problem.html", title="Oops", message="Try again.", root="")
+    >>> '<html lang="en"' in render("problem.html", title="Oops", message="Try again.", root="")
     True
 """
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Any
 
 from valign.survey.instrument import Instrument
+from valign.web.templates import template_env
 
-__all__ = ["Renderer", "stylesheet"]
-
-
-def _folder():
-    return resources.files("valign") / "data" / "templates" / "survey"
-
-
-def stylesheet() -> str:
-    """The one stylesheet every page uses (served as a file: the CSP allows no inline styles)."""
-    return (_folder() / "survey.css").read_text(encoding="utf-8")
+__all__ = ["Renderer"]
 
 
 class Renderer:
     """Renders a template with the instrument's title, notice and language always available.
 
     Example:
-        >>> Renderer(load_instrument("demo"))("declined.html", root="", page_title="Thank you")
+        >>> from valign.survey.instrument import load_instrument
+        >>> "Thank you" in Renderer(load_instrument("demo"))("declined.html", root="", page_title="Thank you")
+        True
     """
 
     def __init__(self, instrument: Instrument) -> None:
-        from jinja2 import Environment, FileSystemLoader, select_autoescape
-
-        self.env = Environment(
-            loader=FileSystemLoader(str(_folder())),
-            autoescape=select_autoescape(default=True, default_for_string=True),
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        self.env.globals.update(
+        self.env = template_env(
+            "survey",
             instrument=instrument,
             lang=instrument.language,
             survey_title=instrument.title,

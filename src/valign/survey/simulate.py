@@ -23,10 +23,10 @@ A population (YAML; the shipped ``demo`` fits the demo instrument) gives:
 * ``seconds_per_item`` (thinking time per question of every profile but speeders) and
   ``propose`` (share who propose a statement).
 
-Example:
-    >>> result = run_simulation("http://127.0.0.1:8000", n=20, admin_token="…")
-    >>> result.completed, result.p95
-    (20, 0.041)
+Example (against a running survey; ``p95``: request latency in seconds)::
+
+    result = run_simulation("http://127.0.0.1:8000", n=20, admin_token="…")
+    result.completed, result.p95
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ class Group(_Strict):
     """Tendencies of the respondents whose demographics match ``when`` (question id → codes).
 
     Example:
-        >>> Group(when={"age_group": ["65+"]}, values={"tradition": 0.8}, agree={"pr-warn": 0.85})
+        >>> Group(when={"age_group": ["65+"]}, values={"tradition": 0.8}, agree={"pr-warn": 0.85}).values
+        {'tradition': 0.8}
     """
 
     when: dict[str, list[str]]
@@ -83,7 +84,8 @@ class Population(_Strict):
     """Who the synthetic respondents are and how they answer (see the module docstring).
 
     Example:
-        >>> Population(profiles={"clean": 0.9, "speeder": 0.1}, seconds_per_item=0.5)
+        >>> Population(profiles={"clean": 0.9, "speeder": 0.1}, seconds_per_item=0.5).seconds_per_item
+        0.5
     """
 
     seed: int = 0
@@ -401,8 +403,9 @@ async def simulate(
 
     ``ramp_seconds`` spreads their arrivals; ``concurrency`` bounds how many answer at once.
 
-    Example:
-        >>> result = asyncio.run(simulate(url, 200, load_instrument("demo"), Population(), token, concurrency=200))
+    Example::
+
+        result = asyncio.run(simulate(url, 200, load_instrument("demo"), Population(), token, concurrency=200))
     """
     import httpx
 
@@ -484,9 +487,9 @@ def _shared_client(concurrency: int, timeout: float):
 def run_simulation(url: str, n: int, *, instrument: Instrument | str = "demo", population: Population | str | None = "demo", admin_token: str | None = None, **kw: Any) -> SimResult:
     """`simulate`, from synchronous code; the admin token defaults to ``VALIGN_ADMIN_TOKEN``.
 
-    Example:
-        >>> run_simulation("http://127.0.0.1:8000", 10, admin_token="secret").completed
-        10
+    Example (against a running survey)::
+
+        run_simulation("http://127.0.0.1:8000", 10, admin_token="secret").completed
     """
     import os
 

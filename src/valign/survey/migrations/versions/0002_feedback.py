@@ -1,12 +1,19 @@
-"""Feedback on a served model's answers: served_completions and feedback.
+"""Once: the served-model feedback tables. Now an empty marker revision.
 
 Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-23
-"""
 
-import sqlalchemy as sa
-from alembic import op
+This revision used to create ``served_completions`` and ``feedback``. Those tables
+belong to the feedback store now (`valign.feedback`), which migrates them with its own
+chain and version table (``feedback_alembic_version``); its first revision adopts the
+tables this one made in existing databases.
+
+It stays, empty, because databases are stamped ``0002`` (survey and feedback databases
+alike) and Alembic must find every revision a database is at. It must not drop the
+tables either, on upgrade or downgrade: in a database the survey shares with the
+feedback store they hold people's feedback, which the survey chain does not own.
+"""
 
 revision = "0002"
 down_revision = "0001"
@@ -15,26 +22,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
-        "served_completions",
-        sa.Column("id", sa.String(64), primary_key=True),
-        sa.Column("model", sa.String(300), nullable=False),
-        sa.Column("messages", sa.Text(), nullable=False),
-        sa.Column("completion", sa.Text(), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
-    )
-    op.create_table(
-        "feedback",
-        sa.Column("id", sa.Integer(), primary_key=True),
-        sa.Column("completion_id", sa.String(64), sa.ForeignKey("served_completions.id", name="fk_feedback_completion", ondelete="CASCADE"), nullable=False),
-        sa.Column("rating", sa.String(4), nullable=False),
-        sa.Column("correction", sa.Text(), nullable=True),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
-        sa.Column("updated_at", sa.DateTime(), nullable=False),
-        sa.UniqueConstraint("completion_id", name="uq_feedback_completion_id"),
-    )
+    pass
 
 
 def downgrade() -> None:
-    op.drop_table("feedback")
-    op.drop_table("served_completions")
+    pass

@@ -1,39 +1,31 @@
-"""Feedback on a served model's answers — 👍/👎 and corrections — for continual learning.
-
-Seed 001's last step: people use the aligned model, say where it went wrong, and the
-next round learns from that. ``valign serve MODEL --feedback-db URL`` records every
-answer it gives (its ``id``, the conversation, the text) and accepts feedback on it at
-``POST /v1/feedback`` (and from its chat page): a rating, ``up`` or ``down``, and
-optionally a correction — the answer the person would have wanted. One feedback per
-answer: sending again replaces it.
-
-The tables live beside the survey's (same SQLAlchemy models, same Alembic
-migrations), so one database can hold both, or each its own. A `kto` stage reads them
-with ``kto.rows: feedback:<database URL>`` (`kto_rows_from_feedback`): 👍 answers are
-desirable, 👎 answers undesirable, and a correction is a desirable answer to the same
-conversation. `sft_rows_from_feedback` turns corrections into SFT rows. Rows hold the
-conversation and the answers only — no user identity is ever stored.
-
-Example:
-    >>> store = FeedbackStore("sqlite:///feedback.db")
-    >>> store.record("chatcmpl-1", "run:runs/pv/07-kto", [{"role": "user", "content": "Hi"}], "Hello!")
-    >>> store.rate("chatcmpl-1", "down", correction="Hi! How can I help?")["rating"]
-    'down'
-"""
+"""The feedback store: served answers, ratings, corrections, and the rows they become."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
 
 from valign.errors import ValignError
-from valign.survey.db import Database, Feedback, ServedCompletion, make_engine, migrate, utcnow
+from valign.feedback.tables import FEEDBACK_TABLES, FEEDBACK_VERSION_TABLE, Feedback, ServedCompletion
 from valign.types import Conversation, Row
+from valign.web.database import SqlDatabase, database_url, has_tables, make_engine, migration_revision, run_migrations, utcnow
 
-__all__ = ["FeedbackStore", "FeedbackError", "kto_rows_from_feedback", "sft_rows_from_feedback", "feedback_digest", "MAX_CORRECTION_CHARS"]
+__all__ = [
+    "FeedbackStore",
+    "FeedbackError",
+    "kto_rows_from_feedback",
+    "sft_rows_from_feedback",
+    "feedback_digest",
+    "migrate_feedback",
+    "feedback_revision",
+    "MAX_CORRECTION_CHARS",
+]
 
 MAX_CORRECTION_CHARS = 8000
 RATINGS = ("up", "down")
@@ -43,22 +35,43 @@ class FeedbackError(ValignError):
     """Feedback that cannot be stored: an unknown answer id, a bad rating, a too-long correction."""
 
 
+def migrate_feedback(engine: Engine, revision: str = "head") -> None:
+    """Bring the feedback tables to ``revision`` with their own Alembic chain; safe on every open.
+
+    Touches nothing of the survey's, whose chain may share the database.
+    """
+    run_migrations(engine, str(resources.files("valign.feedback") / "migrations"), revision=revision, what="feedback database")
+
+
+def feedback_revision(engine: Engine) -> str | None:
+    """The feedback chain's revision in this database (None before its first migration).
+
+    Example:
+        >>> engine = make_engine("sqlite:///:memory:")
+        >>> feedback_revision(engine)
+        >>> migrate_feedback(engine); feedback_revision(engine)
+        'feedback_0001'
+    """
+    return migration_revision(engine, FEEDBACK_VERSION_TABLE)
+
+
 class FeedbackStore:
     """Records served answers and the feedback on them (migrating the database on open)."""
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         """``create=False`` only reads: a database without the feedback tables is an error."""
-        from valign.survey.db import resolve_db_url, schema_revision
-
-        self.url = resolve_db_url(url)
+        self.url = database_url(url)
         if not create and self.url.startswith("sqlite:///") and not Path(self.url.removeprefix("sqlite:///")).exists():
             raise FeedbackError(f"the feedback database {self.url} does not exist; serve a model with --feedback-db {self.url} first.")
         engine = make_engine(self.url)
         if create:
-            migrate(engine)
-        elif (schema_revision(engine) or "0000") < "0002":
-            raise FeedbackError(f"{self.url} holds no feedback tables; serve a model with --feedback-db {self.url} (or run `valign survey migrate`).")
-        self.db = Database(engine)
+            migrate_feedback(engine)
+        # A reader does not migrate. The tables' schema has not changed since the survey
+        # chain made them (revision 0002), so a database from before the feedback chain
+        # reads as it is; a later schema change must check `feedback_revision` here.
+        elif not has_tables(engine, *FEEDBACK_TABLES):
+            raise FeedbackError(f"{self.url} holds no feedback tables; serve a model with --feedback-db {self.url} first.")
+        self.db = SqlDatabase(engine)
 
     def record(self, completion_id: str, model: str, messages: Conversation, text: str) -> None:
         """Keep an answer so feedback can refer to it."""
@@ -127,8 +140,6 @@ def sft_rows_from_feedback(url: str) -> list[Row]:
 def feedback_digest(url: str) -> dict[str, Any]:
     """A hash of every rating and correction (answers nobody rated do not count): what a
     KTO round's fingerprint uses, so only new or changed feedback makes a new round."""
-    import hashlib
-
     rows = FeedbackStore(url, create=False).rows()
     body = [(r["completion_id"], r["rating"], r["correction"]) for r in rows]
     return {"feedback": len(rows), "sha256": hashlib.sha256(json.dumps(body, ensure_ascii=False).encode()).hexdigest()}

@@ -1,0 +1,282 @@
+"""What every survey route shares: settings, the browser's session, the respondent, the
+`SurveyState` (instrument, database, signing, limits, templates), and `Problem`.
+
+The public pages (`valign.survey.app`) and the admin pages (`valign.survey.admin`)
+both build on this module; neither imports the other's internals.
+
+Example:
+    >>> BrowserSession(sid="abc", rid="r1").payload()
+    {'sid': 'abc', 'rid': 'r1'}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from valign.survey.db import Database, Invitation, PageEvent, Proposal, Respondent, new_token, token_hash
+from valign.survey.flow import Page, plan_pages
+from valign.survey.instrument import Instrument
+from valign.survey.render import Renderer
+from valign.web.auth import AdminAuth
+from valign.web.cookies import SignedCookie
+from valign.web.csrf import check_csrf, csrf_token
+from valign.web.ratelimit import RateLimiter, client_address
+from valign.web.signing import Signer
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+__all__ = [
+    "SurveySettings",
+    "BrowserSession",
+    "RespondentState",
+    "Problem",
+    "SurveyState",
+    "bad_invitation",
+    "forget_respondent",
+    "SESSION_COOKIE",
+    "ADMIN_COOKIE",
+    "ADMIN_SESSION_SECONDS",
+]
+
+SESSION_COOKIE = "valign_s"
+ADMIN_COOKIE = "valign_admin"
+ADMIN_SESSION_SECONDS = 8 * 3600
+
+
+@dataclass
+class SurveySettings:
+    """How the app runs. Defaults read ``VALIGN_ADMIN_TOKEN`` and ``VALIGN_SURVEY_SECRET``.
+
+    ``invitations``: ``open`` (anyone with the address may answer; invitation links
+    work too) or ``required`` (only ``/i/<token>`` opens the survey).
+    ``rate_limit_session`` / ``rate_limit_ip``: POSTs per minute per browser session /
+    per client address (0 = off). ``public_url``: the address respondents use (for the
+    resume link behind a proxy; default: the request's own). ``secure_cookies``: set
+    the cookies' Secure flag (default: when ``public_url`` is https).
+
+    Example:
+        >>> SurveySettings(invitations="required", admin_token=None).invitations
+        'required'
+    """
+
+    invitations: Literal["open", "required"] = "open"
+    admin_token: str | None = field(default_factory=lambda: os.environ.get("VALIGN_ADMIN_TOKEN") or None)
+    secret: str | None = field(default_factory=lambda: os.environ.get("VALIGN_SURVEY_SECRET") or None)
+    rate_limit_session: int = 60
+    rate_limit_ip: int = 600
+    rate_limit_login: int = 10
+    public_url: str | None = None
+    secure_cookies: bool | None = None
+    migrate: bool = True
+    pool_size: int = 10
+
+
+# -- sessions ----------------------------------------------------------------------------
+
+
+@dataclass
+class BrowserSession:
+    """The browser's signed session: its id (for CSRF), the respondent, the resume link."""
+
+    sid: str
+    rid: str | None = None  # Respondent.public_id
+    link: str | None = None  # "/r/<token>" or "/i/<token>": how this respondent resumes
+    inv: str | None = None  # an invitation token not yet consented to
+    syn: bool = False  # opened through a synthetic invitation (made with the admin token)
+    dirty: bool = False
+
+    def payload(self) -> dict[str, Any]:
+        return {k: v for k, v in (("sid", self.sid), ("rid", self.rid), ("link", self.link), ("inv", self.inv), ("syn", self.syn)) if v}
+
+
+@dataclass(frozen=True)
+class RespondentState:
+    """What a request needs to know of its respondent."""
+
+    id: int
+    public_id: str
+    seed: int
+    proposals: tuple[int, ...]
+    completed: bool
+    submitted: frozenset[str] | set[str]
+
+
+class Problem(Exception):
+    """Stop handling a request and answer with a page saying what happened."""
+
+    def __init__(self, status: int, title: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.title, self.message, self.headers = status, title, message, headers or {}
+
+
+class SurveyState:
+    """Everything the routes share: instrument, database, signing, cookies, limits, templates."""
+
+    def __init__(self, instrument: Instrument, db: Database, settings: SurveySettings, secret: str) -> None:
+        self.instrument = instrument
+        self.fingerprint = instrument.fingerprint()
+        self.db = db
+        self.settings = settings
+        self.signer = Signer(secret, "session")
+        self.page_signer = Signer(secret, "page-shown")
+        self.admin = AdminAuth(settings.admin_token)
+        self.limit_session = RateLimiter(settings.rate_limit_session, burst=max(10, settings.rate_limit_session // 3))
+        self.limit_ip = RateLimiter(settings.rate_limit_ip, burst=max(20, settings.rate_limit_ip // 3))
+        self.limit_login = RateLimiter(settings.rate_limit_login, burst=5)
+        self.render = Renderer(instrument)
+        secure = settings.secure_cookies
+        self.secure = bool(settings.public_url and settings.public_url.startswith("https")) if secure is None else secure
+        self.session_cookie = SignedCookie(SESSION_COOKIE, self.signer, secure=self.secure)
+        self.admin_cookie = SignedCookie(ADMIN_COOKIE, self.signer, path="/admin", max_age=ADMIN_SESSION_SECONDS, samesite="strict", secure=self.secure)
+        self._plans: dict[tuple, list[Page]] = {}
+
+    # sessions and responses ------------------------------------------------------------
+
+    def session(self, request: Request) -> BrowserSession:
+        data = self.session_cookie.read(request.cookies)
+        if data and isinstance(data.get("sid"), str):
+            return BrowserSession(sid=data["sid"], rid=data.get("rid"), link=data.get("link"), inv=data.get("inv"), syn=bool(data.get("syn")))
+        return BrowserSession(sid=secrets.token_urlsafe(16), dirty=True)
+
+    def finish(self, response: Response, sess: BrowserSession) -> Response:
+        if sess.dirty:
+            self.session_cookie.write(response, sess.payload())
+        return response
+
+    def html(self, request: Request, sess: BrowserSession, template: str, status: int = 200, **ctx: Any) -> Response:
+        from starlette.responses import HTMLResponse
+
+        ctx.setdefault("csrf", csrf_token(self.signer, sess.sid))
+        ctx.setdefault("root", request.scope.get("root_path", ""))
+        return self.finish(HTMLResponse(self.render(template, **ctx), status_code=status), sess)
+
+    def redirect(self, request: Request, sess: BrowserSession, path: str) -> Response:
+        from starlette.responses import RedirectResponse
+
+        return self.finish(RedirectResponse(request.scope.get("root_path", "") + path, status_code=303), sess)
+
+    def problem_page(self, request: Request, p: Problem) -> Response:
+        from starlette.responses import HTMLResponse, JSONResponse
+
+        if request.url.path.startswith("/admin/api") or request.url.path.startswith("/admin/export"):
+            return JSONResponse({"error": p.message}, status_code=p.status, headers=p.headers)
+        body = self.render("problem.html", title=p.title, message=p.message, root=request.scope.get("root_path", ""), login=p.status == 401 and request.url.path.startswith("/admin"))
+        return HTMLResponse(body, status_code=p.status, headers=p.headers)
+
+    def public_base(self, request: Request) -> str:
+        if self.settings.public_url:
+            return self.settings.public_url.rstrip("/")
+        return str(request.base_url).rstrip("/")
+
+    # checks --------------------------------------------------------------------------------
+
+    def check_post(self, request: Request, sess: BrowserSession, form: dict[str, Any]) -> None:
+        """CSRF and rate limits, for every form POST.
+
+        Synthetic respondents (their invitation was made with the admin token) are not
+        rate limited: ``valign survey simulate`` sends many from one address on purpose.
+        """
+        limited = not sess.syn and (not self.limit_ip.allow("ip:" + client_address(request)) or not self.limit_session.allow("s:" + sess.sid))
+        if limited:
+            raise Problem(429, "Too many requests", "You sent too many answers in a short time. Wait a minute, then go back and submit the page again.", {"Retry-After": "60"})
+        if sess.dirty:  # no valid session cookie came with the form
+            raise Problem(403, "Cookies needed", "Your browser did not send this survey's cookie. Allow cookies for this site, reload the page and try again.")
+        if not check_csrf(self.signer, sess.sid, form.get("csrf")):
+            raise Problem(403, "Form expired", "This form is out of date or did not come from this survey. Reload the page and submit it again.")
+
+    # respondents ----------------------------------------------------------------------------
+
+    def plan(self, r: RespondentState) -> list[Page]:
+        ids = r.proposals
+        key = (r.seed, ids)
+        plan = self._plans.get(key)
+        if plan is None:
+            texts: dict[int, str] = {}
+            if ids:
+                with self.db.read() as s:
+                    texts = {p.id: p.text for p in s.query(Proposal).filter(Proposal.id.in_(ids))}
+            plan = plan_pages(self.instrument, r.seed, [(i, texts[i]) for i in ids if i in texts])
+            if len(self._plans) > 5000:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def respondent(self, s, sess: BrowserSession) -> RespondentState | None:  # noqa: ANN001
+        """The session's respondent and the pages it has submitted (two small queries)."""
+        from sqlalchemy import select
+
+        if not sess.rid:
+            return None
+        row = s.execute(
+            select(Respondent.id, Respondent.seed, Respondent.shown_proposals, Respondent.completed).where(Respondent.public_id == sess.rid)
+        ).first()
+        if row is None:
+            return None
+        pages = set(s.scalars(select(PageEvent.page).where(PageEvent.respondent_id == row.id).distinct()))
+        return RespondentState(row.id, sess.rid, row.seed, tuple(json.loads(row.shown_proposals or "[]")), bool(row.completed), pages)
+
+    @staticmethod
+    def first_open(plan: list[Page], submitted: set[str]) -> int | None:
+        """1-based number of the first page not yet submitted; None when all are."""
+        return next((i for i, p in enumerate(plan, 1) if p.key not in submitted), None)
+
+    def start_respondent(self, sess: BrowserSession, synthetic: bool = False) -> bool:
+        """Consent given: create the respondent (bound to the session's invitation, if any).
+
+        True when a new respondent was created; False when the invitation already had one.
+        """
+        from sqlalchemy.exc import IntegrityError
+
+        token = new_token()
+        with self.db.write() as s:
+            approved = [p.id for p in s.query(Proposal).filter(Proposal.status == "approved").order_by(Proposal.id)]
+            invitation = None
+            if sess.inv:
+                invitation = s.query(Invitation).filter(Invitation.token_hash == token_hash(sess.inv)).one_or_none()
+                if invitation is None:
+                    raise bad_invitation()
+                existing = s.query(Respondent).filter(Respondent.invitation_id == invitation.id).one_or_none()
+                if existing is not None:  # the invitation was used: back to that one response
+                    sess.rid, sess.link, sess.inv, sess.dirty = existing.public_id, f"/i/{sess.inv}", None, True
+                    return False
+            r = Respondent(
+                public_id=secrets.token_hex(8),
+                resume_hash=token_hash(token),
+                instrument_id=self.instrument.id,
+                instrument_fingerprint=self.fingerprint,
+                seed=secrets.randbelow(2**31),
+                shown_proposals=json.dumps(approved),
+                invitation_id=invitation.id if invitation else None,
+                synthetic=bool(invitation and invitation.synthetic) or synthetic,
+            )
+            s.add(r)
+            try:
+                s.flush()
+            except IntegrityError:  # the same invitation consented twice at once: keep the first
+                s.rollback()
+                with self.db.read() as s2:
+                    existing = s2.query(Respondent).filter(Respondent.invitation_id == invitation.id).one()  # type: ignore[union-attr]
+                sess.rid, sess.link, sess.inv, sess.dirty = existing.public_id, f"/i/{sess.inv}", None, True
+                return False
+            link = f"/i/{sess.inv}" if sess.inv else f"/r/{token}"
+            sess.rid, sess.link, sess.inv, sess.dirty = r.public_id, link, None, True
+            return True
+
+
+def bad_invitation() -> Problem:
+    """The page for an invitation link that opens nothing."""
+    return Problem(404, "Invitation not valid", "This invitation link is not valid. Check that you copied the whole link.")
+
+
+def forget_respondent(sess: BrowserSession) -> BrowserSession:
+    """The session's respondent no longer exists (e.g. a new database): start afresh."""
+    if sess.rid:
+        sess.rid, sess.link, sess.dirty = None, None, True
+    return sess
+
