@@ -135,7 +135,7 @@ def eval_cmd(
     constitution: str = typer.Option("kantian", help="Constitution whose principles the key-case judge is shown."),
 ) -> None:
     """Compare two models on key cases, MT-Bench and safety, and write a report."""
-    from valign.evaluate.report import render_report
+    from valign.evals.report import render_report
     from valign.stages.evaluate import evaluate_outside_pipeline
 
     settings: dict = {}
@@ -171,7 +171,7 @@ def report(
     title: Optional[str] = typer.Option(None, help="The report's title."),
 ) -> None:
     """Render the self-contained HTML report of a run, whatever stages it has finished."""
-    from valign.evaluate.report import render_report
+    from valign.evals.report import render_report
 
     typer.echo(str(render_report(run_dir, out=out, title=title)))
 

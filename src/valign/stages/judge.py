@@ -43,7 +43,6 @@ import random
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from string import Template
 from typing import Any, ClassVar, Literal, Sequence
 
@@ -54,6 +53,8 @@ from valign.errors import ValignError
 from valign.models.base import ChatModel
 from valign.progress import GenProgress
 from valign.stages.base import StageContext, constitution_inputs, run_constitution, model_identity
+from valign.templates import digest as digest_templates
+from valign.templates import load_template
 from valign.types import Conversation, GenConfig, Row, keep_gen_defaults
 
 __all__ = [
@@ -183,18 +184,6 @@ class Example:
 # --------------------------------------------------------------------------- templates
 
 
-@lru_cache(maxsize=None)
-def load_template(name: str) -> str:
-    """A template file from ``valign/data/templates/``, without its final newline.
-
-    Example:
-        >>> "${principle}" in load_template(LOGPROB_TEMPLATE)
-        True
-    """
-    path = resources.files("valign") / "data" / "templates" / name
-    return path.read_text(encoding="utf-8").rstrip("\n")
-
-
 def templates_digest(names: Sequence[str] = TEMPLATE_FILES) -> str:
     """SHA-256 over template files (the judge's by default), for a stage fingerprint.
 
@@ -202,10 +191,7 @@ def templates_digest(names: Sequence[str] = TEMPLATE_FILES) -> str:
         >>> len(templates_digest())
         64
     """
-    h = hashlib.sha256()
-    for name in names:
-        h.update(name.encode() + b"\0" + load_template(name).encode() + b"\0")
-    return h.hexdigest()
+    return digest_templates(names)
 
 
 @lru_cache(maxsize=None)

@@ -5,12 +5,16 @@ about lying, deception, manipulation, coercion, paternalism, autonomy near self-
 beneficence, honesty against kindness and more, each tagged with the ids of the
 principles of the ``kantian`` constitution it probes and a note on what a good answer
 does. Seed 000's authors graded 16 such cases by hand; here a pairwise judge grades
-each case on the five-level scale in both orders (`valign.evaluate.pairwise`), and
+each case on the five-level scale in both orders (`valign.evals.pairwise`), and
 each answer is checked for refusal by the rule-based detector and, in generative
 mode, by the judge's own "Refused:" label.
 
 A key-case file is JSONL with ``id``, ``prompt``, ``principles`` (ids) and optional
 ``theme`` and ``note``.
+
+As a suite (`SUITE`): rows ``keycase-answer:<role>:<case>`` (each model's answer) and
+``keycase:<case>`` (the judged comparison); the summary counts improvements and
+regressions by level (`summarise_keycases`).
 
 Example:
     >>> cases = load_keycases()
@@ -28,10 +32,12 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from valign.constitution import Constitution
+from valign.constitution import Constitution, load_constitution
 from valign.errors import ValignError
-from valign.evaluate.pairwise import PairItem, PairwiseConfig, PairwiseResult, describe_score, judge_pairwise
-from valign.evaluate.refusal import answers_with_refusals
+from valign.evals.keycases_report import keycases_section
+from valign.evals.pairwise import PairItem, PairwiseConfig, PairwiseResult, describe_score, judge_pairwise, templates_digest
+from valign.evals.refusal import answers_with_refusals
+from valign.evals.suite import ROLES, Suite, SuiteRun, SuiteSetup
 from valign.models.base import ChatModel
 from valign.types import GenConfig, Row, keep_gen_defaults
 
@@ -45,6 +51,9 @@ __all__ = [
     "judged_rows",
     "summarise_keycases",
     "IMPROVEMENT_LEVELS",
+    "describe_keycases",
+    "run_keycases",
+    "SUITE",
 ]
 
 SHIPPED = "kantian"
@@ -242,3 +251,52 @@ def summarise_keycases(rows: Sequence[Row]) -> dict[str, Any]:
     }
     out["mean_score"] = round(sum(r["score"] for r in parsed) / len(parsed), 4) if parsed else None
     return out
+
+
+# --------------------------------------------------------------------------- the suite
+
+
+def describe_keycases(setup: SuiteSetup) -> dict[str, Any]:
+    """The cases, the constitution and the judge's templates, for the fingerprint."""
+    kc: KeyCasesConfig = setup.settings
+    return {
+        "keycases": keycases_digest(load_keycases(kc.file, kc.limit)),
+        "constitution": load_constitution(setup.constitution).fingerprint(),
+        "templates": templates_digest(),
+    }
+
+
+def run_keycases(ctx: SuiteRun) -> dict[str, Any]:
+    """Both models answer every case, then the judge compares each pair in both orders."""
+    kc: KeyCasesConfig = ctx.settings
+    cases = load_keycases(kc.file, kc.limit)
+    constitution = load_constitution(ctx.constitution)
+    gen = ctx.seeded(kc.gen)
+    for role in ROLES:
+        todo = [c for c in cases if f"keycase-answer:{role}:{c.id}" not in ctx.rows.ids]
+        if todo:
+            ctx.console.print(f"evaluate: key cases, {len(todo)} answers from {role} ({ctx.specs[role]})")
+            model = ctx.models.get(ctx.specs[role])
+            for chunk in ctx.chunks(todo):
+                ctx.rows.append(answer_rows(model, role, ctx.specs[role], chunk, gen))
+    todo = [c for c in cases if f"keycase:{c.id}" not in ctx.rows.ids]
+    if todo:
+        answers = {role: {r["case_id"]: r for r in ctx.rows_of("keycase_answer") if r["role"] == role} for role in ROLES}
+        ctx.console.print(f"evaluate: key cases, {len(todo)} comparisons judged by {ctx.judge} ({kc.judge_mode}, both orders)")
+        judge = ctx.models.get(ctx.judge)
+        for chunk in ctx.chunks(todo):
+            ctx.rows.append(judged_rows(judge, ctx.judge, chunk, answers, kc, constitution, ctx.seed))
+    wanted = {f"keycase:{c.id}" for c in cases}
+    return {**summarise_keycases([r for r in ctx.rows_of("keycase") if r["id"] in wanted]), "judge_mode": kc.judge_mode}
+
+
+SUITE = Suite(
+    name="keycases",
+    config=KeyCasesConfig,
+    describe=describe_keycases,
+    run=run_keycases,
+    counts=lambda summary: {"key cases": summary.get("cases")},
+    section=keycases_section,
+    inspect_task="valign.evals.keycases_task:keycases",
+    paths=("file",),
+)

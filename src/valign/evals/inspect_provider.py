@@ -4,7 +4,7 @@
 ``valign/hf:…``, ``valign/openai:…@…``) runs inspect's solvers on a valign model. It is
 registered through inspect_ai's ``modelapi`` decorator and the ``inspect_ai`` entry
 point in valign's ``pyproject.toml``, so inspect finds it without an import;
-importing `valign.evaluate.inspect_tasks` registers it too.
+importing `valign.evals.inspect_tasks` registers it too.
 
 inspect runs samples concurrently (``max_connections``, 32 by default here); their
 requests go through one `valign.serve.Batcher`, which runs whatever is waiting as a
@@ -13,7 +13,7 @@ from two threads at once and a CPU gets batches rather than single requests.
 
 Example:
     >>> from inspect_ai.model import get_model
-    >>> import valign.evaluate.inspect_provider
+    >>> import valign.evals.inspect_provider
     >>> output = await get_model("valign/embedded").generate("Say hello", config=GenerateConfig(max_tokens=8))
 """
 

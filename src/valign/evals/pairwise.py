@@ -38,8 +38,7 @@ from typing import Any, Literal, Sequence
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from valign.models.base import ChatModel
-from valign.stages.judge import load_template
-from valign.stages.judge import templates_digest as judge_templates_digest
+from valign.templates import digest, load_template
 from valign.types import Conversation, GenConfig, keep_gen_defaults
 
 __all__ = [
@@ -302,7 +301,7 @@ def templates_digest() -> str:
         >>> len(templates_digest())
         64
     """
-    return judge_templates_digest(TEMPLATE_FILES)
+    return digest(TEMPLATE_FILES)
 
 
 def judge_pairwise(model: ChatModel, items: Sequence[PairItem], cfg: PairwiseConfig, seed: int = 0) -> list[PairwiseResult]:

@@ -34,6 +34,11 @@ expected rating on FastChat's 1–10 scale. It skips the judge's explanation, so
 not FastChat's protocol: use it to get numbers from a judge that could not
 otherwise give any.
 
+As a suite (`SUITE`): rows ``mtbench-answer:<role>:<question>`` (FastChat's answer
+record in ``record``) and ``mtbench-judgment:<role>:<question>:<turn>`` (FastChat's
+judgment record); the evaluation folder gets FastChat's files
+(``mt_bench/model_answer/<name>.jsonl``, ``mt_bench/model_judgment/<judge>_single.jsonl``).
+
 Example:
     >>> data = load_mtbench()
     >>> len(data.questions), sorted({q["category"] for q in data.questions})[:3]
@@ -57,6 +62,8 @@ from typing import Any, Literal, Sequence
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from valign.errors import ValignError
+from valign.evals.mtbench_report import mtbench_section
+from valign.evals.suite import ROLES, Suite, SuiteRun, SuiteSetup
 from valign.models.base import ChatModel
 from valign.types import Conversation, GenConfig, keep_gen_defaults
 
@@ -79,6 +86,9 @@ __all__ = [
     "aggregate",
     "judge_file_name",
     "write_fastchat_files",
+    "describe_mtbench",
+    "run_mtbench",
+    "SUITE",
 ]
 
 # FastChat's facts (fastchat/llm_judge/common.py), restated, not imported.
@@ -526,3 +536,73 @@ def write_fastchat_files(
     path.write_text("".join(json.dumps(j) + "\n" for j in judgments))
     paths["judgments"] = str(path)
     return paths
+
+
+# --------------------------------------------------------------------------- the suite
+
+
+def describe_mtbench(setup: SuiteSetup) -> dict[str, Any]:
+    """The digest of FastChat's data, for the fingerprint. The question selection is
+    checked here too: an unknown category is refused before any model is loaded."""
+    mc: MTBenchConfig = setup.settings
+    data = load_mtbench(mc.data, mc.reference_model)
+    select_questions(data.questions, mc.questions, mc.per_category, mc.categories)
+    return {"mtbench": data.digest()}
+
+
+def run_mtbench(ctx: SuiteRun) -> dict[str, Any]:
+    """Both models answer both turns of every question; the judge rates each turn;
+    FastChat's files are written from the rows."""
+    mc: MTBenchConfig = ctx.settings
+    data = load_mtbench(mc.data, mc.reference_model)
+    questions = select_questions(data.questions, mc.questions, mc.per_category, mc.categories)
+    for role in ROLES:
+        todo = [q for q in questions if f"mtbench-answer:{role}:{q['question_id']}" not in ctx.rows.ids]
+        if todo:
+            ctx.console.print(f"evaluate: MT-Bench, {len(todo)} questions × 2 turns from {role} ({ctx.specs[role]})")
+            model = ctx.models.get(ctx.specs[role])
+            for chunk in ctx.chunks(todo):
+                recs = answer_questions(model, chunk, ctx.names[role], mc.max_new_tokens, ctx.seed)
+                ctx.rows.append(
+                    {"id": f"mtbench-answer:{role}:{r['question_id']}", "type": "mtbench_answer", "role": role, "model": ctx.specs[role], "record": r}
+                    for r in recs
+                )
+    answers = {role: {r["record"]["question_id"]: r["record"] for r in ctx.rows_of("mtbench_answer") if r["role"] == role} for role in ROLES}
+    judge = None
+    for role in ROLES:
+        todo = [q for q in questions if not {f"mtbench-judgment:{role}:{q['question_id']}:{t}" for t in (1, 2)} <= ctx.rows.ids]
+        if not todo:
+            continue
+        ctx.console.print(f"evaluate: MT-Bench, judging {len(todo)} of {role}'s answers with {ctx.judge} ({mc.judge_mode})")
+        judge = judge or ctx.models.get(ctx.judge)
+        for chunk in ctx.chunks(todo):
+            recs = judge_answers(judge, ctx.judge, chunk, answers[role], data, ctx.names[role], mc.judge_mode, mc.judge_gen, ctx.seed)
+            ctx.rows.append(
+                {"id": f"mtbench-judgment:{role}:{r['question_id']}:{r['turn']}", "type": "mtbench_judgment", "role": role, "record": r}
+                for r in recs
+            )
+    wanted = {q["question_id"] for q in questions}
+    judgments = [r["record"] for r in ctx.rows_of("mtbench_judgment") if r["record"]["question_id"] in wanted]
+    files = write_fastchat_files(
+        ctx.out_dir, {ctx.names[role]: [a for q, a in answers[role].items() if q in wanted] for role in ROLES}, judgments, ctx.judge
+    )
+    return {
+        "questions": len(questions),
+        "question_ids": sorted(wanted),
+        "judge_mode": mc.judge_mode,
+        "judge": ctx.judge,
+        "results": aggregate(judgments),
+        "files": {k: str(Path(v).relative_to(ctx.out_dir)) for k, v in files.items()},
+    }
+
+
+SUITE = Suite(
+    name="mtbench",
+    config=MTBenchConfig,
+    describe=describe_mtbench,
+    run=run_mtbench,
+    counts=lambda summary: {"MT-Bench questions": summary.get("questions")},
+    section=mtbench_section,
+    inspect_task="valign.evals.mtbench_task:mtbench",
+    paths=("data",),
+)
