@@ -11,10 +11,11 @@ requests go through one `valign.serve.Batcher`, which runs whatever is waiting a
 single batched model call on one worker thread, so a local model is never called
 from two threads at once and a CPU gets batches rather than single requests.
 
-Example:
-    >>> from inspect_ai.model import get_model
-    >>> import valign.evals.inspect_provider
-    >>> output = await get_model("valign/embedded").generate("Say hello", config=GenerateConfig(max_tokens=8))
+Example (in an async function; loads the embedded model)::
+
+    from inspect_ai.model import GenerateConfig, get_model
+    import valign.evals.inspect_provider
+    output = await get_model("valign/embedded").generate("Say hello", config=GenerateConfig(max_tokens=8))
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ __all__ = ["valign_provider"]
 def valign_provider() -> type[ModelAPI]:
     """The provider class, imported only when inspect asks for a ``valign/`` model.
 
-    Example:
-        >>> get_model("valign/run:runs/kantian-demo/06-dpo")  # any valign spec after "valign/"
+    Example (any valign spec after valign/)::
+
+        get_model("valign/run:runs/kantian-demo/06-dpo")  # any valign spec after "valign/"
     """
     return _provider_class()
 

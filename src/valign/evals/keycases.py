@@ -156,8 +156,9 @@ def principles_text(case: KeyCase, constitution: Constitution) -> str:
 def answer_rows(model: ChatModel, role: str, spec: str, cases: Sequence[KeyCase], gen: GenConfig) -> list[Row]:
     """One model's answers to the cases, each checked by the refusal detector.
 
-    Example:
-        >>> answer_rows(load_model("embedded"), "base", "embedded", load_keycases(limit=1), GenConfig(max_new_tokens=32))[0]["id"]
+    Example (loads the embedded model)::
+
+        answer_rows(load_model("embedded"), "base", "embedded", load_keycases(limit=1), GenConfig(max_new_tokens=32))[0]["id"]
         'keycase-answer:base:lottery-winnings'
     """
     answers = answers_with_refusals(model, [[{"role": "user", "content": c.prompt}] for c in cases], gen, role, spec)
@@ -177,10 +178,11 @@ def judged_rows(
 
     ``answers`` maps role (``base``, ``tuned``) → case id → answer row.
 
-    Example:
-        >>> rows = judged_rows(judge, "embedded", cases, {"base": base_rows, "tuned": tuned_rows},
-        ...                    PairwiseConfig(judge_mode="logprob"), load_constitution("kantian"))
-        >>> rows[0]["improvement"] in ("none", "slight", "moderate", "strong")
+    Example (with a judge model and both models' answer rows)::
+
+        rows = judged_rows(judge, "embedded", cases, {"base": base_rows, "tuned": tuned_rows},
+                           PairwiseConfig(judge_mode="logprob"), load_constitution("kantian"))
+        rows[0]["improvement"] in ("none", "slight", "moderate", "strong")
         True
     """
     items = [

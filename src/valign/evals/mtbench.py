@@ -288,9 +288,10 @@ def answer_questions(
     """Answer every turn of every question (turn 2 sees turn 1), one batched call per
     (turn, temperature); returns FastChat model-answer records in question order.
 
-    Example:
-        >>> rec = answer_questions(load_model("embedded"), load_mtbench().questions[:1], "base", 32)[0]
-        >>> sorted(rec), len(rec["choices"][0]["turns"])
+    Example (loads the embedded model)::
+
+        rec = answer_questions(load_model("embedded"), load_mtbench().questions[:1], "base", 32)[0]
+        sorted(rec), len(rec["choices"][0]["turns"])
         (['answer_id', 'choices', 'model_id', 'question_id', 'tstamp'], 2)
     """
     convs: list[Conversation] = [[] for _ in questions]
@@ -382,9 +383,10 @@ def logprob_ratings(judge: ChatModel, convs: list[Conversation]) -> list[tuple[f
     """Expected ratings 1–10 and their distributions from option probabilities, one per
     judge conversation (see the module docstring).
 
-    Example:
-        >>> conv, _ = judge_conversation(q, answer, data.judge_prompts["single-v1"], None, False)
-        >>> logprob_ratings(load_model("embedded"), [conv])[0][0]
+    Example (loads the embedded model)::
+
+        conv, _ = judge_conversation(q, answer, data.judge_prompts["single-v1"], None, False)
+        logprob_ratings(load_model("embedded"), [conv])[0][0]
         4.81
     """
     if not convs:
@@ -417,9 +419,10 @@ def judge_answers(
 ) -> list[dict[str, Any]]:
     """FastChat single-judgment records for both turns of each question one model answered.
 
-    Example:
-        >>> recs = judge_answers(judge, "embedded", qs, {a["question_id"]: a for a in answers}, data, "base", mode="logprob")
-        >>> recs[0]["judge"], recs[0]["turn"]
+    Example (with a judge model and one model's answers)::
+
+        recs = judge_answers(judge, "embedded", qs, {a["question_id"]: a for a in answers}, data, "base", mode="logprob")
+        recs[0]["judge"], recs[0]["turn"]
         (['embedded', 'single-v1'], 1)
     """
     jobs: list[tuple[dict[str, Any], int, str, Conversation, str]] = []
@@ -519,8 +522,9 @@ def write_fastchat_files(
     FastChat's ``reorg_answer_file`` leaves them) and
     ``mt_bench/model_judgment/<judge>_single.jsonl``; returns the paths written.
 
-    Example:
-        >>> write_fastchat_files(Path("out"), {"base": answers}, judgments, "embedded")["judgments"]
+    Example (writes files)::
+
+        write_fastchat_files(Path("out"), {"base": answers}, judgments, "embedded")["judgments"]
         'out/mt_bench/model_judgment/embedded_single.jsonl'
     """
     answer_dir = out_dir / "mt_bench" / "model_answer"

@@ -94,7 +94,8 @@ class PairItem:
     """One comparison: the prompt, the two answers (X is scored), and the principles text.
 
     Example:
-        >>> PairItem(prompt="Is lying ok?", x="Rarely; here is why…", y="Yes.", principles="Never lie.")
+        >>> PairItem(prompt="Is lying ok?", x="Rarely; here is why…", y="Yes.", principles="Never lie.").key
+        ''
     """
 
     prompt: str
@@ -307,9 +308,10 @@ def templates_digest() -> str:
 def judge_pairwise(model: ChatModel, items: Sequence[PairItem], cfg: PairwiseConfig, seed: int = 0) -> list[PairwiseResult]:
     """Grade every item in both orders with one batched model call per mode.
 
-    Example:
-        >>> judge_pairwise(load_model("embedded"), [PairItem("Hi", "Hello!", "Go away.", "Be kind.")],
-        ...                PairwiseConfig(judge_mode="logprob"))[0].orders
+    Example (loads the embedded model)::
+
+        judge_pairwise(load_model("embedded"), [PairItem("Hi", "Hello!", "Go away.", "Be kind.")],
+                       PairwiseConfig(judge_mode="logprob"))[0].orders
         [0.12, -0.4]
     """
     convs: list[Conversation] = []

@@ -145,8 +145,9 @@ def prompts_digest(rows: Sequence[Row]) -> str:
 def safety_rows(model: ChatModel, role: str, spec: str, prompts: Sequence[Row], gen: GenConfig) -> list[Row]:
     """One model's answers to the safety prompts, each with the detector's reading.
 
-    Example:
-        >>> safety_rows(load_model("embedded"), "base", "embedded", prompts, GenConfig(max_new_tokens=32))[0]["refused"]
+    Example (loads the embedded model)::
+
+        safety_rows(load_model("embedded"), "base", "embedded", prompts, GenConfig(max_new_tokens=32))[0]["refused"]
         False
     """
     answers = answers_with_refusals(model, [r["messages"] for r in prompts], gen, role, spec)

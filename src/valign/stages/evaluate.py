@@ -234,9 +234,10 @@ def evaluate_outside_pipeline(
     overrides, rows and a completion cache in ``out``, resumed when the settings are
     unchanged and restarted when they differ; returns the manifest's summary.
 
-    Example:
-        >>> evaluate_outside_pipeline({"suites": ["safety"]}, ["safety.red_team=4"], base="embedded",
-        ...                           tuned="run:runs/demo/06-dpo", judge="embedded", out=Path("eval-out"))["safety"]["base"]
+    Example (loads the embedded model, writes eval-out/)::
+
+        evaluate_outside_pipeline({"suites": ["safety"]}, ["safety.red_team=4"], base="embedded",
+                                  tuned="run:runs/demo/06-dpo", judge="embedded", out=Path("eval-out"))["safety"]["base"]
         {'red_team': {...}, 'benign_edgy': {...}}
     """
     from pydantic import ValidationError
