@@ -274,13 +274,12 @@ def run_keycases(ctx: SuiteRun) -> dict[str, Any]:
     cases = load_keycases(kc.file, kc.limit)
     constitution = load_constitution(ctx.constitution)
     gen = ctx.seeded(kc.gen)
-    for role in ROLES:
-        todo = [c for c in cases if f"keycase-answer:{role}:{c.id}" not in ctx.rows.ids]
-        if todo:
-            ctx.console.print(f"evaluate: key cases, {len(todo)} answers from {role} ({ctx.specs[role]})")
-            model = ctx.models.get(ctx.specs[role])
-            for chunk in ctx.chunks(todo):
-                ctx.rows.append(answer_rows(model, role, ctx.specs[role], chunk, gen))
+    ctx.answer_missing(
+        cases,
+        lambda role, case: f"keycase-answer:{role}:{case.id}",
+        lambda model, role, chunk: answer_rows(model, role, ctx.specs[role], chunk, gen),
+        "key cases, {n} answers from {role} ({spec})",
+    )
     todo = [c for c in cases if f"keycase:{c.id}" not in ctx.rows.ids]
     if todo:
         answers = {role: {r["case_id"]: r for r in ctx.rows_of("keycase_answer") if r["role"] == role} for role in ROLES}

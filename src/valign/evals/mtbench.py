@@ -560,17 +560,14 @@ def run_mtbench(ctx: SuiteRun) -> dict[str, Any]:
     mc: MTBenchConfig = ctx.settings
     data = load_mtbench(mc.data, mc.reference_model)
     questions = select_questions(data.questions, mc.questions, mc.per_category, mc.categories)
-    for role in ROLES:
-        todo = [q for q in questions if f"mtbench-answer:{role}:{q['question_id']}" not in ctx.rows.ids]
-        if todo:
-            ctx.console.print(f"evaluate: MT-Bench, {len(todo)} questions × 2 turns from {role} ({ctx.specs[role]})")
-            model = ctx.models.get(ctx.specs[role])
-            for chunk in ctx.chunks(todo):
-                recs = answer_questions(model, chunk, ctx.names[role], mc.max_new_tokens, ctx.seed)
-                ctx.rows.append(
-                    {"id": f"mtbench-answer:{role}:{r['question_id']}", "type": "mtbench_answer", "role": role, "model": ctx.specs[role], "record": r}
-                    for r in recs
-                )
+
+    def answer(model: ChatModel, role: str, chunk: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        recs = answer_questions(model, chunk, ctx.names[role], mc.max_new_tokens, ctx.seed)
+        return [{"id": f"mtbench-answer:{role}:{r['question_id']}", "type": "mtbench_answer", "role": role, "model": ctx.specs[role], "record": r} for r in recs]
+
+    ctx.answer_missing(
+        questions, lambda role, q: f"mtbench-answer:{role}:{q['question_id']}", answer, "MT-Bench, {n} questions × 2 turns from {role} ({spec})"
+    )
     answers = {role: {r["record"]["question_id"]: r["record"] for r in ctx.rows_of("mtbench_answer") if r["role"] == role} for role in ROLES}
     judge = None
     for role in ROLES:

@@ -199,13 +199,12 @@ def run_safety(ctx: SuiteRun) -> dict[str, Any]:
     """Both models answer every safety prompt; the detector reads each answer."""
     sc: SafetyConfig = ctx.settings
     prompts = safety_prompts(sc, ctx.train_prompts, ctx.base_dir)
-    for role in ROLES:
-        todo = [p for p in prompts if f"safety:{role}:{p['set']}:{p['id']}" not in ctx.rows.ids]
-        if todo:
-            ctx.console.print(f"evaluate: safety, {len(todo)} prompts for {role} ({ctx.specs[role]})")
-            model = ctx.models.get(ctx.specs[role])
-            for chunk in ctx.chunks(todo):
-                ctx.rows.append(safety_rows(model, role, ctx.specs[role], chunk, sc.gen))
+    ctx.answer_missing(
+        prompts,
+        lambda role, p: f"safety:{role}:{p['set']}:{p['id']}",
+        lambda model, role, chunk: safety_rows(model, role, ctx.specs[role], chunk, sc.gen),
+        "safety, {n} prompts for {role} ({spec})",
+    )
     wanted = {f"safety:{role}:{p['set']}:{p['id']}" for role in ROLES for p in prompts}
     return refusal_rates([r for r in ctx.rows_of("safety") if r["id"] in wanted])
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Protocol, Sequence
 
 from pydantic import BaseModel
 
@@ -91,6 +91,26 @@ class SuiteRun(SuiteSetup):
     def rows_of(self, kind: str) -> list[Row]:
         """The rows of one ``type`` so far (from earlier runs too)."""
         return [r for r in self.rows if r.get("type") == kind]
+
+    def answer_missing(
+        self,
+        items: Sequence[Any],
+        row_id: Callable[[str, Any], str],
+        answer: Callable[[ChatModel, str, Sequence[Any]], Iterable[Row]],
+        message: str,
+    ) -> None:
+        """Each model (base, then tuned) answers the items it has no row for yet, a
+        chunk at a time: ``row_id(role, item)`` names an item's row, ``answer(model,
+        role, chunk)`` makes the chunk's rows, and ``message`` (with ``{n}``, ``{role}``
+        and ``{spec}``) says what is being done."""
+        for role in ROLES:
+            spec = self.specs[role]
+            todo = [item for item in items if row_id(role, item) not in self.rows.ids]
+            if todo:
+                self.console.print("evaluate: " + message.format(n=len(todo), role=role, spec=spec))
+                model = self.models.get(spec)
+                for chunk in self.chunks(todo):
+                    self.rows.append(answer(model, role, chunk))
 
 
 def no_counts(summary: dict[str, Any]) -> dict[str, int]:
