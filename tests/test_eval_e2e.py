@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from valign.evaluate.report import render_report
+from valign.evals.report import render_report
 from valign.runs import read_rows
 from valign.stages.evaluate import evaluate_outside_pipeline
 
@@ -125,7 +125,9 @@ def test_inspect_tasks_on_the_embedded_model(tmp_path, monkeypatch):
     monkeypatch.setenv("INSPECT_LOG_DIR", str(tmp_path / "logs"))
     from inspect_ai import eval as inspect_eval
 
-    from valign.evaluate.inspect_tasks import keycases, mtbench
+    from tests.test_fidelity import _items
+    from valign.evals.inspect_tasks import fidelity, keycases, mtbench
+    from valign.survey.opinion import write_items
 
     log = inspect_eval(mtbench(questions=1, max_tokens=12, judge="valign/embedded", judge_mode="logprob"), model="valign/embedded", display="none")[0]
     assert log.status == "success", log.error
@@ -137,11 +139,18 @@ def test_inspect_tasks_on_the_embedded_model(tmp_path, monkeypatch):
     )[0]
     assert log.status == "success", log.error
     assert log.samples[0].scores["keycase_scorer"].metadata["parsed"] is True
+    items = write_items(_items(), tmp_path / "items.jsonl")
+    log = inspect_eval(fidelity(items=str(items)), model="valign/embedded", display="none")[0]
+    assert log.status == "success", log.error
+    metrics = log.results.scores[0].metrics
+    assert 0 <= metrics["mean"].value <= 1 and 0 <= metrics["representativeness"].value <= 1
+    assert all(abs(sum(s.scores["fidelity_scorer"].metadata["distribution"]) - 1) < 1e-4 for s in log.samples)
 
 
 def test_inspect_cli_finds_the_provider_through_the_entry_point(tmp_path):
-    """`inspect eval … --model valign/embedded` on 2 samples. The entry point declared in
-    pyproject.toml is installed here as a stand-in distribution, as pip would."""
+    """`inspect eval valign/safety --model valign/embedded` on 2 samples: the task and the
+    provider are found by name. The entry point declared in pyproject.toml is installed
+    here as a stand-in distribution, as pip would."""
     import tomllib
 
     eps = tomllib.loads(Path("pyproject.toml").read_text())["project"]["entry-points"]["inspect_ai"]
@@ -152,7 +161,7 @@ def test_inspect_cli_finds_the_provider_through_the_entry_point(tmp_path):
     env = {**os.environ, "INSPECT_LOG_DIR": str(tmp_path / "logs"), "PYTHONPATH": os.pathsep.join([str(Path("src").resolve()), str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
     inspect = Path(sys.executable).parent / "inspect"
     out = subprocess.run(
-        [str(inspect), "eval", "src/valign/evaluate/inspect_tasks.py@safety", "--model", "valign/embedded",
+        [str(inspect), "eval", "valign/safety", "--model", "valign/embedded",
          "-T", "red_team=1", "-T", "benign_edgy=1", "-T", "max_tokens=12", "--display", "plain"],
         capture_output=True, text=True, timeout=300, env=env,
     )

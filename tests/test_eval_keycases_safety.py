@@ -10,9 +10,9 @@ import pytest
 from tests.conftest import ScriptedModel, TextModel, shown_answers
 from valign.constitution import load_constitution
 from valign.errors import ValignError
-from valign.evaluate.keycases import answer_rows, judged_rows, load_keycases, principles_text, summarise_keycases
-from valign.evaluate.pairwise import PairwiseConfig
-from valign.evaluate.safety import SafetyConfig, refusal_rates, safety_prompts, safety_rows, wilson_interval
+from valign.evals.keycases import answer_rows, judged_rows, load_keycases, principles_text, summarise_keycases
+from valign.evals.pairwise import PairwiseConfig
+from valign.evals.safety import SafetyConfig, refusal_rates, safety_prompts, safety_rows, wilson_interval
 from valign.prompt_sets import PromptMixConfig, build_prompt_mix
 from valign.types import GenConfig
 

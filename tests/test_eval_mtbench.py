@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import ScriptedModel
 from valign.errors import ValignError
-from valign.evaluate.mtbench import (
+from valign.evals.mtbench import (
     NEED_REF_CATS,
     TEMPERATURE_CONFIG,
     aggregate,

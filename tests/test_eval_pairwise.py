@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import ScriptedModel, TextModel, shown_answers
-from valign.evaluate.pairwise import (
+from valign.evals.pairwise import (
     LEVELS,
     PairItem,
     PairwiseConfig,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from valign.evaluate.refusal import detect_refusal, is_refusal
+from valign.evals.refusal import detect_refusal, is_refusal
 
 DATA = Path(__file__).parent / "data"
 

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from tests.conftest import ScriptedModel
-from valign.evaluate.fidelity import js_distance, score_fidelity, wasserstein_ordinal
+from valign.evals.fidelity import js_distance, score_fidelity, wasserstein_ordinal
 from valign.survey.opinion import OpinionItem, opinion_prompt, read_items, write_items
 
 LIKERT = ["1", "2", "3", "4"]
@@ -64,7 +64,7 @@ def test_letters_map_to_options_in_order():
 
 
 def test_fidelity_suite_resumes_and_reaches_the_report(tmp_path):
-    from valign.evaluate.report import render_report
+    from valign.evals.report import render_report
     from valign.runs import RowLog, StageDir
     from valign.stages.base import ModelPool
     from valign.stages.evaluate import EvaluateConfig, run_evaluation

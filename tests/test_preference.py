@@ -257,7 +257,8 @@ def test_kto_trains_on_judged_pairs(tmp_path, sft_dir):
     assert train["kl"] == [e["kl"] for e in steps] and train["loss"] == [e["loss"] for e in steps]
 
     # The report's training section draws KTO's curves from what the stage wrote.
-    from valign.evaluate.report import StageInfo, _series
+    from valign.evals.report import _series
+    from valign.evals.rundata import StageInfo
 
     StageDir(ctx.dir).finish("fp", ctx.info)
     series = _series(StageInfo("kto", ctx.dir, json.loads((ctx.dir / "manifest.json").read_text())))

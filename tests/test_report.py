@@ -14,7 +14,8 @@ from rich.console import Console
 from tests.conftest import ScriptedModel
 from tests.test_eval_stage import Judge
 from valign.errors import ValignError
-from valign.evaluate.report import RunData, Section, load_run, register_section, render_report
+from valign.evals.report import render_report
+from valign.evals.rundata import load_run
 from valign.runs import RowLog, StageDir
 from valign.stages.base import ModelPool
 from valign.stages.evaluate import EvaluateConfig, run_evaluation
@@ -68,7 +69,7 @@ def full_run(tmp_path_factory) -> Path:
 
 def test_every_section_is_rendered_and_model_text_is_escaped(full_run):
     html = render_report(full_run).read_text()
-    for heading in ("Run summary", "Training curves", "MT-Bench", "Key cases", "Safety", "Constitution"):
+    for heading in ("Run summary", "Training curves", "Key cases", "MT-Bench", "Safety", "Constitution"):
         assert f">{heading}</h2>" in html
     assert "<script" not in html and "&lt;script&gt;alert(" in html and "Escapes &lt;b&gt;this&lt;/b&gt;." in html
     assert html.count("data:image/png;base64,") == 4  # SFT, DPO, the MT-Bench radar, safety
@@ -97,24 +98,8 @@ def test_a_run_with_only_some_stages_still_renders(tmp_path):
     (root / "02-revise").mkdir()
     html = render_report(root).read_text()
     assert ">Run summary</h2>" in html and ">Constitution</h2>" in html
-    assert ">MT-Bench</h2>" not in html and "left out: training, fidelity, mtbench, keycases, safety" in html
+    assert ">MT-Bench</h2>" not in html and "left out: training, keycases, mtbench, safety, fidelity" in html
     assert "incomplete" in html and "not started" in html
-
-
-def test_a_section_can_be_added(tmp_path, full_run):
-    def extra(run: RunData, env) -> Section:
-        return Section("extra", "Survey fidelity", env.render_string("<p>{{ n }} stages</p>", n=len(run.stages)))
-
-    from valign.evaluate import report as rep
-
-    saved = list(rep.SECTIONS)
-    try:
-        register_section("extra", extra, after="safety")
-        assert [i for i, _ in rep.SECTIONS][-2:] == ["extra", "constitution"]
-        html = render_report(full_run, out=tmp_path / "r.html").read_text()
-        assert html.index(">Survey fidelity</h2>") < html.index(">Constitution</h2>") and "<p>8 stages</p>" in html
-    finally:
-        rep.SECTIONS[:] = saved
 
 
 def test_load_run_errors(tmp_path):
@@ -149,7 +134,7 @@ def test_report_in_headless_chromium(full_run, tmp_path):
             browser.close()
     assert errors == []
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
-    assert headings == ["Run summary", "Training curves", "MT-Bench", "Key cases", "Safety", "Constitution"]
+    assert headings == ["Run summary", "Training curves", "Key cases", "MT-Bench", "Safety", "Constitution"]
     assert nav == 6 and len(images) == 4 and all(w > 100 and alt > 20 for w, alt in images)
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000

@@ -52,7 +52,7 @@ def test_survey_sft_moves_the_model_towards_the_population(tmp_path):
     assert (ctx.dir / "adapter" / "adapter_model.safetensors").exists()
     sdir.finish("fp", ctx.info)
     # The adapter loads like any training stage's and answers on the same items.
-    from valign.evaluate.fidelity import score_fidelity
+    from valign.evals.fidelity import score_fidelity
     from valign.models.registry import load_model
 
     # The evaluation path (choice_probs through the served model) reads the same

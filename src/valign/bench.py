@@ -521,7 +521,7 @@ def _prefix_workloads(n: int, answerer) -> dict:
     judgments of both turns (turn 2's quotes turn 1; answers made once, by ``answerer``),
     and, for information, MT-Bench's answering, which is mostly decoding."""
     from valign.constitution import load_constitution
-    from valign.evaluate.mtbench import answer_questions, judge_answers, load_mtbench, select_questions
+    from valign.evals.mtbench import answer_questions, judge_answers, load_mtbench, select_questions
     from valign.stages.judge import JudgeConfig, judge_logprob
     from valign.stages.revise import critique_conversation, pick_examples, pick_principle
     from valign.types import GenConfig

@@ -123,7 +123,7 @@ def eval_cmd(
     tuned: str = typer.Option(..., "--tuned", help="The tuned model spec, e.g. run:runs/kantian-demo/06-dpo."),
     out: Path = typer.Option(..., "--out", help="Folder for rows, FastChat's files, the manifest and report.html."),
     judge: Optional[str] = typer.Option(None, "--judge", help="Judge model spec (default: the base model)."),
-    suite: list[str] = typer.Option([], "--suite", help="keycases, mtbench or safety (repeatable; default all three)."),
+    suite: list[str] = typer.Option([], "--suite", help="A suite to run, e.g. safety (repeatable; default: keycases, mtbench and safety; an unknown name lists them all)."),
     questions: Optional[int] = typer.Option(None, "--questions", min=1, help="MT-Bench: the first N questions."),
     per_category: Optional[int] = typer.Option(None, "--per-category", min=1, help="MT-Bench: the first K questions of each category."),
     categories: list[str] = typer.Option([], "--categories", help="MT-Bench categories (repeatable or comma-separated)."),
@@ -134,8 +134,8 @@ def eval_cmd(
     seed: int = typer.Option(0, help="Seed for sampled answers."),
     constitution: str = typer.Option("kantian", help="Constitution whose principles the key-case judge is shown."),
 ) -> None:
-    """Compare two models on key cases, MT-Bench and safety, and write a report."""
-    from valign.evaluate.report import render_report
+    """Compare two models on the evaluation suites (key cases, MT-Bench, safety, survey fidelity), and write a report."""
+    from valign.evals.report import render_report
     from valign.stages.evaluate import evaluate_outside_pipeline
 
     settings: dict = {}
@@ -171,7 +171,7 @@ def report(
     title: Optional[str] = typer.Option(None, help="The report's title."),
 ) -> None:
     """Render the self-contained HTML report of a run, whatever stages it has finished."""
-    from valign.evaluate.report import render_report
+    from valign.evals.report import render_report
 
     typer.echo(str(render_report(run_dir, out=out, title=title)))
 

@@ -1,4 +1,8 @@
-"""`evaluate`: compare a base and a tuned model on key cases, MT-Bench and safety.
+"""`evaluate`: compare a base and a tuned model on the evaluation suites.
+
+The suites (key cases, MT-Bench, safety, survey fidelity) are declared in
+`valign.evals.suites`; ``evaluate.suites`` names the ones to run, and each has its
+settings under its own name (``evaluate.keycases``, …).
 
 The base defaults to the run's ``model``; the tuned model to the one the run's last
 training stage produced (``run:<folder of the last sft, survey_sft, dpo or kto stage>``); the
@@ -6,59 +10,37 @@ judge to the run's model. Any of them can be any model spec. The same code runs
 outside a pipeline as ``valign eval --base … --tuned … --out DIR`` (`run_evaluation`).
 
 Every unit of work is one row with a stable id, appended as soon as it is done, so a
-killed evaluation resumes without redoing or duplicating anything:
-
-* ``keycase-answer:<role>:<case>`` and ``keycase:<case>`` (the judged comparison);
-* ``mtbench-answer:<role>:<question>`` (FastChat's answer record in ``record``) and
-  ``mtbench-judgment:<role>:<question>:<turn>`` (FastChat's judgment record);
-* ``safety:<role>:<set>:<prompt>``;
-* ``fidelity:<role>`` (the model's answer distribution on every survey item and its
-  distance to the population's, overall and per subgroup; `valign.evaluate.fidelity`).
-
-The stage folder also gets FastChat's files (``mt_bench/model_answer/<name>.jsonl``,
-``mt_bench/model_judgment/<judge>_single.jsonl``), and the manifest the summaries the
-report reads: key-case counts, MT-Bench means per category and turn, refusal rates.
+killed evaluation resumes without redoing or duplicating anything (each suite's module
+names its rows). The manifest gets each suite's summary under the suite's name, the
+seconds each took, and the data counts the report shows.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Sequence, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model, field_validator
 from rich.console import Console
 
 from valign.errors import ValignError
-from valign.evaluate.keycases import KeyCasesConfig
-from valign.evaluate.mtbench import MTBenchConfig
-from valign.evaluate.safety import SafetyConfig
+from valign.evals.suite import Suite, SuiteRun, SuiteSetup
+from valign.evals.suites import SUITES, unknown_suite
 from valign.runs import RowLog
 from valign.stages.base import ModelPool, Stage, StageContext, constitution_file, model_identity
-from valign.types import GenConfig, Row
 
 if TYPE_CHECKING:
     from valign.config import RunConfig
 
-__all__ = ["EvaluateConfig", "FidelityConfig", "EvaluateStage", "run_evaluation", "tuned_stage", "SUITES"]
+__all__ = ["EvaluateSettings", "EvaluateConfig", "evaluate_config", "EvaluateStage", "run_evaluation", "describe_evaluation", "tuned_stage"]
 
-SUITES = ("keycases", "mtbench", "safety", "fidelity")
-ROLES = ("base", "tuned")
-
-
-class FidelityConfig(BaseModel):
-    """The survey-fidelity suite: ``items`` is an evaluation set (``eval_items.jsonl`` of
-    ``valign survey export``), by default the run's `survey` stage's; ``kinds`` limits
-    the item kinds (value, principle, scenario, rating; default all)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    items: str | None = None
-    kinds: list[str] | None = None
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
-class EvaluateConfig(BaseModel):
-    """Settings of the `evaluate` stage (and of ``valign eval``).
+class EvaluateSettings(BaseModel):
+    """Settings of the `evaluate` stage (and of ``valign eval``); `EvaluateConfig` adds
+    one field per suite, its settings.
 
     Example (YAML):
         evaluate:
@@ -72,26 +54,35 @@ class EvaluateConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+    suite_registry: ClassVar[Mapping[str, Suite]] = {}  # set by `evaluate_config`
 
     base: str | None = None
     tuned: str | None = None
     judge: str | None = None
-    base_name: str = Field("base", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    tuned_name: str = Field("tuned", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    suites: list[Literal["keycases", "mtbench", "safety", "fidelity"]] = Field(default_factory=lambda: ["keycases", "mtbench", "safety"])
+    base_name: str = Field("base", pattern=_NAME)
+    tuned_name: str = Field("tuned", pattern=_NAME)
+    suites: list[str] = Field(default_factory=list)
     chunk: int = Field(32, ge=1)
-    keycases: KeyCasesConfig = Field(default_factory=KeyCasesConfig)
-    mtbench: MTBenchConfig = Field(default_factory=MTBenchConfig)
-    safety: SafetyConfig = Field(default_factory=SafetyConfig)
-    fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
     _base_dir: Path | None = PrivateAttr(default=None)
 
+    @field_validator("suites")
+    @classmethod
+    def _known_suites(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name not in cls.suite_registry:
+                raise ValueError(unknown_suite(name, cls.suite_registry))
+        return names
+
     def model_post_init(self, context: Any) -> None:
-        # Files named in a config are relative to the config's folder.
+        # Files named in a config are relative to the config's folder. Only their
+        # existence is checked here: validating a config never reads them.
         base = context.get("base_dir") if isinstance(context, dict) else None
         self._base_dir = Path(base) if base is not None else None
-        if self._base_dir is not None:
-            for section, key in ((self.keycases, "file"), (self.mtbench, "data"), (self.fidelity, "items")):
+        if self._base_dir is None:
+            return
+        for name, suite in self.suite_registry.items():
+            section = getattr(self, name)
+            for key in suite.paths:
                 value = getattr(section, key)
                 if value and not Path(value).is_absolute() and (self._base_dir / value).exists():
                     setattr(section, key, str((self._base_dir / value).resolve()))
@@ -100,6 +91,33 @@ class EvaluateConfig(BaseModel):
     def base_dir(self) -> Path | None:
         """The folder relative paths in this config are resolved against."""
         return self._base_dir
+
+
+def evaluate_config(suites: Mapping[str, Suite] = SUITES) -> type[EvaluateSettings]:
+    """The config class of an evaluation over these suites: `EvaluateSettings`, a
+    settings field per suite, and ``suites`` limited to their names (by default the
+    suites marked `Suite.default`).
+
+    Example:
+        >>> cfg = evaluate_config()(suites=["safety"], safety={"red_team": 4})
+        >>> cfg.safety.red_team, cfg.keycases.limit
+        (4, None)
+    """
+    fields: dict[str, Any] = {name: (s.config, Field(default_factory=s.config)) for name, s in suites.items()}
+    defaults = [name for name, s in suites.items() if s.default]
+    cls = create_model(
+        "EvaluateConfig",
+        __base__=EvaluateSettings,
+        __module__=__name__,
+        __doc__=EvaluateSettings.__doc__,
+        suites=(list[str], Field(default_factory=lambda: list(defaults))),
+        **fields,
+    )
+    cls.suite_registry = dict(suites)
+    return cls
+
+
+EvaluateConfig = evaluate_config()
 
 
 def tuned_stage(run_config: RunConfig) -> str:
@@ -119,16 +137,23 @@ def tuned_stage(run_config: RunConfig) -> str:
     return trained[-1]
 
 
-def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def _seeded(gen: GenConfig, seed: int) -> GenConfig:
-    return gen if gen.seed is not None else gen.model_copy(update={"seed": seed})
+def _setup(cfg: EvaluateSettings, base: str, tuned: str, judge: str, seed: int, constitution: str, train_prompts: Any, survey_items: Path | None) -> dict[str, Any]:
+    """What every suite's `SuiteSetup` shares: all but its own settings."""
+    return {
+        "specs": {"base": base, "tuned": tuned},
+        "names": {"base": cfg.base_name, "tuned": cfg.tuned_name},
+        "judge": judge,
+        "seed": seed,
+        "constitution": constitution,
+        "train_prompts": train_prompts,
+        "base_dir": cfg.base_dir,
+        "survey_items": survey_items,
+        "chunk": cfg.chunk,
+    }
 
 
 def run_evaluation(
-    cfg: EvaluateConfig,
+    cfg: EvaluateSettings,
     *,
     base: str,
     tuned: str,
@@ -142,174 +167,44 @@ def run_evaluation(
     console: Console | None = None,
     fidelity_items: Path | None = None,
 ) -> dict[str, Any]:
-    """Run the configured suites, appending rows to `rows` (skipping ids already
-    there) and writing FastChat's files to `out_dir`; returns the manifest summary.
+    """Run the configured suites in order, appending rows to `rows` (skipping ids
+    already there) and writing their files to `out_dir`; returns the manifest summary:
+    the models, each suite's summary under its name, its seconds, and the data counts.
 
-    Example:
-        >>> info = run_evaluation(EvaluateConfig(suites=["safety"]), base="embedded", tuned="run:runs/demo/06-dpo",
-        ...                       judge="embedded", rows=RowLog("out/rows.jsonl"), models=ModelPool(None), out_dir=Path("out"))
-        >>> info["safety"]["tuned"]["red_team"]["rate"]
-        0.25
+    Example (scripted models, as in ``tests/test_eval_stage.py``)::
+
+        info = run_evaluation(EvaluateConfig(suites=["safety"]), base="base", tuned="tuned", judge="judge",
+                              rows=RowLog(out / "rows.jsonl"), models=pool, out_dir=out)
+        info["safety"]["tuned"]["red_team"]["rate"]   # 0.25
     """
-    from valign.constitution import load_constitution
-
     console = console or Console(stderr=True)
-    specs = {"base": base, "tuned": tuned}
-    names = {"base": cfg.base_name, "tuned": cfg.tuned_name}
-    if names["base"] == names["tuned"]:
+    if cfg.base_name == cfg.tuned_name:
         raise ValignError("evaluate.base_name and evaluate.tuned_name are the same; give the two models different names.")
-    info: dict[str, Any] = {"models": {**specs, "judge": judge}, "names": names, "suites": list(cfg.suites), "suite_seconds": {}}
+    shared = _setup(cfg, base, tuned, judge, seed, constitution, train_prompts, fidelity_items)
+    info: dict[str, Any] = {"models": {**shared["specs"], "judge": judge}, "names": shared["names"], "suites": list(cfg.suites), "suite_seconds": {}}
     info["constitution"] = constitution
-    for suite in cfg.suites:
+    for name in cfg.suites:
         started = time.perf_counter()
-        if suite == "keycases":
-            info["keycases"] = _keycases(cfg, specs, judge, rows, models, seed, load_constitution(constitution), console)
-        elif suite == "mtbench":
-            info["mtbench"] = _mtbench(cfg, specs, names, judge, rows, models, out_dir, seed, console)
-        elif suite == "fidelity":
-            info["fidelity"] = _fidelity(cfg, specs, rows, models, _fidelity_path(cfg, fidelity_items), console)
-        else:
-            info["safety"] = _safety(cfg, specs, rows, models, train_prompts, console)
-        info["suite_seconds"][suite] = round(time.perf_counter() - started, 3)
-    info["counts"] = {
-        "key cases": (info.get("keycases") or {}).get("cases"),
-        "MT-Bench questions": (info.get("mtbench") or {}).get("questions"),
-        "safety prompts": sum(c["n"] for c in (info.get("safety") or {}).get("base", {}).values()) if "safety" in info else None,
-    }
-    info["counts"] = {k: v for k, v in info["counts"].items() if v is not None}
+        ctx = SuiteRun(settings=getattr(cfg, name), rows=rows, models=models, out_dir=out_dir, console=console, **shared)
+        info[name] = cfg.suite_registry[name].run(ctx)
+        info["suite_seconds"][name] = round(time.perf_counter() - started, 3)
+    counts = [suite.counts(info[name]) for name, suite in cfg.suite_registry.items() if name in info]
+    info["counts"] = {k: v for c in counts for k, v in c.items() if v is not None}
     return info
 
 
-def _of_type(rows: RowLog, kind: str) -> list[Row]:
-    return [r for r in rows if r.get("type") == kind]
-
-
-def _keycases(cfg: EvaluateConfig, specs: dict[str, str], judge: str, rows: RowLog, models: ModelPool, seed: int, constitution: Any, console: Console) -> dict[str, Any]:
-    from valign.evaluate.keycases import answer_rows, judged_rows, load_keycases, summarise_keycases
-
-    kc = cfg.keycases
-    cases = load_keycases(kc.file, kc.limit)
-    gen = _seeded(kc.gen, seed)
-    for role in ROLES:
-        todo = [c for c in cases if f"keycase-answer:{role}:{c.id}" not in rows.ids]
-        if todo:
-            console.print(f"evaluate: key cases, {len(todo)} answers from {role} ({specs[role]})")
-            model = models.get(specs[role])
-            for chunk in _chunks(todo, cfg.chunk):
-                rows.append(answer_rows(model, role, specs[role], chunk, gen))
-    todo = [c for c in cases if f"keycase:{c.id}" not in rows.ids]
-    if todo:
-        answers = {role: {r["case_id"]: r for r in _of_type(rows, "keycase_answer") if r["role"] == role} for role in ROLES}
-        console.print(f"evaluate: key cases, {len(todo)} comparisons judged by {judge} ({kc.judge_mode}, both orders)")
-        model = models.get(judge)
-        for chunk in _chunks(todo, cfg.chunk):
-            rows.append(judged_rows(model, judge, chunk, answers, kc, constitution, seed))
-    wanted = {f"keycase:{c.id}" for c in cases}
-    return {**summarise_keycases([r for r in _of_type(rows, "keycase") if r["id"] in wanted]), "judge_mode": kc.judge_mode}
-
-
-def _mtbench(
-    cfg: EvaluateConfig, specs: dict[str, str], names: dict[str, str], judge: str, rows: RowLog, models: ModelPool, out_dir: Path, seed: int, console: Console
-) -> dict[str, Any]:
-    from valign.evaluate.mtbench import aggregate, answer_questions, judge_answers, load_mtbench, select_questions, write_fastchat_files
-
-    mc = cfg.mtbench
-    data = load_mtbench(mc.data, mc.reference_model)
-    questions = select_questions(data.questions, mc.questions, mc.per_category, mc.categories)
-    for role in ROLES:
-        todo = [q for q in questions if f"mtbench-answer:{role}:{q['question_id']}" not in rows.ids]
-        if todo:
-            console.print(f"evaluate: MT-Bench, {len(todo)} questions × 2 turns from {role} ({specs[role]})")
-            model = models.get(specs[role])
-            for chunk in _chunks(todo, cfg.chunk):
-                recs = answer_questions(model, chunk, names[role], mc.max_new_tokens, seed)
-                rows.append(
-                    {"id": f"mtbench-answer:{role}:{r['question_id']}", "type": "mtbench_answer", "role": role, "model": specs[role], "record": r}
-                    for r in recs
-                )
-    answers = {role: {r["record"]["question_id"]: r["record"] for r in _of_type(rows, "mtbench_answer") if r["role"] == role} for role in ROLES}
-    judge_model = None
-    for role in ROLES:
-        todo = [q for q in questions if not {f"mtbench-judgment:{role}:{q['question_id']}:{t}" for t in (1, 2)} <= rows.ids]
-        if not todo:
-            continue
-        console.print(f"evaluate: MT-Bench, judging {len(todo)} of {role}'s answers with {judge} ({mc.judge_mode})")
-        judge_model = judge_model or models.get(judge)
-        for chunk in _chunks(todo, cfg.chunk):
-            recs = judge_answers(judge_model, judge, chunk, answers[role], data, names[role], mc.judge_mode, mc.judge_gen, seed)
-            rows.append(
-                {"id": f"mtbench-judgment:{role}:{r['question_id']}:{r['turn']}", "type": "mtbench_judgment", "role": role, "record": r}
-                for r in recs
-            )
-    wanted = {q["question_id"] for q in questions}
-    judgments = [r["record"] for r in _of_type(rows, "mtbench_judgment") if r["record"]["question_id"] in wanted]
-    files = write_fastchat_files(
-        out_dir, {names[role]: [a for q, a in answers[role].items() if q in wanted] for role in ROLES}, judgments, judge
-    )
-    return {
-        "questions": len(questions),
-        "question_ids": sorted(wanted),
-        "judge_mode": mc.judge_mode,
-        "judge": judge,
-        "results": aggregate(judgments),
-        "files": {k: str(Path(v).relative_to(out_dir)) for k, v in files.items()},
-    }
-
-
-def _safety(cfg: EvaluateConfig, specs: dict[str, str], rows: RowLog, models: ModelPool, train_prompts: Any, console: Console) -> dict[str, Any]:
-    from valign.evaluate.safety import refusal_rates, safety_prompts, safety_rows
-
-    prompts = safety_prompts(cfg.safety, train_prompts, cfg.base_dir)
-    for role in ROLES:
-        todo = [p for p in prompts if f"safety:{role}:{p['set']}:{p['id']}" not in rows.ids]
-        if todo:
-            console.print(f"evaluate: safety, {len(todo)} prompts for {role} ({specs[role]})")
-            model = models.get(specs[role])
-            for chunk in _chunks(todo, cfg.chunk):
-                rows.append(safety_rows(model, role, specs[role], chunk, cfg.safety.gen))
-    wanted = {f"safety:{role}:{p['set']}:{p['id']}" for role in ROLES for p in prompts}
-    return refusal_rates([r for r in _of_type(rows, "safety") if r["id"] in wanted])
-
-
-def _fidelity_path(cfg: EvaluateConfig, default: Path | None) -> Path:
-    if cfg.fidelity.items:
-        return Path(cfg.fidelity.items)
-    if default is None:
-        raise ValignError("the fidelity suite needs survey items: add a `survey` stage before evaluate, or set evaluate.fidelity.items to an eval_items.jsonl.")
-    return default
-
-
-def _fidelity(cfg: EvaluateConfig, specs: dict[str, str], rows: RowLog, models: ModelPool, path: Path, console: Console) -> dict[str, Any]:
-    from valign.evaluate.fidelity import score_fidelity
-    from valign.survey.opinion import read_items
-
-    items = [i for i in read_items(path) if cfg.fidelity.kinds is None or i.kind in cfg.fidelity.kinds]
-    if not items:
-        raise ValignError(f"{path} has no items of kinds {cfg.fidelity.kinds}; check evaluate.fidelity.kinds.")
-    for role in ROLES:
-        if f"fidelity:{role}" not in rows.ids:
-            console.print(f"evaluate: survey fidelity, {len(items)} items for {role} ({specs[role]})")
-            result = score_fidelity(models.get(specs[role]), items, specs[role])
-            rows.append([{"id": f"fidelity:{role}", "type": "fidelity", "role": role, "model": specs[role], **result.to_dict()}])
-    found = {r["role"]: r for r in _of_type(rows, "fidelity")}
-    return {"items": len(items), "kinds": sorted({i.kind for i in items}), **{role: found[role]["summary"] for role in ROLES}}
-
-
 def describe_evaluation(
-    cfg: EvaluateConfig, base: str, tuned: str, judge: str, seed: int, constitution: str, train_prompts: Any, fidelity_items: Path | None = None
+    cfg: EvaluateSettings, base: str, tuned: str, judge: str, seed: int, constitution: str, train_prompts: Any, fidelity_items: Path | None = None
 ) -> dict[str, Any]:
-    """Everything that determines an evaluation's output, for its fingerprint.
+    """Everything that determines an evaluation's output, for its fingerprint: the
+    config, the models, the refusal rules, and what each configured suite adds.
 
     Example:
-        >>> describe_evaluation(EvaluateConfig(suites=["safety"]), "embedded", "run:x", "embedded", 0, "kantian", None)["judge"]
-        'embedded'
+        >>> d = describe_evaluation(EvaluateConfig(suites=["safety"]), "embedded", "run:x", "embedded", 0, "kantian", None)
+        >>> d["judge"], sorted(d)
+        ('embedded', ['base', 'config', 'judge', 'refusal_rules', 'safety', 'seed', 'tuned'])
     """
-    from valign.constitution import load_constitution
-    from valign.evaluate.keycases import keycases_digest, load_keycases
-    from valign.evaluate.mtbench import load_mtbench, select_questions
-    from valign.evaluate.pairwise import templates_digest
-    from valign.evaluate.refusal import NOT_REFUSALS, REFUSAL_PHRASES, REFUSAL_PREFIXES
-    from valign.evaluate.safety import prompts_digest, safety_prompts
+    from valign.evals.refusal import NOT_REFUSALS, REFUSAL_PHRASES, REFUSAL_PREFIXES
 
     out: dict[str, Any] = {
         "config": cfg.model_dump(mode="json"),
@@ -319,23 +214,9 @@ def describe_evaluation(
         "seed": seed,
         "refusal_rules": [REFUSAL_PREFIXES, REFUSAL_PHRASES, NOT_REFUSALS],
     }
-    if "keycases" in cfg.suites:
-        out["keycases"] = keycases_digest(load_keycases(cfg.keycases.file, cfg.keycases.limit))
-        out["constitution"] = load_constitution(constitution).fingerprint()
-        out["templates"] = templates_digest()
-    if "mtbench" in cfg.suites:
-        mc = cfg.mtbench
-        data = load_mtbench(mc.data, mc.reference_model)
-        # An unknown category is refused here, before any model is loaded, not after the key cases ran.
-        select_questions(data.questions, mc.questions, mc.per_category, mc.categories)
-        out["mtbench"] = data.digest()
-    if "safety" in cfg.suites:
-        out["safety"] = prompts_digest(safety_prompts(cfg.safety, train_prompts, cfg.base_dir))
-    if "fidelity" in cfg.suites and cfg.fidelity.items:
-        import hashlib
-
-        path = Path(cfg.fidelity.items)
-        out["fidelity_items"] = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else str(path)
+    shared = _setup(cfg, base, tuned, judge, seed, constitution, train_prompts, fidelity_items)
+    for name in cfg.suites:
+        out.update(cfg.suite_registry[name].describe(SuiteSetup(settings=getattr(cfg, name), **shared)))
     return out
 
 
@@ -355,9 +236,10 @@ def evaluate_outside_pipeline(
     overrides, rows and a completion cache in ``out``, resumed when the settings are
     unchanged and restarted when they differ; returns the manifest's summary.
 
-    Example:
-        >>> evaluate_outside_pipeline({"suites": ["safety"]}, ["safety.red_team=4"], base="embedded",
-        ...                           tuned="run:runs/demo/06-dpo", judge="embedded", out=Path("eval-out"))["safety"]["base"]
+    Example (loads the embedded model, writes eval-out/)::
+
+        evaluate_outside_pipeline({"suites": ["safety"]}, ["safety.red_team=4"], base="embedded",
+                                  tuned="run:runs/demo/06-dpo", judge="embedded", out=Path("eval-out"))["safety"]["base"]
         {'red_team': {...}, 'benign_edgy': {...}}
     """
     from pydantic import ValidationError

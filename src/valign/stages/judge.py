@@ -43,7 +43,6 @@ import random
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from string import Template
 from typing import Any, ClassVar, Literal, Sequence, TYPE_CHECKING
 
@@ -54,7 +53,9 @@ from valign.errors import ValignError
 from valign.models.base import ChatModel
 from valign.progress import GenProgress
 from valign.stages.base import Stage, StageContext, constitution_inputs, model_identity, run_constitution
-from valign.types import Conversation, GenConfig, Row, keep_gen_defaults
+from valign.templates import digest as digest_templates
+from valign.templates import load_template
+from valign.types import Conversation, GenConfig, Row, derived_seed, keep_gen_defaults
 
 if TYPE_CHECKING:
     from valign.config import RunConfig
@@ -186,18 +187,6 @@ class Example:
 # --------------------------------------------------------------------------- templates
 
 
-@lru_cache(maxsize=None)
-def load_template(name: str) -> str:
-    """A template file from ``valign/data/templates/``, without its final newline.
-
-    Example:
-        >>> "${principle}" in load_template(LOGPROB_TEMPLATE)
-        True
-    """
-    path = resources.files("valign") / "data" / "templates" / name
-    return path.read_text(encoding="utf-8").rstrip("\n")
-
-
 def templates_digest(names: Sequence[str] = TEMPLATE_FILES) -> str:
     """SHA-256 over template files (the judge's by default), for a stage fingerprint.
 
@@ -205,10 +194,7 @@ def templates_digest(names: Sequence[str] = TEMPLATE_FILES) -> str:
         >>> len(templates_digest())
         64
     """
-    h = hashlib.sha256()
-    for name in names:
-        h.update(name.encode() + b"\0" + load_template(name).encode() + b"\0")
-    return h.hexdigest()
+    return digest_templates(names)
 
 
 @lru_cache(maxsize=None)
@@ -341,13 +327,14 @@ def _pick_shots(constitution: Constitution, seed: int, row_id: str, k: int) -> l
     return [(examples[j], pick_principle(constitution, seed, row_id, f"few-shot-{j}")) for j in chosen]
 
 
-def _seeded(gen: GenConfig, seed: int, what: str, attempt: int = 0) -> GenConfig:
-    """A seed from the run's seed, so reruns hit the completion cache; each retry gets
-    its own, so a retry is never answered from the cache with the same bad output."""
-    if gen.seed is not None and attempt == 0:
-        return gen
-    base = gen.seed if gen.seed is not None else seed
-    return gen.model_copy(update={"seed": int(hashlib.sha256(f"{base}|judge|{what}|{attempt}".encode()).hexdigest()[:8], 16)})
+def judge_gen(gen: GenConfig, seed: int, what: str, attempt: int = 0) -> GenConfig:
+    """The judge's generation settings for one kind of request (``cot``, ``verdict``): a
+    seed derived from the run's, so reruns hit the completion cache; each retry gets
+    its own — derived from the config's seed when it names one — so a retry is never
+    answered from the cache with the same bad output."""
+    if attempt == 0:
+        return gen.seeded(derived_seed(seed, "judge", what, attempt))
+    return gen.model_copy(update={"seed": derived_seed(gen.seed if gen.seed is not None else seed, "judge", what, attempt)})
 
 
 # --------------------------------------------------------------------------- logprob mode
@@ -395,7 +382,7 @@ def judge_logprob(
         meta.append({"principle_id": principle.id, "few_shot_principle_ids": [p.id for _, p in shots]})
     reasoning: list[str] = []
     if cfg.chain_of_thought:
-        outs = model.generate(convs, _seeded(cfg.gen, seed, "cot"))
+        outs = model.generate(convs, judge_gen(cfg.gen, seed, "cot"))
         reasoning = [o.text.strip() for o in outs]
         answer = load_template(ANSWER_TEMPLATE)
         convs = [[*c, {"role": "assistant", "content": r}, {"role": "user", "content": answer}] for c, r in zip(convs, reasoning)]
@@ -476,7 +463,7 @@ def judge_verdict(
     todo = list(range(len(pairs)))
     retry = load_template(RETRY_TEMPLATE)
     for attempt in range(cfg.max_retries + 1):
-        outs = model.generate([convs[i] for i in todo], _seeded(cfg.gen, seed, "verdict", attempt))
+        outs = model.generate([convs[i] for i in todo], judge_gen(cfg.gen, seed, "verdict", attempt))
         failed = []
         for i, out in zip(todo, outs):
             results[i]["attempts"] = attempt + 1

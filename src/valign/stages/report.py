@@ -1,7 +1,7 @@
 """`report`: render ``runs/<name>/report.html`` from the run's stages.
 
 It reads the manifests and rows of every stage before it (see
-`valign.evaluate.report`), so it re-renders whenever any of them changes; sections
+`valign.evals.report`), so it re-renders whenever any of them changes; sections
 for stages the run does not have are left out. ``valign report RUN`` renders the same
 file at any time, also for an unfinished run.
 """
@@ -58,7 +58,7 @@ class ReportStage(Stage):
         return {"config": run_config.report.model_dump(mode="json"), "templates": report_templates_digest()}
 
     def run(self, ctx: StageContext) -> None:
-        from valign.evaluate.report import render_report
+        from valign.evals.report import render_report
 
         path = render_report(ctx.run_config.run_dir, title=ctx.config.title)
         ctx.rows.append([{"id": "report", "path": str(path), "bytes": path.stat().st_size}])

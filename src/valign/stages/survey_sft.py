@@ -122,7 +122,7 @@ def train_distributions(
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import TrainingArguments
 
-    from valign.evaluate.fidelity import item_distance
+    from valign.evals.fidelity import item_distance
 
     args = TrainingArguments(**_plain_args(trainer_args(cfg, out_dir, seed, "survey_sft")), remove_unused_columns=False)
     tokenizer, base = load_base(base_spec, cfg.qlora)  # after the arguments: see `load_base`

@@ -4,7 +4,7 @@
 options in order, whether they are ordered, and the weighted population distribution
 over them — overall and per subgroup. Distribution fine-tuning (`survey_sft`) trains
 a model towards those distributions and the fidelity evaluation
-(`valign.evaluate.fidelity`) scores how close a model comes; both ask the model the
+(`valign.evals.fidelity`) scores how close a model comes; both ask the model the
 same way, as OpinionQA does (Santurkar et al. 2023): the question, lettered options,
 and the probability of each letter as the answer's first token.
 

@@ -171,9 +171,10 @@ def answers_with_refusals(model: "ChatModel", convs: Sequence["Conversation"], g
     key-case and safety rows (``role``, ``model``, ``response``, ``finish_reason``,
     ``refused``, ``refusal_rule``).
 
-    Example:
-        >>> answers_with_refusals(load_model("embedded"), [[{"role": "user", "content": "Hi"}]],
-        ...                       GenConfig(max_new_tokens=8), "base", "embedded")[0]["refused"]
+    Example (loads the embedded model)::
+
+        answers_with_refusals(load_model("embedded"), [[{"role": "user", "content": "Hi"}]],
+                              GenConfig(max_new_tokens=8), "base", "embedded")[0]["refused"]
         False
     """
     if not convs:

@@ -34,6 +34,11 @@ expected rating on FastChat's 1–10 scale. It skips the judge's explanation, so
 not FastChat's protocol: use it to get numbers from a judge that could not
 otherwise give any.
 
+As a suite (`SUITE`): rows ``mtbench-answer:<role>:<question>`` (FastChat's answer
+record in ``record``) and ``mtbench-judgment:<role>:<question>:<turn>`` (FastChat's
+judgment record); the evaluation folder gets FastChat's files
+(``mt_bench/model_answer/<name>.jsonl``, ``mt_bench/model_judgment/<judge>_single.jsonl``).
+
 Example:
     >>> data = load_mtbench()
     >>> len(data.questions), sorted({q["category"] for q in data.questions})[:3]
@@ -57,6 +62,8 @@ from typing import Any, Literal, Sequence
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from valign.errors import ValignError
+from valign.evals.mtbench_report import mtbench_section
+from valign.evals.suite import ROLES, Suite, SuiteRun, SuiteSetup
 from valign.models.base import ChatModel
 from valign.types import Conversation, GenConfig, keep_gen_defaults
 
@@ -79,6 +86,9 @@ __all__ = [
     "aggregate",
     "judge_file_name",
     "write_fastchat_files",
+    "describe_mtbench",
+    "run_mtbench",
+    "SUITE",
 ]
 
 # FastChat's facts (fastchat/llm_judge/common.py), restated, not imported.
@@ -278,9 +288,10 @@ def answer_questions(
     """Answer every turn of every question (turn 2 sees turn 1), one batched call per
     (turn, temperature); returns FastChat model-answer records in question order.
 
-    Example:
-        >>> rec = answer_questions(load_model("embedded"), load_mtbench().questions[:1], "base", 32)[0]
-        >>> sorted(rec), len(rec["choices"][0]["turns"])
+    Example (loads the embedded model)::
+
+        rec = answer_questions(load_model("embedded"), load_mtbench().questions[:1], "base", 32)[0]
+        sorted(rec), len(rec["choices"][0]["turns"])
         (['answer_id', 'choices', 'model_id', 'question_id', 'tstamp'], 2)
     """
     convs: list[Conversation] = [[] for _ in questions]
@@ -372,9 +383,10 @@ def logprob_ratings(judge: ChatModel, convs: list[Conversation]) -> list[tuple[f
     """Expected ratings 1–10 and their distributions from option probabilities, one per
     judge conversation (see the module docstring).
 
-    Example:
-        >>> conv, _ = judge_conversation(q, answer, data.judge_prompts["single-v1"], None, False)
-        >>> logprob_ratings(load_model("embedded"), [conv])[0][0]
+    Example (loads the embedded model)::
+
+        conv, _ = judge_conversation(q, answer, data.judge_prompts["single-v1"], None, False)
+        logprob_ratings(load_model("embedded"), [conv])[0][0]
         4.81
     """
     if not convs:
@@ -407,9 +419,10 @@ def judge_answers(
 ) -> list[dict[str, Any]]:
     """FastChat single-judgment records for both turns of each question one model answered.
 
-    Example:
-        >>> recs = judge_answers(judge, "embedded", qs, {a["question_id"]: a for a in answers}, data, "base", mode="logprob")
-        >>> recs[0]["judge"], recs[0]["turn"]
+    Example (with a judge model and one model's answers)::
+
+        recs = judge_answers(judge, "embedded", qs, {a["question_id"]: a for a in answers}, data, "base", mode="logprob")
+        recs[0]["judge"], recs[0]["turn"]
         (['embedded', 'single-v1'], 1)
     """
     jobs: list[tuple[dict[str, Any], int, str, Conversation, str]] = []
@@ -436,7 +449,7 @@ def judge_answers(
         results = [("", score, {"rating_probs": probs}) for score, probs in readings]
     else:
         g = gen or GenConfig(temperature=0.0, max_new_tokens=2048)
-        g = g if g.seed is not None else g.model_copy(update={"seed": seed})
+        g = g.seeded(seed)
         outs = judge.generate([j[3] for j in jobs], g) if jobs else []
         results = [(o.text, parse_rating(o.text), {}) for o in outs]
     records = []
@@ -509,8 +522,9 @@ def write_fastchat_files(
     FastChat's ``reorg_answer_file`` leaves them) and
     ``mt_bench/model_judgment/<judge>_single.jsonl``; returns the paths written.
 
-    Example:
-        >>> write_fastchat_files(Path("out"), {"base": answers}, judgments, "embedded")["judgments"]
+    Example (writes files)::
+
+        write_fastchat_files(Path("out"), {"base": answers}, judgments, "embedded")["judgments"]
         'out/mt_bench/model_judgment/embedded_single.jsonl'
     """
     answer_dir = out_dir / "mt_bench" / "model_answer"
@@ -526,3 +540,70 @@ def write_fastchat_files(
     path.write_text("".join(json.dumps(j) + "\n" for j in judgments))
     paths["judgments"] = str(path)
     return paths
+
+
+# --------------------------------------------------------------------------- the suite
+
+
+def describe_mtbench(setup: SuiteSetup) -> dict[str, Any]:
+    """The digest of FastChat's data, for the fingerprint. The question selection is
+    checked here too: an unknown category is refused before any model is loaded."""
+    mc: MTBenchConfig = setup.settings
+    data = load_mtbench(mc.data, mc.reference_model)
+    select_questions(data.questions, mc.questions, mc.per_category, mc.categories)
+    return {"mtbench": data.digest()}
+
+
+def run_mtbench(ctx: SuiteRun) -> dict[str, Any]:
+    """Both models answer both turns of every question; the judge rates each turn;
+    FastChat's files are written from the rows."""
+    mc: MTBenchConfig = ctx.settings
+    data = load_mtbench(mc.data, mc.reference_model)
+    questions = select_questions(data.questions, mc.questions, mc.per_category, mc.categories)
+
+    def answer(model: ChatModel, role: str, chunk: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        recs = answer_questions(model, chunk, ctx.names[role], mc.max_new_tokens, ctx.seed)
+        return [{"id": f"mtbench-answer:{role}:{r['question_id']}", "type": "mtbench_answer", "role": role, "model": ctx.specs[role], "record": r} for r in recs]
+
+    ctx.answer_missing(
+        questions, lambda role, q: f"mtbench-answer:{role}:{q['question_id']}", answer, "MT-Bench, {n} questions × 2 turns from {role} ({spec})"
+    )
+    answers = {role: {r["record"]["question_id"]: r["record"] for r in ctx.rows_of("mtbench_answer") if r["role"] == role} for role in ROLES}
+    judge = None
+    for role in ROLES:
+        todo = [q for q in questions if not {f"mtbench-judgment:{role}:{q['question_id']}:{t}" for t in (1, 2)} <= ctx.rows.ids]
+        if not todo:
+            continue
+        ctx.console.print(f"evaluate: MT-Bench, judging {len(todo)} of {role}'s answers with {ctx.judge} ({mc.judge_mode})")
+        judge = judge or ctx.models.get(ctx.judge)
+        for chunk in ctx.chunks(todo):
+            recs = judge_answers(judge, ctx.judge, chunk, answers[role], data, ctx.names[role], mc.judge_mode, mc.judge_gen, ctx.seed)
+            ctx.rows.append(
+                {"id": f"mtbench-judgment:{role}:{r['question_id']}:{r['turn']}", "type": "mtbench_judgment", "role": role, "record": r}
+                for r in recs
+            )
+    wanted = {q["question_id"] for q in questions}
+    judgments = [r["record"] for r in ctx.rows_of("mtbench_judgment") if r["record"]["question_id"] in wanted]
+    files = write_fastchat_files(
+        ctx.out_dir, {ctx.names[role]: [a for q, a in answers[role].items() if q in wanted] for role in ROLES}, judgments, ctx.judge
+    )
+    return {
+        "questions": len(questions),
+        "question_ids": sorted(wanted),
+        "judge_mode": mc.judge_mode,
+        "judge": ctx.judge,
+        "results": aggregate(judgments),
+        "files": {k: str(Path(v).relative_to(ctx.out_dir)) for k, v in files.items()},
+    }
+
+
+SUITE = Suite(
+    name="mtbench",
+    config=MTBenchConfig,
+    describe=describe_mtbench,
+    run=run_mtbench,
+    counts=lambda summary: {"MT-Bench questions": summary.get("questions")},
+    section=mtbench_section,
+    inspect_task="valign.evals.mtbench_task:mtbench",
+    paths=("data",),
+)

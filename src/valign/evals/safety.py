@@ -9,7 +9,10 @@ look edgy, per model, with Wilson 95% intervals.
 * **Over-refusal** — the share of ``benign_edgy`` prompts ("How do I kill a Python
   process?") a model refuses (lower is better).
 
-Refusals are read by the rule-based detector (`valign.evaluate.refusal`).
+Refusals are read by the rule-based detector (`valign.evals.refusal`).
+
+As a suite (`SUITE`): one row ``safety:<role>:<set>:<prompt>`` per answer; the summary
+is each role's refusal rate per set (`refusal_rates`).
 
 Example:
     >>> wilson_interval(8, 10)
@@ -27,12 +30,25 @@ from typing import Any, Sequence
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from valign.errors import ValignError
-from valign.evaluate.refusal import answers_with_refusals
+from valign.evals.refusal import answers_with_refusals
+from valign.evals.safety_report import safety_section
+from valign.evals.suite import ROLES, Suite, SuiteRun, SuiteSetup
 from valign.models.base import ChatModel
 from valign.prompt_sets import PromptMixConfig, build_prompt_mix, load_source
 from valign.types import GenConfig, Row, keep_gen_defaults
 
-__all__ = ["SafetyConfig", "wilson_interval", "safety_prompts", "safety_rows", "refusal_rates", "prompts_digest", "SETS"]
+__all__ = [
+    "SafetyConfig",
+    "wilson_interval",
+    "safety_prompts",
+    "safety_rows",
+    "refusal_rates",
+    "prompts_digest",
+    "SETS",
+    "describe_safety",
+    "run_safety",
+    "SUITE",
+]
 
 SETS = ("red_team", "benign_edgy")
 
@@ -129,8 +145,9 @@ def prompts_digest(rows: Sequence[Row]) -> str:
 def safety_rows(model: ChatModel, role: str, spec: str, prompts: Sequence[Row], gen: GenConfig) -> list[Row]:
     """One model's answers to the safety prompts, each with the detector's reading.
 
-    Example:
-        >>> safety_rows(load_model("embedded"), "base", "embedded", prompts, GenConfig(max_new_tokens=32))[0]["refused"]
+    Example (loads the embedded model)::
+
+        safety_rows(load_model("embedded"), "base", "embedded", prompts, GenConfig(max_new_tokens=32))[0]["refused"]
         False
     """
     answers = answers_with_refusals(model, [r["messages"] for r in prompts], gen, role, spec)
@@ -168,3 +185,36 @@ def refusal_rates(rows: Sequence[Row]) -> dict[str, dict[str, dict[str, Any]]]:
             cell["rate"] = round(cell["refused"] / cell["n"], 4)
             cell["ci95"] = wilson_interval(cell["refused"], cell["n"])
     return out
+
+
+# --------------------------------------------------------------------------- the suite
+
+
+def describe_safety(setup: SuiteSetup) -> dict[str, Any]:
+    """The digest of the prompts (which depend on the run's training mix), for the fingerprint."""
+    return {"safety": prompts_digest(safety_prompts(setup.settings, setup.train_prompts, setup.base_dir))}
+
+
+def run_safety(ctx: SuiteRun) -> dict[str, Any]:
+    """Both models answer every safety prompt; the detector reads each answer."""
+    sc: SafetyConfig = ctx.settings
+    prompts = safety_prompts(sc, ctx.train_prompts, ctx.base_dir)
+    ctx.answer_missing(
+        prompts,
+        lambda role, p: f"safety:{role}:{p['set']}:{p['id']}",
+        lambda model, role, chunk: safety_rows(model, role, ctx.specs[role], chunk, sc.gen),
+        "safety, {n} prompts for {role} ({spec})",
+    )
+    wanted = {f"safety:{role}:{p['set']}:{p['id']}" for role in ROLES for p in prompts}
+    return refusal_rates([r for r in ctx.rows_of("safety") if r["id"] in wanted])
+
+
+SUITE = Suite(
+    name="safety",
+    config=SafetyConfig,
+    describe=describe_safety,
+    run=run_safety,
+    counts=lambda summary: {"safety prompts": sum(cell["n"] for cell in summary.get("base", {}).values())},
+    section=safety_section,
+    inspect_task="valign.evals.safety_task:safety",
+)

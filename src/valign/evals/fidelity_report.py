@@ -1,21 +1,23 @@
 """The report's "Survey fidelity" section: whom each model sounds like.
 
-Reads the ``fidelity`` rows and summary of the `evaluate` stage (`valign.evaluate.fidelity`)
+Reads the ``fidelity`` rows and summary of the `evaluate` stage (`valign.evals.fidelity`)
 and shows, per subgroup and for the whole population, each model's representativeness
 (1 − mean normalised Wasserstein distance over Likert items), nominal similarity and
 overall fidelity, as a chart per grouping variable and a table, plus every item's distance for
 both models.
 
-Example:
-    >>> fidelity_section(load_run("runs/public-values-demo"), ReportEnv()).title
-    'Survey fidelity'
+Example (after ``make public-demo``)::
+
+    fidelity_section(load_run("runs/public-values-demo"), ReportEnv()).title   # 'Survey fidelity'
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from valign.evaluate.report import BASE_COLOR, TUNED_COLOR, ReportEnv, RunData, Section, _pyplot
+from valign.evals.plots import pyplot, role_color
+from valign.evals.rundata import RunData
+from valign.evals.section import ReportEnv, Section
 
 __all__ = ["fidelity_section"]
 
@@ -23,6 +25,7 @@ MEASURES = (("representativeness", "Representativeness"), ("nominal_similarity",
 
 
 def fidelity_section(run: RunData, env: ReportEnv) -> Section | None:
+    """Representativeness, nominal similarity and fidelity per subgroup and model, and every item's distance."""
     ev = run.manifest("evaluate") or {}
     summary = ev.get("fidelity")
     rows = {r["role"]: r for r in run.rows("evaluate") if r.get("type") == "fidelity"}
@@ -58,13 +61,13 @@ def _charts(summary: dict[str, Any], roles: list[str], groups: list[str], names:
 
 def _chart(summary: dict[str, Any], roles: list[str], groups: list[str], names: dict[str, str], measure: str, env: ReportEnv,
            variable: str | None) -> dict[str, str]:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.2, 0.42 * len(groups) * len(roles) / 2 + 1.1))
     height = 0.38
     values = [summary[r][g].get(measure) for r in roles for g in groups] + [summary[r]["all"].get(measure) for r in roles]
     known = [v for v in values if v is not None]
     for k, role in enumerate(roles):
-        color = BASE_COLOR if role == "base" else TUNED_COLOR
+        color = role_color(role)
         ys = [i + k * height for i, g in enumerate(groups) if summary[role][g].get(measure) is not None]
         xs = [summary[role][g][measure] for g in groups if summary[role][g].get(measure) is not None]  # no bar where a group has no such items
         ax.barh(ys, xs, height, color=color, label=names[role])

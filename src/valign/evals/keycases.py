@@ -5,12 +5,16 @@ about lying, deception, manipulation, coercion, paternalism, autonomy near self-
 beneficence, honesty against kindness and more, each tagged with the ids of the
 principles of the ``kantian`` constitution it probes and a note on what a good answer
 does. Seed 000's authors graded 16 such cases by hand; here a pairwise judge grades
-each case on the five-level scale in both orders (`valign.evaluate.pairwise`), and
+each case on the five-level scale in both orders (`valign.evals.pairwise`), and
 each answer is checked for refusal by the rule-based detector and, in generative
 mode, by the judge's own "Refused:" label.
 
 A key-case file is JSONL with ``id``, ``prompt``, ``principles`` (ids) and optional
 ``theme`` and ``note``.
+
+As a suite (`SUITE`): rows ``keycase-answer:<role>:<case>`` (each model's answer) and
+``keycase:<case>`` (the judged comparison); the summary counts improvements and
+regressions by level (`summarise_keycases`).
 
 Example:
     >>> cases = load_keycases()
@@ -28,10 +32,12 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from valign.constitution import Constitution
+from valign.constitution import Constitution, load_constitution
 from valign.errors import ValignError
-from valign.evaluate.pairwise import PairItem, PairwiseConfig, PairwiseResult, describe_score, judge_pairwise
-from valign.evaluate.refusal import answers_with_refusals
+from valign.evals.keycases_report import keycases_section
+from valign.evals.pairwise import PairItem, PairwiseConfig, PairwiseResult, describe_score, judge_pairwise, templates_digest
+from valign.evals.refusal import answers_with_refusals
+from valign.evals.suite import ROLES, Suite, SuiteRun, SuiteSetup
 from valign.models.base import ChatModel
 from valign.types import GenConfig, Row, keep_gen_defaults
 
@@ -45,6 +51,9 @@ __all__ = [
     "judged_rows",
     "summarise_keycases",
     "IMPROVEMENT_LEVELS",
+    "describe_keycases",
+    "run_keycases",
+    "SUITE",
 ]
 
 SHIPPED = "kantian"
@@ -147,8 +156,9 @@ def principles_text(case: KeyCase, constitution: Constitution) -> str:
 def answer_rows(model: ChatModel, role: str, spec: str, cases: Sequence[KeyCase], gen: GenConfig) -> list[Row]:
     """One model's answers to the cases, each checked by the refusal detector.
 
-    Example:
-        >>> answer_rows(load_model("embedded"), "base", "embedded", load_keycases(limit=1), GenConfig(max_new_tokens=32))[0]["id"]
+    Example (loads the embedded model)::
+
+        answer_rows(load_model("embedded"), "base", "embedded", load_keycases(limit=1), GenConfig(max_new_tokens=32))[0]["id"]
         'keycase-answer:base:lottery-winnings'
     """
     answers = answers_with_refusals(model, [[{"role": "user", "content": c.prompt}] for c in cases], gen, role, spec)
@@ -168,10 +178,11 @@ def judged_rows(
 
     ``answers`` maps role (``base``, ``tuned``) → case id → answer row.
 
-    Example:
-        >>> rows = judged_rows(judge, "embedded", cases, {"base": base_rows, "tuned": tuned_rows},
-        ...                    PairwiseConfig(judge_mode="logprob"), load_constitution("kantian"))
-        >>> rows[0]["improvement"] in ("none", "slight", "moderate", "strong")
+    Example (with a judge model and both models' answer rows)::
+
+        rows = judged_rows(judge, "embedded", cases, {"base": base_rows, "tuned": tuned_rows},
+                           PairwiseConfig(judge_mode="logprob"), load_constitution("kantian"))
+        rows[0]["improvement"] in ("none", "slight", "moderate", "strong")
         True
     """
     items = [
@@ -242,3 +253,51 @@ def summarise_keycases(rows: Sequence[Row]) -> dict[str, Any]:
     }
     out["mean_score"] = round(sum(r["score"] for r in parsed) / len(parsed), 4) if parsed else None
     return out
+
+
+# --------------------------------------------------------------------------- the suite
+
+
+def describe_keycases(setup: SuiteSetup) -> dict[str, Any]:
+    """The cases, the constitution and the judge's templates, for the fingerprint."""
+    kc: KeyCasesConfig = setup.settings
+    return {
+        "keycases": keycases_digest(load_keycases(kc.file, kc.limit)),
+        "constitution": load_constitution(setup.constitution).fingerprint(),
+        "templates": templates_digest(),
+    }
+
+
+def run_keycases(ctx: SuiteRun) -> dict[str, Any]:
+    """Both models answer every case, then the judge compares each pair in both orders."""
+    kc: KeyCasesConfig = ctx.settings
+    cases = load_keycases(kc.file, kc.limit)
+    constitution = load_constitution(ctx.constitution)
+    gen = ctx.seeded(kc.gen)
+    ctx.answer_missing(
+        cases,
+        lambda role, case: f"keycase-answer:{role}:{case.id}",
+        lambda model, role, chunk: answer_rows(model, role, ctx.specs[role], chunk, gen),
+        "key cases, {n} answers from {role} ({spec})",
+    )
+    todo = [c for c in cases if f"keycase:{c.id}" not in ctx.rows.ids]
+    if todo:
+        answers = {role: {r["case_id"]: r for r in ctx.rows_of("keycase_answer") if r["role"] == role} for role in ROLES}
+        ctx.console.print(f"evaluate: key cases, {len(todo)} comparisons judged by {ctx.judge} ({kc.judge_mode}, both orders)")
+        judge = ctx.models.get(ctx.judge)
+        for chunk in ctx.chunks(todo):
+            ctx.rows.append(judged_rows(judge, ctx.judge, chunk, answers, kc, constitution, ctx.seed))
+    wanted = {f"keycase:{c.id}" for c in cases}
+    return {**summarise_keycases([r for r in ctx.rows_of("keycase") if r["id"] in wanted]), "judge_mode": kc.judge_mode}
+
+
+SUITE = Suite(
+    name="keycases",
+    config=KeyCasesConfig,
+    describe=describe_keycases,
+    run=run_keycases,
+    counts=lambda summary: {"key cases": summary.get("cases")},
+    section=keycases_section,
+    inspect_task="valign.evals.keycases_task:keycases",
+    paths=("file",),
+)

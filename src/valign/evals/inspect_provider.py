@@ -4,17 +4,18 @@
 ``valign/hf:…``, ``valign/openai:…@…``) runs inspect's solvers on a valign model. It is
 registered through inspect_ai's ``modelapi`` decorator and the ``inspect_ai`` entry
 point in valign's ``pyproject.toml``, so inspect finds it without an import;
-importing `valign.evaluate.inspect_tasks` registers it too.
+importing `valign.evals.inspect_tasks` registers it too.
 
 inspect runs samples concurrently (``max_connections``, 32 by default here); their
 requests go through one `valign.serve.Batcher`, which runs whatever is waiting as a
 single batched model call on one worker thread, so a local model is never called
 from two threads at once and a CPU gets batches rather than single requests.
 
-Example:
-    >>> from inspect_ai.model import get_model
-    >>> import valign.evaluate.inspect_provider
-    >>> output = await get_model("valign/embedded").generate("Say hello", config=GenerateConfig(max_tokens=8))
+Example (in an async function; loads the embedded model)::
+
+    from inspect_ai.model import GenerateConfig, get_model
+    import valign.evals.inspect_provider
+    output = await get_model("valign/embedded").generate("Say hello", config=GenerateConfig(max_tokens=8))
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ __all__ = ["valign_provider"]
 def valign_provider() -> type[ModelAPI]:
     """The provider class, imported only when inspect asks for a ``valign/`` model.
 
-    Example:
-        >>> get_model("valign/run:runs/kantian-demo/06-dpo")  # any valign spec after "valign/"
+    Example (any valign spec after valign/)::
+
+        get_model("valign/run:runs/kantian-demo/06-dpo")  # any valign spec after "valign/"
     """
     return _provider_class()
 

@@ -38,8 +38,7 @@ from typing import Any, Literal, Sequence
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from valign.models.base import ChatModel
-from valign.stages.judge import load_template
-from valign.stages.judge import templates_digest as judge_templates_digest
+from valign.templates import digest, load_template
 from valign.types import Conversation, GenConfig, keep_gen_defaults
 
 __all__ = [
@@ -95,7 +94,8 @@ class PairItem:
     """One comparison: the prompt, the two answers (X is scored), and the principles text.
 
     Example:
-        >>> PairItem(prompt="Is lying ok?", x="Rarely; here is why…", y="Yes.", principles="Never lie.")
+        >>> PairItem(prompt="Is lying ok?", x="Rarely; here is why…", y="Yes.", principles="Never lie.").key
+        ''
     """
 
     prompt: str
@@ -302,15 +302,16 @@ def templates_digest() -> str:
         >>> len(templates_digest())
         64
     """
-    return judge_templates_digest(TEMPLATE_FILES)
+    return digest(TEMPLATE_FILES)
 
 
 def judge_pairwise(model: ChatModel, items: Sequence[PairItem], cfg: PairwiseConfig, seed: int = 0) -> list[PairwiseResult]:
     """Grade every item in both orders with one batched model call per mode.
 
-    Example:
-        >>> judge_pairwise(load_model("embedded"), [PairItem("Hi", "Hello!", "Go away.", "Be kind.")],
-        ...                PairwiseConfig(judge_mode="logprob"))[0].orders
+    Example (loads the embedded model)::
+
+        judge_pairwise(load_model("embedded"), [PairItem("Hi", "Hello!", "Go away.", "Be kind.")],
+                       PairwiseConfig(judge_mode="logprob"))[0].orders
         [0.12, -0.4]
     """
     convs: list[Conversation] = []
@@ -331,7 +332,7 @@ def judge_pairwise(model: ChatModel, items: Sequence[PairItem], cfg: PairwiseCon
             assert both is not None
             results.append(PairwiseResult(orders=orders, score=both.score, consistent=both.consistent, probs=[p1, p2]))
         return results
-    gen = cfg.judge_gen if cfg.judge_gen.seed is not None else cfg.judge_gen.model_copy(update={"seed": seed})
+    gen = cfg.judge_gen.seeded(seed)
     outs = model.generate(convs, gen)
     results = []
     for i in range(len(items)):

@@ -16,6 +16,12 @@ over nominal items; ``fidelity`` is 1 − the mean distance over all items. Each
 given against the whole population and against each subgroup's distribution, so a
 report shows whom the model sounds like.
 
+As a suite (`SUITE`, not run unless named in ``evaluate.suites``): one row
+``fidelity:<role>`` per model with its answer distribution on every item and its
+distances, overall and per subgroup. The items are ``evaluate.fidelity.items`` (an
+``eval_items.jsonl`` of ``valign survey export``), by default the run's `survey`
+stage's.
+
 Example:
     >>> wasserstein_ordinal([1, 0, 0], [0, 0, 1])
     1.0
@@ -25,15 +31,50 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
-from valign.survey.opinion import OpinionItem, opinion_prompt, option_letters
+from pydantic import BaseModel, ConfigDict
 
-__all__ = ["wasserstein_ordinal", "js_distance", "item_distance", "model_distributions", "FidelityResult", "score_fidelity", "ALL"]
+from valign.errors import ValignError
+from valign.evals.fidelity_report import fidelity_section
+from valign.evals.suite import ROLES, Suite, SuiteRun, SuiteSetup
+from valign.survey.opinion import OpinionItem, opinion_prompt, option_letters, read_items
+
+__all__ = [
+    "wasserstein_ordinal",
+    "js_distance",
+    "item_distance",
+    "model_distributions",
+    "FidelityResult",
+    "score_fidelity",
+    "ALL",
+    "FidelityConfig",
+    "describe_fidelity",
+    "run_fidelity",
+    "SUITE",
+]
 
 ALL = "all"  # the key of the whole population in FidelityResult.summary
+
+
+class FidelityConfig(BaseModel):
+    """Settings of the survey-fidelity suite (``evaluate.fidelity``): ``items`` is an
+    evaluation set (``eval_items.jsonl`` of ``valign survey export``), by default the
+    run's `survey` stage's; ``kinds`` limits the item kinds (value, principle,
+    scenario, rating; default all).
+
+    Example (YAML):
+        fidelity: {items: null, kinds: [value, principle]}
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: str | None = None
+    kinds: list[str] | None = None
 
 
 def wasserstein_ordinal(p: Sequence[float], q: Sequence[float]) -> float:
@@ -152,3 +193,52 @@ def _summarise(values: list[tuple[bool, float]]) -> dict[str, float | int | None
         "ordinal_items": len(ordinal),
         "nominal_items": len(nominal),
     }
+
+
+# --------------------------------------------------------------------------- the suite
+
+
+def describe_fidelity(setup: SuiteSetup) -> dict[str, Any]:
+    """The digest of a named items file, for the fingerprint (the survey stage's own
+    items are covered by that stage's fingerprint)."""
+    fc: FidelityConfig = setup.settings
+    if not fc.items:
+        return {}
+    path = Path(fc.items)
+    return {"fidelity_items": hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else str(path)}
+
+
+def run_fidelity(ctx: SuiteRun) -> dict[str, Any]:
+    """Each model's answer distribution on every item, compared with the population's."""
+    fc: FidelityConfig = ctx.settings
+    path = _items_path(fc, ctx.survey_items)
+    items = [i for i in read_items(path) if fc.kinds is None or i.kind in fc.kinds]
+    if not items:
+        raise ValignError(f"{path} has no items of kinds {fc.kinds}; check evaluate.fidelity.kinds.")
+    for role in ROLES:
+        if f"fidelity:{role}" not in ctx.rows.ids:
+            ctx.console.print(f"evaluate: survey fidelity, {len(items)} items for {role} ({ctx.specs[role]})")
+            result = score_fidelity(ctx.models.get(ctx.specs[role]), items, ctx.specs[role])
+            ctx.rows.append([{"id": f"fidelity:{role}", "type": "fidelity", "role": role, "model": ctx.specs[role], **result.to_dict()}])
+    found = {r["role"]: r for r in ctx.rows_of("fidelity")}
+    return {"items": len(items), "kinds": sorted({i.kind for i in items}), **{role: found[role]["summary"] for role in ROLES}}
+
+
+def _items_path(fc: FidelityConfig, survey_items: Path | None) -> Path:
+    if fc.items:
+        return Path(fc.items)
+    if survey_items is None:
+        raise ValignError("the fidelity suite needs survey items: add a `survey` stage before evaluate, or set evaluate.fidelity.items to an eval_items.jsonl.")
+    return survey_items
+
+
+SUITE = Suite(
+    name="fidelity",
+    config=FidelityConfig,
+    describe=describe_fidelity,
+    run=run_fidelity,
+    section=fidelity_section,
+    inspect_task="valign.evals.fidelity_task:fidelity",
+    default=False,  # it needs survey items, which only a run with a survey stage has
+    paths=("items",),
+)
