@@ -71,6 +71,16 @@ def test_validating_a_config_reads_no_file(tmp_path, monkeypatch):
         preflight(cfg)
 
 
+def test_the_preflight_reads_the_evaluate_suites_files(tmp_path):
+    text = "name: t\nstages: [respond, sft, evaluate]\nevaluate: {keycases: {file: nope.jsonl}, mtbench: {categories: [nosuch]}}\n"
+    cfg = load_config(write(tmp_path, text))  # validation reads neither
+    with pytest.raises(ValignError, match="key-case file nope.jsonl does not exist"):
+        preflight(cfg)
+    with pytest.raises(ValignError, match="MT-Bench has no category 'nosuch'"):
+        preflight(load_config(write(tmp_path, text), ["evaluate.keycases.file=null"]))
+    preflight(load_config(write(tmp_path, text), ["evaluate.keycases.file=null", "evaluate.suites=[keycases, safety]"]))
+
+
 def test_the_stage_registry_makes_the_run_config():
     from valign.config import RunConfig
     from valign.stages.registry import STAGES, training_stages

@@ -241,4 +241,5 @@ SUITE = Suite(
     inspect_task="valign.evals.fidelity_task:fidelity",
     default=False,  # it needs survey items, which only a run with a survey stage has
     paths=("items",),
+    preflight=lambda fc: read_items(Path(fc.items)) if fc.items else None,
 )

@@ -300,4 +300,5 @@ SUITE = Suite(
     section=keycases_section,
     inspect_task="valign.evals.keycases_task:keycases",
     paths=("file",),
+    preflight=lambda kc: load_keycases(kc.file, kc.limit),
 )

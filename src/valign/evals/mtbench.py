@@ -606,4 +606,5 @@ SUITE = Suite(
     section=mtbench_section,
     inspect_task="valign.evals.mtbench_task:mtbench",
     paths=("data",),
+    preflight=lambda mc: select_questions(load_mtbench(mc.data, mc.reference_model).questions, mc.questions, mc.per_category, mc.categories),
 )

@@ -130,7 +130,9 @@ class Suite:
     * ``inspect_task`` — ``"module:function"`` of its inspect_ai ``@task`` (imported only
       by `valign.evals.inspect_tasks`: inspect_ai is an optional dependency);
     * ``default`` — whether ``evaluate.suites`` includes it when a config names none;
-    * ``paths`` — settings that name files, resolved against the config's folder.
+    * ``paths`` — settings that name files, resolved against the config's folder;
+    * ``preflight`` — loads the files its settings name (``settings`` in, nothing out),
+      so a run's mistake fails before any stage loads a model.
     """
 
     name: str
@@ -142,3 +144,4 @@ class Suite:
     counts: Callable[[dict[str, Any]], dict[str, int]] = no_counts
     default: bool = True
     paths: tuple[str, ...] = ()
+    preflight: Callable[[Any], None] = lambda settings: None

@@ -285,6 +285,11 @@ class EvaluateStage(Stage):
     config_class = EvaluateConfig
     reads_constitution = True
 
+    def preflight(self, run_config: RunConfig) -> None:
+        cfg: EvaluateSettings = run_config.evaluate
+        for name in cfg.suites:
+            cfg.suite_registry[name].preflight(getattr(cfg, name))
+
     def inputs(self, run_config: RunConfig) -> list[str]:
         # A named tuned model (e.g. the DPO adapter served by vLLM) still comes from the
         # run's training when there is one: depend on it so retraining re-evaluates.
