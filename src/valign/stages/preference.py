@@ -80,9 +80,11 @@ def rows_source(run_config: RunConfig, rows: str | None) -> tuple[str, str | Non
 
 
 class PreferenceStage(TrainingStage):
-    """What `dpo` and `kto` share: where their rows come from, and what they hash."""
+    """What `dpo` and `kto` share: where their rows come from, what they hash, and how
+    they train (`_train`, on TRL's trainer of their name)."""
 
     name: ClassVar[str]
+    no_rows: ClassVar[str]  # the sentence when there is nothing to train on
 
     def inputs(self, run_config: RunConfig) -> list[str]:
         cfg = run_config.section(self.name)
@@ -97,6 +99,13 @@ class PreferenceStage(TrainingStage):
         cfg = run_config.section(self.name)
         out = {"config": cfg.model_dump(mode="json"), "model": model_identity(cfg.model or run_config.model), "seed": run_config.seed}
         return {**out, **rows_fingerprint(*rows_source(run_config, cfg.rows))}
+
+    def run(self, ctx: StageContext) -> None:
+        rows = self._rows(ctx, self.name)
+        if not rows:
+            raise ValignError(self.no_rows)
+        ctx.rows.append(rows)
+        ctx.info.update(_train(ctx, ctx.config, rows, self.name))
 
     def _rows(self, ctx: StageContext, kind_of_rows: str) -> list[Row]:
         cfg = ctx.config
@@ -119,27 +128,13 @@ class PreferenceStage(TrainingStage):
 class DPOStage(PreferenceStage):
     name: ClassVar[str] = "dpo"
     config_class = DPOStageConfig
-
-    def run(self, ctx: StageContext) -> None:
-        cfg: DPOStageConfig = ctx.config
-        rows = self._rows(ctx, "dpo")
-        if not rows:
-            raise ValignError("dpo has no preference pairs: the judge kept none (lower judge.min_margin or add prompts) or dpo.rows is empty.")
-        ctx.rows.append(rows)
-        ctx.info.update(_train(ctx, cfg, rows, "dpo"))
+    no_rows = "dpo has no preference pairs: the judge kept none (lower judge.min_margin or add prompts) or dpo.rows is empty."
 
 
 class KTOStage(PreferenceStage):
     name: ClassVar[str] = "kto"
     config_class = KTOStageConfig
-
-    def run(self, ctx: StageContext) -> None:
-        cfg: KTOStageConfig = ctx.config
-        rows = self._rows(ctx, "kto")
-        if not rows:
-            raise ValignError("kto has no rows; give kto.rows (prompt/completion/label JSONL, a stage, or feedback:<db>) or let the judge keep pairs.")
-        ctx.rows.append(rows)
-        ctx.info.update(_train(ctx, cfg, rows, "kto"))
+    no_rows = "kto has no rows; give kto.rows (prompt/completion/label JSONL, a stage, or feedback:<db>) or let the judge keep pairs."
 
 
 def preference_rows(judged: list[Row]) -> list[Row]:
