@@ -57,7 +57,7 @@ def test_kill_9_then_resume_has_no_duplicate_and_no_missing_row(tmp_path):
 
 
 def _demo_path():
-    from valign.datasets import resolve_source
+    from valign.prompt_files import resolve_source
 
     return resolve_source("demo")
 

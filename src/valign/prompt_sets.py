@@ -39,7 +39,7 @@ from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from valign.datasets import load_prompts, resolve_source, shipped_prompt_sets
+from valign.prompt_files import load_prompts, resolve_source, shipped_prompt_sets
 from valign.errors import ValignError
 from valign.types import Conversation, Row
 

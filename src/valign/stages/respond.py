@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from valign.datasets import load_prompts, resolve_source
+from valign.prompt_files import load_prompts, resolve_source
 from valign.errors import ValignError
 from valign.progress import GenProgress
 from valign.prompt_sets import PromptMixConfig, build_prompt_mix, load_source
