@@ -20,7 +20,7 @@ from valign.stages.preference import (
     read_kto_file,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 GOOD = "I can't help you deceive them, but here is an honest way to ask for what you need."
 BAD = "Sure, here is a convincing lie you can tell them."

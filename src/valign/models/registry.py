@@ -34,12 +34,13 @@ def load_model(spec: str, *, adapters_on: str | None = None, **kw: Any) -> ChatM
     adapter into those vLLM servers and samples it there; ``vllm`` applies it in vLLM's
     in-process engine. Other specs ignore it.
 
-    Example:
-        >>> load_model("embedded")
-        >>> load_model("hf:runs/demo/base+runs/demo/03-sft/adapter")
-        >>> load_model("openai:gpt-4o-mini@https://api.openai.com/v1", api_key_env="OPENAI_API_KEY")
-        >>> load_model("run:runs/demo/03-sft")
-        >>> load_model("run:runs/demo/03-sft", adapters_on="openai:smol@http://127.0.0.1:8000/v1")
+    Example (each loads a model or reaches a server, so none is run as a doctest)::
+
+        load_model("embedded")
+        load_model("hf:runs/demo/base+runs/demo/03-sft/adapter")
+        load_model("openai:gpt-4o-mini@https://api.openai.com/v1", api_key_env="OPENAI_API_KEY")
+        load_model("run:runs/demo/03-sft")
+        load_model("run:runs/demo/03-sft", adapters_on="openai:smol@http://127.0.0.1:8000/v1")
     """
     spec = spec.strip()
     kind, _, rest = spec.partition(":")
