@@ -1,94 +1,20 @@
 """Shared fixtures: the real embedded model (loaded once), a finished SFT stage trained
-on it, and a scripted model for control-flow tests; and the test lanes' markers.
+on it, and a scripted model for control-flow tests.
 
-Markers name what a test needs beyond the Python process (pyproject lists them):
-``model`` (a real model loads), ``browser`` (headless Chromium), ``postgres`` (a
-PostgreSQL server), and ``slow`` (long: trains or generates at length). A test gets
-``model`` here from the fixtures it uses (`RESOURCE_FIXTURES`); other tests and test
-files write their markers. `make test` runs everything; `make test-fast` deselects the
-four, and any resource no selected test is marked for is then refused
-(tests/resource_guard.py): an unmarked test that loads a model there fails.
+A test that uses `embedded`, `embedded_fp32` or `sft_stage` is marked ``model`` for it
+(the root conftest.py's `RESOURCE_FIXTURES`), so `make test-fast` leaves it out.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Iterator
 
 import pytest
 
-from tests import resource_guard
 from valign.models.base import BaseChatModel, GenRequest, normalise
 from valign.types import Completion, Conversation, GenConfig
-
-RESOURCES = ("model", "browser", "postgres")
-
-# Fixtures that start a resource: any test using one (directly or through another
-# fixture) is marked for it.
-RESOURCE_FIXTURES = {"embedded": "model", "embedded_fp32": "model", "sft_stage": "model"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        for resource in sorted({RESOURCE_FIXTURES[f] for f in getattr(item, "fixturenames", ()) if f in RESOURCE_FIXTURES}):
-            if item.get_closest_marker(resource) is None:
-                item.add_marker(resource)
-
-
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Refuse, here and in the processes the tests start, each resource that no selected
-    test is marked for."""
-    refused = {r for r in RESOURCES if not any(item.get_closest_marker(r) for item in session.items)}
-    if not refused:
-        return
-    log = Path(tempfile.mkdtemp(prefix="valign-refusals-")) / "refusals.log"
-    log.touch()
-    os.environ[resource_guard.REFUSE_ENV] = ",".join(sorted(refused))
-    os.environ[resource_guard.LOG_ENV] = str(log)
-    site = str(Path(__file__).parent / "guarded_site")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [site, os.environ.get("PYTHONPATH")]))
-    resource_guard.install(refused)
-    session.config.stash[_REFUSALS] = _RefusalLog(log)
-
-
-class _RefusalLog:
-    """The refusals written so far, read from where the last look stopped."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.seen = path, 0
-
-    def new(self) -> str:
-        text = self.path.read_text(encoding="utf-8")
-        fresh, self.seen = text[self.seen :], len(text)
-        return fresh
-
-
-_REFUSALS = pytest.StashKey[_RefusalLog]()
-
-
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    refusals = session.config.stash.get(_REFUSALS, None)
-    if refusals:
-        refusals.path.unlink(missing_ok=True)
-        refusals.path.parent.rmdir()
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """Fail the test phase in which a refused resource was asked for, even where the code
-    under test caught the refusal (or a subprocess hit it and the test did not look)."""
-    report = yield
-    refusals = item.config.stash.get(_REFUSALS, None)
-    fresh = refusals.new() if refusals else ""
-    if fresh:
-        report.outcome = "failed"
-        report.longrepr = f"{report.longrepr or ''}\n\nrefused resources:\n{fresh}".strip()
-    return report
 
 
 class ScriptedModel(BaseChatModel):

@@ -1,15 +1,12 @@
-"""Refuse the expensive resources a test session did not ask for: a browser, a PostgreSQL
-server, a model.
+"""Refuse the expensive resources a test may not use: a model, a browser, a PostgreSQL
+server.
 
-A test that needs one carries its marker (``browser``, ``postgres``, ``model``): conftest
-sets it from the fixtures the test uses, or the test file writes it. When a session
-selects no test with a marker (``make test-fast`` deselects all three), conftest refuses
-that resource here, in the pytest process, and through ``tests/guarded_site`` in every
-Python process the tests start. A test that reaches for a refused resource fails, naming
-the marker it lacks, so an unmarked test cannot slow the fast lane down unnoticed.
-
-Refusals are also written to a log file that conftest reads after each test phase: code
-under test that catches the exception and carries on still fails its test.
+The root conftest.py decides what each test may use (its markers; a doctest, none of
+the three) and calls `set_refused` before it runs; Python processes the test starts do
+the same at start-up through ``tests/guarded_site`` (``REFUSE_ENV`` carries the set).
+Asking for a refused resource raises `ResourceRefused`, naming the marker the test
+lacks, and appends the message to the file ``LOG_ENV`` names, so that code which catches
+the exception and carries on still fails its test.
 """
 
 from __future__ import annotations
@@ -20,11 +17,11 @@ from importlib.abc import MetaPathFinder
 from pathlib import Path
 from typing import Any, Callable
 
-REFUSE_ENV = "VALIGN_TEST_REFUSE"  # comma-separated resources refused in this session
+REFUSE_ENV = "VALIGN_TEST_REFUSE"  # comma-separated resources a test process refuses
 LOG_ENV = "VALIGN_TEST_REFUSALS"  # file each refusal is appended to
 
-# Where each resource starts, as (module, attribute on it); the module is patched when it
-# is imported, or at once when it already is.
+# Where each resource starts, as (module, attribute on it). A module is patched while its
+# resource is refused: at once if it is imported, else as soon as it is.
 ENTRY_POINTS: dict[str, list[tuple[str, str]]] = {
     "model": [
         ("transformers.modeling_utils", "PreTrainedModel.from_pretrained"),  # every AutoModel*.from_pretrained ends here
@@ -39,23 +36,25 @@ ENTRY_POINTS: dict[str, list[tuple[str, str]]] = {
     "postgres": [("psycopg", "connect"), ("psycopg", "Connection.connect")],
 }
 
-# Programs whose start means the resource, whoever starts them (checked by an audit hook).
+# Programs whose start means the resource, whoever starts them (an audit hook checks).
 PROGRAMS: dict[str, tuple[str, ...]] = {
     "model": ("llama-server",),
     "browser": ("chromium", "chromium-browser", "chrome", "headless_shell"),
     "postgres": ("pg_ctlcluster", "pg_ctl", "postgres"),
 }
 
+_MISSING = object()  # the attribute was inherited, not the owner's own
+
 
 class ResourceRefused(RuntimeError):
-    """A test used a resource its session refused."""
+    """A test used a resource it may not use."""
 
 
 def refusal_message(resource: str, what: str) -> str:
     return (
-        f"{what} needs the '{resource}' resource, which this test session refuses: no selected test is marked "
-        f"'{resource}'. Mark the test @pytest.mark.{resource} (or use a conftest fixture that marks it); "
-        f"`make test-fast` then leaves it to `make test`."
+        f"{what} needs the '{resource}' resource, which this test may not use: mark the test "
+        f"@pytest.mark.{resource} (or use a conftest fixture that marks it), so that `make test-fast` "
+        f"leaves it to `make test`; a doctest may use none of model, browser, postgres."
     )
 
 
@@ -68,30 +67,71 @@ def _refuse(resource: str, what: str) -> None:
     raise ResourceRefused(message)
 
 
-def _refusing(resource: str, what: str) -> Callable[..., Any]:
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        _refuse(resource, what)
+class _Guard:
+    """This process's refusals: the patched attributes (to put back) and the modules
+    still to patch when imported."""
 
-    return refuse
+    def __init__(self) -> None:
+        self.refused: frozenset[str] = frozenset()
+        self.undo: dict[str, list[tuple[Any, str, Any]]] = {}  # resource -> [(owner, name, original)]
+        self.pending: dict[str, list[tuple[str, str]]] = {}  # module -> [(attribute, resource)]
+        self.hooked = False
+
+    def patch(self, module: Any, attribute: str, resource: str) -> None:
+        owner_name, _, name = attribute.rpartition(".")
+        owner = getattr(module, owner_name) if owner_name else module
+        original = vars(owner).get(name, _MISSING)  # the raw descriptor (a classmethod stays one)
+        what = f"{module.__name__}.{attribute}"
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:  # stands in for a function, method or classmethod
+            _refuse(resource, what)
+
+        setattr(owner, name, refuse)
+        self.undo.setdefault(resource, []).append((owner, name, original))
+
+    def start(self, resource: str) -> None:
+        for module_name, attribute in ENTRY_POINTS.get(resource, []):
+            module = sys.modules.get(module_name)
+            if module is not None:
+                self.patch(module, attribute, resource)
+            else:
+                self.pending.setdefault(module_name, []).append((attribute, resource))
+
+    def stop(self, resource: str) -> None:
+        for owner, name, original in reversed(self.undo.pop(resource, [])):
+            if original is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+        for module_name in list(self.pending):
+            self.pending[module_name] = [(a, r) for a, r in self.pending[module_name] if r != resource]
+            if not self.pending[module_name]:
+                del self.pending[module_name]
+
+    def set(self, resources: frozenset[str]) -> None:
+        for resource in sorted(self.refused - resources):
+            self.stop(resource)
+        for resource in sorted(resources - self.refused):
+            self.start(resource)
+        self.refused = resources
+        if resources and not self.hooked:
+            sys.meta_path.insert(0, _PatchOnImport(self))
+            sys.addaudithook(_audit)  # for good: an audit hook cannot be removed; it reads `refused`
+            self.hooked = True
 
 
-def _patch(module: Any, attribute: str, resource: str) -> None:
-    owner_name, _, name = attribute.rpartition(".")
-    owner = getattr(module, owner_name) if owner_name else module
-    # A plain function on a class stands in for a method or a classmethod alike: it raises
-    # whatever it is called with.
-    setattr(owner, name, _refusing(resource, f"{module.__name__}.{attribute}"))
+_GUARD = _Guard()
 
 
 class _PatchOnImport(MetaPathFinder):
-    """Patches a module right after it is imported (the modules are heavy, and a lane that
-    never imports them should not pay for them)."""
+    """Patches a pending module right after it is imported (the modules are heavy: a test
+    process that never imports them should not pay for them)."""
 
-    def __init__(self, pending: dict[str, list[tuple[str, str]]]) -> None:
-        self.pending = pending  # module -> [(attribute, resource)]
+    def __init__(self, guard: _Guard) -> None:
+        self.guard = guard
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname not in self.pending:
+        if fullname not in self.guard.pending:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -104,57 +144,58 @@ class _PatchOnImport(MetaPathFinder):
         loader = spec.loader
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
-        run = loader.exec_module
-        patches = self.pending[fullname]
+        run, guard = loader.exec_module, self.guard
 
         def exec_then_patch(module: Any) -> None:
             run(module)
-            for attribute, resource in patches:
-                _patch(module, attribute, resource)
+            for attribute, resource in guard.pending.pop(fullname, []):
+                guard.patch(module, attribute, resource)
 
         loader.exec_module = exec_then_patch  # this spec's own loader object: no other module sees it
         return spec
 
 
-def _audit(refused: set[str]) -> Callable[[str, tuple], None]:
-    programs = {p: r for r in refused for p in PROGRAMS.get(r, ())}
-
-    def hook(event: str, args: tuple) -> None:
-        if event == "subprocess.Popen":
-            executable, argv = args[0], args[1]
-        elif event in ("os.posix_spawn", "os.exec"):
-            executable, argv = args[0], args[1]
-        else:
-            return
-        names = [executable] + (list(argv[:1]) if isinstance(argv, (list, tuple)) else [argv])
-        for n in names:
-            if n is None:
-                continue
-            resource = programs.get(Path(os.fsdecode(n)).name)
-            if resource:
-                _refuse(resource, f"starting {os.fsdecode(n)}")
-
-    return hook
-
-
-def install(refused: set[str]) -> None:
-    """Refuse these resources in this process from now on."""
-    if not refused:
+def _audit(event: str, args: tuple) -> None:
+    if not _GUARD.refused or event not in ("subprocess.Popen", "os.posix_spawn", "os.exec"):
         return
-    pending: dict[str, list[tuple[str, str]]] = {}
-    for resource in sorted(refused):
-        for module_name, attribute in ENTRY_POINTS.get(resource, []):
-            module = sys.modules.get(module_name)
-            if module is not None:
-                _patch(module, attribute, resource)
+    executable, argv = args[0], args[1]
+    first = list(argv[:1]) if isinstance(argv, (list, tuple)) else [argv]
+    for program in [executable, *first]:
+        if program is None:
+            continue
+        name = Path(os.fsdecode(program)).name
+        for resource in _GUARD.refused:
+            if name in PROGRAMS.get(resource, ()):
+                _refuse(resource, f"starting {os.fsdecode(program)}")
+
+
+def set_refused(resources: set[str] | frozenset[str]) -> None:
+    """Refuse exactly these resources in this process from now on (none: refuse nothing)."""
+    _GUARD.set(frozenset(resources))
+
+
+def set_refused_from_env() -> None:
+    """What a test's subprocess does at start-up (``tests/guarded_site/sitecustomize.py``)."""
+    set_refused({r for r in os.environ.get(REFUSE_ENV, "").split(",") if r})
+
+
+def refusing(resources: set[str] | frozenset[str]) -> Callable[[], None]:
+    """Refuse these resources, in this process and in the processes it starts, until the
+    returned function is called."""
+    saved = {k: os.environ.get(k) for k in (REFUSE_ENV, "PYTHONPATH")}
+    before = _GUARD.refused
+    set_refused(resources)
+    if resources:
+        os.environ[REFUSE_ENV] = ",".join(sorted(resources))
+        site = str(Path(__file__).parent / "guarded_site")
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [site, saved["PYTHONPATH"]]))
+
+    def restore() -> None:
+        set_refused(before)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
             else:
-                pending.setdefault(module_name, []).append((attribute, resource))
-    if pending:
-        sys.meta_path.insert(0, _PatchOnImport(pending))
-    sys.addaudithook(_audit(refused))
+                os.environ[k] = v
 
-
-def install_from_env() -> None:
-    """What a subprocess does at start-up (``tests/guarded_site/sitecustomize.py``)."""
-    refused = {r for r in os.environ.get(REFUSE_ENV, "").split(",") if r}
-    install(refused)
+    return restore

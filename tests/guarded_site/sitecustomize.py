@@ -7,4 +7,4 @@ from pathlib import Path
 _spec = importlib.util.spec_from_file_location("valign_test_resource_guard", Path(__file__).resolve().parents[1] / "resource_guard.py")
 _guard = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_guard)
-_guard.install_from_env()
+_guard.set_refused_from_env()
