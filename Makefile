@@ -81,9 +81,9 @@ vllm-demo: install $(VLLM_STAMP)
 test: install $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q
 
-# The edit–test loop (a few minutes on 2 cores): the tests and doctests that need no model,
+# The edit–test loop (under 3 minutes on 2 cores): the tests and doctests that need no model,
 # no browser and no PostgreSQL, and are not slow (markers: pyproject.toml). It refuses the
-# three to any test that reaches for one unmarked (tests/conftest.py).
+# three to any test that reaches for one unmarked (conftest.py).
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not model and not browser and not postgres"
 
