@@ -81,9 +81,11 @@ vllm-demo: install $(VLLM_STAMP)
 test: install $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q
 
-# The edit–test loop: everything but the tests that run the real model or train (-m slow).
+# The edit–test loop (under 3 minutes on 2 cores): the tests and doctests that need no model,
+# no browser and no PostgreSQL, and are not slow (markers: pyproject.toml). It refuses the
+# three to any test that reaches for one unmarked (conftest.py).
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not model and not browser and not postgres"
 
 # The documentation site (mkdocs.yml, docs/) into site/, strict: a broken link, anchor or nav
 # entry is an error. docs-serve rebuilds it on every edit at http://127.0.0.1:8000.

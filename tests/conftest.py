@@ -1,5 +1,9 @@
 """Shared fixtures: the real embedded model (loaded once), a finished SFT stage trained
-on it, and a scripted model for control-flow tests."""
+on it, and a scripted model for control-flow tests.
+
+A test that uses `embedded`, `embedded_fp32` or `sft_stage` is marked ``model`` for it
+(the root conftest.py's `RESOURCE_FIXTURES`), so `make test-fast` leaves it out.
+"""
 
 from __future__ import annotations
 

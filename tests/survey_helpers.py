@@ -16,11 +16,16 @@ from pathlib import Path
 from typing import Iterator
 
 import httpx
+import pytest
 import yaml
 
 ADMIN_TOKEN = "test-admin-token-" + "x" * 16
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+# The databases a survey test runs on, as pytest params: the PostgreSQL one is marked, so
+# `make test-fast` leaves it out.
+DB_BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
 
 def _pg_up() -> bool:

@@ -31,6 +31,7 @@ def test_missing_config_file(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_bench_generate_reports_both_rates_and_the_limit(tmp_path):
     from valign.bench import bench_generate
 

@@ -9,7 +9,7 @@ from valign.models.prefix_cache import BLOCK
 from valign.models.registry import load_model
 from valign.types import GenConfig
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 TOPICS = ["the moon", "honesty", "a lost dog", "rivers", "chess", "winter", "bread", "kindness"]
 CONVS = [[{"role": "user", "content": f"Write two sentences about {t}."}] for t in TOPICS]

@@ -18,7 +18,7 @@ from valign.evals.report import render_report
 from valign.runs import read_rows
 from valign.stages.evaluate import evaluate_outside_pipeline
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from valign.config import RunConfig
 from valign.feedback import FeedbackStore, feedback_digest, kto_rows_from_feedback, sft_rows_from_feedback
 from valign.serve import create_app, serve_in_background
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 HI = [{"role": "user", "content": "Say hello to my grandmother."}]
 

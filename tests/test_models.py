@@ -10,7 +10,7 @@ from valign.errors import ModelError
 from valign.models.registry import load_model
 from valign.types import GenConfig
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 Q = [{"role": "user", "content": "Name three colours."}]
 R = [{"role": "user", "content": "Write one sentence about the moon and the stars tonight."}]

@@ -17,7 +17,7 @@ from valign.runs import read_rows
 
 from tests.run_helpers import complete_checkpoints, kill_when, run_to_end, start_run, steps_logged, write_jsonl
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 SFT_STEPS = 3
 

@@ -19,7 +19,7 @@ from valign.models.registry import load_model
 from valign.serve import create_app, serve_in_background
 from valign.types import GenConfig
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 CONVS = [[{"role": "user", "content": f"Name fruit number {i}."}] for i in range(6)]
 CFG = GenConfig(temperature=0.0, max_new_tokens=8, seed=0)

@@ -78,6 +78,7 @@ def test_llama_server_command_has_its_slots_and_context():
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_bench_generate_peers_reports_missing_peers_and_still_measures_valign(tmp_path):
     out = tmp_path / "peers.json"
     run = subprocess.run(
@@ -100,6 +101,7 @@ def test_bench_generate_peers_reports_missing_peers_and_still_measures_valign(tm
 
 
 @pytest.mark.slow
+@pytest.mark.model
 @pytest.mark.skipif(peers.cached_llama_server() is None, reason="no llama-server cached under VALIGN_HOME (`make peers` builds it)")
 def test_cached_llama_server_serves_the_embedded_gguf_and_is_measured():
     from valign.models.embedded import gguf_file

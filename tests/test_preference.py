@@ -19,7 +19,7 @@ from valign.stages.preference import (
     read_kto_file,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 
 def pair_logps(spec: str, rows: list[dict]) -> list[tuple[float, float]]:

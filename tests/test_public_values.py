@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from tests.survey_helpers import ADMIN_TOKEN, Server
 from valign.cli import app
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 
 @pytest.fixture(scope="module")

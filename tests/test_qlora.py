@@ -15,7 +15,7 @@ from valign.pipeline import run_pipeline
 
 from tests.run_helpers import write_jsonl
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 
 def _config(tmp_path: Path, qlora: bool) -> Path:

@@ -110,6 +110,7 @@ def test_load_run_errors(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.browser
 def test_report_in_headless_chromium(full_run, tmp_path):
     from playwright.sync_api import sync_playwright
 

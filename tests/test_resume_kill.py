@@ -14,7 +14,7 @@ from valign.runs import read_rows
 
 from tests.run_helpers import check_trained, complete_checkpoints, kill_when, run_to_end, start_run, steps_logged, write_jsonl
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 
 def test_kill_9_then_resume_has_no_duplicate_and_no_missing_row(tmp_path):
@@ -57,7 +57,7 @@ def test_kill_9_then_resume_has_no_duplicate_and_no_missing_row(tmp_path):
 
 
 def _demo_path():
-    from valign.datasets import resolve_source
+    from valign.prompt_files import resolve_source
 
     return resolve_source("demo")
 

@@ -73,6 +73,7 @@ def test_revise_rows_on_a_scripted_model(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_revise_then_sft_on_the_embedded_model(tmp_path):
     path = _config(
         tmp_path,
@@ -110,6 +111,7 @@ def test_revise_then_sft_on_the_embedded_model(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_shipped_demo_config_runs_end_to_end(tmp_path):
     """`make run`'s pipeline, shrunk by overrides only, so the shipped file itself is tested."""
     cfg = load_config(
@@ -150,6 +152,7 @@ def test_shipped_demo_config_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_bench_train_plain_loss_matches_trl_and_reports_the_peak_share(tmp_path):
     from valign.bench import bench_train
 
@@ -164,6 +167,7 @@ def test_bench_train_plain_loss_matches_trl_and_reports_the_peak_share(tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_sft_loss_is_on_the_assistant_tokens_only(tmp_path):
     """The trainer `sft` builds masks every token of the chat-templated prompt out of the
     labels, keeps every completion token in, and its loss is the cross-entropy over

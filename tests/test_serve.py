@@ -13,7 +13,7 @@ from valign.models.registry import load_model
 from valign.serve import create_app, serve_in_background
 from valign.types import GenConfig
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 SAY_A = [{"role": "user", "content": "Say A."}]
 

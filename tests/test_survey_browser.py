@@ -11,7 +11,9 @@ from pathlib import Path
 import playwright.sync_api as playwright_api  # `make install` installs it: a missing one must fail, not skip
 import pytest
 
-from tests.survey_helpers import Server, postgres_database
+from tests.survey_helpers import DB_BACKENDS, Server, postgres_database
+
+pytestmark = pytest.mark.browser
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -24,7 +26,7 @@ def browser():
         b.close()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=DB_BACKENDS)
 def server(request, tmp_path_factory):
     if request.param == "sqlite":
         with Server(f"sqlite:///{tmp_path_factory.mktemp('browser') / 'survey.db'}") as s:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import inspect, text
 
-from tests.survey_helpers import postgres_database
+from tests.survey_helpers import DB_BACKENDS, postgres_database
 from valign.survey.db import Answer, Base, Database, PageEvent, Respondent, load_frames, make_engine, migrate, schema_revision
 from valign.survey.frames import ANSWER_COLUMNS, RESPONDENT_COLUMNS
 from valign.survey.instrument import load_instrument
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=DB_BACKENDS)
 def engine(request, tmp_path):
     if request.param == "sqlite":
         e = make_engine(f"sqlite:///{tmp_path / 'survey.db'}")

@@ -15,7 +15,7 @@ import pandas as pd
 import pyreadstat
 import pytest
 
-from tests.survey_helpers import ADMIN_TOKEN, SRC, Server, admin_headers, hidden, instrument_file, postgres_database, radio_names
+from tests.survey_helpers import ADMIN_TOKEN, DB_BACKENDS, SRC, Server, admin_headers, hidden, instrument_file, postgres_database, radio_names
 
 
 class Person:
@@ -351,7 +351,7 @@ def test_resume_after_the_server_is_killed_loses_no_saved_answers(tmp_path):
 # -- synthetic respondents ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", DB_BACKENDS)
 def test_simulate_marks_synthetic_and_quality_flags_catch_the_bad_ones(tmp_path, backend):
     from valign.survey.db import load_frames
     from valign.survey.instrument import load_instrument

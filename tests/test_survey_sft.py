@@ -35,6 +35,7 @@ def test_holdout_split_is_stable_and_leaves_both_sides():
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_survey_sft_moves_the_model_towards_the_population(tmp_path):
     path = write_items(_items(), tmp_path / "eval_items.jsonl")
     cfg = SurveySFTConfig(items=str(path), epochs=3, batch_size=6, learning_rate=1e-3)

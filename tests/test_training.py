@@ -133,6 +133,7 @@ def test_manifest_temp_files_are_named_per_process(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_bf16_training_on_this_cpu(tmp_path):
     from valign.pipeline import run_pipeline
 
@@ -147,6 +148,7 @@ def test_bf16_training_on_this_cpu(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_a_stage_that_fails_before_any_work_gets_its_finished_predecessor_back(tmp_path):
     """respond finished on the embedded model; re-pointed at a server that is down, it
     fails on its first request — before any row — and the finished stage is put back."""
@@ -212,6 +214,7 @@ def _dtypes_seen(trainer) -> dict[str, set]:
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_bf16_sft_trains_under_autocast_and_tracks_fp32(tmp_path):
     """The same rows, batches and LoRA init trained 4 steps in fp32 and in bf16: bf16 runs
     under autocast (its LoRA matmuls come out bf16) with weights and LoRA sums in fp32, and
@@ -237,6 +240,7 @@ def test_bf16_sft_trains_under_autocast_and_tracks_fp32(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_guard_bf16_keeps_a_small_lora_update_that_bf16_would_round_away():
     """A young adapter's update is far below a bf16 step of the frozen layer's output: PEFT's
     bf16 sum drops it; after `guard_bf16` the layer's output carries it."""

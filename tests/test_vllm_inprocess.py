@@ -15,7 +15,7 @@ import pytest
 from valign.models.registry import load_model
 from valign.types import GenConfig
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-3

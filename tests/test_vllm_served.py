@@ -19,7 +19,7 @@ from valign.stages.base import ModelPool
 from valign.types import GenConfig
 from valign.vllm_server import VLLMServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 ROOT = Path(__file__).resolve().parents[1]
 LOGPROB_TOLERANCE = 1e-3  # float32 on both sides; vLLM's kernels sum in another order

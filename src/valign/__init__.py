@@ -1,9 +1,10 @@
 """valign: align a chat model to explicit human values and measure whether it worked.
 
-Example:
-    >>> from valign import load_model, GenConfig
-    >>> model = load_model("embedded")
-    >>> model.generate([[{"role": "user", "content": "Is it ever right to lie?"}]], GenConfig(max_new_tokens=64))[0].text
+Example (loads the embedded model, so it is not run as a doctest)::
+
+    from valign import load_model, GenConfig
+    model = load_model("embedded")
+    model.generate([[{"role": "user", "content": "Is it ever right to lie?"}]], GenConfig(max_new_tokens=64))[0].text
 """
 
 from __future__ import annotations

@@ -438,7 +438,7 @@ def bench_dpo(pairs: int = 16, batch: int = 4, epochs: int = 3, repeats: int = 2
     from peft import LoraConfig, get_peft_model
     from trl import DPOConfig, DPOTrainer
 
-    from valign.stages.preference import _dataset, valign_trainer
+    from valign.stages.preference import preference_dataset, valign_trainer
     from valign.stages.training import load_base
 
     tokenizer, _ = load_base("embedded", qlora=False)
@@ -466,7 +466,7 @@ def bench_dpo(pairs: int = 16, batch: int = 4, epochs: int = 3, repeats: int = 2
                              save_strategy="no", disable_tqdm=True, max_length=256, logging_steps=1, **ours)
             begins = TrainBegins()
             t = time.perf_counter()
-            trainer = trainer_cls(model=model, args=args, train_dataset=_dataset(data_rows, ("prompt", "chosen", "rejected")),
+            trainer = trainer_cls(model=model, args=args, train_dataset=preference_dataset(data_rows, ("prompt", "chosen", "rejected")),
                                   processing_class=tokenizer, callbacks=[begins])
             trainer.train()
             end = time.perf_counter()

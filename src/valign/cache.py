@@ -16,10 +16,16 @@ from typing import Any, Iterable
 
 
 class CompletionCache:
-    """Example:
-    >>> cache = CompletionCache("runs/demo/cache.sqlite")
-    >>> cache.put_many([("k1", {"text": "hi"})]); cache.get_many(["k1", "k2"])
-    {'k1': {'text': 'hi'}}
+    """A SQLite file of JSON values by key, shared safely by threads and processes.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as run:
+        ...     cache = CompletionCache(Path(run) / "cache.sqlite")
+        ...     cache.put_many([("k1", {"text": "hi"})])
+        ...     cache.get_many(["k1", "k2"])
+        ...     cache.close()
+        {'k1': {'text': 'hi'}}
     """
 
     def __init__(self, path: str | Path) -> None:

@@ -337,7 +337,12 @@ class Constitution(BaseModel):
         """The constitution in the rich YAML form (round-trips through `load_constitution`).
 
         Example:
-            >>> _ = Path("mine.yaml").write_text(load_constitution("kantian").to_yaml())
+            >>> kantian = load_constitution("kantian")
+            >>> import tempfile
+            >>> with tempfile.TemporaryDirectory() as folder:
+            ...     _ = (Path(folder) / "mine.yaml").write_text(kantian.to_yaml())
+            ...     load_constitution(str(Path(folder) / "mine.yaml")) == kantian
+            True
         """
         data = self.model_dump(mode="json", exclude_defaults=False)
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
@@ -363,7 +368,7 @@ def load_constitution(name_or_path: str | Path) -> Constitution:
     Example:
         >>> load_constitution("kantian").name
         'kantian'
-        >>> load_constitution("my_principles.jsonl").ids      # the seed's form
+        >>> load_constitution("tests/data/seed_constitution.jsonl").ids[:2]      # the seed's form
         ['truthfulness-and-support', 'non-coercion-and-empowerment']
     """
     path = Path(name_or_path).expanduser()

@@ -12,6 +12,9 @@ class ValignError(Exception):
 
     Example:
         >>> raise ValignError("configs/x.yaml: respond.gen.temperature must be a number; write e.g. 0.7.")
+        Traceback (most recent call last):
+        ...
+        valign.errors.ValignError: configs/x.yaml: respond.gen.temperature must be a number; write e.g. 0.7.
     """
 
 

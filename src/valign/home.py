@@ -10,7 +10,9 @@ def valign_home() -> Path:
     """The cache folder: ``$VALIGN_HOME``, else ``~/.cache/valign``.
 
     Example:
-        >>> valign_home() / "models"
-        PosixPath('/home/me/.cache/valign/models')
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"VALIGN_HOME": "/srv/valign"}):
+        ...     valign_home() / "models"
+        PosixPath('/srv/valign/models')
     """
     return Path(os.environ.get("VALIGN_HOME") or Path.home() / ".cache" / "valign").expanduser()

@@ -93,9 +93,10 @@ def drive(url: str, model: str, convs: list[list[dict]], max_tokens: int, concur
     """POST every conversation to ``<url>/chat/completions`` with at most ``concurrency``
     requests in flight; raise a ValignError if any request fails.
 
-    Example:
-        >>> drive("http://127.0.0.1:8765/v1", "smol", bench_prompts(4), 8, concurrency=4).tokens
-        32
+    Example (needs a running server, so it is not run as a doctest)::
+
+        drive("http://127.0.0.1:8765/v1", "smol", bench_prompts(4), 8, concurrency=4).tokens
+        # 32 when each of the 4 answers runs to its 8 tokens
     """
     import httpx
 

@@ -33,8 +33,11 @@ def fingerprint(stage: str, config: Any, inputs: dict[str, str], templates: dict
     """Hash of everything that determines a stage's output.
 
     Example:
-        >>> fingerprint("respond", {"gen": {"temperature": 0.7}}, inputs={})
-        'a3f1…'
+        >>> fp = fingerprint("respond", {"gen": {"temperature": 0.7}}, inputs={})
+        >>> len(fp), fp == fingerprint("respond", {"gen": {"temperature": 0.7}}, inputs={})
+        (64, True)
+        >>> fp == fingerprint("respond", {"gen": {"temperature": 0.8}}, inputs={})
+        False
     """
     payload = {
         "format": FORMAT_VERSION,
@@ -65,9 +68,13 @@ class RowLog:
     complete rows only.
 
     Example:
-        >>> log = RowLog("runs/demo/01-respond/rows.jsonl")
-        >>> log.append([{"id": "p1", "response": "…"}]); "p1" in log.ids
-        True
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as run:
+        ...     log = RowLog(Path(run) / "01-respond" / "rows.jsonl")
+        ...     log.append([{"id": "p1", "response": "…"}]), log.append([{"id": "p1", "response": "again"}])
+        ...     RowLog(log.path).ids                  # what a resumed stage finds
+        (1, 0)
+        {'p1'}
     """
 
     def __init__(self, path: str | Path, *, writer: bool = True) -> None:

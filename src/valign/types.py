@@ -83,6 +83,7 @@ def keep_gen_defaults(cls: type[BaseModel], value: Any, info: ValidationInfo) ->
     ``_gen_defaults = field_validator("gen", mode="before")(keep_gen_defaults)``.
 
     Example:
+        >>> from pydantic import field_validator
         >>> class Section(BaseModel):
         ...     gen: GenConfig = Field(default_factory=lambda: GenConfig(temperature=0.0))
         ...     _gen_defaults = field_validator("gen", mode="before")(keep_gen_defaults)
@@ -111,6 +112,7 @@ class Completion(BaseModel):
 
     Example:
         >>> Completion(text="Hello!", index=0, sample=0, completion_tokens=3, model="embedded")
+        Completion(text='Hello!', index=0, sample=0, finish_reason='stop', prompt_tokens=0, completion_tokens=3, model='embedded', cached=False, logprobs=None)
     """
 
     text: str

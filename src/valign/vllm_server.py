@@ -149,9 +149,10 @@ class LocalServer:
 class VLLMServer(LocalServer):
     """One vLLM server process serving ``model`` as ``served_name`` on 127.0.0.1:``port``.
 
-    Example:
-        >>> with VLLMServer(str(embedded_dir()), "smol", port=8765).wait() as server:
-        ...     load_model(server.spec).generate([[{"role": "user", "content": "Hi"}]])
+    Example (starts vLLM from .venv-vllm, so it is not run as a doctest)::
+
+        with VLLMServer(str(embedded_dir()), "smol", port=8765).wait() as server:
+            load_model(server.spec).generate([[{"role": "user", "content": "Hi"}]])
     """
 
     model: str

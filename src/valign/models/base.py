@@ -24,11 +24,12 @@ from valign.types import Completion, Conversation, GenConfig
 class ChatModel(Protocol):
     """What every stage needs from a model.
 
-    Example:
-        >>> model = load_model("embedded")
-        >>> model.generate([[{"role": "user", "content": "Hi"}]], GenConfig(max_new_tokens=8))[0].text
-        >>> model.choice_probs([[{"role": "user", "content": "Is 2+2=4? Answer A (yes) or B (no)."}]], ["A", "B"])
-        [{'A': 0.83, 'B': 0.17}]
+    Example (loads the embedded model, so it is not run as a doctest)::
+
+        model = load_model("embedded")
+        model.generate([[{"role": "user", "content": "Hi"}]], GenConfig(max_new_tokens=8))[0].text
+        # one {option: probability} per conversation, summing to 1
+        model.choice_probs([[{"role": "user", "content": "Is 2+2=4? Answer A (yes) or B (no)."}]], ["A", "B"])
     """
 
     name: str

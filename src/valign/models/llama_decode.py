@@ -153,10 +153,11 @@ class LlamaDecoder:
     bounds the prefix cache (0 turns it off); ``token_budget`` bounds the KV cache of the
     live requests (slots × their longest prompt + new tokens) and ``max_batch`` the slots.
 
-    Example:
-        >>> dec = LlamaDecoder(model, dtype=torch.bfloat16)
-        >>> out = dec.generate([[1, 2, 3]], [SamplingRow(0.0, 1.0, 16, None)], eos_ids={2})
-        >>> out.tokens[0]
+    Example (``model`` is a loaded transformers Llama, so it is not run as a doctest)::
+
+        dec = LlamaDecoder(model, dtype=torch.bfloat16)
+        out = dec.generate([[1, 2, 3]], [SamplingRow(0.0, 1.0, 16, None)], eos_ids={2})
+        out.tokens[0]  # the new token ids of the first prompt
     """
 
     def __init__(

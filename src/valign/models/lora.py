@@ -22,8 +22,14 @@ def adapter_fingerprint(adapter: Path) -> str:
     """Short hash of an adapter's weights and config.
 
     Example:
-        >>> adapter_fingerprint(Path("runs/demo/03-sft/adapter"))
-        '3f9a1c07b2'
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     config = Path(folder) / "adapter_config.json"
+        ...     _ = config.write_text('{"r": 8}')
+        ...     before = adapter_fingerprint(Path(folder))
+        ...     _ = config.write_text('{"r": 16}')
+        ...     len(before), before == adapter_fingerprint(Path(folder))
+        (10, False)
     """
     h = hashlib.sha256()
     for f in sorted(adapter.glob("adapter_model.*")) + sorted(adapter.glob("adapter_config.json")):

@@ -175,11 +175,12 @@ class OpenAIChatModel(BaseChatModel):
     ``attempts`` counts every HTTP request sent (retries included) and ``sent_per_url``
     how many went to each base URL, so a run can report them.
 
-    Example:
-        >>> m = OpenAIChatModel("gpt-4o-mini", ["https://api.openai.com/v1"])
-        >>> m.generate([[{"role": "user", "content": "Hi"}]], GenConfig(max_new_tokens=16))[0].text
-        >>> judge = OpenAIChatModel("llama-70b", ["http://gpu1:8000/v1", "http://gpu2:8000/v1"], concurrency=64)
-        >>> judge.choice_probs([[{"role": "user", "content": "Which is kinder, A or B?"}]], ["A", "B"])
+    Example (needs the servers, so it is not run as a doctest)::
+
+        m = OpenAIChatModel("gpt-4o-mini", ["https://api.openai.com/v1"])
+        m.generate([[{"role": "user", "content": "Hi"}]], GenConfig(max_new_tokens=16))[0].text
+        judge = OpenAIChatModel("llama-70b", ["http://gpu1:8000/v1", "http://gpu2:8000/v1"], concurrency=64)
+        judge.choice_probs([[{"role": "user", "content": "Which is kinder, A or B?"}]], ["A", "B"])
     """
 
     def __init__(

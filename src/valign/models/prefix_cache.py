@@ -50,10 +50,17 @@ class CacheStats:
 class PrefixCache:
     """An LRU map from block-chain keys to blocks of keys and values.
 
-    Example:
+    Example (keys and values of zeros stand in for a model's):
         >>> cache = PrefixCache(max_bytes=64 << 20)
+        >>> tokens = list(range(2 * BLOCK + 5))            # two full blocks, then 5 tokens
         >>> keys = cache.chain(tokens, n_blocks=len(tokens) // BLOCK)
-        >>> hit = cache.match(tokens, keys)  # leading blocks already computed
+        >>> cache.match(tokens, keys)                      # nothing computed yet
+        0
+        >>> kv = torch.zeros(1, 1, 2 * BLOCK, 4)           # [layers, kv heads, positions, head dim]
+        >>> cache.put(tokens, keys, 0, kv, kv)
+        >>> other = tokens[:BLOCK] + [7] * BLOCK            # shares the first block only
+        >>> cache.match(other, cache.chain(other, n_blocks=2))
+        1
     """
 
     def __init__(self, max_bytes: int) -> None:

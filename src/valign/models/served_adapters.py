@@ -54,9 +54,9 @@ class ServedAdapter:
 def served_name(stage_dir: Path, adapter: Path) -> str:
     """The model name a stage's adapter is served under: run, stage and weights' fingerprint.
 
-    Example:
+    Example (the name ends in `adapter_fingerprint` of the adapter's files):
         >>> served_name(Path("runs/kantian-vllm-demo/03-sft"), Path("runs/kantian-vllm-demo/03-sft/adapter"))
-        'kantian-vllm-demo-03-sft-3f9a1c07b2'
+        'kantian-vllm-demo-03-sft-...'
     """
     stage_dir = stage_dir.resolve()
     label = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{stage_dir.parent.name}-{stage_dir.name}").strip("-")
@@ -70,9 +70,10 @@ def serve_stage_adapter(
     of ``on`` (``openai:<served base>@<url>[,<url>…]``) unless it is there already, and
     return the ``openai:<adapter name>@<urls>`` spec that samples it.
 
-    Example:
-        >>> serve_stage_adapter(Path("runs/demo/03-sft"), Path("runs/demo/03-sft/adapter"), "openai:smol@http://127.0.0.1:8000/v1").spec
-        'openai:demo-03-sft-3f9a1c07b2@http://127.0.0.1:8000/v1'
+    Example (needs the server, so it is not run as a doctest)::
+
+        served = serve_stage_adapter(Path("runs/demo/03-sft"), Path("runs/demo/03-sft/adapter"), "openai:smol@http://127.0.0.1:8000/v1")
+        served.spec  # 'openai:demo-03-sft-<adapter fingerprint>@http://127.0.0.1:8000/v1'
     """
     base_name, urls = parse_openai_spec(on)
     adapter = adapter.resolve()

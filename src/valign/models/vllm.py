@@ -43,11 +43,12 @@ _NEXT_LORA_ID = itertools.count(1)
 class VLLMChatModel(BaseChatModel):
     """A model run by vLLM's offline ``LLM`` engine; keyword arguments go to ``LLM``.
 
-    Example:
-        >>> m = VLLMChatModel("meta-llama/Llama-3.1-8B-Instruct", tensor_parallel_size=2, max_model_len=4096)
-        >>> m.generate([[{"role": "user", "content": "Hi"}]], GenConfig(max_new_tokens=64, seed=0, n=4))
-        >>> m.choice_probs([[{"role": "user", "content": "A or B?"}]], ["A", "B"])
-        >>> sft = VLLMChatModel("/models/SmolLM2-135M-Instruct", adapter="runs/demo/03-sft/adapter")
+    Example (vLLM's environment and a model, so it is not run as a doctest)::
+
+        m = VLLMChatModel("meta-llama/Llama-3.1-8B-Instruct", tensor_parallel_size=2, max_model_len=4096)
+        m.generate([[{"role": "user", "content": "Hi"}]], GenConfig(max_new_tokens=64, seed=0, n=4))
+        m.choice_probs([[{"role": "user", "content": "A or B?"}]], ["A", "B"])
+        sft = VLLMChatModel("/models/SmolLM2-135M-Instruct", adapter="runs/demo/03-sft/adapter")
     """
 
     def __init__(

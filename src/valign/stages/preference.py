@@ -322,12 +322,12 @@ def _train(ctx: StageContext, cfg: PreferenceConfig, rows: list[Row], kind: str)
         from trl import DPOConfig, DPOTrainer
 
         args = DPOConfig(loss_type=[cfg.loss_type], **common)  # type: ignore[attr-defined]
-        trainer_cls, data = valign_trainer(DPOTrainer), _dataset(rows, ("prompt", "chosen", "rejected"))
+        trainer_cls, data = valign_trainer(DPOTrainer), preference_dataset(rows, ("prompt", "chosen", "rejected"))
     else:
         from trl import KTOConfig, KTOTrainer
 
         args = KTOConfig(desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight, **common)  # type: ignore[attr-defined]
-        trainer_cls, data = valign_trainer(KTOTrainer), _dataset(rows, ("prompt", "completion", "label"))
+        trainer_cls, data = valign_trainer(KTOTrainer), preference_dataset(rows, ("prompt", "completion", "label"))
     tokenizer, base = load_base(base_spec, cfg.qlora)  # after the arguments: see `load_base`
     peft_config = None
     if adapter is not None:
@@ -364,7 +364,7 @@ def _train(ctx: StageContext, cfg: PreferenceConfig, rows: list[Row], kind: str)
     }
 
 
-def _dataset(rows: list[Row], columns: tuple[str, ...]):
+def preference_dataset(rows: list[Row], columns: tuple[str, ...]):
     """TRL's columns, plus ``weight`` (normalised to mean 1) when every row carries one."""
     from datasets import Dataset
 

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from valign.datasets import load_prompts, resolve_source
 from valign.errors import ConfigError, ValignError
+from valign.prompt_files import load_prompts, resolve_source
 from valign.progress import GenProgress
 from valign.prompt_sets import PromptMixConfig, build_prompt_mix, load_source
 from valign.stages.base import Stage, StageContext, model_identity

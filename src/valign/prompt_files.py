@@ -44,9 +44,10 @@ def resolve_source(source: str, base_dir: Path | None = None) -> Path:
 def load_prompts(path: str | Path) -> list[Row]:
     """Read prompt rows from JSONL or CSV, validated, with ids.
 
-    Example:
-        >>> load_prompts("my_prompts.jsonl")[0]
-        {'id': 'p1', 'prompt': 'How do I…', 'messages': [{'role': 'user', 'content': 'How do I…'}]}
+    Example (the shipped ``demo`` set):
+        >>> row = load_prompts(resolve_source("demo"))[0]
+        >>> row["id"], row["kind"], row["messages"] == [{"role": "user", "content": row["prompt"]}]
+        ('demo-red-01', 'red_team', True)
     """
     path = Path(path)
     if path.suffix.lower() == ".csv":
