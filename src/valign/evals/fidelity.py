@@ -157,10 +157,9 @@ class FidelityResult:
 def score_fidelity(model: Any, items: list[OpinionItem], name: str | None = None) -> FidelityResult:
     """Ask ``model`` every item and compare with the population, overall and per subgroup.
 
-    Example:
-        >>> # score_fidelity(load_model("embedded"), read_items("runs/pv/01-survey/eval_items.jsonl")).summary["all"]
-        >>> FidelityResult("m").summary
-        {}
+    Example, on a survey stage's evaluation set::
+
+        score_fidelity(load_model("embedded"), read_items("runs/pv/01-survey/eval_items.jsonl")).summary["all"]
     """
     dists = model_distributions(model, items)
     result = FidelityResult(name or getattr(model, "name", "model"))

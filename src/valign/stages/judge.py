@@ -262,6 +262,7 @@ def comparison_conversation(
     real answer is read from), then the comparison.
 
     Example:
+        >>> from valign.constitution import load_constitution
         >>> conv = comparison_conversation([{"role": "user", "content": "Hi"}],
         ...                                load_constitution("kantian").principles[0], "Hello!", "Go away.")
         >>> conv[-1]["role"], "(A) Hello!" in conv[-1]["content"]
@@ -286,6 +287,7 @@ def verdict_conversation(prompt_messages: Conversation, constitution: Constituti
     """The chat that asks a `verdict` judge for its JSON (``judge_verdict.txt``).
 
     Example:
+        >>> from valign.constitution import load_constitution
         >>> conv = verdict_conversation([{"role": "user", "content": "Hi"}], load_constitution("kantian"), "Hello!", "Go away.")
         >>> '"preferred"' in conv[0]["content"]
         True
@@ -312,6 +314,7 @@ def pick_principle(constitution: Constitution, seed: int, row_id: str, what: str
     weight, and the same on every re-run of the same row.
 
     Example:
+        >>> from valign.constitution import load_constitution
         >>> c = load_constitution("kantian")
         >>> pick_principle(c, 0, "p1").id == pick_principle(c, 0, "p1").id
         True
@@ -367,9 +370,9 @@ def judge_logprob(
     Returns one dict per pair: ``p_first_better``, ``p_orders``, ``principle_id``,
     ``few_shot_principle_ids`` (and ``reasoning`` with chain of thought).
 
-    Example:
-        >>> judge_logprob(model, pairs, JudgeConfig(), load_constitution("kantian"), seed=0)[0]["p_first_better"]
-        0.64
+    Example, with a loaded model and ``pairs`` rows of the `pairs` stage::
+
+        judge_logprob(model, pairs, JudgeConfig(), load_constitution("kantian"), seed=0)[0]["p_first_better"]
     """
     convs: list[Conversation] = []
     meta: list[dict[str, Any]] = []
@@ -448,9 +451,9 @@ def judge_verdict(
     Returns one dict per pair with ``shown_order`` (which response was shown as A
     and B), ``attempts`` and either the parsed ``verdict`` or ``raw`` and ``error``.
 
-    Example:
-        >>> judge_verdict(model, pairs, JudgeConfig(mode="verdict"), load_constitution("kantian"), 0)[0]["verdict"].ethical
-        True
+    Example, with a loaded model and ``pairs`` rows of the `pairs` stage::
+
+        judge_verdict(model, pairs, JudgeConfig(mode="verdict"), load_constitution("kantian"), 0)[0]["verdict"]
     """
     shown: list[list[int]] = []
     convs: list[Conversation] = []

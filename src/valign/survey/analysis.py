@@ -173,11 +173,10 @@ def weighted_counts(frames: SurveyFrames, weights: pd.Series | None = None, by: 
 class SurveyAnalysis:
     """Weighted estimates with re-raked bootstrap intervals (see the module docstring).
 
-    Example:
-        >>> # a = SurveyAnalysis(frames, rake_frames(frames, margins), B=200, seed=1)
-        >>> # a.distributions(by="age_group"); a.value_profiles(by="sex"); a.consistency()
-        >>> SurveyAnalysis.level
-        0.95
+    Example, on a survey's frames and margins (``level`` is 0.95 unless given)::
+
+        a = SurveyAnalysis(frames, rake_frames(frames, margins), B=200, seed=1)
+        a.distributions(by="age_group"); a.value_profiles(by="sex"); a.consistency()
     """
 
     frames: SurveyFrames

@@ -69,8 +69,9 @@ def export_survey(
 ) -> dict[str, Any]:
     """From the survey database to the export: quality flags, selection, raking, artifacts.
 
-    Example:
-        >>> # export_survey("sqlite:///survey.db", "demo", "nz-census-2023", Path("out"), synthetic=True)
+    Example, from a survey database to a folder of artifacts::
+
+        export_survey("sqlite:///survey.db", "demo", "nz-census-2023", Path("out"), synthetic=True)
     """
     from valign.survey.margins import load_margins
     from valign.survey.quality import load_checked
