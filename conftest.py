@@ -46,7 +46,9 @@ class RefusalLog:
         self.seen = 0
 
     def new(self) -> str:
-        text = self.path.read_text(encoding="utf-8")
+        # open(), not Path.read_text: a test may have patched Path's methods until teardown.
+        with open(self.path, encoding="utf-8") as f:
+            text = f.read()
         fresh, self.seen = text[self.seen :], len(text)
         return fresh
 

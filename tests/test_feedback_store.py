@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import inspect, text
 
-from tests.survey_helpers import postgres_database
+from tests.survey_helpers import DB_BACKENDS, postgres_database
 from valign.feedback import FeedbackError, FeedbackStore, feedback_revision, kto_rows_from_feedback, migrate_feedback
 from valign.feedback.tables import FEEDBACK_VERSION_TABLE, FeedbackBase
 from valign.survey.db import make_engine, migrate, schema_revision
@@ -18,7 +18,7 @@ HI = [{"role": "user", "content": "Hi"}]
 FEEDBACK_TABLES = {"served_completions", "feedback"}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=DB_BACKENDS)
 def db_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'db.sqlite'}"
