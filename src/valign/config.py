@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
 from valign.errors import ConfigError, ModelError
 from valign.overrides import apply_override
-from valign.stages.registry import STAGES, constitution_stages, stage_names, training_stages
+from valign.stages.base import Stage
+from valign.stages.registry import STAGES
 
-__all__ = ["RunConfig", "RunSettings", "BackendOptions", "LocalOptions", "OpenAIOptions", "load_config"]
+__all__ = ["RunConfig", "RunSettings", "run_config_class", "BackendOptions", "LocalOptions", "OpenAIOptions", "load_config"]
 
 
 class OpenAIOptions(BaseModel):
@@ -142,6 +143,7 @@ class RunSettings(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
+    stage_registry: ClassVar[Mapping[str, Stage]] = {}  # the stages it has sections for (`run_config_class`)
 
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     model: str = "embedded"
@@ -155,9 +157,9 @@ class RunSettings(BaseModel):
     @field_validator("constitution")
     @classmethod
     def _constitution_named(cls, value: str, info: ValidationInfo) -> str:
-        if value in constitution_stages():
+        if value in cls.stage_registry and cls.stage_registry[value].writes_constitution:
             return value  # written by that stage of the run (the survey's export)
-        if value in STAGES:
+        if value in cls.stage_registry:
             raise ValueError(f"the '{value}' stage writes no constitution; name a constitution file, a shipped one, or the survey stage")
         base = (info.context or {}).get("base_dir")
         if base is not None and (Path(base) / value).is_file():
@@ -168,18 +170,18 @@ class RunSettings(BaseModel):
     @classmethod
     def _known_stages(cls, stages: list[str]) -> list[str]:
         for s in stages:
-            if s not in STAGES:
-                raise ValueError(f"unknown stage '{s}'; the stages are {', '.join(stage_names())}")
+            if s not in cls.stage_registry:
+                raise ValueError(f"unknown stage '{s}'; the stages are {', '.join(cls.stage_registry)}")
         if len(set(stages)) != len(stages):
             raise ValueError("a stage is listed twice")
         return stages
 
     @model_validator(mode="after")
     def _constitution_stage_runs_first(self) -> "RunSettings":
-        if self.constitution in constitution_stages():
+        if self.constitution in self.stage_registry and self.stage(self.constitution).writes_constitution:
             if self.constitution not in self.stages:
                 raise ValueError(f"constitution '{self.constitution}' names a stage that is not in `stages`; add it or name a constitution file")
-            users = [s for s in self.stages if STAGES[s].reads_constitution]
+            users = [s for s in self.stages if self.stage(s).reads_constitution]
             if users and self.stages.index(self.constitution) > min(self.stages.index(s) for s in users):
                 raise ValueError(f"the '{self.constitution}' stage writes the constitution, so it must come before {' and '.join(users)} in `stages`")
         return self
@@ -196,6 +198,10 @@ class RunSettings(BaseModel):
     def run_dir(self) -> Path:
         return self.runs_dir / self.name
 
+    def stage(self, name: str) -> Stage:
+        """The registered stage of that name."""
+        return self.stage_registry[name]
+
     def section(self, stage: str) -> Any:
         """A stage's settings, an instance of its `Stage.config_class` (``run.section("respond")``
         is ``run.respond``); for code that names the stage in a variable."""
@@ -207,7 +213,7 @@ class RunSettings(BaseModel):
 
     def trains(self, stage: str) -> bool:
         """Whether a stage trains an adapter."""
-        return stage in training_stages()
+        return self.stage(stage).trains
 
     def training_stages_before(self, stage: str) -> list[str]:
         """The run's training stages before ``stage`` (all of them when it is not in the run)."""
@@ -219,13 +225,26 @@ class RunSettings(BaseModel):
         return next(iter(reversed(self.training_stages_before(stage))), None)
 
 
-# One section per registered stage, named after it: `respond: RespondConfig`, ….
-RunConfig = create_model(
-    "RunConfig",
-    __base__=RunSettings,
-    __module__=__name__,
-    **{name: (stage.config_class, Field(default_factory=stage.config_class)) for name, stage in STAGES.items()},
-)
+def run_config_class(stages: Mapping[str, Stage] = STAGES) -> type[RunSettings]:
+    """The run config of these stages: `RunSettings` plus a section per stage, named
+    after it (``respond: RespondConfig``, …), and ``stages:`` accepting their names.
+    `RunConfig` is the one of `valign.stages.registry.STAGES`.
+
+    Example:
+        >>> sorted(run_config_class().model_fields)[:4]
+        ['backends', 'cache', 'constitution', 'dpo']
+    """
+    cls = create_model(
+        "RunConfig",
+        __base__=RunSettings,
+        __module__=__name__,
+        **{name: (stage.config_class, Field(default_factory=stage.config_class)) for name, stage in stages.items()},
+    )
+    cls.stage_registry = dict(stages)
+    return cls
+
+
+RunConfig = run_config_class()
 RunConfig.__doc__ = """A whole run: `RunSettings` and each stage's settings, under the stage's name.
 
 Example:

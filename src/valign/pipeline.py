@@ -29,7 +29,6 @@ from valign.config import RunConfig
 from valign.errors import ConfigError, ValignError
 from valign.runs import RowLog, StageDir, fingerprint
 from valign.stages.base import ModelPool, StageContext
-from valign.stages.registry import STAGES
 from valign.stages.training import training_launch
 
 
@@ -51,7 +50,7 @@ def describe_stage(cfg: RunConfig, name: str) -> dict:
     """What a stage's fingerprint hashes besides its inputs: its own description, and for
     a training stage also its launch — processes, precision and quantization change what
     training produces."""
-    described = STAGES[name].describe(cfg)
+    described = cfg.stage(name).describe(cfg)
     if cfg.trains(name):
         described = {**described, "launch": training_launch(cfg.section(name), name)}
     return described
@@ -69,14 +68,14 @@ def preflight(cfg: RunConfig) -> None:
         except ValignError as e:
             raise ConfigError(f"constitution: {e}") from None
     for name in cfg.stages:
-        STAGES[name].preflight(cfg)
+        cfg.stage(name).preflight(cfg)
 
 
 def stage_fingerprints(cfg: RunConfig) -> dict[str, str]:
     """Every stage's fingerprint as `run_pipeline` computes it (each reads its inputs')."""
     fps: dict[str, str] = {}
     for name in cfg.stages:
-        fps[name] = fingerprint(name, describe_stage(cfg, name), {d: fps[d] for d in STAGES[name].inputs(cfg)})
+        fps[name] = fingerprint(name, describe_stage(cfg, name), {d: fps[d] for d in cfg.stage(name).inputs(cfg)})
     return fps
 
 
@@ -110,7 +109,7 @@ def run_pipeline(
     for name in cfg.stages:
         if only is not None and only in fps:
             break  # later stages need no fingerprint (theirs may read files --only has not made yet)
-        stage = STAGES[name]
+        stage = cfg.stage(name)
         sdir = dirs[name]
         inputs = stage.inputs(cfg)
         for dep in inputs:
