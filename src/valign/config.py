@@ -160,7 +160,8 @@ class RunSettings(BaseModel):
         if value in cls.stage_registry and cls.stage_registry[value].writes_constitution:
             return value  # written by that stage of the run (the survey's export)
         if value in cls.stage_registry:
-            raise ValueError(f"the '{value}' stage writes no constitution; name a constitution file, a shipped one, or the survey stage")
+            writers = [name for name, stage in cls.stage_registry.items() if stage.writes_constitution]
+            raise ValueError(f"the '{value}' stage writes no constitution; name a constitution file, a shipped one, or a stage that writes one ({', '.join(writers)})")
         base = (info.context or {}).get("base_dir")
         if base is not None and (Path(base) / value).is_file():
             value = str((Path(base) / value).resolve())
