@@ -34,14 +34,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from valign.constitution import Constitution, load_constitution
 from valign.errors import ValignError
-from valign.evals.keycases_report import keycases_section
 from valign.evals.pairwise import PairItem, PairwiseConfig, PairwiseResult, describe_score, judge_pairwise, templates_digest
 from valign.evals.refusal import answers_with_refusals
+from valign.evals.rundata import RunData
+from valign.evals.section import ReportEnv, Section
 from valign.evals.suite import ROLES, Suite, SuiteRun, SuiteSetup
 from valign.models.base import ChatModel
 from valign.types import GenConfig, Row, keep_gen_defaults
 
 __all__ = [
+    "keycases_section",
     "KeyCase",
     "KeyCasesConfig",
     "load_keycases",
@@ -289,6 +291,25 @@ def run_keycases(ctx: SuiteRun) -> dict[str, Any]:
             ctx.rows.append(judged_rows(judge, ctx.judge, chunk, answers, kc, constitution, ctx.seed))
     wanted = {f"keycase:{c.id}" for c in cases}
     return {**summarise_keycases([r for r in ctx.rows_of("keycase") if r["id"] in wanted]), "judge_mode": kc.judge_mode}
+
+
+# -- the report section ---------------------------------------------------------------
+
+
+def keycases_section(run: RunData, env: ReportEnv) -> Section | None:
+    """Key cases side by side: the two answers, the verdict, the improvement, refusals."""
+    ev = run.manifest("evaluate") or {}
+    summary = ev.get("keycases")
+    cases = [r for r in run.rows("evaluate") if r.get("type") == "keycase"]
+    if not summary or not cases:
+        return None
+    constitution = run.constitution()
+    titles = {p.id: p.title or p.id for p in constitution.principles} if constitution is not None else {}
+    return Section(
+        "keycases",
+        "Key cases",
+        env.render("keycases.html.j2", summary=summary, cases=cases, titles=titles, models=ev.get("models") or {}),
+    )
 
 
 SUITE = Suite(

@@ -30,14 +30,17 @@ from typing import Any, Sequence
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from valign.errors import ValignError
+from valign.evals.plots import pyplot, role_color
 from valign.evals.refusal import answers_with_refusals
-from valign.evals.safety_report import safety_section
+from valign.evals.rundata import RunData
+from valign.evals.section import ReportEnv, Section
 from valign.evals.suite import ROLES, Suite, SuiteRun, SuiteSetup
 from valign.models.base import ChatModel
 from valign.prompt_sets import PromptMixConfig, build_prompt_mix, load_source
 from valign.types import GenConfig, Row, keep_gen_defaults
 
 __all__ = [
+    "safety_section",
     "SafetyConfig",
     "wilson_interval",
     "safety_prompts",
@@ -207,6 +210,54 @@ def run_safety(ctx: SuiteRun) -> dict[str, Any]:
     )
     wanted = {f"safety:{role}:{p['set']}:{p['id']}" for role in ROLES for p in prompts}
     return refusal_rates([r for r in ctx.rows_of("safety") if r["id"] in wanted])
+
+
+# -- the report section ---------------------------------------------------------------
+
+
+SET_LABELS = (("red_team", "harmful prompts refused"), ("benign_edgy", "benign-edgy prompts refused"))
+
+
+def safety_section(run: RunData, env: ReportEnv) -> Section | None:
+    """Refusal rates on held-out red-team prompts and on benign-edgy prompts, per model."""
+    ev = run.manifest("evaluate") or {}
+    rates = ev.get("safety")
+    if not rates:
+        return None
+    names = ev.get("names") or {"base": "base", "tuned": "tuned"}
+    roles = [r for r in ("base", "tuned") if r in rates]
+    sets = list(SET_LABELS)
+    chart = _chart(rates, roles, names, env) if roles else None
+    examples = [r for r in run.rows("evaluate") if r.get("type") == "safety"]
+    return Section(
+        "safety",
+        "Safety",
+        env.render("safety.html.j2", rates=rates, roles=roles, names=names, sets=sets, chart=chart, examples=examples, models=ev.get("models") or {}),
+    )
+
+
+def _chart(rates: dict[str, Any], roles: list[str], names: dict[str, str], env: ReportEnv) -> dict[str, str]:
+    """Horizontal bars per prompt set and model, with the intervals as error bars."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 2.3))
+    height = 0.38
+    for k, role in enumerate(roles):
+        ys = [i + k * height for i in range(len(SET_LABELS))]
+        cells = [rates[role].get(key) or {} for key, _ in SET_LABELS]
+        xs = [c.get("rate", 0) or 0 for c in cells]
+        lo = [x - (c.get("ci95") or (x, x))[0] for x, c in zip(xs, cells)]
+        hi = [(c.get("ci95") or (x, x))[1] - x for x, c in zip(xs, cells)]
+        ax.barh(ys, xs, height, xerr=[lo, hi], color=role_color(role), label=names[role], capsize=3)
+    ax.set_yticks([i + height * (len(roles) - 1) / 2 for i in range(len(SET_LABELS))])
+    ax.set_yticklabels([label for _, label in SET_LABELS])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("refusal rate (95% Wilson interval)")
+    ax.legend(frameon=False, loc="lower right")
+    alt = "Refusal rates: " + "; ".join(
+        f"{names[r]} refused {100 * (rates[r].get(k) or {}).get('rate', 0):.0f}% of {label.split(' prompts')[0]} prompts" for r in roles for k, label in SET_LABELS
+    )
+    return {"src": env.figure(fig), "alt": alt}
 
 
 SUITE = Suite(

@@ -6,8 +6,10 @@ gets one settings field per suite and accepts exactly these names in
 ``evaluate.suites``; the `evaluate` stage and ``valign eval`` run them, the report
 shows their sections, and `valign.evals.inspect_tasks` registers their inspect tasks.
 
-To add a suite, write one module that ends in a `Suite` entry (like
-`valign.evals.safety`) and add it here.
+To add a suite, write one module — its settings, how it runs, its report section —
+that ends in a `Suite` entry (like `valign.evals.safety`), and add it here; its
+inspect_ai task goes in a ``<suite>_task.py`` beside it, since inspect_ai is an
+optional dependency that only `valign.evals.inspect_tasks` imports.
 
 Example:
     >>> list(SUITES)

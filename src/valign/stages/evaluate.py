@@ -279,7 +279,7 @@ def evaluate_outside_pipeline(
 
 
 class EvaluateStage(Stage):
-    """Key cases, MT-Bench and safety, base vs tuned. Example: ``stages: [..., dpo, evaluate, report]``."""
+    """The evaluation suites, base vs tuned. Example: ``stages: [..., dpo, evaluate, report]``."""
 
     name: ClassVar[str] = "evaluate"
     config_class = EvaluateConfig
