@@ -158,7 +158,9 @@ def test_inspect_cli_finds_the_provider_through_the_entry_point(tmp_path):
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: valign-ep\nVersion: 0\n")
     (dist / "entry_points.txt").write_text("[inspect_ai]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()))
-    env = {**os.environ, "INSPECT_LOG_DIR": str(tmp_path / "logs"), "PYTHONPATH": os.pathsep.join([str(Path("src").resolve()), str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    # Not src/ on the path: its valign.egg-info (written by `pip install -e`) would shadow
+    # the installed distribution, which inspect reads to namespace the tasks as valign/.
+    env = {**os.environ, "INSPECT_LOG_DIR": str(tmp_path / "logs"), "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
     inspect = Path(sys.executable).parent / "inspect"
     out = subprocess.run(
         [str(inspect), "eval", "valign/safety", "--model", "valign/embedded",

@@ -305,7 +305,7 @@ def _lora_grads(rows, batch_size, kind="dpo", **config):
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
-    from valign.stages.preference import _dataset, valign_trainer
+    from valign.stages.preference import preference_dataset, valign_trainer
     from valign.stages.training import load_base
 
     config_cls, trainer_cls, columns = {
@@ -317,7 +317,7 @@ def _lora_grads(rows, batch_size, kind="dpo", **config):
     args = config_cls(output_dir="/tmp/valign-w", use_cpu=True, bf16=False, max_steps=1, per_device_train_batch_size=batch_size,
                       report_to="none", max_length=64, precompute_ref_log_probs=False, **config)
     lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", init_lora_weights="gaussian")
-    trainer = valign_trainer(trainer_cls)(model=base, args=args, train_dataset=_dataset(rows, columns),
+    trainer = valign_trainer(trainer_cls)(model=base, args=args, train_dataset=preference_dataset(rows, columns),
                                           processing_class=tok, peft_config=lora)
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["input_ids"].shape[0] == len(rows) * (2 if kind == "dpo" else 1), "one batch holds every row (DPO: chosen, then rejected)"
