@@ -9,8 +9,8 @@ settings, fingerprint, run, counts, report section, inspect task), listed in
 * `valign.evals.safety` — refusal rates on held-out red-team and benign-edgy prompts;
 * `valign.evals.fidelity` — how closely a model's answers match the survey population's.
 
-Each has its report section in ``<suite>_report.py`` and its inspect task in
-``<suite>_task.py``. What the suites share:
+Each module holds its report section too; its inspect task is in ``<suite>_task.py``
+(inspect_ai is optional). What the suites share:
 
 * `valign.evals.refusal` — the rule-based refusal detector;
 * `valign.evals.pairwise` — five-level pairwise grading in both orders;

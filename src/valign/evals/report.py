@@ -12,7 +12,7 @@ CSS is inline, plots are matplotlib PNGs embedded as ``data:`` URIs, nothing is
 fetched from anywhere and every model answer is escaped, so the file opens offline
 and needs no JavaScript.
 
-Example (after ``make demo``)::
+Example (after ``make run``)::
 
     render_report("runs/kantian-demo")   # PosixPath('runs/kantian-demo/report.html')
 """

@@ -106,7 +106,7 @@ def load_run(path: str | Path) -> RunData:
     """Read a run folder (``config.yaml`` and ``NN-<stage>`` folders) or an evaluation
     folder written by ``valign eval`` (its own ``manifest.json``).
 
-    Example (after ``make demo``)::
+    Example (after ``make run``)::
 
         [s.name for s in load_run("runs/kantian-demo").stages][:2]   # ['respond', 'revise']
     """
