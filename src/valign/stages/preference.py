@@ -101,28 +101,28 @@ class PreferenceStage(TrainingStage):
         return {**out, **rows_fingerprint(*rows_source(run_config, cfg.rows))}
 
     def run(self, ctx: StageContext) -> None:
-        rows = self._rows(ctx, self.name)
+        rows = self._rows(ctx)
         if not rows:
             raise ValignError(self.no_rows)
         ctx.rows.append(rows)
         ctx.info.update(_train(ctx, ctx.config, rows, self.name))
 
-    def _rows(self, ctx: StageContext, kind_of_rows: str) -> list[Row]:
+    def _rows(self, ctx: StageContext) -> list[Row]:
         cfg = ctx.config
         kind, where = rows_source(ctx.run_config, cfg.rows)
-        reader = read_dpo_file if kind_of_rows == "dpo" else read_kto_file
+        reader = read_dpo_file if self.name == "dpo" else read_kto_file
         if kind == "file":
             return reader(Path(where))
         if kind == "stage":
-            return reader(ctx.input_dirs[where] / f"{kind_of_rows}.jsonl")
+            return reader(ctx.input_dirs[where] / f"{self.name}.jsonl")
         if kind == "feedback":
-            if kind_of_rows != "kto":
+            if self.name != "kto":
                 raise ValignError("feedback rows are thumbs up/down: use them in kto (kto.rows: feedback:<db>), not in dpo.")
             from valign.feedback import kto_rows_from_feedback
 
             return kto_rows_from_feedback(where)
         pairs = preference_rows(ctx.input_rows("judge"))
-        return pairs if kind_of_rows == "dpo" else kto_rows(pairs)
+        return pairs if self.name == "dpo" else kto_rows(pairs)
 
 
 class DPOStage(PreferenceStage):
