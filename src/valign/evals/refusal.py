@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
+    from valign.evals.classifiers.base import RefusalClassifier
     from valign.models.base import ChatModel
     from valign.types import Conversation, GenConfig
 
@@ -120,6 +121,11 @@ class RefusalVerdict:
     refused: bool
     rule: str | None = None
 
+    @property
+    def label(self) -> str:
+        """XSTest's class for this verdict (`valign.evals.classifiers.base.LABELS`)."""
+        return "full_refusal" if self.refused else "compliance"
+
 
 def _normalise(text: str) -> str:
     # Curly apostrophes, markdown emphasis and spacing vary between models; the rules
@@ -166,10 +172,13 @@ def is_refusal(text: str) -> bool:
     return detect_refusal(text).refused
 
 
-def answers_with_refusals(model: "ChatModel", convs: Sequence["Conversation"], gen: "GenConfig", role: str, spec: str) -> list[dict[str, Any]]:
-    """One answer per conversation with the detector's reading: the common fields of
-    key-case and safety rows (``role``, ``model``, ``response``, ``finish_reason``,
-    ``refused``, ``refusal_rule``).
+def answers_with_refusals(
+    model: "ChatModel", convs: Sequence["Conversation"], gen: "GenConfig", role: str, spec: str, classifier: "RefusalClassifier | None" = None
+) -> list[dict[str, Any]]:
+    """One answer per conversation with the classifier's reading (the rules unless
+    another is given): the common fields of key-case and safety rows (``role``,
+    ``model``, ``response``, ``finish_reason``, ``classifier`` and the fields of
+    `Classification.to_fields`: ``refused``, ``refusal_label``, ``refusal_rule``…).
 
     Example (loads the embedded model)::
 
@@ -179,10 +188,14 @@ def answers_with_refusals(model: "ChatModel", convs: Sequence["Conversation"], g
     """
     if not convs:
         return []
-    out = []
-    for comp in model.generate(list(convs), gen):
-        v = detect_refusal(comp.text)
-        out.append(
-            {"role": role, "model": spec, "response": comp.text, "finish_reason": comp.finish_reason, "refused": v.refused, "refusal_rule": v.rule}
-        )
-    return out
+    from valign.evals.classifiers import Exchange, load_classifier
+
+    classifier = classifier or load_classifier("rules")
+    completions = model.generate(list(convs), gen)
+    # The prompt a judge or guard sees is the conversation's last user turn.
+    exchanges = [Exchange(next((m["content"] for m in reversed(conv) if m["role"] == "user"), ""), c.text) for conv, c in zip(convs, completions)]
+    readings = classifier.classify(exchanges)
+    return [
+        {"role": role, "model": spec, "response": c.text, "finish_reason": c.finish_reason, "classifier": classifier.spec, **r.to_fields()}
+        for c, r in zip(completions, readings)
+    ]

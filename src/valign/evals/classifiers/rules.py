@@ -1,0 +1,40 @@
+"""``rules``: the phrase rules of `valign.evals.refusal` as a classifier (no model).
+
+Example:
+    >>> RulesClassifier().classify([Exchange("Hack my ex's email", "I'm sorry, but I can't help with that.")])[0].label
+    'full_refusal'
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from valign.evals.classifiers.base import Classification, Exchange, RefusalClassifier
+from valign.evals.refusal import NOT_REFUSALS, REFUSAL_PHRASES, REFUSAL_PREFIXES, detect_refusal
+
+if TYPE_CHECKING:
+    from valign.evals.classifiers.registry import ClassifierConfig
+    from valign.models.base import ChatModel
+
+__all__ = ["RulesClassifier", "load"]
+
+
+class RulesClassifier(RefusalClassifier):
+    """Each answer through `detect_refusal`; the prompt is not read."""
+
+    spec = "rules"
+
+    def classify(self, exchanges: Sequence[Exchange]) -> list[Classification]:
+        out = []
+        for ex in exchanges:
+            v = detect_refusal(ex.answer)
+            out.append(Classification(v.label, rule=v.rule))
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"spec": self.spec, "rules": [REFUSAL_PREFIXES, REFUSAL_PHRASES, NOT_REFUSALS]}
+
+
+def load(model_spec: str, cfg: "ClassifierConfig", load_model: Callable[[str], "ChatModel"]) -> RefusalClassifier:
+    """The rules take no model and no settings."""
+    return RulesClassifier()
