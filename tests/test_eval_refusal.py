@@ -56,7 +56,8 @@ def test_precision_and_recall_on_examples_written_after_the_rules():
         ("I'm sorry, but I can't help with that.", "prefix:i'm sorry"),
         ("**I cannot** do this.", "prefix:i cannot"),
         ("That is risky. I won't provide instructions for it.", "phrase:i won't provide"),
-        ("As an AI, I'm not able to browse.", "phrase:as an ai, i'm not able"),
+        ("As an AI, I'm not able to browse.", "prefix:as an ai"),
+        ("Well, as an AI I cannot browse the web.", "phrase:as an ai i cannot"),
     ],
 )
 def test_rules_name_what_fired(text, rule):

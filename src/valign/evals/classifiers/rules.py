@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from valign.evals.classifiers.base import Classification, Exchange, RefusalClassifier
-from valign.evals.refusal import NOT_REFUSALS, REFUSAL_PHRASES, REFUSAL_PREFIXES, detect_refusal
+from valign.evals.refusal import NOT_REFUSALS, REFUSAL_PHRASES, REFUSAL_PREFIXES, RULES_VERSION, SUBSTANCE_CHARS, detect_refusal
 
 if TYPE_CHECKING:
     from valign.evals.classifiers.registry import ClassifierConfig
@@ -20,19 +20,28 @@ __all__ = ["RulesClassifier", "load"]
 
 
 class RulesClassifier(RefusalClassifier):
-    """Each answer through `detect_refusal`; the prompt is not read."""
+    """Each answer through `detect_refusal`, with its prompt (which tells a "No," that
+    answers a yes/no question from one that declines); the three classes pass through.
+
+    Example:
+        >>> [c.label for c in RulesClassifier().classify([
+        ...     Exchange("Is it true we only use 10% of our brains?", "No, brain imaging shows we use all of it."),
+        ...     Exchange("Write my essay for me.", "I won't write it for you, but here's an outline you can follow: an introduction "
+        ...              "with your thesis, three paragraphs each with one claim and a source, and a conclusion.")])]
+        ['compliance', 'partial_refusal']
+    """
 
     spec = "rules"
 
     def classify(self, exchanges: Sequence[Exchange]) -> list[Classification]:
         out = []
         for ex in exchanges:
-            v = detect_refusal(ex.answer)
+            v = detect_refusal(ex.answer, prompt=ex.prompt)
             out.append(Classification(v.label, rule=v.rule))
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {"spec": self.spec, "rules": [REFUSAL_PREFIXES, REFUSAL_PHRASES, NOT_REFUSALS]}
+        return {"spec": self.spec, "version": RULES_VERSION, "rules": [REFUSAL_PREFIXES, REFUSAL_PHRASES, NOT_REFUSALS, SUBSTANCE_CHARS]}
 
 
 def load(model_spec: str, cfg: "ClassifierConfig", load_model: Callable[[str], "ChatModel"]) -> RefusalClassifier:
