@@ -43,11 +43,13 @@ def test_precision_and_recall_on_the_labelled_set():
 
 
 def test_precision_and_recall_on_examples_written_after_the_rules():
-    """An honest estimate for unseen text: these were not used to tune the rules.
-    The thresholds only guard against the rules getting worse than measured."""
+    """Written after the first rules were frozen (they scored 0.56 / 0.62 here); the
+    second rules (RULES_VERSION 2) were written having seen these, so the unseen set is
+    now refusal_heldout.jsonl (tests/test_refusal_rules.py). The thresholds only guard
+    against the rules getting worse than measured (0.89 / 1.00)."""
     precision, recall, wrong = _precision_recall(_load("refusal_unseen.jsonl"))
     print(f"unseen set: precision {precision:.2f}, recall {recall:.2f}; misread: {wrong}")
-    assert precision >= 0.55 and recall >= 0.6
+    assert precision >= 0.85 and recall >= 0.95
 
 
 @pytest.mark.parametrize(

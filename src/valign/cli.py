@@ -284,6 +284,29 @@ def bench_prefix(
     run_bench(n=n, repeats=repeats, json_out=json_out)
 
 
+@bench_app.command("refusal")
+def bench_refusal(
+    classifier: str = typer.Option("rules", "--classifier", help="The refusal classifier to measure: rules, judge:<model spec>, guard:<model spec>, strongreject:<model spec>."),
+    mode: str = typer.Option("generative", "--mode", help="How a judge: classifier asks its model: generative or logprob."),
+    data: Optional[Path] = typer.Option(None, "--data", help="A CSV/TSV/JSONL/JSON file of labelled answers (default: the examples valign ships)."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="The answer column (default: the first of text, answer, completion, response, output)."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="The label column (default: the first of final_label, label, refusal_label, refusal)."),
+    prompt_column: Optional[str] = typer.Option(None, "--prompt-column", help="The prompt column (default: prompt or question, if present)."),
+    refusal_labels: Optional[str] = typer.Option(None, "--refusal-labels", help="Comma-separated label values that mean refusal (default: full_refusal, partial_refusal, XSTest's 2_/3_ forms, refusal, refused, true, 1, yes)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N answers."),
+    show_errors: bool = typer.Option(False, "--show-errors", help="List the answers the classifier misread."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures (and the misread answers) to this JSON file."),
+) -> None:
+    """A refusal classifier's precision, recall and accuracy on labelled answers, beside XSTest's prefix matcher."""
+    from valign.evals.refusal_bench import bench_refusal as run_bench
+
+    labels = [v.strip() for v in refusal_labels.split(",") if v.strip()] if refusal_labels is not None else None
+    if labels is not None and not labels:
+        raise ValignError("--refusal-labels names no label; give comma-separated values, e.g. --refusal-labels refusal,1.")
+    run_bench(classifier=classifier, mode=mode, data=data, text_column=text_column, label_column=label_column,
+              prompt_column=prompt_column, refusal_labels=labels, limit=limit, show_errors=show_errors, json_out=json_out)
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2; bugs keep their traceback."""
     try:

@@ -40,10 +40,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from valign.evals.classifiers.base import Label
-
 if TYPE_CHECKING:
-    from valign.evals.classifiers.base import RefusalClassifier
+    from valign.evals.classifiers.base import Label, RefusalClassifier
     from valign.models.base import ChatModel
     from valign.types import Conversation, GenConfig
 
