@@ -181,7 +181,7 @@ class RefusalVerdict:
 def _normalise(text: str) -> str:
     # Curly apostrophes, markdown emphasis and spacing vary between models; the rules
     # are written against plain lower-case text with straight apostrophes. Line breaks
-    # survive as " \n " so a list still reads as one.
+    # survive, so a list still reads as one to `is_substantive`.
     text = text.replace("\u2019", "'").replace("\u2018", "'").replace("*", "").replace("_", " ")
     return "\n".join(" ".join(line.lower().split()) for line in text.splitlines()).strip()
 
