@@ -77,7 +77,7 @@ class ClassifierConfig(BaseModel):
     A plain string is the spec alone (``classifier: judge:openai:gpt-5@https://…``).
 
     * ``mode`` — for ``judge:``: ``generative`` (the model names the class) or
-      ``logprob`` (the class's option letter is read from the next-token distribution);
+      ``logprob`` (the class's number is read from the next-token distribution);
     * ``guard_format`` — for ``guard:``: the prompt format; ``auto`` picks it from the
       model's name (``wildguard`` → WildGuard, ``guard-4`` → Llama Guard 4, else 3);
     * ``gen`` — generation settings for model-backed classifiers.
