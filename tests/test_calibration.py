@@ -178,6 +178,22 @@ def test_pairwise_mode_maps_five_levels_to_p_first():
     assert r.mean_p_first == (1.0, 0.5) and r.ties == 2 and r.flips == 0 and r.agreement == 1.0
 
 
+def test_verdict_rows_of_the_judge_stage_give_one_order_each():
+    from valign.evals.calibration import readings_from_judge_rows
+
+    rows = [
+        # responses[0] shown first and preferred at 0.8: order 1, P(first) 0.8.
+        {"p_first_better": 0.8, "p_orders": None, "shown_order": [0, 1], "responses": [{"text": "a b"}, {"text": "c"}]},
+        # responses[1] shown first; P(responses[0] better) 0.3, so P(first) = 0.7 in order 2.
+        {"p_first_better": 0.3, "p_orders": None, "shown_order": [1, 0], "chosen_index": 1,
+         "chosen": [{"role": "assistant", "content": "x y z"}], "rejected": [{"role": "assistant", "content": "w"}]},
+        {"p_first_better": None, "p_orders": None, "shown_order": [0, 1]},  # never parsed
+    ]
+    rs = readings_from_judge_rows(rows)
+    assert [r.p_first for r in rs] == [(0.8, None), (None, 0.7)] and [r.lengths for r in rs] == [(2, 1), (1, 3)]
+    assert calibrate(rs).position_bias == pytest.approx(0.25)
+
+
 def test_keycase_rows_map_to_readings():
     rows = [{"type": "keycase", "orders": [2.0, 1.0], "tuned_response": "a b c", "base_response": "a"},
             {"type": "keycase", "orders": [1.0, -1.0], "tuned_response": "a", "base_response": "a b"},

@@ -277,11 +277,15 @@ def calibrate(readings: Iterable[Reading], tie_eps: float = TIE_EPS, judge: str 
     o1 = [r.p_first[0] for r in rs if r.p_first[0] is not None]
     o2 = [r.p_first[1] for r in rs if r.p_first[1] is not None]
     both = [(r.p_first[0], r.p_first[1]) for r in rs if r.p_first[0] is not None and r.p_first[1] is not None]
-    # A pair's own lean towards the first position: its orders' mean P(first) − 0.5.
-    # A pair read in one order contributes that order's P(first) − 0.5.
-    leans = [(p - 0.5) for r in rs for p in [_pair_p_first(r)] if p is not None]
+    # A pair's own lean towards the first position: its orders' mean P(first) − 0.5
+    # (a pair read in one order: that order's P(first) − 0.5).
+    leans = []
+    for r in rs:
+        ps = [p for p in r.p_first if p is not None]  # never empty: rs holds pairs read at least once
+        leans.append(sum(ps) / len(ps) - 0.5)
     m1, m2 = _mean(o1), _mean(o2)
-    bias = None if m1 is None and m2 is None else round(_mean([m for m in (m1, m2) if m is not None]) - 0.5, 12)  # type: ignore[operator]
+    order_means = [m for m in (m1, m2) if m is not None]
+    bias = sum(order_means) / len(order_means) - 0.5 if order_means else None
     flips = sum(1 for p1, p2 in both if not _tie(p1, tie_eps) and not _tie(p2, tie_eps) and (p1 - 0.5) * (p2 - 0.5) > 0)
     singles = o1 + o2
     ties = sum(_tie(p, tie_eps) for p in singles)
@@ -327,11 +331,6 @@ def calibrate(readings: Iterable[Reading], tie_eps: float = TIE_EPS, judge: str 
     )
     _add_labels(report, [r for r in rs if r.label is not None and r.p_x is not None], tie_eps)
     return report
-
-
-def _pair_p_first(r: Reading) -> float | None:
-    ps = [p for p in r.p_first if p is not None]
-    return sum(ps) / len(ps) if ps else None
 
 
 def _add_labels(report: CalibrationReport, labelled: list[Reading], tie_eps: float) -> None:
