@@ -26,7 +26,7 @@ only), optionally the two answers' lengths and which one a human labelled better
   the labelled better answer (ties are counted apart, not as half right); the
   **reliability curve** — the judge's confidence in the answer it favours,
   max(p, 1 − p) of the combined preference, in bins of width 0.1 over [0.5, 1], against
-  how often that answer is the labelled better one (a tie counts one half); the
+  how often that answer is the labelled better one (exactly 0.5 counts one half); the
   **expected calibration error** — the bin-size-weighted mean gap |accuracy −
   confidence| (Guo et al. 2017's top-label ECE); and the **Brier score** of P(labelled
   better answer).
@@ -181,17 +181,17 @@ class CalibrationReport:
         lines = [head]
         o1, o2 = self.mean_p_first
         lines.append(
-            f"position bias   mean P(first) {_f(o1)} (X first) / {_f(o2)} (Y first); bias {_sf(self.position_bias)} {_ci(self.position_bias_ci, True)}"
+            f"position bias   mean P(first) {_f(o1)} (X first) / {_f(o2)} (Y first); bias {_sf(self.position_bias)}{_ci(self.position_bias_ci, True)}"
         )
-        lines.append(f"order flips     {self.flips} of {self.both_orders} = {_pc(self.flip_rate)} {_ci(self.flip_rate_ci)}")
+        lines.append(f"order flips     {self.flips} of {self.both_orders} = {_pc(self.flip_rate)}{_ci(self.flip_rate_ci)}")
         lines.append(f"ties            {self.ties} of {self.readings} readings = {_pc(self.tie_rate)} (|p - 0.5| <= {self.tie_eps})")
         lines.append(
-            f"length bias     longer answer wins {_pc(self.longer_wins)} {_ci(self.longer_wins_ci)} of {self.length_pairs} decisive pairs; "
+            f"length bias     longer answer wins {_pc(self.longer_wins)}{_ci(self.longer_wins_ci)} of {self.length_pairs} decisive pairs; "
             f"slope {_sf(self.length_slope)}, r {_sf(self.length_corr)}"
         )
         if self.labelled:
             lines.append(
-                f"labels          agreement {_pc(self.agreement)} {_ci(self.agreement_ci)} over {self.labelled - self.label_ties} decisive "
+                f"labels          agreement {_pc(self.agreement)}{_ci(self.agreement_ci)} over {self.labelled - self.label_ties} decisive "
                 f"of {self.labelled} labelled pairs (ties: {self.label_ties}); ECE {_f(self.ece)}; Brier {_f(self.brier)}"
             )
             for b in self.reliability:
@@ -213,9 +213,10 @@ def _pc(x: float | None) -> str:
 
 
 def _ci(ci: tuple[float, float] | None, signed: bool = False) -> str:
+    """An interval with a leading space, or nothing."""
     if ci is None:
         return ""
-    return f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if signed else f"[{100 * ci[0]:.1f}%, {100 * ci[1]:.1f}%]"
+    return f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if signed else f" [{100 * ci[0]:.1f}%, {100 * ci[1]:.1f}%]"
 
 
 # --------------------------------------------------------------------------- the figures

@@ -43,6 +43,9 @@ def calibration_figure(report: CalibrationReport) -> Any:
         lo, hi = report.longer_wins_ci or (report.longer_wins, report.longer_wins)
         ax.bar(["longer wins"], [report.longer_wins], color=TUNED_COLOR,
                yerr=[[report.longer_wins - lo], [hi - report.longer_wins]], capsize=6)
+    else:
+        ax.set_xticks([])
+        ax.text(0.5, 0.75, "no decisive pair\nof unequal lengths", ha="center", va="center", transform=ax.transAxes)
     ax.axhline(0.5, color="black", linestyle="--", linewidth=1)
     ax.set_ylim(0, 1)
     ax.set_title(f"longer answer wins ({report.length_pairs} pairs)")
@@ -71,11 +74,12 @@ def _n(x: float | None, digits: int = 2) -> str:
 def calibration_alt(report: CalibrationReport, title: str) -> str:
     """The chart's text alternative: every number it shows."""
     o1, o2 = report.mean_p_first
-    text = (
-        f"{title} calibration: mean P(first shown better) {_n(o1)} with X first, {_n(o2)} with Y first "
-        f"(0.50 is no position bias); the longer answer won {_n(report.longer_wins)} of {report.length_pairs} decisive pairs "
-        "(0.50 is no length bias)"
+    length = (
+        f"the longer answer won {_n(report.longer_wins)} of {report.length_pairs} decisive pairs (0.50 is no length bias)"
+        if report.longer_wins is not None
+        else "no decisive pair had answers of unequal length"
     )
+    text = f"{title} calibration: mean P(first shown better) {_n(o1)} with X first, {_n(o2)} with Y first (0.50 is no position bias); {length}"
     if report.labelled:
         bins = "; ".join(f"confidence {b.confidence:.2f}: {b.accuracy:.2f} right of {b.n}" for b in report.reliability if b.n)
         text += f". Reliability curve (ECE {_n(report.ece, 3)}): {bins}"
