@@ -309,7 +309,7 @@ def test_stage_rows_counts_and_resume(tmp_path):
     JudgeStage().run(ctx)
     assert ctx.models.specs == ["policy"]  # the policy that sampled the pairs judges by default
     assert ctx.info["counts"] == {"pairs": 2, "kept": 2, "dropped": dict.fromkeys(
-        ["identical", "invalid_verdict", "order_disagreement", "low_margin"], 0)}
+        ["identical", "invalid_verdict", "position_bias", "order_disagreement", "low_margin"], 0)}
 
     # Resume with more pairs and a stricter margin: finished ids are not judged again.
     calls = judge.choice_calls
@@ -321,7 +321,7 @@ def test_stage_rows_counts_and_resume(tmp_path):
     assert rows["p2"]["drop_reason"] == "identical" and rows["p3"]["drop_reason"] == "low_margin"
     counts = ctx2.info["counts"]
     assert counts["pairs"] == 4 and counts["kept"] == 2
-    assert counts["dropped"] == {"identical": 1, "invalid_verdict": 0, "order_disagreement": 0, "low_margin": 1}
+    assert counts["dropped"] == {"identical": 1, "invalid_verdict": 0, "position_bias": 0, "order_disagreement": 0, "low_margin": 1}
     assert counts == count_rows(rows.values())
 
     kept = rows["p1"]

@@ -69,10 +69,10 @@ def full_run(tmp_path_factory) -> Path:
 
 def test_every_section_is_rendered_and_model_text_is_escaped(full_run):
     html = render_report(full_run).read_text()
-    for heading in ("Run summary", "Training curves", "Key cases", "MT-Bench", "Safety", "Constitution"):
+    for heading in ("Run summary", "Training curves", "Key cases", "MT-Bench", "Safety", "Judge calibration", "Constitution"):
         assert f">{heading}</h2>" in html
     assert "<script" not in html and "&lt;script&gt;alert(" in html and "Escapes &lt;b&gt;this&lt;/b&gt;." in html
-    assert html.count("data:image/png;base64,") == 4  # SFT, DPO, the MT-Bench radar, safety
+    assert html.count("data:image/png;base64,") == 5  # SFT, DPO, the MT-Bench radar, safety, the key-case judge's calibration
     assert "http://" not in html and "https://" not in html
     assert "The perfect duty not to lie" in html  # principle titles from the constitution
     assert "humanity-as-end" in html  # the constitution section
@@ -135,7 +135,7 @@ def test_report_in_headless_chromium(full_run, tmp_path):
             browser.close()
     assert errors == []
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
-    assert headings == ["Run summary", "Training curves", "Key cases", "MT-Bench", "Safety", "Constitution"]
-    assert nav == 6 and len(images) == 4 and all(w > 100 and alt > 20 for w, alt in images)
+    assert headings == ["Run summary", "Training curves", "Key cases", "MT-Bench", "Safety", "Judge calibration", "Constitution"]
+    assert nav == 7 and len(images) == 5 and all(w > 100 and alt > 20 for w, alt in images)
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000

@@ -24,6 +24,8 @@ constitution_app = typer.Typer(help="Show constitutions: shipped names or files.
 prompts_app = typer.Typer(help="Prompt sources and seeded red-team/benign mixes.", no_args_is_help=True)
 app.add_typer(constitution_app, name="constitution")
 app.add_typer(prompts_app, name="prompts")
+judge_app = typer.Typer(help="Check a judge: position bias, order flips, ties, length bias, agreement with labels.", no_args_is_help=True)
+app.add_typer(judge_app, name="judge")
 
 from valign.survey.cli import survey_app  # noqa: E402  (light: Typer only)
 
@@ -95,6 +97,26 @@ def prompts_mix(
             for row in mix.rows + mix.held_out:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         typer.echo(f"wrote {len(mix.rows) + len(mix.held_out)} rows to {out}")
+
+
+@judge_app.command("calibrate")
+def judge_calibrate(
+    judge: str = typer.Option(..., "--judge", help="The judge's model spec, e.g. embedded or openai:gpt-5@https://api.openai.com/v1."),
+    pairs: Path = typer.Option(..., "--pairs", help="JSONL, JSON or CSV with prompt/chosen/rejected (or Anthropic HH transcripts in chosen/rejected)."),
+    mode: str = typer.Option("logprob", "--mode", help="logprob or verdict (the judge stage's), or pairwise (the key cases' five-level scale)."),
+    judge_mode: str = typer.Option("generative", "--judge-mode", help="For --mode pairwise: generative or logprob."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="The first N pairs."),
+    constitution: str = typer.Option("kantian", "--constitution", help="The constitution whose principles the judge is shown."),
+    seed: int = typer.Option(0, help="Seed of principle sampling and the shown order."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Token budget of a written verdict (verdict, pairwise generative)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures and each pair's readings to this JSON file."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also save the chart (P(first) by order, length bias, reliability curve) as PNG."),
+) -> None:
+    """Judge labelled pairs in both orders and print the judge's calibration figures."""
+    from valign.evals.judge_calibration import write_calibration
+
+    typer.echo(write_calibration(judge, pairs, mode=mode, judge_mode=judge_mode, limit=limit, constitution=constitution, seed=seed,
+                                 max_new_tokens=max_new_tokens, json_out=json_out, plot=plot))
 
 
 @app.command()

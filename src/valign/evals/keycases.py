@@ -14,7 +14,9 @@ A key-case file is JSONL with ``id``, ``prompt``, ``principles`` (ids) and optio
 
 As a suite (`SUITE`): rows ``keycase-answer:<role>:<case>`` (each model's answer) and
 ``keycase:<case>`` (the judged comparison); the summary counts improvements and
-regressions by level (`summarise_keycases`).
+regressions by level (`summarise_keycases`) and carries the judge's calibration on
+the cases (``calibration``: position bias, order flips, ties, length bias; see
+`valign.evals.calibration`).
 
 Example:
     >>> cases = load_keycases()
@@ -34,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from valign.constitution import Constitution, load_constitution
 from valign.errors import ValignError
+from valign.evals.calibration import calibrate, readings_from_keycase_rows
 from valign.evals.pairwise import PairItem, PairwiseConfig, PairwiseResult, describe_score, judge_pairwise, templates_digest
 from valign.evals.refusal import answers_with_refusals
 from valign.evals.rundata import RunData
@@ -290,7 +293,10 @@ def run_keycases(ctx: SuiteRun) -> dict[str, Any]:
         for chunk in ctx.chunks(todo):
             ctx.rows.append(judged_rows(judge, ctx.judge, chunk, answers, kc, constitution, ctx.seed))
     wanted = {f"keycase:{c.id}" for c in cases}
-    return {**summarise_keycases([r for r in ctx.rows_of("keycase") if r["id"] in wanted]), "judge_mode": kc.judge_mode}
+    judged = [r for r in ctx.rows_of("keycase") if r["id"] in wanted]
+    # The judge's own reliability on these comparisons (both orders): position bias, flips, ties, length.
+    calibration = calibrate(readings_from_keycase_rows(judged), judge=ctx.judge, source="key cases").to_dict()
+    return {**summarise_keycases(judged), "judge_mode": kc.judge_mode, "calibration": calibration}
 
 
 # -- the report section ---------------------------------------------------------------

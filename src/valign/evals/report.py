@@ -2,7 +2,8 @@
 
 The report is its sections, top to bottom (`report_sections`): the run's summary and
 training curves, then each evaluation suite's section in the order of the suite
-registry (`valign.evals.suites`; a suite brings its own), then the constitution.
+registry (`valign.evals.suites`; a suite brings its own), then the judges'
+calibration (`valign.evals.calibration_section`), then the constitution.
 Each section renderer reads the run's data (`valign.evals.rundata`) and returns a
 `Section` (`valign.evals.section`), or None when the run has nothing for it, so a run
 with only some stages still gets a report with the sections it can fill; the others
@@ -24,6 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from valign.evals.calibration_section import calibration_section
 from valign.evals.plots import TUNED_COLOR, pyplot
 from valign.evals.rundata import RunData, StageInfo, load_run
 from valign.evals.section import ReportEnv, Section, SectionRenderer
@@ -171,12 +173,13 @@ def report_sections() -> list[tuple[str, SectionRenderer]]:
 
     Example:
         >>> [section_id for section_id, _ in report_sections()]
-        ['summary', 'training', 'keycases', 'mtbench', 'safety', 'fidelity', 'constitution']
+        ['summary', 'training', 'keycases', 'mtbench', 'safety', 'fidelity', 'calibration', 'constitution']
     """
     return [
         ("summary", summary_section),
         ("training", training_section),
         *((suite.name, suite.section) for suite in SUITES.values()),
+        ("calibration", calibration_section),
         ("constitution", constitution_section),
     ]
 

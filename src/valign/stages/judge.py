@@ -23,7 +23,12 @@ Two modes, any model as the judge (``judge.model``; the run's model by default):
 
 Curation drops pairs whose two orders pick different winners (``order_disagreement``),
 whose soft label is too close to 0.5 (``low_margin``), whose answers are identical
-(``identical``) or whose verdict never parsed (``invalid_verdict``). Every pair gets
+(``identical``) or whose verdict never parsed (``invalid_verdict``); with
+``max_position_bias`` set, also pairs whose two readings disagree by more than it
+(``position_bias``: |p1 + p2 − 1| for P(first better) p1, p2 in the two orders, which is
+0 for a judge that ignores position). The manifest's ``calibration`` block holds the
+judge's position bias, order-flip rate, tie rate and length bias over all its rows
+(`valign.evals.calibration`). Every pair gets
 exactly one row, kept or not, so a resumed run never re-judges anything and the
 manifest's counts per reason are exact.
 
@@ -50,6 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from valign.constitution import Constitution, Principle
 from valign.errors import ValignError
+from valign.evals.calibration import calibrate, position_gap, readings_from_judge_rows
 from valign.models.base import ChatModel
 from valign.progress import GenProgress
 from valign.stages.base import Stage, StageContext, constitution_inputs, model_identity, run_constitution
@@ -94,7 +100,7 @@ TEMPLATE_FILES = (LOGPROB_TEMPLATE, ANSWER_TEMPLATE, COT_TEMPLATE, EXAMPLES_FILE
 OPTIONS = ["A", "B"]
 ANSWER_PREFIX = "The answer is: ("
 COT_CLAMP = (0.4, 0.6)
-DROP_REASONS = ("identical", "invalid_verdict", "order_disagreement", "low_margin")
+DROP_REASONS = ("identical", "invalid_verdict", "position_bias", "order_disagreement", "low_margin")
 # Margins are compared with a little slack: 0.6 - 0.5 is 0.0999… in floating point,
 # and a clamped CoT label of exactly 0.6 must pass min_margin=0.1.
 _EPS = 1e-9
@@ -115,6 +121,7 @@ class JudgeConfig(BaseModel):
           model: null               # the run's model; e.g. openai:gpt-5@https://api.openai.com/v1
           few_shot: 2               # worked comparisons shown first (logprob mode)
           min_margin: 0.1           # drop pairs with |p - 0.5| below this
+          max_position_bias: null   # e.g. 0.3: drop pairs whose orders' P(first) disagree by more (logprob mode)
           gen: {temperature: 0.0, max_new_tokens: 768}
     """
 
@@ -126,6 +133,7 @@ class JudgeConfig(BaseModel):
     chain_of_thought: bool = False
     min_margin: float = Field(0.1, ge=0.0, le=0.5)
     drop_order_disagreement: bool = True
+    max_position_bias: float | None = Field(None, ge=0.0, le=1.0)
     max_retries: int = Field(2, ge=0, le=10)
     improve: bool = True
     chunk: int = Field(32, ge=1)
@@ -509,9 +517,16 @@ def curate(p_first_better: float | None, p_orders: list[float] | None, cfg: Judg
         >>> cfg = JudgeConfig(min_margin=0.1)
         >>> curate(0.7, [0.8, 0.6], cfg), curate(0.55, [0.6, 0.5], cfg), curate(0.6, [0.9, 0.3], cfg)
         (None, 'low_margin', 'order_disagreement')
+        >>> curate(0.7, [0.8, 0.6], JudgeConfig(max_position_bias=0.1))   # orders' P(first): 0.8 and 0.4
+        'position_bias'
     """
     if p_first_better is None:
         return "invalid_verdict"
+    if cfg.max_position_bias is not None and p_orders is not None and len(p_orders) == 2:
+        # p_orders are P(responses[0] better) in each order, so P(first) is p_orders[0]
+        # in order 1 and 1 − p_orders[1] in order 2.
+        if position_gap(p_orders[0], 1 - p_orders[1]) > cfg.max_position_bias + _EPS:
+            return "position_bias"
     if cfg.drop_order_disagreement and p_orders is not None and len(p_orders) == 2:
         if (p_orders[0] - 0.5) * (p_orders[1] - 0.5) < 0:
             return "order_disagreement"
@@ -616,8 +631,12 @@ class JudgeStage(Stage):
 
     def describe(self, run_config: RunConfig) -> dict[str, Any]:
         cfg: JudgeConfig = run_config.judge
+        config = cfg.model_dump(mode="json")
+        if config["max_position_bias"] is None:
+            # Added after runs existed: left out while off, so their fingerprints stay.
+            del config["max_position_bias"]
         return {
-            "config": cfg.model_dump(mode="json"),
+            "config": config,
             "model": model_identity(cfg.model) if cfg.model else "policy",  # the policy is covered by the pairs' fingerprint
             "seed": run_config.seed,
             "constitution": run_constitution(run_config).fingerprint(),
@@ -652,6 +671,7 @@ class JudgeStage(Stage):
                     bar.advance(len(chunk))
         # From every row on disk, so the counts are right after a resume too.
         ctx.info["counts"] = count_rows(ctx.rows)
+        ctx.info["calibration"] = calibrate(readings_from_judge_rows(ctx.rows), judge=spec, source="judge stage").to_dict()
 
     @staticmethod
     def _judge_chunk(
