@@ -61,6 +61,7 @@ __all__ = [
     "five_level_reading",
     "readings_from_judge_rows",
     "readings_from_keycase_rows",
+    "readings_from_mtbench_rows",
 ]
 
 TIE_EPS = 0.02  # a reading within this of 0.5 names no winner
@@ -74,6 +75,9 @@ class Reading:
     """One pair as the judge saw it: P(first shown better) in order 1 (X first) and
     order 2 (Y first), either None when missing; the lengths of X and Y; and
     ``label``: 0 when X is the labelled better answer, 1 when Y is, None without one.
+    ``ordered`` is False for a preference that no order produced (two answers graded
+    one at a time, as MT-Bench does): then ``p_first[0]`` is P(X better), and the
+    reading counts towards ties, length bias and labels but not position or flips.
 
     Example:
         >>> Reading((0.9, 0.2), lengths=(120, 40), label=0).p_x
@@ -83,6 +87,7 @@ class Reading:
     p_first: tuple[float | None, float | None]
     lengths: tuple[float, float] | None = None
     label: int | None = None
+    ordered: bool = field(default=True, repr=False)
 
     @property
     def p_x(self) -> float | None:
@@ -275,20 +280,21 @@ def calibrate(readings: Iterable[Reading], tie_eps: float = TIE_EPS, judge: str 
         (1.0, 0.5, 0.0, 0.0)
     """
     rs = [r for r in readings if r.p_first != (None, None)]
-    o1 = [r.p_first[0] for r in rs if r.p_first[0] is not None]
-    o2 = [r.p_first[1] for r in rs if r.p_first[1] is not None]
-    both = [(r.p_first[0], r.p_first[1]) for r in rs if r.p_first[0] is not None and r.p_first[1] is not None]
+    shown = [r for r in rs if r.ordered]  # readings an order produced: position and flips
+    o1 = [r.p_first[0] for r in shown if r.p_first[0] is not None]
+    o2 = [r.p_first[1] for r in shown if r.p_first[1] is not None]
+    both = [(r.p_first[0], r.p_first[1]) for r in shown if r.p_first[0] is not None and r.p_first[1] is not None]
     # A pair's own lean towards the first position: its orders' mean P(first) − 0.5
     # (a pair read in one order: that order's P(first) − 0.5).
     leans = []
-    for r in rs:
+    for r in shown:
         ps = [p for p in r.p_first if p is not None]  # never empty: rs holds pairs read at least once
         leans.append(sum(ps) / len(ps) - 0.5)
     m1, m2 = _mean(o1), _mean(o2)
     order_means = [m for m in (m1, m2) if m is not None]
     bias = sum(order_means) / len(order_means) - 0.5 if order_means else None
     flips = sum(1 for p1, p2 in both if not _tie(p1, tie_eps) and not _tie(p2, tie_eps) and (p1 - 0.5) * (p2 - 0.5) > 0)
-    singles = o1 + o2
+    singles = o1 + o2 + [r.p_first[0] for r in rs if not r.ordered and r.p_first[0] is not None]
     ties = sum(_tie(p, tie_eps) for p in singles)
 
     # Length: the combined preference against the normalised length difference.
@@ -451,4 +457,43 @@ def readings_from_keycase_rows(rows: Iterable[dict[str, Any]]) -> list[Reading]:
             continue
         lengths = (text_length(row.get("tuned_response") or ""), text_length(row.get("base_response") or ""))
         out.append(five_level_reading(row["orders"], lengths))
+    return out
+
+
+def readings_from_mtbench_rows(rows: Iterable[dict[str, Any]]) -> list[Reading]:
+    """Readings from MT-Bench's single-answer grades (X = tuned, Y = base): each
+    question's turn graded for both models gives P(X better) = 0.5 + (X's rating −
+    Y's rating) / 18 (ratings 1–10, so a 10 against a 1 is 1.0), with the two turn
+    answers' lengths. No order produced it (each answer was graded alone), so these
+    readings measure ties (equal ratings) and length bias only. Unparsed ratings (−1)
+    give none.
+
+    Example:
+        >>> answers = [{"type": "mtbench_answer", "role": role, "record": {"question_id": 81,
+        ...             "choices": [{"turns": [text, "ok"]}]}} for role, text in (("tuned", "a b c d"), ("base", "a"))]
+        >>> grades = [{"type": "mtbench_judgment", "role": role, "record": {"question_id": 81, "turn": 1, "score": s}}
+        ...           for role, s in (("tuned", 8), ("base", 5))]
+        >>> r = readings_from_mtbench_rows(answers + grades)[0]
+        >>> r.p_x, r.lengths, r.ordered
+        (0.666666666667, (4, 1), False)
+    """
+    rows = list(rows)
+    turns: dict[tuple[str, Any], list[str]] = {}
+    for row in rows:
+        if row.get("type") == "mtbench_answer":
+            rec = row["record"]
+            turns[(row["role"], rec["question_id"])] = list(rec["choices"][0]["turns"])
+    scores: dict[tuple[Any, int], dict[str, float]] = {}
+    for row in rows:
+        if row.get("type") == "mtbench_judgment":
+            rec = row["record"]
+            scores.setdefault((rec["question_id"], int(rec["turn"])), {})[row["role"]] = rec["score"]
+    out = []
+    for (qid, turn), by_role in sorted(scores.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+        x, y = by_role.get("tuned"), by_role.get("base")
+        if x is None or y is None or x < 0 or y < 0:
+            continue
+        tx, ty = turns.get(("tuned", qid)), turns.get(("base", qid))
+        lengths = None if not tx or not ty or len(tx) < turn or len(ty) < turn else (text_length(tx[turn - 1]), text_length(ty[turn - 1]))
+        out.append(Reading((round(0.5 + (x - y) / 18, 12), None), lengths, ordered=False))
     return out

@@ -3,9 +3,11 @@
 The section shows each judge valign used in the run with both orders on record: the
 `judge` stage's (its manifest's ``calibration``, or its rows for runs made before
 that block existed) and the key cases' (the evaluate manifest's
-``keycases.calibration``, or the judged key-case rows). MT-Bench grades single
-answers and survey fidelity reads option probabilities in one fixed order, so
-neither has pairs in two orders to measure (see docs/evaluation/calibration.md).
+``keycases.calibration``, or the judged key-case rows) — and MT-Bench's, whose judge
+grades each answer alone: its base and tuned grades of the same turn are a pair
+without an order, so it shows ties and length bias only. Survey fidelity reads option
+probabilities in one fixed order, so it has no pairs to measure (see
+docs/evaluation/calibration.md).
 
 Example:
     >>> from valign.evals.calibration import Reading, calibrate
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from valign.evals.calibration import CalibrationReport, calibrate, readings_from_judge_rows, readings_from_keycase_rows
+from valign.evals.calibration import CalibrationReport, calibrate, readings_from_judge_rows, readings_from_keycase_rows, readings_from_mtbench_rows
 from valign.evals.plots import BASE_COLOR, TUNED_COLOR, pyplot
 from valign.evals.rundata import RunData
 from valign.evals.section import ReportEnv, Section
@@ -33,8 +35,12 @@ def calibration_figure(report: CalibrationReport) -> Any:
     panels = 3 if report.labelled else 2
     fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 2.6), squeeze=False)
     ax = axes[0][0]
-    vals = [v if v is not None else 0.0 for v in report.mean_p_first]
-    ax.bar(["X first", "Y first"], vals, color=[TUNED_COLOR, BASE_COLOR])
+    if report.mean_p_first != (None, None):
+        vals = [v if v is not None else 0.0 for v in report.mean_p_first]
+        ax.bar(["X first", "Y first"], vals, color=[TUNED_COLOR, BASE_COLOR])
+    else:
+        ax.set_xticks([])
+        ax.text(0.5, 0.75, "answers graded one at a time:\nno order to swap", ha="center", va="center", transform=ax.transAxes)
     ax.axhline(0.5, color="black", linestyle="--", linewidth=1)
     ax.set_ylim(0, 1)
     ax.set_title("mean P(first shown better)")
@@ -79,7 +85,12 @@ def calibration_alt(report: CalibrationReport, title: str) -> str:
         if report.longer_wins is not None
         else "no decisive pair had answers of unequal length"
     )
-    text = f"{title} calibration: mean P(first shown better) {_n(o1)} with X first, {_n(o2)} with Y first (0.50 is no position bias); {length}"
+    position = (
+        f"mean P(first shown better) {_n(o1)} with X first, {_n(o2)} with Y first (0.50 is no position bias)"
+        if (o1, o2) != (None, None)
+        else "answers graded one at a time, so no position bias to measure"
+    )
+    text = f"{title} calibration: {position}; {length}"
     if report.labelled:
         bins = "; ".join(f"confidence {b.confidence:.2f}: {b.accuracy:.2f} right of {b.n}" for b in report.reliability if b.n)
         text += f". Reliability curve (ECE {_n(report.ece, 3)}): {bins}"
@@ -109,6 +120,14 @@ def run_calibrations(run: RunData) -> list[tuple[str, CalibrationReport]]:
         cases = [r for r in run.rows("evaluate") if r.get("type") == "keycase"]
         if cases:
             out.append(("Key cases", calibrate(readings_from_keycase_rows(cases), judge=cases[0].get("judge_model"), source="key cases")))
+    block = ((run.manifest("evaluate") or {}).get("mtbench") or {}).get("calibration")
+    if block:
+        out.append(("MT-Bench", CalibrationReport.from_dict(block)))
+    else:
+        graded = [r for r in run.rows("evaluate") if r.get("type") in ("mtbench_answer", "mtbench_judgment")]
+        if graded:
+            judge = next((r["record"]["judge"][0] for r in graded if r["type"] == "mtbench_judgment" and r["record"].get("judge")), None)
+            out.append(("MT-Bench", calibrate(readings_from_mtbench_rows(graded), judge=judge, source="MT-Bench")))
     return [(title, r) for title, r in out if r.pairs]
 
 

@@ -63,6 +63,7 @@ from typing import Any, Literal, Sequence
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from valign.errors import ValignError
+from valign.evals.calibration import calibrate, readings_from_mtbench_rows
 from valign.evals.plots import BASE_COLOR, TUNED_COLOR, pyplot
 from valign.evals.rundata import RunData
 from valign.evals.section import ReportEnv, Section
@@ -591,9 +592,13 @@ def run_mtbench(ctx: SuiteRun) -> dict[str, Any]:
     files = write_fastchat_files(
         ctx.out_dir, {ctx.names[role]: [a for q, a in answers[role].items() if q in wanted] for role in ROLES}, judgments, ctx.judge
     )
+    # Length bias and ties of the grades, base against tuned per turn (no order to swap).
+    graded = [r for r in ctx.rows if r.get("type") in ("mtbench_answer", "mtbench_judgment") and r["record"]["question_id"] in wanted]
+    calibration = calibrate(readings_from_mtbench_rows(graded), judge=ctx.judge, source="MT-Bench").to_dict()
     return {
         "questions": len(questions),
         "question_ids": sorted(wanted),
+        "calibration": calibration,
         "judge_mode": mc.judge_mode,
         "judge": ctx.judge,
         "results": aggregate(judgments),
