@@ -49,8 +49,11 @@ from valign.types import GenConfig, Row, keep_gen_defaults
 __all__ = [
     "BenchPrompt",
     "BenchSettings",
+    "BenchSpec",
     "read_table",
     "require_columns",
+    "text",
+    "unique_ids",
     "sample_prompts",
     "bench_digest",
     "bench_rows",
@@ -399,7 +402,11 @@ def _chart(title: str, summary: dict[str, Any], roles: list[str], sides: list[st
     ax.set_yticklabels([f"{names.get(role, role)} · {side} prompts" for role, side in bars])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel("share of answers: compliance | partial refusal (hatched) | full refusal")
+    ax.set_xlabel("share of answers (error bar: 95% interval of the refusal rate)")
+    from matplotlib.patches import Patch
+
+    key = [Patch(facecolor="#555555", alpha=shades[label], hatch="//" if label == "partial_refusal" else None, label=LABEL_NAMES[label]) for label in LABELS]
+    ax.legend(handles=key, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.32 if len(bars) <= 2 else -0.18), ncol=3)
     alt = f"{title}: " + "; ".join(
         f"{names.get(role, role)} on {side} prompts: "
         + ", ".join(f"{100 * (summary[role][side][label]['rate'] or 0):.0f}% {LABEL_NAMES[label]}" for label in LABELS)
