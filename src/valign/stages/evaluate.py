@@ -1,6 +1,7 @@
 """`evaluate`: compare a base and a tuned model on the evaluation suites.
 
-The suites (key cases, MT-Bench, safety, survey fidelity) are declared in
+The suites (key cases, MT-Bench, safety, survey fidelity, and the opt-in safety
+benchmarks XSTest, OR-Bench, StrongREJECT and HarmBench) are declared in
 `valign.evals.suites`; ``evaluate.suites`` names the ones to run, and each has its
 settings under its own name (``evaluate.keycases``, …).
 
