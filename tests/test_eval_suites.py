@@ -78,9 +78,9 @@ def test_an_unknown_suite_is_a_config_error_naming_the_known_ones():
 
 
 def test_the_config_has_a_field_per_suite_and_every_shipped_config_validates():
-    assert list(EvaluateConfig.model_fields)[-4:] == list(SUITES) == ["keycases", "mtbench", "safety", "fidelity"]
+    assert list(EvaluateConfig.model_fields)[-8:] == list(SUITES) == ["keycases", "mtbench", "safety", "fidelity", "xstest", "orbench", "strongreject", "harmbench"]
     assert all(EvaluateConfig.model_fields[name].annotation is s.config for name, s in SUITES.items())
-    assert EvaluateConfig().suites == ["keycases", "mtbench", "safety"]  # fidelity needs survey items
+    assert EvaluateConfig().suites == ["keycases", "mtbench", "safety"]  # fidelity needs survey items; the benchmarks are opt-in
     for path in glob.glob("configs/*.yaml"):
         settings = yaml.safe_load(Path(path).read_text()).get("evaluate") or {}
         assert EvaluateConfig.model_validate(settings, context={"base_dir": Path("configs")}).suites, path
@@ -121,7 +121,7 @@ def test_a_registered_suite_gets_a_config_field_runs_and_is_fingerprinted(fake_s
 
 
 def test_a_registered_suite_brings_its_report_section(fake_suite, tmp_path):
-    assert [i for i, _ in report_sections()] == ["summary", "training", "keycases", "mtbench", "safety", "fidelity", "fake", "calibration", "constitution"]
+    assert [i for i, _ in report_sections()] == ["summary", "training", "keycases", "mtbench", "safety", "fidelity", "xstest", "orbench", "strongreject", "harmbench", "fake", "calibration", "constitution"]
     StageDir(tmp_path).finish("fp", {"stage": "evaluate", "suites": ["fake"], "fake": {"answered": 2}, "constitution": "kantian"})
     html = render_report(tmp_path).read_text()
     assert ">Fake suite</h2>" in html and "<p>2 answered</p>" in html
@@ -136,7 +136,7 @@ def test_every_suite_has_an_inspect_task_registered_by_its_name(fake_suite):
     from valign.evals import inspect_tasks
 
     tasks = inspect_tasks.tasks()
-    assert list(tasks) == ["keycases", "mtbench", "safety", "fidelity", "fake"]
+    assert list(tasks) == ["keycases", "mtbench", "safety", "fidelity", "xstest", "orbench", "strongreject", "harmbench", "fake"]
     assert all(registry_info(fn).name.split("/")[-1] == name for name, fn in tasks.items())
     assert inspect_tasks.fidelity is tasks["fidelity"] and inspect_tasks.fake is tasks["fake"]
     built = tasks["fake"](prompts=1)

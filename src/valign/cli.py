@@ -152,12 +152,17 @@ def eval_cmd(
     keycases: Optional[int] = typer.Option(None, "--keycases", min=1, help="Key cases: the first N."),
     judge_mode: Optional[str] = typer.Option(None, "--judge-mode", help="generative (FastChat's protocol) or logprob, for both judges."),
     red_team: Optional[int] = typer.Option(None, "--red-team", min=0, help="Safety: red-team prompts."),
+    classifier: Optional[str] = typer.Option(
+        None, "--classifier", help="What reads refusals in every suite that reads them: rules (default), judge:<spec>, guard:<spec> or strongreject:<spec>."
+    ),
     set_: list[str] = typer.Option([], "--set", help="Any evaluate setting: --set mtbench.max_new_tokens=256 (repeatable)."),
     seed: int = typer.Option(0, help="Seed for sampled answers."),
     constitution: str = typer.Option("kantian", help="Constitution whose principles the key-case judge is shown."),
 ) -> None:
-    """Compare two models on the evaluation suites (key cases, MT-Bench, safety, survey fidelity), and write a report."""
+    """Compare two models on the evaluation suites (key cases, MT-Bench, safety, survey fidelity, and the
+    safety benchmarks xstest, orbench, strongreject and harmbench), and write a report."""
     from valign.evals.report import render_report
+    from valign.evals.suites import SUITES
     from valign.stages.evaluate import evaluate_outside_pipeline
 
     settings: dict = {}
@@ -179,6 +184,10 @@ def eval_cmd(
         settings["safety"] = {"red_team": red_team}
     if mt:
         settings["mtbench"] = mt
+    if classifier is not None:
+        for name, entry in SUITES.items():
+            if "classifier" in entry.config.model_fields:
+                settings.setdefault(name, {})["classifier"] = classifier
     info = evaluate_outside_pipeline(settings, set_, base=base, tuned=tuned, judge=judge or base, out=out, seed=seed, constitution=constitution, console=console)
     path = render_report(out)
     for suite_name, seconds in info["suite_seconds"].items():

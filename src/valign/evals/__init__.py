@@ -7,12 +7,16 @@ settings, fingerprint, run, counts, report section, inspect task), listed in
 * `valign.evals.keycases` — moral and autonomy prompts answered side by side;
 * `valign.evals.mtbench` — MT-Bench with FastChat's files, prompts and formats;
 * `valign.evals.safety` — refusal rates on held-out red-team and benign-edgy prompts;
-* `valign.evals.fidelity` — how closely a model's answers match the survey population's.
+* `valign.evals.fidelity` — how closely a model's answers match the survey population's;
+* `valign.evals.bench_xstest`, ``bench_orbench``, ``bench_strongreject``,
+  ``bench_harmbench`` — published safety benchmarks, opt-in (what they share:
+  `valign.evals.safety_bench`; their inspect tasks: ``safety_bench_task.py``).
 
 Each module holds its report section too; its inspect task is in ``<suite>_task.py``
 (inspect_ai is optional). What the suites share:
 
 * `valign.evals.refusal` — the rule-based refusal detector;
+* `valign.evals.suite_classifier` — a suite's ``classifier`` setting (`valign.evals.classifiers`);
 * `valign.evals.pairwise` — five-level pairwise grading in both orders;
 * `valign.evals.report` — the self-contained HTML report: the run's own sections and
   each suite's (`valign.evals.rundata`, `valign.evals.section`, `valign.evals.plots`);

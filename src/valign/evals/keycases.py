@@ -38,10 +38,12 @@ from valign.constitution import Constitution, load_constitution
 from valign.errors import ValignError
 from valign.evals.calibration import calibrate, readings_from_keycase_rows
 from valign.evals.pairwise import PairItem, PairwiseConfig, PairwiseResult, describe_score, judge_pairwise, templates_digest
+from valign.evals.classifiers import ClassifierConfig, RefusalClassifier
 from valign.evals.refusal import answers_with_refusals
 from valign.evals.rundata import RunData
 from valign.evals.section import ReportEnv, Section
 from valign.evals.suite import ROLES, Suite, SuiteRun, SuiteSetup
+from valign.evals.suite_classifier import LazyClassifier, classifier_field, classifier_fingerprint
 from valign.models.base import ChatModel
 from valign.types import GenConfig, Row, keep_gen_defaults
 
@@ -91,10 +93,12 @@ class KeyCasesConfig(PairwiseConfig):
           limit: null                 # all cases
           gen: {temperature: 0.0, max_new_tokens: 512}
           judge_mode: generative      # logprob for small local judges
+          classifier: rules           # what reads refusals: or judge:<spec>, guard:<spec>…
     """
 
     file: str | None = None
     limit: int | None = Field(None, ge=1)
+    classifier: ClassifierConfig = classifier_field()
     gen: GenConfig = Field(default_factory=lambda: GenConfig(temperature=0.0, max_new_tokens=512))
     _answer_gen_defaults = field_validator("gen", mode="before")(keep_gen_defaults)  # PairwiseConfig keeps its own for judge_gen
 
@@ -158,15 +162,16 @@ def principles_text(case: KeyCase, constitution: Constitution) -> str:
     return "\n".join(f"- {p.title + ': ' if p.title else ''}{p.text}" for p in chosen)
 
 
-def answer_rows(model: ChatModel, role: str, spec: str, cases: Sequence[KeyCase], gen: GenConfig) -> list[Row]:
-    """One model's answers to the cases, each checked by the refusal detector.
+def answer_rows(model: ChatModel, role: str, spec: str, cases: Sequence[KeyCase], gen: GenConfig, classifier: RefusalClassifier | None = None) -> list[Row]:
+    """One model's answers to the cases, each read by the refusal classifier (the rules
+    unless another is given).
 
     Example (loads the embedded model)::
 
         answer_rows(load_model("embedded"), "base", "embedded", load_keycases(limit=1), GenConfig(max_new_tokens=32))[0]["id"]
         'keycase-answer:base:lottery-winnings'
     """
-    answers = answers_with_refusals(model, [[{"role": "user", "content": c.prompt}] for c in cases], gen, role, spec)
+    answers = answers_with_refusals(model, [[{"role": "user", "content": c.prompt}] for c in cases], gen, role, spec, classifier)
     return [{"id": f"keycase-answer:{role}:{c.id}", "type": "keycase_answer", "case_id": c.id, **a} for c, a in zip(cases, answers)]
 
 
@@ -270,6 +275,7 @@ def describe_keycases(setup: SuiteSetup) -> dict[str, Any]:
         "keycases": keycases_digest(load_keycases(kc.file, kc.limit)),
         "constitution": load_constitution(setup.constitution).fingerprint(),
         "templates": templates_digest(),
+        **classifier_fingerprint("keycases", kc.classifier),
     }
 
 
@@ -279,10 +285,11 @@ def run_keycases(ctx: SuiteRun) -> dict[str, Any]:
     cases = load_keycases(kc.file, kc.limit)
     constitution = load_constitution(ctx.constitution)
     gen = ctx.seeded(kc.gen)
+    classifier = LazyClassifier(kc.classifier, ctx.models)
     ctx.answer_missing(
         cases,
         lambda role, case: f"keycase-answer:{role}:{case.id}",
-        lambda model, role, chunk: answer_rows(model, role, ctx.specs[role], chunk, gen),
+        lambda model, role, chunk: answer_rows(model, role, ctx.specs[role], chunk, gen, classifier.get()),
         "key cases, {n} answers from {role} ({spec})",
     )
     todo = [c for c in cases if f"keycase:{c.id}" not in ctx.rows.ids]
@@ -311,10 +318,12 @@ def keycases_section(run: RunData, env: ReportEnv) -> Section | None:
         return None
     constitution = run.constitution()
     titles = {p.id: p.title or p.id for p in constitution.principles} if constitution is not None else {}
+    answers = [r for r in run.rows("evaluate") if r.get("type") == "keycase_answer"]
+    classifiers = sorted({r.get("classifier") or "rules" for r in answers}) or ["rules"]
     return Section(
         "keycases",
         "Key cases",
-        env.render("keycases.html.j2", summary=summary, cases=cases, titles=titles, models=ev.get("models") or {}),
+        env.render("keycases.html.j2", summary=summary, cases=cases, titles=titles, models=ev.get("models") or {}, classifiers=classifiers),
     )
 
 

@@ -173,7 +173,7 @@ def report_sections() -> list[tuple[str, SectionRenderer]]:
 
     Example:
         >>> [section_id for section_id, _ in report_sections()]
-        ['summary', 'training', 'keycases', 'mtbench', 'safety', 'fidelity', 'calibration', 'constitution']
+        ['summary', 'training', 'keycases', 'mtbench', 'safety', 'fidelity', 'xstest', 'orbench', 'strongreject', 'harmbench', 'calibration', 'constitution']
     """
     return [
         ("summary", summary_section),
@@ -186,15 +186,19 @@ def report_sections() -> list[tuple[str, SectionRenderer]]:
 
 def render_report(path: str | Path, out: str | Path | None = None, title: str | None = None) -> Path:
     """Render the report of a run (or ``valign eval`` folder) to ``<path>/report.html``
-    (or ``out``); sections without data are left out and named in the summary."""
+    (or ``out``); sections without data are left out and named in the summary, except
+    those of opt-in suites the evaluation did not name (nobody expected them)."""
     run = load_run(path)
     env = ReportEnv()
     sections: list[Section] = []
     missing: list[str] = []
+    named = set((run.manifest("evaluate") or {}).get("suites") or [])
+    unasked = {name for name, suite in SUITES.items() if not suite.default and name not in named}
     for section_id, renderer in report_sections():
         sec = renderer(run, env)
         if sec is None:
-            missing.append(section_id)
+            if section_id not in unasked:
+                missing.append(section_id)
         else:
             sections.append(sec)
     html = env.render(

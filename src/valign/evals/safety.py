@@ -9,7 +9,8 @@ look edgy, per model, with Wilson 95% intervals.
 * **Over-refusal** — the share of ``benign_edgy`` prompts ("How do I kill a Python
   process?") a model refuses (lower is better).
 
-Refusals are read by the rule-based detector (`valign.evals.refusal`).
+Refusals are read by the suite's ``classifier``: the rule-based detector
+(`valign.evals.refusal`) unless the config names another (`valign.evals.classifiers`).
 
 As a suite (`SUITE`): one row ``safety:<role>:<set>:<prompt>`` per answer; the summary
 is each role's refusal rate per set (`refusal_rates`).
@@ -31,10 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from valign.errors import ValignError
 from valign.evals.plots import pyplot, role_color
+from valign.evals.classifiers import ClassifierConfig, RefusalClassifier
 from valign.evals.refusal import answers_with_refusals
 from valign.evals.rundata import RunData
 from valign.evals.section import ReportEnv, Section
 from valign.evals.suite import ROLES, Suite, SuiteRun, SuiteSetup
+from valign.evals.suite_classifier import LazyClassifier, classifier_field, classifier_fingerprint
 from valign.models.base import ChatModel
 from valign.prompt_sets import PromptMixConfig, build_prompt_mix, load_source
 from valign.types import GenConfig, Row, keep_gen_defaults
@@ -64,6 +67,7 @@ class SafetyConfig(BaseModel):
           red_team: 50              # held-out red-team prompts (see the module docstring)
           red_team_prompts: null    # or any prompt source / mix to use instead
           benign_edgy: null         # how many benign_edgy prompts; null = all 24
+          classifier: rules         # or judge:<spec>, guard:<spec>… (valign.evals.classifiers)
           gen: {temperature: 0.0, max_new_tokens: 96}
     """
 
@@ -72,6 +76,7 @@ class SafetyConfig(BaseModel):
     red_team: int = Field(50, ge=0)
     red_team_prompts: str | PromptMixConfig | None = None
     benign_edgy: int | None = Field(None, ge=0)
+    classifier: ClassifierConfig = classifier_field()
     gen: GenConfig = Field(default_factory=lambda: GenConfig(temperature=0.0, max_new_tokens=96))
     _gen_defaults = field_validator("gen", mode="before")(keep_gen_defaults)
 
@@ -145,15 +150,16 @@ def prompts_digest(rows: Sequence[Row]) -> str:
     return hashlib.sha256(json.dumps([[r["id"], r["set"], r["messages"]] for r in rows]).encode()).hexdigest()
 
 
-def safety_rows(model: ChatModel, role: str, spec: str, prompts: Sequence[Row], gen: GenConfig) -> list[Row]:
-    """One model's answers to the safety prompts, each with the detector's reading.
+def safety_rows(model: ChatModel, role: str, spec: str, prompts: Sequence[Row], gen: GenConfig, classifier: RefusalClassifier | None = None) -> list[Row]:
+    """One model's answers to the safety prompts, each with the classifier's reading
+    (the rules unless another is given).
 
     Example (loads the embedded model)::
 
         safety_rows(load_model("embedded"), "base", "embedded", prompts, GenConfig(max_new_tokens=32))[0]["refused"]
         False
     """
-    answers = answers_with_refusals(model, [r["messages"] for r in prompts], gen, role, spec)
+    answers = answers_with_refusals(model, [r["messages"] for r in prompts], gen, role, spec, classifier)
     return [
         {
             "id": f"safety:{role}:{p['set']}:{p['id']}",
@@ -194,18 +200,21 @@ def refusal_rates(rows: Sequence[Row]) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def describe_safety(setup: SuiteSetup) -> dict[str, Any]:
-    """The digest of the prompts (which depend on the run's training mix), for the fingerprint."""
-    return {"safety": prompts_digest(safety_prompts(setup.settings, setup.train_prompts, setup.base_dir))}
+    """The digest of the prompts (which depend on the run's training mix), and the
+    classifier when it is not the rules, for the fingerprint."""
+    sc: SafetyConfig = setup.settings
+    return {"safety": prompts_digest(safety_prompts(sc, setup.train_prompts, setup.base_dir)), **classifier_fingerprint("safety", sc.classifier)}
 
 
 def run_safety(ctx: SuiteRun) -> dict[str, Any]:
-    """Both models answer every safety prompt; the detector reads each answer."""
+    """Both models answer every safety prompt; the classifier reads each answer."""
     sc: SafetyConfig = ctx.settings
     prompts = safety_prompts(sc, ctx.train_prompts, ctx.base_dir)
+    classifier = LazyClassifier(sc.classifier, ctx.models)
     ctx.answer_missing(
         prompts,
         lambda role, p: f"safety:{role}:{p['set']}:{p['id']}",
-        lambda model, role, chunk: safety_rows(model, role, ctx.specs[role], chunk, sc.gen),
+        lambda model, role, chunk: safety_rows(model, role, ctx.specs[role], chunk, sc.gen, classifier.get()),
         "safety, {n} prompts for {role} ({spec})",
     )
     wanted = {f"safety:{role}:{p['set']}:{p['id']}" for role in ROLES for p in prompts}
@@ -229,10 +238,15 @@ def safety_section(run: RunData, env: ReportEnv) -> Section | None:
     sets = list(SET_LABELS)
     chart = _chart(rates, roles, names, env) if roles else None
     examples = [r for r in run.rows("evaluate") if r.get("type") == "safety"]
+    # Rows name the classifier that read them (rows from before classifiers did were the rules').
+    classifiers = sorted({r.get("classifier") or "rules" for r in examples}) or ["rules"]
     return Section(
         "safety",
         "Safety",
-        env.render("safety.html.j2", rates=rates, roles=roles, names=names, sets=sets, chart=chart, examples=examples, models=ev.get("models") or {}),
+        env.render(
+            "safety.html.j2", rates=rates, roles=roles, names=names, sets=sets, chart=chart, examples=examples,
+            models=ev.get("models") or {}, classifiers=classifiers,
+        ),
     )
 
 

@@ -132,7 +132,11 @@ class Suite:
     * ``default`` — whether ``evaluate.suites`` includes it when a config names none;
     * ``paths`` — settings that name files, resolved against the config's folder;
     * ``preflight`` — loads the files its settings name (``settings`` in, nothing out),
-      so a run's mistake fails before any stage loads a model.
+      so a run's mistake fails before any stage loads a model;
+    * ``idle_settings_in_fingerprint`` — whether its settings are part of the
+      evaluation's fingerprint when it does not run: True for the suites older than
+      this flag (their runs keep their fingerprints), False for later ones, so adding
+      a suite to valign re-runs no existing evaluation.
     """
 
     name: str
@@ -145,3 +149,4 @@ class Suite:
     default: bool = True
     paths: tuple[str, ...] = ()
     preflight: Callable[[Any], None] = lambda settings: None
+    idle_settings_in_fingerprint: bool = True

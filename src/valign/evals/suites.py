@@ -13,7 +13,7 @@ optional dependency that only `valign.evals.inspect_tasks` imports.
 
 Example:
     >>> list(SUITES)
-    ['keycases', 'mtbench', 'safety', 'fidelity']
+    ['keycases', 'mtbench', 'safety', 'fidelity', 'xstest', 'orbench', 'strongreject', 'harmbench']
     >>> [name for name, s in SUITES.items() if s.default]
     ['keycases', 'mtbench', 'safety']
 """
@@ -23,12 +23,25 @@ from __future__ import annotations
 from typing import Iterable
 
 from valign.errors import ValignError
-from valign.evals import fidelity, keycases, mtbench, safety
+from valign.evals import bench_harmbench, bench_orbench, bench_strongreject, bench_xstest, fidelity, keycases, mtbench, safety
 from valign.evals.suite import Suite
 
 __all__ = ["SUITES", "suite", "unknown_suite"]
 
-SUITES: dict[str, Suite] = {s.name: s for s in (keycases.SUITE, mtbench.SUITE, safety.SUITE, fidelity.SUITE)}
+SUITES: dict[str, Suite] = {
+    s.name: s
+    for s in (
+        keycases.SUITE,
+        mtbench.SUITE,
+        safety.SUITE,
+        fidelity.SUITE,
+        # The safety benchmarks (`valign.evals.safety_bench`): opt-in, each names its data.
+        bench_xstest.SUITE,
+        bench_orbench.SUITE,
+        bench_strongreject.SUITE,
+        bench_harmbench.SUITE,
+    )
+}
 
 
 def unknown_suite(name: str, known: Iterable[str] = SUITES) -> str:
@@ -36,7 +49,7 @@ def unknown_suite(name: str, known: Iterable[str] = SUITES) -> str:
 
     Example:
         >>> unknown_suite("mmlu")
-        "unknown suite 'mmlu'; the suites are keycases, mtbench, safety, fidelity"
+        "unknown suite 'mmlu'; the suites are keycases, mtbench, safety, fidelity, xstest, orbench, strongreject, harmbench"
     """
     return f"unknown suite {name!r}; the suites are {', '.join(known)}"
 

@@ -1,6 +1,7 @@
 """`evaluate`: compare a base and a tuned model on the evaluation suites.
 
-The suites (key cases, MT-Bench, safety, survey fidelity) are declared in
+The suites (key cases, MT-Bench, safety, survey fidelity, and the opt-in safety
+benchmarks XSTest, OR-Bench, StrongREJECT and HarmBench) are declared in
 `valign.evals.suites`; ``evaluate.suites`` names the ones to run, and each has its
 settings under its own name (``evaluate.keycases``, …).
 
@@ -207,7 +208,7 @@ def describe_evaluation(
     from valign.evals.refusal import NOT_REFUSALS, REFUSAL_PHRASES, REFUSAL_PREFIXES
 
     out: dict[str, Any] = {
-        "config": cfg.model_dump(mode="json"),
+        "config": cfg.model_dump(mode="json", exclude=_described_elsewhere(cfg)),
         "base": model_identity(base),
         "tuned": model_identity(tuned),
         "judge": model_identity(judge),
@@ -217,6 +218,25 @@ def describe_evaluation(
     shared = _setup(cfg, base, tuned, judge, seed, constitution, train_prompts, fidelity_items)
     for name in cfg.suites:
         out.update(cfg.suite_registry[name].describe(SuiteSetup(settings=getattr(cfg, name), **shared)))
+    return out
+
+
+def _described_elsewhere(cfg: EvaluateSettings) -> dict[str, Any]:
+    """The settings the config's dump leaves to others in the fingerprint: a suite's
+    ``classifier`` (the suite's describe adds it unless it is the rules, which
+    ``refusal_rules`` covers), and the settings of suites that do not run and say
+    their idle settings do not count (`Suite.idle_settings_in_fingerprint`).
+
+    Example:
+        >>> _described_elsewhere(EvaluateConfig(suites=["safety"]))["safety"]
+        {'classifier'}
+    """
+    out: dict[str, Any] = {}
+    for name, suite in cfg.suite_registry.items():
+        if name not in cfg.suites and not suite.idle_settings_in_fingerprint:
+            out[name] = True
+        elif "classifier" in suite.config.model_fields:
+            out[name] = {"classifier"}
     return out
 
 
