@@ -72,7 +72,9 @@ def test_every_section_is_rendered_and_model_text_is_escaped(full_run):
     for heading in ("Run summary", "Training curves", "Key cases", "MT-Bench", "Safety", "Judge calibration", "Constitution"):
         assert f">{heading}</h2>" in html
     assert "<script" not in html and "&lt;script&gt;alert(" in html and "Escapes &lt;b&gt;this&lt;/b&gt;." in html
-    assert html.count("data:image/png;base64,") == 5  # SFT, DPO, the MT-Bench radar, safety, the key-case judge's calibration
+    # SFT, DPO, the MT-Bench radar, safety, and the calibration of the key-case and MT-Bench judges
+    assert html.count("data:image/png;base64,") == 6
+    assert ">MT-Bench — <code>judge</code></h3>" in html  # its grades: ties and length bias
     assert "http://" not in html and "https://" not in html
     assert "The perfect duty not to lie" in html  # principle titles from the constitution
     assert "humanity-as-end" in html  # the constitution section
@@ -99,7 +101,7 @@ def test_a_run_with_only_some_stages_still_renders(tmp_path):
     html = render_report(root).read_text()
     assert ">Run summary</h2>" in html and ">Constitution</h2>" in html
     # Opt-in suites (fidelity, the safety benchmarks) the run did not name are not "left out".
-    assert ">MT-Bench</h2>" not in html and "left out: training, keycases, mtbench, safety." in html
+    assert ">MT-Bench</h2>" not in html and "left out: training, keycases, mtbench, safety, calibration." in html
     assert "incomplete" in html and "not started" in html
 
 
