@@ -401,7 +401,7 @@ def test_the_report_has_a_section_per_benchmark_with_the_classifier(bench_run):
     assert '<code class="classifier">marker:cls</code>' in html
     assert 'data-role="base" data-side="safe" data-label="compliance">75% <span class="muted">[30%, 95%]</span><br><span class="muted">3 of 4</span>' in html
     assert '<code class="classifier">rules</code>' in html  # the safety section names its classifier too
-    assert "left out: training, keycases, mtbench." in html  # not the benchmarks nobody asked for
+    assert "left out: training, keycases, mtbench, calibration." in html  # not the benchmarks nobody asked for
 
 
 @pytest.mark.browser
