@@ -55,7 +55,7 @@ def keycase_scorer(baseline: str | None = None, judge: str | None = None, judge_
 
     async def score(state: TaskState, target: Target) -> Score:
         answer = state.output.completion
-        refused = detect_refusal(answer).refused
+        refused = detect_refusal(answer, state.input_text).refused
         meta: dict[str, Any] = {"refused": refused, "parsed": False, "case_id": state.metadata["case_id"]}
         if not baseline:
             return Score(value=0.0, answer=answer, metadata=meta)
