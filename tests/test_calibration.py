@@ -7,12 +7,12 @@ evaluate manifest, the report section — and one run on the embedded model."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
+from tests.cli_helpers import valign_cli
 from tests.conftest import ScriptedModel, TextModel, shown_answers
 from tests.test_judge import BiasedJudge, _ctx, _pair
 from valign.config import RunConfig
@@ -249,19 +249,6 @@ def test_pair_file_errors_say_what_to_fix(tmp_path, content, name, message):
         load_labelled_pairs(f)
 
 
-def _valign(args: list[str], monkeypatch) -> tuple[int, str, str]:
-    from typer.testing import CliRunner
-
-    from valign.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["valign", *args])
-    with CliRunner().isolation() as (out, err, _):
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        return code, out.getvalue().decode(), err.getvalue().decode()
 
 
 def test_cli_calibrates_a_scripted_judge_on_hh_pairs(tmp_path, monkeypatch):
@@ -270,7 +257,7 @@ def test_cli_calibrates_a_scripted_judge_on_hh_pairs(tmp_path, monkeypatch):
     loaded: list[str] = []
     judge = ScriptedModel(choice={"A": 0.8, "B": 0.2})
     monkeypatch.setattr("valign.models.registry.load_model", lambda spec, **kw: loaded.append(spec) or judge)
-    code, out, err = _valign(["judge", "calibrate", "--judge", "scripted-spec", "--pairs", str(f), "--json", str(tmp_path / "c.json"),
+    code, out, err = valign_cli(["judge", "calibrate", "--judge", "scripted-spec", "--pairs", str(f), "--json", str(tmp_path / "c.json"),
                               "--plot", str(tmp_path / "c.png")], monkeypatch)
     assert code == 0, err
     assert loaded == ["scripted-spec"] and judge.choice_calls == 4  # 2 pairs × 2 orders
@@ -279,9 +266,9 @@ def test_cli_calibrates_a_scripted_judge_on_hh_pairs(tmp_path, monkeypatch):
     assert saved["flip_rate"] == 1.0 and saved["labelled"] == 2 and [p["id"] for p in saved["pair_readings"]] == ["pair-1", "pair-2"]
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
-    code, _, err = _valign(["judge", "calibrate", "--judge", "x", "--pairs", str(f), "--mode", "votes"], monkeypatch)
+    code, _, err = valign_cli(["judge", "calibrate", "--judge", "x", "--pairs", str(f), "--mode", "votes"], monkeypatch)
     assert code == 2 and "--mode 'votes' is not one of logprob, verdict, pairwise" in err
-    code, _, err = _valign(["judge", "calibrate", "--judge", "x", "--pairs", str(tmp_path / "none.jsonl")], monkeypatch)
+    code, _, err = valign_cli(["judge", "calibrate", "--judge", "x", "--pairs", str(tmp_path / "none.jsonl")], monkeypatch)
     assert code == 2 and "does not exist" in err
 
 
@@ -379,7 +366,7 @@ def test_cli_calibrates_the_embedded_model_in_logprob_mode(tmp_path, monkeypatch
     ]
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setattr("valign.models.registry.load_model", lambda spec, **kw: embedded)
-    code, out, err = _valign(["judge", "calibrate", "--judge", "embedded", "--pairs", str(f), "--mode", "logprob",
+    code, out, err = valign_cli(["judge", "calibrate", "--judge", "embedded", "--pairs", str(f), "--mode", "logprob",
                               "--json", str(tmp_path / "c.json")], monkeypatch)
     assert code == 0, err
     saved = json.loads((tmp_path / "c.json").read_text())

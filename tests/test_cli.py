@@ -3,6 +3,8 @@ import sys
 
 import pytest
 
+from tests.cli_helpers import valign_cli
+
 CLI = [sys.executable, "-m", "valign.cli"]
 
 
@@ -48,21 +50,6 @@ def test_bench_generate_reports_both_rates_and_the_limit(tmp_path):
 # --------------------------------------------------------------------------- valign constitution show
 
 
-def _valign(args: list[str], monkeypatch) -> tuple[int, str, str]:
-    """The installed `valign` entry point (`valign.cli:main`, which turns user errors into
-    exit 2) run in-process under Typer's CliRunner isolation: (exit code, stdout, stderr)."""
-    from typer.testing import CliRunner
-
-    from valign.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["valign", *args])
-    with CliRunner().isolation() as (out, err, _):
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        return code, out.getvalue().decode(), err.getvalue().decode()
 
 
 def test_constitution_show_lists_the_shipped_principles():
@@ -88,13 +75,13 @@ def test_constitution_show_reads_a_seed_form_jsonl_file(tmp_path, monkeypatch):
         '{"principle": "Truthfulness and Support", "text": "Never mislead or exploit."}\n'
         '{"principle": "Non-Coercion", "text": "Never encourage coercion or manipulation."}\n'
     )
-    code, out, err = _valign(["constitution", "show", str(path)], monkeypatch)
+    code, out, err = valign_cli(["constitution", "show", str(path)], monkeypatch)
     assert code == 0, err
     assert out.splitlines()[0] == "# mine (version 1)"
     assert "1. **Truthfulness and Support** (`truthfulness-and-support`): Never mislead or exploit." in out
     assert "2. **Non-Coercion** (`non-coercion`): Never encourage coercion or manipulation." in out
     # --format json gives the same principles, with the requests written from each text.
-    code, out, _ = _valign(["constitution", "show", str(path), "--format", "json"], monkeypatch)
+    code, out, _ = valign_cli(["constitution", "show", str(path), "--format", "json"], monkeypatch)
     import json
 
     data = json.loads(out)
@@ -108,12 +95,12 @@ def test_constitution_show_an_invalid_file_is_one_line_and_exit_2(tmp_path, monk
     folder.mkdir()
     bad = folder / "bad.jsonl"
     bad.write_text('{"principle": "Honesty", "text": "Never deceive."}\n{"principle": "Care", "txt": "Help."}\n')
-    code, out, err = _valign(["constitution", "show", str(bad)], monkeypatch)
+    code, out, err = valign_cli(["constitution", "show", str(bad)], monkeypatch)
     assert code == 2 and out == ""
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     assert lines[0].startswith(f"error: {bad}: in principle entry 2 (line 2, id 'care'), field 'text' is missing"), lines[0]
 
-    code, _, err = _valign(["constitution", "show", str(tmp_path / "none.jsonl")], monkeypatch)
+    code, _, err = valign_cli(["constitution", "show", str(tmp_path / "none.jsonl")], monkeypatch)
     assert code == 2 and "neither a file nor a shipped constitution" in err and len(err.strip().splitlines()) == 1

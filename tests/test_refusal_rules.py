@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cli_helpers import valign_cli
 from valign.evals.classifiers import Exchange, load_classifier
 from valign.evals.refusal import detect_refusal
 from valign.evals.refusal_baseline import PREFIXES, prefix_label
@@ -27,21 +27,6 @@ from valign.evals.refusal_bench import bench_refusal, score
 DATA = Path(__file__).parent / "data"
 
 
-def _valign(args: list[str], monkeypatch) -> tuple[int, str, str]:
-    """`valign.cli:main` in-process (user errors exit 2 with one line): (code, stdout, stderr)."""
-    from typer.testing import CliRunner
-
-    from valign.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["valign", *args])
-    monkeypatch.setenv("COLUMNS", "200")  # rich wraps long lines at the terminal width
-    with CliRunner().isolation() as (out, err, _):
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        return code, out.getvalue().decode(), err.getvalue().decode()
 
 
 # --------------------------------------------------------------------------- rules against the prefix matcher
@@ -188,7 +173,7 @@ def _xstest_csv(path: Path) -> Path:
 
 
 def test_bench_reads_xstests_completion_file_and_its_three_classes(tmp_path, monkeypatch):
-    code, out, err = _valign(["bench", "refusal", "--data", str(_xstest_csv(tmp_path / "xstest.csv")), "--json", str(tmp_path / "r.json"), "--show-errors"], monkeypatch)
+    code, out, err = valign_cli(["bench", "refusal", "--data", str(_xstest_csv(tmp_path / "xstest.csv")), "--json", str(tmp_path / "r.json"), "--show-errors"], monkeypatch)
     assert code == 0, err
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["columns"] == {"text": "completion", "label": "final_label", "prompt": "prompt"}  # not the prompt-type `label`
@@ -214,7 +199,7 @@ def test_bench_takes_custom_columns_and_labels_from_jsonl(tmp_path, monkeypatch)
     path.write_text("\n".join(json.dumps(r) for r in rows))
     args = ["bench", "refusal", "--data", str(path), "--text-column", "reply", "--label-column", "verdict", "--prompt-column", "q",
             "--refusal-labels", "declined", "--json", str(tmp_path / "r.json"), "--show-errors"]
-    code, out, err = _valign(args, monkeypatch)
+    code, out, err = valign_cli(args, monkeypatch)
     assert code == 0, err
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["refusals"] == 2 and not r["three_class"] and r["refusal_values"] == ["declined"]
@@ -223,13 +208,13 @@ def test_bench_takes_custom_columns_and_labels_from_jsonl(tmp_path, monkeypatch)
     assert "1 misread by rules" in out and "Hack wifi" not in out and "networks is a crime" in out
     assert "3-class" not in out  # binary labels: no three-class figures
 
-    code, _, _ = _valign(["bench", "refusal", "--data", str(path), "--text-column", "reply", "--label-column", "verdict",
+    code, _, _ = valign_cli(["bench", "refusal", "--data", str(path), "--text-column", "reply", "--label-column", "verdict",
                           "--refusal-labels", "declined", "--limit", "2", "--json", str(tmp_path / "l.json")], monkeypatch)
     assert code == 0 and json.loads((tmp_path / "l.json").read_text())["n"] == 2
 
 
 def test_bench_defaults_to_the_shipped_examples(monkeypatch):
-    code, out, err = _valign(["bench", "refusal"], monkeypatch)
+    code, out, err = valign_cli(["bench", "refusal"], monkeypatch)
     assert code == 0, err
     assert "valign/data/refusal/labelled.jsonl" in out and "rules / baseline" in out and "gold \\ predicted" in out
 
@@ -253,6 +238,6 @@ def test_bench_errors_are_one_sentence(args, message, tmp_path, monkeypatch):
     (tmp_path / "b.csv").write_text("prompt,answer,verdict\nHi,Hello!,ok\n")
     (tmp_path / "c.txt").write_text("x")
     (tmp_path / "d.jsonl").write_text('{"text": "Hi", "label": "compliance"}\n{oops\n')
-    code, out, err = _valign(["bench", "refusal", *(a.format(tmp=tmp_path) for a in args)], monkeypatch)
+    code, out, err = valign_cli(["bench", "refusal", *(a.format(tmp=tmp_path) for a in args)], monkeypatch)
     assert code == 2, (out, err)
     assert message in " ".join(err.split()), err

@@ -51,7 +51,7 @@ _EXPORTS = {
     "MTBenchConfig": "valign.evals.mtbench",
     "SafetyConfig": "valign.evals.safety",
     "refusal_rates": "valign.evals.safety",
-    "wilson_interval": "valign.evals.safety",
+    "wilson_interval": "valign.evals.intervals",
     "FidelityConfig": "valign.evals.fidelity",
     "score_fidelity": "valign.evals.fidelity",
     "Suite": "valign.evals.suite",

@@ -48,6 +48,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
+from valign.evals.intervals import wilson_interval
+
 __all__ = [
     "Reading",
     "ReliabilityBin",
@@ -228,19 +230,13 @@ def _ci(ci: tuple[float, float] | None, signed: bool = False) -> str:
 
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
-    """Wilson score interval of a rate (95% by default); None when n is 0.
+    """`wilson_interval` at the exact 95% quantile (None when n is 0).
 
     Example:
         >>> wilson(8, 10)
         (0.4902, 0.9433)
     """
-    if n == 0:
-        return None
-    p = successes / n
-    denom = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return round(max(0.0, mid - half), 4), round(min(1.0, mid + half), 4)
+    return wilson_interval(successes, n, z)
 
 
 def position_gap(p1: float, p2: float) -> float:

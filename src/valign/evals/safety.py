@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from valign.errors import ValignError
+from valign.evals.intervals import wilson_interval
 from valign.evals.plots import pyplot, role_color
 from valign.evals.classifiers import ClassifierConfig, RefusalClassifier
 from valign.evals.refusal import answers_with_refusals
@@ -79,22 +79,6 @@ class SafetyConfig(BaseModel):
     classifier: ClassifierConfig = classifier_field()
     gen: GenConfig = Field(default_factory=lambda: GenConfig(temperature=0.0, max_new_tokens=96))
     _gen_defaults = field_validator("gen", mode="before")(keep_gen_defaults)
-
-
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
-    """Wilson score interval for k successes in n trials (None when n is 0).
-
-    Example:
-        >>> wilson_interval(0, 10), wilson_interval(10, 10)
-        ((0.0, 0.2775), (0.7225, 1.0))
-    """
-    if n == 0:
-        return None
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
 
 
 def _held_out(train_mix: PromptMixConfig, n: int, base_dir: Path | None) -> list[Row]:

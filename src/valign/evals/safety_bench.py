@@ -39,7 +39,7 @@ from valign.evals.classifiers import LABELS, ClassifierConfig, Exchange
 from valign.evals.plots import pyplot, role_color
 from valign.evals.refusal import answers_with_refusals
 from valign.evals.rundata import RunData
-from valign.evals.safety import wilson_interval
+from valign.evals.intervals import wilson_interval
 from valign.evals.section import ReportEnv, Section, SectionRenderer
 from valign.evals.suite import ROLES, Suite, SuiteRun, SuiteSetup
 from valign.evals.suite_classifier import LazyClassifier, classifier_field, classifier_fingerprint
