@@ -30,6 +30,7 @@ other architectures fall back to ``generate``.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -49,11 +50,20 @@ MAX_PADDING = 1.25  # a prefill chunk's query slots (rows × longest) per real n
 GROW_COLUMNS = 32
 
 
+@functools.cache
 def _can_pack() -> bool:
-    """Whether this torch can keep bf16 weights pre-packed in oneDNN's blocked layout (the
-    op behind torch.compile's CPU linear): a 64-row decode step's matmuls then skip
-    re-packing every weight on every call (about 15% of their time here)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    """Whether this torch and CPU can keep bf16 weights pre-packed in oneDNN's blocked
+    layout (the op behind torch.compile's CPU linear): a 64-row decode step's matmuls then
+    skip re-packing every weight on every call (about 15% of their time here). oneDNN's
+    bf16 path needs AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT; on other CPUs (AVX2-only EPYCs,
+    for one) the op raises, so it is tried once on a small weight rather than assumed."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    try:
+        _pack(torch.zeros(64, 64, dtype=torch.bfloat16))
+    except RuntimeError:
+        return False
+    return True
 
 
 def _pack(w: torch.Tensor) -> torch.Tensor:
