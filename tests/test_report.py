@@ -139,6 +139,6 @@ def test_report_in_headless_chromium(full_run, tmp_path):
     assert errors == []
     assert all(u.startswith(("file:", "data:")) for u in requests), requests
     assert headings == ["Run summary", "Training curves", "Key cases", "MT-Bench", "Safety", "Judge calibration", "Constitution"]
-    assert nav == 7 and len(images) == 5 and all(w > 100 and alt > 20 for w, alt in images)
+    assert nav == 7 and len(images) == 6 and all(w > 100 and alt > 20 for w, alt in images)
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000

@@ -155,11 +155,16 @@ def test_shipped_demo_config_runs_end_to_end(tmp_path):
 @pytest.mark.model
 def test_bench_train_plain_loss_matches_trl_and_reports_the_peak_share(tmp_path):
     from valign.bench import bench_train
+    from valign.hardware import cpu_has_bf16
 
     res = bench_train(steps=3, batch=2, seq=64, repeats=1, json_out=tmp_path / "t.json")
     assert res["same_losses"], "valign's plain cross-entropy gives TRL's loss values"
-    assert res["baseline"]["tok_per_s"] > 0 and res["valign"]["tok_per_s"] > 0 and res["bf16"]["tok_per_s"] > 0
+    assert res["baseline"]["tok_per_s"] > 0 and res["valign"]["tok_per_s"] > 0
     assert 0 < res["fraction_of_peak"] < 1.5 and res["lora_flops_per_token"] == 4 * res["parameters"]
+    if not cpu_has_bf16():  # bf16 would be emulated (minutes a step): the arm is not run, and says so
+        assert "no bf16 units" in res["bf16"]["skipped"] and "bf16_speedup" not in res
+        return
+    assert res["bf16"]["tok_per_s"] > 0
     assert 0 < res["bf16_fraction_of_peak"] < 1.5 and res["matmul_gflops_bf16"] > 0
     assert res["bf16_speedup"] == pytest.approx(res["bf16"]["tok_per_s"] / res["valign"]["tok_per_s"], rel=0.02)
     assert len(res["losses"]["bf16"]) == len(res["losses"]["fp32"]) == 3 and res["bf16_max_loss_diff"] < 0.03
