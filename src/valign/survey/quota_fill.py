@@ -80,7 +80,8 @@ def screen_if_full(s: Session, instrument: Instrument, respondent_id: int, asked
     if not questions.intersection(asked):
         return None
     synthetic = bool(s.scalar(select(Respondent.synthetic).where(Respondent.id == respondent_id)))
-    answers = dict(s.execute(select(Answer.item_id, Answer.choice).where(Answer.respondent_id == respondent_id, Answer.item_id.in_(questions))).tuples().all())
+    rows = s.execute(select(Answer.item_id, Answer.choice).where(Answer.respondent_id == respondent_id, Answer.item_id.in_(questions)))
+    answers = {item: choice for item, choice in rows}
     for cell in instrument.quota_cells():
         if cell.contains(answers) and completed_in_cell(s, instrument.id, synthetic, cell) >= cell.target:
             s.execute(update(Respondent).where(Respondent.id == respondent_id).values(screened_out=True, quota_cell=cell.label, finished_at=utcnow()))

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["QuotaSet", "QuotaSection", "QuotaCell", "QuotaProblem", "resolve_quotas", "largest_remainder", "DEFAULT_QUOTA_MESSAGE"]
 
 DEFAULT_QUOTA_MESSAGE = (
-    "Thank you for your time. We already have all the answers we need from people like you, "
+    "We already have all the answers we need from people like you, "
     "so the survey ends here for you and there are no more questions."
 )
 
@@ -126,7 +126,8 @@ def largest_remainder(shares: Mapping[Any, float], total: int) -> dict[Any, int]
     raw = {k: s * total for k, s in shares.items()}
     out = {k: math.floor(x) for k, x in raw.items()}
     missing = round(sum(raw.values())) - sum(out.values())
-    for k in sorted(raw, key=lambda k: raw[k] - out[k], reverse=True)[: max(0, missing)]:
+    # Ties (up to float noise) go to the cell listed first.
+    for k in sorted(raw, key=lambda k: round(raw[k] - out[k], 9), reverse=True)[: max(0, missing)]:
         out[k] += 1
     return out
 
