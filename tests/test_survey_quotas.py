@@ -169,7 +169,10 @@ def test_a_full_cell_closes_the_survey_politely_and_is_counted(tmp_path, backend
             assert c.submit({"sex": "male", "age_group": "18-29"}).url.path == "/screened"
             d = Respondent(s.url)
             assert d.submit({"age_group": "65+", "education": "degree"}).url.path == "/survey/2"
-            # E was let in before the cell filled: she finishes (the documented overshoot).
+            # E was let in before the cell filled: going back and saving her answers again
+            # does not re-check her, and she finishes (the documented overshoot).
+            e.page = e.c.get("/survey/1")
+            assert e.submit({"sex": "female", "age_group": "65+", "education": "degree"}).url.path == "/survey/2"
             e.finish()
 
             summary = httpx.get(s.url + "/admin/api/summary", headers=admin_headers()).json()

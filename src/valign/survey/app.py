@@ -385,12 +385,12 @@ def _submit(sv: SurveyState, request: "Request", sess: BrowserSession, n: int, f
         screened = False
         if not errors:
             seconds = min(max(time.time() - float(shown.get("at", 0)), 0.0), PAGE_SECONDS_CAP)
+            screened = screen_if_full(s, sv.instrument, r.id, rows, cleared) is not None  # compares with the answers stored before
             sv.db.upsert_answers(s, r.id, rows)
             sv.db.delete_answers(s, r.id, cleared)
             s.add(PageEvent(respondent_id=r.id, page=pg.key, items=len(rows), seconds=seconds, submitted_at=utcnow()))
             if pg.key == PROPOSAL_PAGE:
                 _save_proposal(s, r.id, next((x["text"] for x in rows if x["item_id"] == PROPOSAL_ITEM), None))
-            screened = screen_if_full(s, sv.instrument, r.id, (i.id for i in pg.items)) is not None
             if last and not screened:
                 s.query(Respondent).filter(Respondent.id == r.id).update({"completed": True, "finished_at": utcnow()})
     if errors:

@@ -5,9 +5,9 @@ The rules, LimeSurvey's "completed" quotas:
 * **When a cell is full**: when the *completed* responses in it (respondents who
   submitted the last page; never those screened out) reach its target. Respondents
   still answering do not count, so a cell is never closed by people who may drop out.
-* **When a respondent is checked**: each time they submit a page holding one of a quota
-  set's questions (the demographics), in the same transaction that saves the page. If
-  their answers put them into a full cell they are marked ``screened_out`` (with the
+* **When a respondent is checked**: when the answers on a page they submit (the
+  demographics) put them into a cell they were not in before, in the same transaction
+  that saves the page. If that cell is full they are marked ``screened_out`` (with the
   cell's label in ``quota_cell``) and see the closing page; their survey ends there.
   Someone who skipped one of a set's questions is in none of its cells.
 * **Once past, never screened later**: a respondent who was let through finishes even
@@ -31,7 +31,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, func, or_, select, update
@@ -73,17 +73,27 @@ def completed_in_cell(s: Session, instrument_id: str, synthetic: bool, cell: Quo
     return int(s.scalar(select(func.count()).select_from(members.subquery())) or 0)
 
 
-def screen_if_full(s: Session, instrument: Instrument, respondent_id: int, asked: Iterable[str]) -> QuotaCell | None:
-    """After a page with the questions ``asked`` is saved (in session ``s``): screen the
-    respondent out if their answers put them into a full cell, and return that cell."""
+def screen_if_full(s: Session, instrument: Instrument, respondent_id: int, saving: Iterable[Mapping[str, Any]], clearing: Iterable[str]) -> QuotaCell | None:
+    """Before a page's answers are saved (in session ``s``): screen the respondent out if
+    the answers ``saving`` (rows with ``item_id`` and ``choice``) and the questions
+    ``clearing`` put them into a full cell they were not in before, and return that cell.
+
+    Only a cell a respondent *enters* is checked: going back and saving the same answers
+    again never screens out someone who was let through.
+    """
     questions = quota_questions(instrument)
-    if not questions.intersection(asked):
+    saving = [row for row in saving if row["item_id"] in questions]
+    clearing = [q for q in clearing if q in questions]
+    if not saving and not clearing:
         return None
+    stored = s.execute(select(Answer.item_id, Answer.choice).where(Answer.respondent_id == respondent_id, Answer.item_id.in_(questions)))
+    before = {item: choice for item, choice in stored}
+    after = {**before, **{row["item_id"]: row["choice"] for row in saving}}
+    for q in clearing:
+        after.pop(q, None)
     synthetic = bool(s.scalar(select(Respondent.synthetic).where(Respondent.id == respondent_id)))
-    rows = s.execute(select(Answer.item_id, Answer.choice).where(Answer.respondent_id == respondent_id, Answer.item_id.in_(questions)))
-    answers = {item: choice for item, choice in rows}
     for cell in instrument.quota_cells():
-        if cell.contains(answers) and completed_in_cell(s, instrument.id, synthetic, cell) >= cell.target:
+        if cell.contains(after) and not cell.contains(before) and completed_in_cell(s, instrument.id, synthetic, cell) >= cell.target:
             s.execute(update(Respondent).where(Respondent.id == respondent_id).values(screened_out=True, quota_cell=cell.label, finished_at=utcnow()))
             return cell
     return None
