@@ -22,9 +22,13 @@ def demo_data() -> dict:
     return yaml.safe_load((resources.files("valign") / "data" / "instruments" / "demo.yaml").read_text(encoding="utf-8"))
 
 
-def with_quotas(tmp_path: Path, quotas: dict, name: str = "quota.yaml") -> Path:
+def with_quotas(tmp_path: Path, quotas: dict, name: str = "quota.yaml", short: bool = False) -> Path:
+    """The demo instrument with ``quotas``; ``short``: only its demographics and principles (three pages)."""
     data = demo_data()
     data["quotas"] = quotas
+    if short:
+        for section in ("values", "scenarios", "ratings", "social_desirability", "attention_checks"):
+            data.pop(section, None)
     path = tmp_path / name
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     return path
@@ -55,6 +59,15 @@ def test_targets_from_counts_shares_and_a_margins_file(tmp_path):
     assert sum(c.target for c in inst.quota_cells() if c.set_number == 1) == 7
     assert cells["age_group=young"].contains({"age_group": "30-44"}) and not cells["age_group=young"].contains({"age_group": "65+"})
     assert not cells["sex=male"].contains({"age_group": "18-29"})  # skipped: in no cell
+    # quotas decide who is asked, not what: the answers' version (fingerprint) is the demo's
+    assert inst.fingerprint() == load_instrument("demo").fingerprint()
+    # `valign survey check` lists them
+    from typer.testing import CliRunner
+
+    from valign.cli import app
+
+    out = CliRunner().invoke(app, ["survey", "check", str(tmp_path / "quota.yaml")])
+    assert out.exit_code == 0 and "quota age_group=young: target 4 completed responses" in out.output and "quota sex=male: target 0" in out.output
     # The shipped census margins, crossed: each cell's share is the product of its margins'.
     inst = load_instrument(with_quotas(tmp_path, {"total": 1000, "sets": [{"by": ["sex", "age_group"], "margins": "nz-census-2023"}]}))
     targets = {c.label: c.target for c in inst.quota_cells()}
@@ -140,7 +153,7 @@ QUOTAS = {
 
 @pytest.mark.parametrize("backend", DB_BACKENDS)
 def test_a_full_cell_closes_the_survey_politely_and_is_counted(tmp_path, backend):
-    path = with_quotas(tmp_path, QUOTAS)
+    path = with_quotas(tmp_path, QUOTAS, short=True)
 
     def run(db_url: str) -> None:
         with Server(db_url, str(path), "--rate-limit-ip", "0") as s:

@@ -419,8 +419,12 @@ class Instrument(_Strict):
         return key
 
     def fingerprint(self) -> str:
-        """A hash of the instrument's content: responses are tied to the version they answered."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+        """A hash of the instrument's content: responses are tied to the version they answered.
+
+        Quotas are left out: they decide who is asked, not what, so raising a target
+        mid-fieldwork does not make the answers a different version.
+        """
+        return hashlib.sha256(self.model_dump_json(exclude={"quotas"}).encode()).hexdigest()[:16]
 
 
 def shipped_instruments() -> list[str]:
