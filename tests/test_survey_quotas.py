@@ -6,6 +6,8 @@ migration adds the columns to a database that already holds respondents."""
 from __future__ import annotations
 
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
@@ -138,6 +140,10 @@ class Respondent:
         while self.page.url.path != "/done":
             self.submit()
 
+    def to_last_page(self) -> None:
+        while ">Finish</button>" not in self.page.text:
+            self.submit()
+
     def response_number(self) -> str:
         return re.search(r'<strong class="code">([^<]+)</strong>', self.page.text).group(1)
 
@@ -157,9 +163,10 @@ def test_a_full_cell_closes_the_survey_politely_and_is_counted(tmp_path, backend
 
     def run(db_url: str) -> None:
         with Server(db_url, str(path), "--rate-limit-ip", "0") as s:
-            # E enters the female cell while it is still open, and answers slowly.
-            e = Respondent(s.url)
-            assert e.submit({"sex": "female", "age_group": "65+", "education": "degree"}).url.path == "/survey/2"
+            # Four women enter the female cell while it is still open, and answer slowly.
+            late = [Respondent(s.url) for _ in range(4)]
+            for e in late:
+                assert e.submit({"sex": "female", "age_group": "65+", "education": "degree"}).url.path == "/survey/2"
             # A fills the female cell (target 1).
             a = Respondent(s.url)
             a.submit({"sex": "female", "age_group": "18-29", "education": "school"})
@@ -182,26 +189,36 @@ def test_a_full_cell_closes_the_survey_politely_and_is_counted(tmp_path, backend
             assert c.submit({"sex": "male", "age_group": "18-29"}).url.path == "/screened"
             d = Respondent(s.url)
             assert d.submit({"age_group": "65+", "education": "degree"}).url.path == "/survey/2"
-            # E was let in before the cell filled: going back and saving her answers again
-            # does not re-check her, and she finishes (the documented overshoot).
-            e.page = e.c.get("/survey/1")
-            assert e.submit({"sex": "female", "age_group": "65+", "education": "degree"}).url.path == "/survey/2"
-            e.finish()
+            # They were let in before the cell filled: going back and saving the same answers
+            # does not re-check one, and all four finish, submitting their last pages at the
+            # same moment (the documented overshoot: at most the respondents in progress).
+            late[0].page = late[0].c.get("/survey/1")
+            assert late[0].submit({"sex": "female", "age_group": "65+", "education": "degree"}).url.path == "/survey/2"
+            for e in late:
+                e.to_last_page()
+            barrier = threading.Barrier(len(late))
+
+            def last_page(e: Respondent) -> str:
+                barrier.wait()
+                return e.submit().url.path
+
+            with ThreadPoolExecutor(len(late)) as pool:
+                assert list(pool.map(last_page, late)) == ["/done"] * 4
 
             summary = httpx.get(s.url + "/admin/api/summary", headers=admin_headers()).json()
-            assert (summary["started"], summary["completed"], summary["screened_out"]) == (5, 2, 2)
+            assert (summary["started"], summary["completed"], summary["screened_out"]) == (8, 5, 2)
             fill = {c_["label"]: c_ for c_ in summary["quotas"]}
             zero = {"completed": 0, "in_progress": 0, "screened_out": 0}
-            assert fill["sex=female"] | {"synthetic": None} == {"set": 1, "cell": {"sex": "female"}, "label": "sex=female", "target": 1, "completed": 2, "in_progress": 0, "screened_out": 1, "full": True, "synthetic": None}
+            assert fill["sex=female"] | {"synthetic": None} == {"set": 1, "cell": {"sex": "female"}, "label": "sex=female", "target": 1, "completed": 5, "in_progress": 0, "screened_out": 1, "full": True, "synthetic": None}
             assert (fill["sex=male"]["completed"], fill["sex=male"]["screened_out"], fill["sex=male"]["full"]) == (0, 1, True)
             crossed = fill["age_group=65+ & education=degree"]
-            assert (crossed["target"], crossed["completed"], crossed["in_progress"], crossed["screened_out"], crossed["full"]) == (5, 1, 1, 0, False)
+            assert (crossed["target"], crossed["completed"], crossed["in_progress"], crossed["screened_out"], crossed["full"]) == (5, 4, 1, 0, False)
             assert all(c_["synthetic"] == zero for c_ in summary["quotas"])
 
             dashboard = httpx.get(s.url + "/admin/", headers=admin_headers()).text
             assert "<h2>Quotas</h2>" in dashboard and "sex=female <strong>(full)</strong>" in dashboard
             assert "<th scope=\"row\">Screened out (quota full)</th><td>2</td>" in dashboard
-            assert re.search(r"age_group=65\+ &amp; education=degree</th><td>5</td><td>1</td><td>1</td><td>0</td>", dashboard)
+            assert re.search(r"age_group=65\+ &amp; education=degree</th><td>5</td><td>4</td><td>1</td><td>0</td>", dashboard)
 
             # Exports mark them; analyses (completed only) never see them.
             rows = {r["respondent_id"]: r for r in httpx.get(s.url + "/admin/export.json", headers=admin_headers()).json()}
