@@ -79,6 +79,7 @@ def test_targets_from_counts_shares_and_a_margins_file(tmp_path):
 BAD_QUOTAS = {
     "unknown question": ({"sets": [{"by": ["sexx"], "targets": {"female": 1}}]}, r"quotas\.sets\[1\]\.by: 'sexx' is not a demographic question.*age_group, sex, education"),
     "unknown answer": ({"sets": [{"by": ["sex"], "targets": {"femail": 1}}]}, r"quotas\.sets\[1\]\.targets: 'femail' is not an answer of 'sex' \(its answers: female, male\)"),
+    "a YAML boolean as a code": ({"sets": [{"by": ["sex"], "targets": {True: 1}}]}, r"'true' is not an answer of 'sex'.*YAML reads an unquoted yes, no, on, off, true or false as a boolean, so quote the code"),
     "negative target": ({"sets": [{"by": ["sex"], "targets": {"female": -1}}]}, r"quotas\.sets\[1\]\.targets\.female: the target -1 is not a whole number"),
     "fractional target": ({"sets": [{"by": ["sex"], "targets": {"female": 2.5}}]}, r"the target 2\.5 is not a whole number"),
     "shares without a total": ({"sets": [{"by": ["sex"], "shares": {"female": 0.5, "male": 0.5}}]}, r"quotas\.total: set 1 gives shares.*add total"),

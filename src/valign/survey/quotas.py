@@ -1,7 +1,7 @@
 """Quotas: how many completed responses a survey wants from each demographic cell.
 
 An instrument's optional ``quotas`` section declares them, the way LimeSurvey's quotas
-work: each entry of ``sets`` crosses one or more demographic questions (``by``); each
+work: each entry of ``sets`` crosses one to four demographic questions (``by``); each
 combination of their answers is a *cell* with a *target*. A respondent whose
 demographic answers put them into a cell that already holds its target of completed
 responses sees a polite closing page and is screened out (`valign.survey.quota_fill`).
@@ -70,8 +70,9 @@ class QuotaSet(_Strict):
     """One crossing of demographic questions (``by``) and the targets of its cells."""
 
     by: list[str] = Field(..., min_length=1, max_length=4)
-    targets: dict[str, Any] | None = None
-    shares: dict[str, Any] | None = None
+    # Keys are answer codes, which YAML may read as numbers or booleans (`1:`, `yes:`): taken as text.
+    targets: dict[Any, Any] | None = None
+    shares: dict[Any, Any] | None = None
     margins: str | None = None
 
 
@@ -189,7 +190,7 @@ def _cell(i: int, qlist: list[DemographicQuestion], cats: tuple[str, ...], codes
     )
 
 
-def _leaves(table: dict[str, Any], qlist: list[DemographicQuestion], where: tuple[str | int, ...]) -> dict[tuple[str, ...], Any]:
+def _leaves(table: dict[Any, Any], qlist: list[DemographicQuestion], where: tuple[str | int, ...]) -> dict[tuple[str, ...], Any]:
     """The numbers of a mapping nested once per question of ``by``, keyed by their codes."""
     out: dict[tuple[str, ...], Any] = {}
 
@@ -201,7 +202,8 @@ def _leaves(table: dict[str, Any], qlist: list[DemographicQuestion], where: tupl
         for key, value in node.items():
             code = _code(key)
             if code not in codes:
-                raise QuotaProblem((*where, *path), f"'{code}' is not an answer of '{q.id}' (its answers: {', '.join(codes)}); use one of those codes")
+                quote = "; YAML reads an unquoted yes, no, on, off, true or false as a boolean, so quote the code" if isinstance(key, bool) else ""
+                raise QuotaProblem((*where, *path), f"'{code}' is not an answer of '{q.id}' (its answers: {', '.join(codes)}); use one of those codes{quote}")
             if depth + 1 < len(qlist):
                 walk(value, depth + 1, (*path, code))
             else:
