@@ -194,3 +194,30 @@ def test_keyboard_only(server, page):
         pg.wait_for_url(lambda u, old=url: u != old)  # (wait_for_function would need eval, which our CSP forbids)
     assert pages == 10 and saw_focus_ring
     assert "Thank you" in pg.inner_text("h1")
+
+
+def test_a_full_quota_cell_ends_with_the_closing_page(tmp_path, page):
+    """Quotas (tests/test_survey_quotas.py has the counts): the closing page a respondent in a
+    full cell sees, in the browser — no script, readable, accessible, no console error."""
+    import yaml
+    from importlib import resources
+
+    data = yaml.safe_load((resources.files("valign") / "data" / "instruments" / "demo.yaml").read_text(encoding="utf-8"))
+    data["quotas"] = {"sets": [{"by": ["sex"], "targets": {"male": 0}}]}  # no men wanted: any man is screened out
+    inst = tmp_path / "quota.yaml"
+    inst.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    with Server(f"sqlite:///{tmp_path / 'quota.db'}", str(inst)) as s:
+        pg = page
+        pg.goto(s.url + "/")
+        pg.get_by_role("button", name="I agree to take part").click()
+        pg.get_by_label("Male", exact=True).check()
+        pg.get_by_role("button", name="Save and continue").click()
+        assert pg.url.endswith("/screened")
+        assert pg.get_by_role("heading", level=1).inner_text() == "Thank you for your time"
+        assert "so the survey ends here for you" in pg.locator("[role=status]").inner_text()  # the default message
+        assert pg.locator("form").count() == 0 and pg.locator("script").count() == 0
+        check_accessibility(pg)
+        shot(pg, "15-quota-full")
+        pg.go_back()  # the browser's back button does not reopen the survey
+        pg.reload()
+        assert pg.url.endswith("/screened")

@@ -9,7 +9,8 @@ bearer requests carry no ambient credentials and need none.
 Example (against a running survey)::
 
     httpx.get(f"{url}/admin/api/summary", headers={"Authorization": f"Bearer {token}"}).json()
-    # {'started': 12, 'completed': 9, 'synthetic': 0, 'declined': 1, ...}
+    # {'started': 12, 'completed': 9, 'screened_out': 2, 'synthetic': 0, 'declined': 1, ...,
+    #  'quotas': [{'label': 'age_group=65+', 'target': 5, 'completed': 5, 'in_progress': 1, 'screened_out': 2, ...}]}
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from valign.survey.db import Database, Invitation, Proposal, load_frames, new_token, token_hash
+from valign.survey.quota_fill import quota_fill
 from valign.survey.state import BrowserSession, Problem, SurveyState
 from valign.web.database import utcnow
 from valign.web.ratelimit import client_address
@@ -111,12 +113,14 @@ def admin_router(sv: SurveyState) -> APIRouter:
             "instrument": {"id": sv.instrument.id, "version": sv.instrument.version, "fingerprint": sv.fingerprint, "validated": sv.instrument.validated},
             "started": int(len(r)),
             "completed": int(r["completed"].sum()) if len(r) else 0,
+            "screened_out": int(r["screened_out"].sum()) if len(r) else 0,
             "synthetic": int(r["synthetic"].sum()) if len(r) else 0,
             "declined": int(sv.db.setting("declined") or 0),
             "answers": int(len(f.answers)),
             "invitations": invitations,
             "flags": flag_counts(f),
             "proposals": statuses,
+            "quotas": quota_fill(sv.db, sv.instrument),
         }
 
     def html(request: Request, template: str, **ctx: Any) -> Response:

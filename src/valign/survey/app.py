@@ -1,6 +1,8 @@
 """The survey web app: server-rendered pages that work without JavaScript, and the admin.
 
-Respondents: ``/`` (consent) → ``/survey/1`` … ``/survey/N`` → ``/done``. Every page
+Respondents: ``/`` (consent) → ``/survey/1`` … ``/survey/N`` → ``/done``, or
+``/screened``, the closing page of a respondent in a full quota cell
+(`valign.survey.quota_fill`). Every page
 is saved when it is submitted (one transaction; answers upserted per question), and
 ``/r/<token>`` — the private link shown on every page — continues at the first page
 not yet submitted, from any browser. With invitations, ``/i/<token>`` opens the survey
@@ -34,6 +36,7 @@ from valign.survey.admin import admin_router
 from valign.survey.db import PROPOSAL_ITEM, Answer, Database, Invitation, PageEvent, Proposal, Respondent, make_engine, migrate, token_hash
 from valign.survey.flow import PROPOSAL_PAGE, Page
 from valign.survey.instrument import Instrument, Item
+from valign.survey.quota_fill import screen_if_full
 from valign.survey.state import BrowserSession, Problem, RespondentState, SurveySettings, SurveyState, bad_invitation, forget_respondent
 from valign.web.database import utcnow
 from valign.web.headers import SecurityHeadersMiddleware
@@ -238,16 +241,30 @@ def _public_router(sv: SurveyState):
             return sv.redirect(request, sess, "/continue")
         return sv.html(request, sess, "done.html", page_title="Thank you", respondent_id=r.public_id)
 
+    @router.get("/screened")
+    def screened(request: Request) -> Response:
+        sess = sv.session(request)
+        with sv.db.read() as s:
+            r = sv.respondent(s, sess)
+        if r is None:
+            return sv.redirect(request, forget_respondent(sess), "/")
+        if not r.screened_out:
+            return sv.redirect(request, sess, "/continue")
+        message = sv.instrument.quotas.message if sv.instrument.quotas else ""
+        return sv.html(request, sess, "screened.html", page_title="Thank you", respondent_id=r.public_id, message=message)
+
     return router
 
 
 def _locate(sv: SurveyState, request: "Request", sess: BrowserSession, s, n: int | None) -> tuple[Any, list[Page], "Response | None"]:  # noqa: ANN001
     """The respondent and their pages, and the redirect that replaces page ``n`` when it
-    cannot be shown: no respondent → consent, finished → thank-you, a page not yet
-    reached (or ``n`` None) → the first page not yet submitted."""
+    cannot be shown: no respondent → consent, screened out → the closing page, finished
+    → thank-you, a page not yet reached (or ``n`` None) → the first page not yet submitted."""
     r = sv.respondent(s, sess)
     if r is None:
         return None, [], sv.redirect(request, forget_respondent(sess), "/")
+    if r.screened_out:
+        return r, [], sv.redirect(request, sess, "/screened")
     if r.completed:
         return r, [], sv.redirect(request, sess, "/done")
     plan = sv.plan(r)
@@ -365,19 +382,21 @@ def _submit(sv: SurveyState, request: "Request", sess: BrowserSession, n: int, f
             raise Problem(400, "Form expired", "This page's form is out of date. Go back, reload the page and submit it again.")
         rows, cleared, errors, values = _validate(sv, pg, form)
         last = n == len(plan)
+        screened = False
         if not errors:
             seconds = min(max(time.time() - float(shown.get("at", 0)), 0.0), PAGE_SECONDS_CAP)
+            screened = screen_if_full(s, sv.instrument, r.id, rows, cleared) is not None  # compares with the answers stored before
             sv.db.upsert_answers(s, r.id, rows)
             sv.db.delete_answers(s, r.id, cleared)
             s.add(PageEvent(respondent_id=r.id, page=pg.key, items=len(rows), seconds=seconds, submitted_at=utcnow()))
             if pg.key == PROPOSAL_PAGE:
                 _save_proposal(s, r.id, next((x["text"] for x in rows if x["item_id"] == PROPOSAL_ITEM), None))
-            if last:
+            if last and not screened:
                 s.query(Respondent).filter(Respondent.id == r.id).update({"completed": True, "finished_at": utcnow()})
     if errors:
         # 200, as form pages with errors conventionally are (a 4xx would be logged as a browser console error)
         return _render_page(sv, request, sess, r, plan, n, values, errors)
-    return sv.redirect(request, sess, "/done" if last else f"/survey/{n + 1}")
+    return sv.redirect(request, sess, "/screened" if screened else "/done" if last else f"/survey/{n + 1}")
 
 
 def _save_proposal(s, respondent_id: int, text: str | None) -> None:  # noqa: ANN001

@@ -44,6 +44,8 @@ def check(instrument: str = typer.Argument("demo", help="Instrument YAML file or
     typer.echo(f"  {'validated' if inst.validated else 'NOT a validated instrument'}; fingerprint {inst.fingerprint()}")
     typer.echo("  " + ", ".join(f"{n} {k}" for k, n in kinds.items()))
     typer.echo(f"  {len(plan_pages(inst, seed=0))} pages of at most {inst.page_size} questions")
+    for cell in inst.quota_cells():
+        typer.echo(f"  quota {cell.label}: target {cell.target} completed responses")
 
 
 @survey_app.command("migrate")
@@ -271,6 +273,7 @@ def simulate(
     with server as address:
         address = address.removesuffix("/v1")
         result = run_simulation(address, n, instrument=instrument, population=pop, admin_token=admin_token, concurrency=concurrency)
-    typer.echo(f"started {result.started}, completed {result.completed} of {n} in {result.seconds:.1f} s; request latency p50 {result.p50 * 1000:.0f} ms, p95 {result.p95 * 1000:.0f} ms")
+    screened = f", screened out {result.screened_out} (quota cell full)" if result.screened_out else ""
+    typer.echo(f"started {result.started}, completed {result.completed} of {n}{screened} in {result.seconds:.1f} s; request latency p50 {result.p50 * 1000:.0f} ms, p95 {result.p95 * 1000:.0f} ms")
     for err in result.errors[:10]:
         typer.echo(f"  {err}", err=True)

@@ -2,7 +2,7 @@
 row per respondent (also what the admin's ``/admin/export.*`` downloads serve).
 
 The wide table holds the respondent id (an opaque number, not a token), the
-demographics (named by their margin variable), ``completed``, ``synthetic``, the
+demographics (named by their margin variable), ``completed``, ``screened_out``, ``synthetic``, the
 timestamps and active seconds, the quality columns, ``weight`` when weighting has
 run, then one column per question in instrument order (the chosen option code;
 ``<id>_strength`` for scenario choices), answers to approved proposals (``prop-<n>``)
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["wide_table", "to_csv", "to_json", "to_sav", "write_export", "export_bytes", "spss_names", "ExportFormat"]
 
 ExportFormat = Literal["csv", "json", "sav"]
-_BOOL_COLUMNS = ["completed", "synthetic", "flag_attention", "flag_straightlining", "flag_speeding", "flag_social_desirability", "exclude"]
+_BOOL_COLUMNS = ["completed", "screened_out", "synthetic", "flag_attention", "flag_straightlining", "flag_speeding", "flag_social_desirability", "exclude"]
 _SPSS_RESERVED = {"ALL", "AND", "BY", "EQ", "GE", "GT", "LE", "LT", "NE", "NOT", "OR", "TO", "WITH"}
 
 
@@ -81,6 +81,8 @@ def wide_table(frames: SurveyFrames, *, include_excluded: bool = False, complete
     if "exclude" not in frames.respondents.columns:
         frames = add_quality(frames)
     resp = frames.respondents
+    if "screened_out" not in resp.columns:  # frames built by hand before quotas existed: nobody was screened out
+        resp = resp.assign(screened_out=False)
     meta = frames.margins + RESPONDENT_COLUMNS + QUALITY_COLUMNS + (["weight"] if "weight" in resp.columns else [])
     table = resp[meta].copy()
     a = frames.answers
@@ -170,7 +172,7 @@ def to_sav(frames: SurveyFrames, table: "pd.DataFrame", path: str | Path) -> Non
 
     inst = frames.instrument
     df = table.copy()
-    labels: dict[str, str] = {"respondent_id": "Respondent (opaque id)", "completed": "Finished the survey", "synthetic": "Synthetic respondent (valign survey simulate)",
+    labels: dict[str, str] = {"respondent_id": "Respondent (opaque id)", "completed": "Finished the survey", "screened_out": "Screened out by a full quota cell", "synthetic": "Synthetic respondent (valign survey simulate)",
                               "started_at": "Consent given (UTC)", "finished_at": "Finished (UTC)", "seconds": "Active seconds on question pages",
                               "flag_attention": "Failed an attention check", "flag_straightlining": "Straight-lining", "flag_speeding": "Speeding",
                               "flag_social_desirability": "High social desirability", "sd_score": "Social desirability score (share keyed)",

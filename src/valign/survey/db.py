@@ -4,9 +4,11 @@ Tables (created only by the Alembic migrations in ``migrations/``; see `migrate`
 
 * ``respondents`` — one per consent: an opaque ``public_id`` (the ``respondent_id``
   of `SurveyFrames`), the sha-256 of the private resume token (never the token), the
-  seed of the respondent's item order, the proposals shown to them, timestamps.
+  seed of the respondent's item order, the proposals shown to them, timestamps, and
+  whether a full quota cell screened them out (``screened_out``, ``quota_cell``).
 * ``answers`` — one row per (respondent, question), enforced by a unique constraint:
-  re-submitting a page updates the row, it never adds one.
+  re-submitting a page updates the row, it never adds one. Indexed by (question,
+  answer) too, for counting a quota cell's completed responses.
 * ``invitations`` — sha-256 of each invitation token; at most one respondent each.
 * ``proposals`` — principle statements respondents proposed: pending, approved or
   rejected. Approved ones are asked of later respondents as items ``prop-<n>``.
@@ -25,7 +27,7 @@ Example:
     >>> engine = make_engine("sqlite:///:memory:")
     >>> migrate(engine)
     >>> schema_revision(engine)
-    '0002'
+    '0003'
     >>> load_frames(engine, load_instrument("demo")).respondents.empty
     True
 """
@@ -39,7 +41,7 @@ from datetime import datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Callable
 
-from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint, func, select
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -121,6 +123,8 @@ class Respondent(Base):
     invitation_id: Mapped[int | None] = mapped_column(ForeignKey("invitations.id"), unique=True, nullable=True)
     synthetic: Mapped[bool] = mapped_column(Boolean, default=False)
     completed: Mapped[bool] = mapped_column(Boolean, default=False)
+    screened_out: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # a full quota cell ended their survey
+    quota_cell: Mapped[str | None] = mapped_column(Text, nullable=True)  # that cell's label (`QuotaCell.label`)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
@@ -129,7 +133,10 @@ class Answer(Base):
     """One answered question. ``choice`` is an option code (see `Instrument.options`)."""
 
     __tablename__ = "answers"
-    __table_args__ = (UniqueConstraint("respondent_id", "item_id", name="uq_answers_respondent_item"),)
+    __table_args__ = (
+        UniqueConstraint("respondent_id", "item_id", name="uq_answers_respondent_item"),
+        Index("ix_answers_item_choice", "item_id", "choice"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     respondent_id: Mapped[int] = mapped_column(ForeignKey("respondents.id", ondelete="CASCADE"), index=True)
     item_id: Mapped[str] = mapped_column(String(100))
@@ -316,6 +323,7 @@ def load_frames(db: "str | Engine | Database", instrument: "Instrument", *, incl
         row = {m: demo[r.public_id].get(m) for m in margins.values()}
         row.update(
             completed=bool(r.completed),
+            screened_out=bool(r.screened_out),
             synthetic=bool(r.synthetic),
             started_at=r.started_at,
             finished_at=r.finished_at,
@@ -326,6 +334,7 @@ def load_frames(db: "str | Engine | Database", instrument: "Instrument", *, incl
     for col in ("started_at", "finished_at"):
         resp[col] = pd.to_datetime(resp[col], utc=True).astype("datetime64[us, UTC]")
     resp["completed"] = resp["completed"].astype(bool)
+    resp["screened_out"] = resp["screened_out"].astype(bool)
     resp["synthetic"] = resp["synthetic"].astype(bool)
     resp["seconds"] = resp["seconds"].astype(float)
     for m in margins.values():

@@ -24,6 +24,9 @@ An instrument is one YAML file. Its sections, in the order a respondent meets th
 * ``social_desirability`` — true/false items with keyed answers (a short
   Marlowe–Crowne-style scale; keys are configurable).
 * ``quality`` — what to do with respondents who fail the checks.
+* ``quotas`` — optional targets of completed responses per demographic cell, given as
+  counts, as shares of a ``total`` or from a margins file; a respondent in a full cell
+  is screened out with a polite closing page (`valign.survey.quotas`).
 
 Top-level settings: ``id``, ``title``, ``version``, ``validated`` (false for anything
 but a published, validated instrument), ``language`` (a BCP 47 tag such as ``en`` or
@@ -47,14 +50,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator, model_validator
 
 from valign.errors import ValignError
+from valign.survey.datafiles import read_data_yaml, shipped_names
+from valign.survey.quotas import QuotaCell, QuotaProblem, QuotaSection, resolve_quotas
 from valign.survey.scoring_keys import key_problem
 
 __all__ = [
@@ -316,6 +319,8 @@ class Instrument(_Strict):
     attention_checks: list[AttentionCheck] = Field(default_factory=list)
     social_desirability: SDSection | None = None
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    quotas: QuotaSection | None = None
+    _quota_cells: tuple[QuotaCell, ...] = PrivateAttr(default=())
 
     @field_validator("version", mode="before")
     @classmethod
@@ -323,7 +328,7 @@ class Instrument(_Strict):
         return str(v) if isinstance(v, (int, float)) else v
 
     @model_validator(mode="after")
-    def _consistent(self) -> Instrument:
+    def _consistent(self, info: ValidationInfo) -> Instrument:
         seen: set[str] = set()
         for item in self.items():
             if item.id in seen:
@@ -339,7 +344,24 @@ class Instrument(_Strict):
             codes = [o.code for o in self._section_options(check.section)]
             if check.expected not in codes:
                 raise ValueError(f"attention check '{check.id}' expects '{check.expected}', which is not one of {codes}")
+        if self.quotas is not None:
+            # Resolved here, margins files included, so that a quota mistake stops
+            # `valign survey check` and `serve` before anyone answers.
+            base_dir = (info.context or {}).get("base_dir")
+            try:
+                self._quota_cells = tuple(resolve_quotas(self.quotas, self.demographics, base_dir))
+            except QuotaProblem as p:
+                raise _PlacedError(("quotas", *p.loc), str(p)) from None
         return self
+
+    def quota_cells(self) -> tuple[QuotaCell, ...]:
+        """Every quota cell with its target (none without a ``quotas`` section).
+
+        Example:
+            >>> load_instrument("demo").quota_cells()
+            ()
+        """
+        return self._quota_cells
 
     def _section_options(self, section: str) -> tuple[Option, ...]:
         if section == "values":
@@ -397,48 +419,17 @@ class Instrument(_Strict):
         return key
 
     def fingerprint(self) -> str:
-        """A hash of the instrument's content: responses are tied to the version they answered."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+        """A hash of the instrument's content: responses are tied to the version they answered.
+
+        Quotas are left out: they decide who is asked, not what, so raising a target
+        mid-fieldwork does not make the answers a different version.
+        """
+        return hashlib.sha256(self.model_dump_json(exclude={"quotas"}).encode()).hexdigest()[:16]
 
 
 def shipped_instruments() -> list[str]:
     """Names of the instruments shipped with valign (e.g. ``demo``)."""
     return shipped_names("instruments")
-
-
-def shipped_names(folder: str) -> list[str]:
-    """Names of the YAML files shipped in ``valign/data/<folder>`` (without the suffix).
-
-    Example:
-        >>> shipped_names("instruments")
-        ['demo']
-    """
-    root = resources.files("valign") / "data" / folder
-    return sorted(p.name.rsplit(".", 1)[0] for p in root.iterdir() if p.name.endswith((".yaml", ".yml")))
-
-
-def read_data_yaml(name_or_path: str | Path, folder: str, what: str) -> tuple[Path, Any]:
-    """Read a YAML file given as a path or as the name of one shipped in ``valign/data/<folder>``.
-
-    A missing file or broken YAML is one `ValignError` naming the file and the fix.
-
-    Example:
-        >>> read_data_yaml("demo", "instruments", "instrument")[1]["id"]
-        'valign-demo'
-    """
-    path = Path(name_or_path)
-    if not path.exists():
-        name = str(name_or_path)
-        shipped = shipped_names(folder)
-        if name not in shipped:
-            raise ValignError(f"{what} '{name_or_path}' is neither a file nor a shipped {what} ({', '.join(shipped)}); check the path.")
-        path = Path(str(resources.files("valign") / "data" / folder / f"{name}.yaml"))
-    try:
-        return path, yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ValignError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}; fix the syntax there.") from None
 
 
 def load_instrument(name_or_path: str | Path) -> Instrument:
@@ -454,7 +445,7 @@ def load_instrument(name_or_path: str | Path) -> Instrument:
     if not isinstance(data, dict):
         raise ValignError(f"{path} must hold a mapping with 'id', 'title', 'consent' and the survey's sections.")
     try:
-        return Instrument.model_validate(data)
+        return Instrument.model_validate(data, context={"base_dir": path.parent})
     except ValidationError as e:
         raise ValignError(_explain(path, data, e)) from None
 

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from valign.errors import ValignError
-from valign.survey.instrument import read_data_yaml, shipped_names
+from valign.survey.datafiles import read_data_yaml, shipped_names
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -141,7 +141,7 @@ class Margins:
 
 
 _NOT_DEMOGRAPHIC = {
-    "completed", "synthetic", "started_at", "finished_at", "seconds", "flag_attention", "flag_straightlining",
+    "completed", "screened_out", "synthetic", "started_at", "finished_at", "seconds", "flag_attention", "flag_straightlining",
     "flag_speeding", "flag_social_desirability", "sd_score", "exclude", "quality_factor", "weight",
 }  # fmt: skip
 

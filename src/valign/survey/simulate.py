@@ -4,7 +4,9 @@ Each synthetic respondent opens an invitation link made with ``synthetic: true``
 the admin API (so the database marks it synthetic, and nobody without the admin token
 can mark themselves so), reads every page's HTML form — hidden CSRF and timing fields
 included —, answers it the way its profile and its demographic group tend to, and
-submits it, with a per-question thinking time, until the thank-you page.
+submits it, with a per-question thinking time, until the thank-you page — or until the
+closing page of a full quota cell, which screens it out as it would a person
+(`valign.survey.quota_fill`; synthetic respondents fill their own pool of the quotas).
 
 A population (YAML; the shipped ``demo`` fits the demo instrument) gives:
 
@@ -189,6 +191,7 @@ class SimRespondent:
     answers: dict[str, tuple[str, int | None, str | None]] = field(default_factory=dict)  # item → (choice, strength, text)
     respondent_id: str | None = None
     completed: bool = False
+    screened_out: bool = False  # a full quota cell ended its survey
     pages: int = 0
     error: str | None = None
 
@@ -208,6 +211,10 @@ class SimResult:
     @property
     def completed(self) -> int:
         return sum(1 for r in self.respondents if r.completed)
+
+    @property
+    def screened_out(self) -> int:
+        return sum(1 for r in self.respondents if r.screened_out)
 
     @property
     def errors(self) -> list[str]:
@@ -349,8 +356,9 @@ async def _respondent(client, base: str, link: str, person: _Person, rec: SimRes
         return
     think = 0.0 if person.profile == "speeder" else person.pop.seconds_per_item
     while rec.pages < max_pages:
-        if r.url.path.endswith("/done"):
-            rec.completed = True
+        if r.url.path.endswith(("/done", "/screened")):
+            rec.completed = r.url.path.endswith("/done")
+            rec.screened_out = not rec.completed
             rec.respondent_id = _parse(r.text).response_id
             return
         form = _parse(r.text)

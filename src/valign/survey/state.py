@@ -105,6 +105,7 @@ class RespondentState:
     proposals: tuple[int, ...]
     completed: bool
     submitted: frozenset[str] | set[str]
+    screened_out: bool = False  # a full quota cell ended their survey
 
 
 class Problem(Exception):
@@ -214,12 +215,12 @@ class SurveyState:
         if not sess.rid:
             return None
         row = s.execute(
-            select(Respondent.id, Respondent.seed, Respondent.shown_proposals, Respondent.completed).where(Respondent.public_id == sess.rid)
+            select(Respondent.id, Respondent.seed, Respondent.shown_proposals, Respondent.completed, Respondent.screened_out).where(Respondent.public_id == sess.rid)
         ).first()
         if row is None:
             return None
         pages = set(s.scalars(select(PageEvent.page).where(PageEvent.respondent_id == row.id).distinct()))
-        return RespondentState(row.id, sess.rid, row.seed, tuple(json.loads(row.shown_proposals or "[]")), bool(row.completed), pages)
+        return RespondentState(row.id, sess.rid, row.seed, tuple(json.loads(row.shown_proposals or "[]")), bool(row.completed), pages, bool(row.screened_out))
 
     @staticmethod
     def first_open(plan: list[Page], submitted: set[str]) -> int | None:
