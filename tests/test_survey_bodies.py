@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.survey_helpers import DB_BACKENDS, Server, admin_headers, hidden, postgres_database
+from tests.survey_helpers import DB_BACKENDS, Server, admin_headers, hidden, multipart_body, postgres_database
 from tests.test_survey_http import Person
 
 
@@ -31,29 +31,18 @@ def message(r: httpx.Response) -> str:
     return re.search(r"<p>(.*?)</p>", r.text, re.S).group(1).replace("&#39;", "'")
 
 
-def multipart(fields: list[tuple[str, str | bytes, bool]], boundary: str = "b0und", charset: str = "") -> tuple[bytes, dict[str, str]]:
-    """A multipart body from (name, value, as a file?) parts, written by hand so that anything can be in it."""
-    out = b""
-    for name, value, is_file in fields:
-        data = value if isinstance(value, bytes) else value.encode()
-        filename = '; filename="f.txt"' if is_file else ""
-        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{filename}\r\n\r\n'.encode() + data + b"\r\n"
-    out += f"--{boundary}--\r\n".encode()
-    return out, {"content-type": f"multipart/form-data; boundary={boundary}" + (f"; charset={charset}" if charset else "")}
-
-
 def test_files_and_repeated_fields_where_text_belongs_get_400_naming_the_field(server):
     p = Person(server.url)
     start = p.c.get("/")
     csrf = hidden(start.text)["csrf"]
     # The crash of the issue: csrf sent as a file, to every form route, with a valid session.
     for path in ("/consent", "/survey/1", "/admin/login"):
-        body, headers = multipart([("csrf", csrf, True), ("decision", "agree", False)])
+        body, headers = multipart_body([("csrf", csrf, True), ("decision", "agree", False)])
         r = p.c.post(path, content=body, headers=headers)
         assert r.status_code == 400 and message(r) == "The field 'csrf' was sent as a file; this form takes text only.", (path, r.status_code, r.text[:300])
     p.consent()
     shown = hidden(p.page.text)["shown"]
-    body, headers = multipart([("csrf", csrf, False), ("shown", shown, True)])
+    body, headers = multipart_body([("csrf", csrf, False), ("shown", shown, True)])
     r = p.c.post("/survey/1", content=body, headers=headers)
     assert r.status_code == 400 and "'shown' was sent as a file" in message(r)
     r = p.c.post("/survey/1", content=f"csrf={csrf}&shown={shown}&csrf={csrf}", headers={"content-type": "application/x-www-form-urlencoded"})
@@ -61,7 +50,7 @@ def test_files_and_repeated_fields_where_text_belongs_get_400_naming_the_field(s
     r = p.c.post("/survey/1", content=b"--b0und\r\nnot a part", headers={"content-type": "multipart/form-data"})
     assert r.status_code == 400 and message(r).startswith("The form could not be read")
     # A multipart charset that decodes "\ud800" into a lone surrogate: refused, not stored.
-    body, headers = multipart([("csrf", csrf, False), ("shown", shown, False), ("proposal", b"\\ud800", False)], charset="raw_unicode_escape")
+    body, headers = multipart_body([("csrf", csrf, False), ("shown", shown, False), ("proposal", b"\\ud800", False)], charset="raw_unicode_escape")
     r = p.c.post("/survey/1", content=body, headers=headers)
     assert r.status_code == 400 and "lone surrogate" in message(r)
     # Fields missing: the page says which check failed, and the same form then saves.
