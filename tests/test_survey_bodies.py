@@ -117,12 +117,17 @@ def send_head(base: str, head: str) -> socket.socket:
 
 
 def answer_within(sock: socket.socket, seconds: float) -> bytes:
-    """What the server sent within ``seconds`` (b"" when it is still waiting for more from us)."""
+    """What the server sent within ``seconds`` (b"" when it is still waiting for more from us),
+    read on until it closes or pauses (an answer may come in several segments)."""
     sock.settimeout(seconds)
+    data = b""
     try:
-        return sock.recv(65536)
-    except TimeoutError:
-        return b""
+        while chunk := sock.recv(65536):
+            data += chunk
+            sock.settimeout(0.5)
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return data
 
 
 def post_head(path: str, length: int | None, cookie: str = "", ctype: str = "application/x-www-form-urlencoded") -> str:
@@ -165,7 +170,11 @@ def test_bodies_over_the_limit_get_413_before_they_are_read(server):
     sock.sendall(b"%x\r\n%s\r\n" % (len(first), first))
     sent, answer, chunk = len(first), b"", b"x" * 8192
     while not answer and sent < 4 * 2**20:
-        sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        try:
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except (BrokenPipeError, ConnectionResetError):  # the server answered and closed meanwhile
+            answer = answer_within(sock, 1)
+            break
         sent += len(chunk)
         answer = answer_within(sock, 0.05)
     sock.close()
