@@ -9,8 +9,9 @@ dropped connection.
   bytes, odd charsets, every body encoding — with a valid session and CSRF token most
   of the time, so that the requests get past the first check.
 
-Both are bounded in examples (a few hundred requests, seconds each run) and
-derandomised, so a run is repeatable; any 5xx fails with the request that caused it.
+Both are bounded in examples (150 requests each, about 10 s a run) and derandomised, so a
+run is repeatable; any 5xx fails with the request that caused it. They run in
+``make test`` (marked ``slow``: the edit–test loop has test_survey_bodies.py's cases).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.survey_helpers import ADMIN_TOKEN, DB_BACKENDS, Server, admin_headers, hidden, multipart_body, postgres_database, radio_names
+
+pytestmark = pytest.mark.slow
 
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
 
