@@ -113,7 +113,7 @@ def admin_router(sv: SurveyState) -> APIRouter:
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         form: dict[str, Any] = await (read_json_object(request) if media == "application/json" else read_form(request))
         if how == "cookie":
-            sv.check_csrf(sess, form)
+            sv.require_csrf(sess, form)
         return form, sess
 
     def frames():

@@ -199,10 +199,11 @@ class SurveyState:
         CSRF token; malformed bodies are refused by `valign.web.bodies.read_form` (400)."""
         self.admit_post(request, sess)
         form = await read_form(request)
-        self.check_csrf(sess, form)
+        self.require_csrf(sess, form)
         return form
 
-    def check_csrf(self, sess: BrowserSession, form: dict[str, Any]) -> None:
+    def require_csrf(self, sess: BrowserSession, form: dict[str, Any]) -> None:
+        """403 unless the form carries the session's CSRF token."""
         if not check_csrf(self.signer, sess.sid, form.get("csrf")):
             raise Problem(403, "Form expired", "This form is out of date or did not come from this survey. Reload the page and submit it again.")
 
