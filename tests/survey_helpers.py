@@ -146,3 +146,15 @@ def instrument_file(tmp: Path, **quality: object) -> Path:
     path = tmp / "instrument.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     return path
+
+
+def multipart_body(fields: list[tuple[str, str | bytes, bool]], boundary: str = "b0und", charset: str = "") -> tuple[bytes, dict[str, str]]:
+    """A multipart/form-data body and its Content-Type header from (name, value, as a file?)
+    parts, written by hand so that anything at all can be in it."""
+    out = b""
+    for name, value, is_file in fields:
+        data = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
+        filename = '; filename="f.txt"' if is_file else ""
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{filename}\r\n\r\n'.encode("utf-8", "surrogatepass") + data + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return out, {"content-type": f"multipart/form-data; boundary={boundary}" + (f"; charset={charset}" if charset else "")}

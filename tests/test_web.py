@@ -117,3 +117,103 @@ def test_database_plumbing(tmp_path):
     assert has_tables(engine, "t")
     with pytest.raises(Exception, match="not supported"):
         make_engine("mysql://x/y")
+
+
+# -- request bodies: limits and strict reading (valign.web.limits, valign.web.bodies) -------------
+
+
+def _body_app(max_body_bytes: int):
+    """A bare Starlette app behind the body limit that echoes how much body it read."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from valign.web.limits import BodyLimitMiddleware
+
+    async def echo(request):  # noqa: ANN001
+        return PlainTextResponse(str(len(await request.body())))
+
+    return BodyLimitMiddleware(Starlette(routes=[Route("/", echo, methods=["POST"])]), max_body_bytes=max_body_bytes)
+
+
+def test_body_limit_checks_content_length_and_counts_streamed_chunks():
+    from starlette.testclient import TestClient
+
+    c = TestClient(_body_app(1000))
+    assert c.post("/", content=b"x" * 1000).text == "1000"
+    r = c.post("/", content=b"x" * 1001)  # announced by Content-Length: refused before the app runs
+    assert r.status_code == 413 and r.text == "The request body is larger than this server accepts (at most 1000 bytes); send less.\n"
+    assert r.headers["connection"] == "close"
+    r = c.post("/", content=iter([b"x" * 600, b"x" * 600]))  # chunked, no length: counted as it arrives
+    assert r.status_code == 413 and "at most 1000 bytes" in r.text
+    assert c.post("/", content=iter([b"x" * 500, b"x" * 500])).text == "1000"
+    r = c.post("/", content=b"x", headers={"content-length": "1x"})
+    assert r.status_code == 400 and "Content-Length" in r.text
+
+
+def test_the_app_reads_at_most_the_limit_of_a_streamed_body():
+    from valign.web.limits import BodyLimitMiddleware
+
+    chunks = [b"x" * 100] * 50
+    taken = 0
+
+    async def receive():
+        nonlocal taken
+        taken += 1
+        return {"type": "http.request", "body": chunks[taken - 1], "more_body": taken < len(chunks)}
+
+    async def app(scope, receive, send):  # noqa: ANN001  reads everything it is given
+        while (await receive()).get("more_body"):
+            pass
+
+    sent: list[dict] = []
+
+    async def send(message):  # noqa: ANN001
+        sent.append(message)
+
+    asyncio.run(BodyLimitMiddleware(app, max_body_bytes=250)({"type": "http", "headers": []}, receive, send))
+    assert taken == 3 and sent[0]["status"] == 413, "refused at the chunk that crossed 250 bytes, not after all 50"
+
+
+def test_forms_are_read_as_text_fields_each_sent_once():
+    import json
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from valign.web.bodies import read_form, read_json_object
+
+    async def form(request):  # noqa: ANN001
+        return JSONResponse(await read_form(request))
+
+    async def body(request):  # noqa: ANN001
+        return JSONResponse(await read_json_object(request))
+
+    app = Starlette(routes=[Route("/form", form, methods=["POST"]), Route("/json", body, methods=["POST"])])
+    c = TestClient(app)
+    assert c.post("/form", data={"a": "1\x00", "b": "ü"}).json() == {"a": "1", "b": "ü"}
+    r = c.post("/form", files={"csrf": ("f.txt", b"token")})
+    assert r.status_code == 400 and r.text == "The field 'csrf' was sent as a file; this form takes text only."
+    r = c.post("/form", content=b"a=1&a=2", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400 and "'a' was sent more than once" in r.text
+    r = c.post("/form", content="&".join(f"f{i}=1" for i in range(300)).encode(), headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400 and "Too many fields" in r.text
+    assert c.post("/form", content=b"{}", headers={"content-type": "application/json"}).json() == {}  # not a form: no fields
+    assert c.post("/json", content=json.dumps({"n": 3})).json() == {"n": 3}
+    for raw, words in ((b'{"n": -Infinity}', "-Infinity is not a number"), (b'"x"', "must be a JSON object"), (b'{"t": "\\udfff"}', "lone surrogate")):
+        r = c.post("/json", content=raw)
+        assert r.status_code == 400 and words in r.text, r.text
+
+
+def test_tokens_and_signed_values_refuse_what_is_not_text():
+    from starlette.datastructures import UploadFile
+    import io
+
+    s = Signer("k" * 32)
+    upload = UploadFile(io.BytesIO(b"x"), filename="csrf")
+    assert check_csrf(s, "sid", upload) is False and check_csrf(s, "sid", "é") is False
+    assert s.unsign(upload) is None and s.unsign("é.é") is None and s.unsign(["a.b"]) is None
+    auth = AdminAuth("t" * 20)
+    assert auth.check_token(upload) is False and auth.check_token("\ud800") is False and auth.check_token("t" * 20) is True

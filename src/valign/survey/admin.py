@@ -21,6 +21,7 @@ from valign.survey.db import Database, Invitation, Proposal, load_frames, new_to
 from valign.survey.quota_fill import quota_fill
 from valign.survey.state import BrowserSession, Problem, SurveyState
 from valign.web.database import utcnow
+from valign.web.bodies import openapi_form, openapi_json, read_form, read_json_object
 from valign.web.ratelimit import client_address
 
 # Route signatures are resolved at run time by FastAPI, so these are real imports.
@@ -30,9 +31,28 @@ from starlette.responses import Response
 if TYPE_CHECKING:
     from fastapi import APIRouter
 
-__all__ = ["admin_router", "create_invitations"]
+__all__ = ["admin_router", "create_invitations", "whole_number", "MAX_INVITATIONS", "LARGEST_ID"]
 
 MAX_INVITATIONS = 10_000
+LARGEST_ID = 2**31 - 1  # ids are PostgreSQL integers: a larger one names no row, and would make the query fail
+
+
+def whole_number(value: object) -> int | None:
+    """``value`` as a whole number (JSON 3 or 3.0, form text "3"), or None: not a bool, a fraction or text.
+
+    Example:
+        >>> whole_number(3), whole_number("12"), whole_number(2.0), whole_number(2.5), whole_number(True), whole_number("1e9")
+        (3, 12, 2, None, None, None)
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdecimal() and len(value.strip()) < 10:
+        return int(value.strip())
+    return None
 
 
 def create_invitations(db: Database, n: int, synthetic: bool = False) -> list[str]:
@@ -86,18 +106,16 @@ def admin_router(sv: SurveyState) -> APIRouter:
         raise Problem(401, "Sign in needed", "These pages are for the survey's administrators. Sign in with the admin token.", {"WWW-Authenticate": "Bearer"})
 
     async def auth_post(request: Request) -> tuple[dict[str, Any], BrowserSession]:
-        """Authenticated POST: a cookie-authenticated form must also carry the CSRF token."""
+        """Authenticated POST: a JSON object or a form, read only once the sender is known
+        to be an admin; a cookie-authenticated one must also carry the CSRF token."""
         how = auth(request)
         sess = sv.session(request)
-        form: dict[str, Any] = {}
-        if request.headers.get("content-type", "").startswith("application/json"):
-            form = await request.json()
-            if not isinstance(form, dict):
-                raise Problem(422, "Bad request", "The request body must be a JSON object.")
-        else:
-            form = dict(await request.form())
         if how == "cookie":
-            sv.check_post(request, sess, form)
+            sv.admit_post(request, sess)
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        form: dict[str, Any] = await (read_json_object(request) if media == "application/json" else read_form(request))
+        if how == "cookie":
+            sv.require_csrf(sess, form)
         return form, sess
 
     def frames():
@@ -135,13 +153,12 @@ def admin_router(sv: SurveyState) -> APIRouter:
             raise disabled()
         return html(request, "admin_login.html", page_title="Admin sign in")
 
-    @router.post("/login")
+    @router.post("/login", openapi_extra=openapi_form({"csrf": {"type": "string"}, "token": {"type": "string"}}, required=["csrf", "token"]))
     async def login(request: Request) -> Response:
         if not sv.admin.enabled:
             raise disabled()
-        form = dict(await request.form())
         sess = sv.session(request)
-        sv.check_post(request, sess, form)
+        form = await sv.read_post(request, sess)
         if not sv.limit_login.allow("login:" + client_address(request)):
             raise Problem(429, "Too many attempts", "Too many sign-in attempts. Wait a minute and try again.", {"Retry-After": "60"})
         if not sv.admin.check_token(form.get("token")):
@@ -150,7 +167,7 @@ def admin_router(sv: SurveyState) -> APIRouter:
         sv.admin_cookie.write(response, {"a": sv.admin.cookie_marker(sv.signer)})
         return response
 
-    @router.post("/logout")
+    @router.post("/logout", openapi_extra=openapi_form({"csrf": {"type": "string"}}, required=["csrf"]))
     async def logout(request: Request) -> Response:
         _, sess = await auth_post(request)
         response = sv.redirect(request, sess, "/admin/login")
@@ -171,7 +188,9 @@ def admin_router(sv: SurveyState) -> APIRouter:
             proposals = list(s.query(Proposal).order_by(Proposal.status != "pending", Proposal.id))
         return html(request, "admin_moderation.html", page_title="Moderation", proposals=proposals)
 
-    @router.post("/moderation/{pid}")
+    status_field = {"type": "string", "enum": ["approved", "rejected", "pending"]}
+
+    @router.post("/moderation/{pid}", openapi_extra=openapi_form({"csrf": {"type": "string"}, "status": status_field}, required=["csrf", "status"]))
     async def moderate_form(request: Request, pid: int) -> Response:
         form, sess = await auth_post(request)
         await run_in_threadpool(moderate, pid, str(form.get("status", "")))
@@ -180,6 +199,8 @@ def admin_router(sv: SurveyState) -> APIRouter:
     def moderate(pid: int, status: str) -> dict[str, Any]:
         if status not in ("approved", "rejected", "pending"):
             raise Problem(422, "Bad request", "status must be approved, rejected or pending.")
+        if not 1 <= pid <= LARGEST_ID:  # would fail in the database's integer column, not just miss
+            raise Problem(404, "No such proposal", f"There is no proposal {pid}.")
         with sv.db.write() as s:
             p = s.get(Proposal, pid)
             if p is None:
@@ -188,6 +209,12 @@ def admin_router(sv: SurveyState) -> APIRouter:
             return {"id": p.id, "item_id": p.item_id, "status": p.status, "text": p.text}
 
     # -- API -----------------------------------------------------------------------------
+
+    @router.get("/api/openapi.json", include_in_schema=False)
+    def api_schema(request: Request) -> Response:
+        """The app's OpenAPI schema (routes, forms, JSON bodies): for API clients and fuzzers."""
+        auth(request)
+        return JSONResponse(request.app.openapi())
 
     @router.get("/api/summary")
     def api_summary(request: Request) -> Response:
@@ -207,19 +234,18 @@ def admin_router(sv: SurveyState) -> APIRouter:
             rows = [{"id": p.id, "item_id": p.item_id, "status": p.status, "text": p.text, "created_at": p.created_at.isoformat()} for p in s.query(Proposal).order_by(Proposal.id)]
         return JSONResponse(rows)
 
-    @router.post("/api/proposals/{pid}")
+    @router.post("/api/proposals/{pid}", openapi_extra=openapi_json({"status": status_field}, required=["status"]))
     async def api_moderate(request: Request, pid: int) -> Response:
         form, _ = await auth_post(request)
         return JSONResponse(await run_in_threadpool(moderate, pid, str(form.get("status", ""))))
 
-    @router.post("/api/invitations")
+    invitations_body = openapi_json({"n": {"type": "integer", "minimum": 1, "maximum": MAX_INVITATIONS}, "synthetic": {"type": "boolean"}})
+
+    @router.post("/api/invitations", openapi_extra=invitations_body)
     async def api_invitations(request: Request) -> Response:
         form, _ = await auth_post(request)
-        try:
-            n = int(form.get("n", 1))
-        except (TypeError, ValueError):
-            n = -1
-        if not 1 <= n <= MAX_INVITATIONS:
+        n = whole_number(form.get("n", 1))
+        if n is None or not 1 <= n <= MAX_INVITATIONS:
             raise Problem(422, "Bad request", f"n must be a whole number from 1 to {MAX_INVITATIONS}.")
         synthetic = form.get("synthetic") in (True, "true", "1", "on")
         tokens = await run_in_threadpool(create_invitations, sv.db, n, synthetic)

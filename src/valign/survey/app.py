@@ -11,7 +11,13 @@ and always leads back to the same single response.
 Admin (``Authorization: Bearer $VALIGN_ADMIN_TOKEN``, or the cookie the login form at
 ``/admin/login`` sets): ``/admin/`` dashboard, ``/admin/moderation``,
 ``/admin/api/summary``, ``/admin/api/responses``, ``/admin/api/proposals``,
-``/admin/api/invitations`` (POST), ``/admin/export.csv|json|sav``.
+``/admin/api/invitations`` (POST), ``/admin/export.csv|json|sav``, and
+``/admin/api/openapi.json``, the OpenAPI schema of every route.
+
+Request bodies are limited (``SurveySettings.max_body_bytes``, 64 KiB: 413 beyond it,
+unread); a form POST without the session cookie is refused before its body is read;
+bodies are read by `valign.web.bodies`, which answers 400 with one sentence to anything
+malformed (files where text belongs, repeated fields, bad JSON).
 
 The routes share a `valign.survey.state.SurveyState`; the admin routes live in
 `valign.survey.admin`, the defences (CSRF, signed cookies, rate limits, headers) in the
@@ -39,7 +45,9 @@ from valign.survey.instrument import Instrument, Item
 from valign.survey.quota_fill import screen_if_full
 from valign.survey.state import BrowserSession, Problem, RespondentState, SurveySettings, SurveyState, bad_invitation, forget_respondent
 from valign.web.database import utcnow
+from valign.web.bodies import openapi_form
 from valign.web.headers import SecurityHeadersMiddleware
+from valign.web.limits import BodyLimitMiddleware
 from valign.web.templates import stylesheet
 
 # Route signatures are resolved at run time by FastAPI, so these are real imports.
@@ -47,9 +55,11 @@ from fastapi import Request  # noqa: E402
 from starlette.responses import Response  # noqa: E402
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from fastapi import FastAPI
 
-__all__ = ["SurveySettings", "create_app", "app_from_env"]
+__all__ = ["SurveySettings", "create_app", "app_from_env", "malformed_parameter"]
 
 PAGE_SECONDS_CAP = 900.0  # a page left open longer counts as 15 minutes of active time
 
@@ -83,6 +93,8 @@ def create_app(instrument: Instrument, db_url: str, settings: SurveySettings | N
     app = FastAPI(title=f"valign survey: {instrument.title}", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.survey = survey
 
+    # Added first, so it runs inside the headers middleware: its own 413s get the headers too.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware)
 
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -93,20 +105,37 @@ def create_app(instrument: Instrument, db_url: str, settings: SurveySettings | N
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, exc):  # noqa: ANN001
-        titles = {404: "Page not found", 405: "Not allowed"}
+        titles = {400: "Bad request", 404: "Page not found", 405: "Not allowed", 413: "Too large"}
         msg = "There is no page at this address. Check the link you followed." if exc.status_code == 404 else str(exc.detail)
-        return survey.problem_page(request, Problem(exc.status_code, titles.get(exc.status_code, "Something went wrong"), msg))
+        return survey.problem_page(request, Problem(exc.status_code, titles.get(exc.status_code, "Something went wrong"), msg, getattr(exc, "headers", None)))
 
     from fastapi.exceptions import RequestValidationError
 
     @app.exception_handler(RequestValidationError)
     async def _malformed(request, exc):  # noqa: ANN001
-        # e.g. /survey/abc: an address that names no page, not a form error
-        return survey.problem_page(request, Problem(404, "Page not found", "There is no page at this address. Check the link you followed."))
+        return survey.problem_page(request, malformed_parameter(exc.errors()))
 
     app.include_router(_public_router(survey))
     app.include_router(admin_router(survey), prefix="/admin")
     return app
+
+
+def malformed_parameter(errors: "Sequence[Any]") -> Problem:
+    """The answer to an address whose path or query parameters do not parse: a path that
+    names no page (``/survey/abc``) is not found; a bad query parameter is named.
+
+    Example:
+        >>> malformed_parameter([{"loc": ("query", "completed_only"), "msg": "Input should be a valid boolean"}]).message
+        "The query parameter 'completed_only' is not valid: Input should be a valid boolean."
+        >>> malformed_parameter([{"loc": ("path", "n"), "msg": "Input should be a valid integer"}]).status
+        404
+    """
+    first = errors[0] if errors else {}
+    loc = tuple(first.get("loc", ()))
+    if not loc or loc[0] == "path":
+        return Problem(404, "Page not found", "There is no page at this address. Check the link you followed.")
+    where, name = str(loc[0]), ".".join(str(x) for x in loc[1:])[:40]
+    return Problem(422, "Bad request", f"The {where} parameter '{name}' is not valid: {str(first.get('msg', 'unreadable')).rstrip('.')}.")
 
 
 def app_from_env() -> "FastAPI":
@@ -157,11 +186,12 @@ def _public_router(sv: SurveyState):
             return sv.html(request, sess, "invite_only.html", status=403, page_title="By invitation only")
         return sv.html(request, sess, "consent.html", page_title=sv.instrument.consent.title)
 
-    @router.post("/consent")
+    consent_form = openapi_form({"csrf": {"type": "string"}, "decision": {"type": "string", "enum": ["agree", "decline"]}}, required=["csrf", "decision"])
+
+    @router.post("/consent", openapi_extra=consent_form)
     async def consent(request: Request) -> Response:
-        form = dict(await request.form())
         sess = sv.session(request)
-        sv.check_post(request, sess, form)
+        form = await sv.read_post(request, sess)
         decision = form.get("decision")
         if decision == "decline":
             await run_in_threadpool(sv.db.bump_counter, "declined")
@@ -223,11 +253,13 @@ def _public_router(sv: SurveyState):
             values["proposal"] = saved[PROPOSAL_ITEM].text or ""
         return _render_page(sv, request, sess, r, plan, n, values, {})
 
-    @router.post("/survey/{n}")
+    # q-<item> and s-<item> (a scenario's strength) are the page's own fields, hence "additional".
+    page_form = openapi_form({"csrf": {"type": "string"}, "shown": {"type": "string"}, "proposal": {"type": "string"}}, required=["csrf", "shown"], additional=True)
+
+    @router.post("/survey/{n}", openapi_extra=page_form)
     async def submit(request: Request, n: int) -> Response:
-        form = dict(await request.form())
         sess = sv.session(request)
-        sv.check_post(request, sess, form)
+        form = await sv.read_post(request, sess)
         return await run_in_threadpool(_submit, sv, request, sess, n, form)
 
     @router.get("/done")

@@ -69,6 +69,7 @@ def serve(
     rate_limit_session: int = typer.Option(60, help="Form submissions per minute per browser session (0 = off)."),
     rate_limit_ip: int = typer.Option(600, help="Form submissions per minute per client address, kept in memory only (0 = off)."),
     public_url: Optional[str] = typer.Option(None, help="The address respondents use, e.g. https://survey.example.org (for resume links behind a proxy)."),
+    max_body_bytes: int = typer.Option(64 * 1024, min=1024, help="Largest request body accepted; larger ones get 413 before they are read (a page's form is a few KiB)."),
 ) -> None:
     """Serve the survey. Admin pages need VALIGN_ADMIN_TOKEN; cookies are signed with VALIGN_SURVEY_SECRET or a generated key kept in the database."""
     import uvicorn
@@ -82,7 +83,7 @@ def serve(
     inst = load_instrument(instrument)
     url = resolve_db_url(db)
     migrate(make_engine(url))  # once, before any worker starts
-    settings = dict(invitations=invitations, rate_limit_session=rate_limit_session, rate_limit_ip=rate_limit_ip, public_url=public_url, migrate=False)
+    settings = dict(invitations=invitations, rate_limit_session=rate_limit_session, rate_limit_ip=rate_limit_ip, public_url=public_url, max_body_bytes=max_body_bytes, migrate=False)
     if not os.environ.get("VALIGN_ADMIN_TOKEN"):
         typer.echo("note: VALIGN_ADMIN_TOKEN is not set, so the admin pages are disabled.", err=True)
     typer.echo(f"survey '{inst.id}' on http://{host}:{port}/ ({make_engine(url).url.render_as_string(hide_password=True)})", err=True)

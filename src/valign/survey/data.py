@@ -6,7 +6,8 @@ demographics (named by their margin variable), ``completed``, ``screened_out``, 
 timestamps and active seconds, the quality columns, ``weight`` when weighting has
 run, then one column per question in instrument order (the chosen option code;
 ``<id>_strength`` for scenario choices), answers to approved proposals (``prop-<n>``)
-and the respondent's own ``proposal`` text. Nothing else: no IP addresses, user
+and the respondent's own ``proposal`` text (in CSV and SPSS, text a spreadsheet would
+run as a formula starts with a quote: `valign.survey.cells`). Nothing else: no IP addresses, user
 agents, cookies, resume or invitation tokens — the database does not hold them either,
 except as one-way hashes that no export reads.
 
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from valign.errors import ValignError
+from valign.survey.cells import neutralise_cell, neutralise_table
 from valign.survey.db import PROPOSAL_ITEM
 from valign.survey.frames import QUALITY_COLUMNS, RESPONDENT_COLUMNS, SurveyFrames
 
@@ -115,13 +117,14 @@ def wide_table(frames: SurveyFrames, *, include_excluded: bool = False, complete
 
 
 def to_csv(table: "pd.DataFrame") -> bytes:
-    """The wide table as UTF-8 CSV (timestamps in ISO 8601, UTC).
+    """The wide table as UTF-8 CSV (timestamps in ISO 8601, UTC), text that a spreadsheet
+    would run as a formula quoted (`valign.survey.cells`).
 
     Example::
 
         Path("responses.csv").write_bytes(to_csv(wide_table(frames)))
     """
-    return table.to_csv(index=False, date_format="%Y-%m-%dT%H:%M:%SZ").encode("utf-8")
+    return neutralise_table(table).to_csv(index=False, date_format="%Y-%m-%dT%H:%M:%SZ").encode("utf-8")
 
 
 def to_json(table: "pd.DataFrame") -> bytes:
@@ -161,7 +164,9 @@ def spss_names(columns: list[str]) -> dict[str, str]:
 
 
 def to_sav(frames: SurveyFrames, table: "pd.DataFrame", path: str | Path) -> None:
-    """Write the wide table as an SPSS file with variable and value labels (pyreadstat).
+    """Write the wide table as an SPSS file with variable and value labels (pyreadstat);
+    text cells and labels that a spreadsheet would run as a formula are quoted
+    (`valign.survey.cells`), as in the CSV.
 
     Example::
 
@@ -216,12 +221,12 @@ def to_sav(frames: SurveyFrames, table: "pd.DataFrame", path: str | Path) -> Non
         if df[col].dtype == object or str(df[col].dtype).startswith(("str", "string")):
             df[col] = df[col].astype(object).where(df[col].notna(), "").astype(str)
     names = spss_names(list(df.columns))
-    df = df.rename(columns=names)
+    df = neutralise_table(df).rename(columns=names)
     pyreadstat.write_sav(
         df,
         str(path),
-        column_labels={names[c]: labels.get(c, c)[:250] for c in names},
-        variable_value_labels={names[c]: v for c, v in value_labels.items() if c in names},
+        column_labels={names[c]: neutralise_cell(labels.get(c, c)[:250]) for c in names},
+        variable_value_labels={names[c]: {k: neutralise_cell(t) for k, t in v.items()} for c, v in value_labels.items() if c in names},
         variable_measure={names[c]: m for c, m in measure.items() if c in names},
     )
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from valign.errors import ValignError
+from valign.survey.cells import neutralise_table
 from valign.survey.consensus import ConsensusSettings, consensus_table, public_constitution
 from valign.survey.opinion import GroupDistribution, OpinionItem, write_items
 
@@ -106,7 +107,7 @@ def export_artifacts(frames: SurveyFrames, result: WeightingResult, out_dir: Pat
     if any(i.kind == "principle" for i in inst.items()):
         cons_settings = ConsensusSettings(**{**asdict(settings.consensus), "by": by, "min_group_n": settings.min_group_n})
         table = consensus_table(analysis, cons_settings)
-        table.drop(columns=["groups"]).to_csv(out_dir / "consensus.csv", index=False)
+        neutralise_table(table.drop(columns=["groups"])).to_csv(out_dir / "consensus.csv", index=False)  # statements may be proposals: free text
         source = f"survey {inst.id} v{inst.version}"
         try:
             constitution = public_constitution(table, name=f"public-{inst.id}", source=source, settings=cons_settings)

@@ -22,6 +22,7 @@ from valign.survey.flow import Page, plan_pages
 from valign.survey.instrument import Instrument
 from valign.survey.render import Renderer
 from valign.web.auth import AdminAuth
+from valign.web.bodies import read_form
 from valign.web.cookies import SignedCookie
 from valign.web.csrf import check_csrf, csrf_token
 from valign.web.ratelimit import RateLimiter, client_address
@@ -59,6 +60,8 @@ class SurveySettings:
     per client address (0 = off). ``public_url``: the address respondents use (for the
     resume link behind a proxy; default: the request's own). ``secure_cookies``: set
     the cookies' Secure flag (default: when ``public_url`` is https).
+    ``max_body_bytes``: the largest request body accepted (larger ones get 413 unread;
+    a survey page's form is a few KiB).
 
     Example:
         >>> SurveySettings(invitations="required", admin_token=None).invitations
@@ -75,6 +78,7 @@ class SurveySettings:
     secure_cookies: bool | None = None
     migrate: bool = True
     pool_size: int = 10
+    max_body_bytes: int = 64 * 1024
 
 
 # -- sessions ----------------------------------------------------------------------------
@@ -177,8 +181,10 @@ class SurveyState:
 
     # checks --------------------------------------------------------------------------------
 
-    def check_post(self, request: Request, sess: BrowserSession, form: dict[str, Any]) -> None:
-        """CSRF and rate limits, for every form POST.
+    def admit_post(self, request: Request, sess: BrowserSession) -> None:
+        """What a form POST must pass before its body is read: the rate limits and the
+        session cookie. A POST without the cookie cannot carry a valid CSRF token, so it is
+        refused unread (its body would be parsed for nothing).
 
         Synthetic respondents (their invitation was made with the admin token) are not
         rate limited: ``valign survey simulate`` sends many from one address on purpose.
@@ -188,6 +194,17 @@ class SurveyState:
             raise Problem(429, "Too many requests", "You sent too many answers in a short time. Wait a minute, then go back and submit the page again.", {"Retry-After": "60"})
         if sess.dirty:  # no valid session cookie came with the form
             raise Problem(403, "Cookies needed", "Your browser did not send this survey's cookie. Allow cookies for this site, reload the page and try again.")
+
+    async def read_post(self, request: Request, sess: BrowserSession) -> dict[str, str]:
+        """A form POST's fields, once it has passed `admit_post` and carries the session's
+        CSRF token; malformed bodies are refused by `valign.web.bodies.read_form` (400)."""
+        self.admit_post(request, sess)
+        form = await read_form(request)
+        self.require_csrf(sess, form)
+        return form
+
+    def require_csrf(self, sess: BrowserSession, form: dict[str, Any]) -> None:
+        """403 unless the form carries the session's CSRF token."""
         if not check_csrf(self.signer, sess.sid, form.get("csrf")):
             raise Problem(403, "Form expired", "This form is out of date or did not come from this survey. Reload the page and submit it again.")
 

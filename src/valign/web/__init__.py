@@ -9,6 +9,10 @@ One module per concern, each with public names only:
 * `valign.web.auth` — `AdminAuth`: the bearer admin token, compared in constant time.
 * `valign.web.ratelimit` — `RateLimiter` (token buckets in memory) and `client_address`.
 * `valign.web.headers` — `SECURITY_HEADERS` and the ASGI middleware that adds them.
+* `valign.web.limits` — `BodyLimitMiddleware`: request bodies over a stated size get
+  413 before they are read.
+* `valign.web.bodies` — `read_form` / `read_json_object`: bodies read strictly (text
+  fields sent once, JSON objects of finite values), 400 with one sentence otherwise.
 * `valign.web.templates` — `template_env` (autoescaped Jinja over
   ``valign/data/templates/<folder>``) and `stylesheet` (the one shared CSS file,
   ``valign/data/templates/web/style.css``, plus a page family's additions).

@@ -32,8 +32,11 @@ class AdminAuth:
         scheme, _, value = header.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token.encode())
 
-    def check_token(self, value: str | None) -> bool:
-        return bool(self.token and value) and hmac.compare_digest(value.encode(), self.token.encode())  # type: ignore[union-attr]
+    def check_token(self, value: object) -> bool:
+        """Whether a typed token (a form field: text, or whatever a client sent) is the admin token."""
+        if not self.token or not isinstance(value, str) or not value:
+            return False
+        return hmac.compare_digest(value.encode("utf-8", "surrogatepass"), self.token.encode())
 
     def cookie_marker(self, signer: Signer) -> str:
         """What an admin cookie holds; bound to the token, so changing it logs every admin session out."""

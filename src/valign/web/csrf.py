@@ -24,8 +24,17 @@ def csrf_token(signer: Signer, session_id: str) -> str:
     return signer.derive(f"csrf:{session_id}")
 
 
-def check_csrf(signer: Signer, session_id: str | None, token: str | None) -> bool:
-    """True when ``token`` is the session's CSRF token (constant-time comparison)."""
-    if not session_id or not token:
+def check_csrf(signer: Signer, session_id: str | None, token: object) -> bool:
+    """True when ``token`` is the session's CSRF token (constant-time comparison).
+
+    Anything else a client can send in its place — nothing, a file, a number, text
+    that is not ASCII — is simply not the token.
+
+    Example:
+        >>> s = Signer("x" * 32)
+        >>> check_csrf(s, "sid1", None), check_csrf(s, "sid1", 42), check_csrf(s, "sid1", "\\ud800")
+        (False, False, False)
+    """
+    if not session_id or not isinstance(token, str) or not token or not token.isascii():
         return False
     return hmac.compare_digest(token.encode(), csrf_token(signer, session_id).encode())

@@ -58,10 +58,10 @@ class Signer:
         body = b64encode(json.dumps({**payload, "_t": int(time.time())}, separators=(",", ":")).encode())
         return f"{body}.{self._mac(body)}"
 
-    def unsign(self, value: str | None, max_age: float | None = None) -> dict[str, Any] | None:
+    def unsign(self, value: object, max_age: float | None = None) -> dict[str, Any] | None:
         """The payload, or None when the value is missing, altered, forged or older than ``max_age`` seconds."""
-        if not value or value.count(".") != 1:
-            return None
+        if not isinstance(value, str) or not value.isascii() or value.count(".") != 1:
+            return None  # signed values are ASCII; anything else (a file, "é") was never one
         body, mac = value.split(".")
         if not hmac.compare_digest(mac, self._mac(body)):
             return None
