@@ -9,6 +9,7 @@ Example:
     $ valign survey weight --margins nz-census-2023
     $ valign survey export --out survey-export/   # constitution, DPO/KTO rows, evaluation set
     $ valign survey data responses.sav            # the respondent-level table
+    $ valign survey import-polis openData/brexit-consensus   # a Polis conversation, analysed as polis:<id>
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for constitution.yaml, dpo.jsonl, kto.jsonl, eval_items.jsonl, consensus.csv, summary.json."),
     db: Optional[str] = _DB,
     instrument: str = _INSTRUMENT,
-    margins: str = _MARGINS,
+    fmt: str = typer.Option("valign", "--format", help="valign: the weighted export; polis: statements and votes as a Polis export (comments.csv, votes.csv, participants-votes.csv)."),
+    margins: Optional[str] = typer.Option(None, "--margins", "-m", help="A margins YAML file or shipped name; default nz-census-2023, or for --instrument polis:<name> each participant counted once."),
     trim: Optional[str] = _TRIM,
     missing: str = _MISSING,
     synthetic: bool = _SYNTHETIC,
@@ -185,14 +187,37 @@ def export(
     min_group_n: int = typer.Option(10, help="Leave out subgroup distributions of fewer respondents."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
 ) -> None:
-    """Weighted survey → a constitution (group-aware consensus), DPO/KTO rows and an evaluation set."""
+    """Weighted survey → a constitution (group-aware consensus), DPO/KTO rows and an evaluation set; or, with --format polis, a Polis export."""
     from valign.survey.consensus import ConsensusSettings
     from valign.survey.export import ExportSettings, export_survey
+
+    if fmt not in ("valign", "polis"):
+        raise ValignError(f"--format '{fmt}' is not one of valign, polis.")
+    if fmt == "polis":
+        from valign.survey.polis import export_polis
+
+        conv = export_polis(db, instrument, out, synthetic=synthetic)
+        typer.echo(f"{len(conv.comments)} statements, {len({v.voter_id for v in conv.votes})} participants, {len(conv.votes)} votes → {out} (Polis export)")
+        return
 
     settings = ExportSettings(B=replicates, seed=seed, min_group_n=min_group_n, consensus=ConsensusSettings(threshold=threshold))
     summary = export_survey(db, instrument, margins, out, settings, trim=parse_trim(trim), missing=missing, synthetic=synthetic)
     counts = summary["counts"]
     typer.echo(f"{summary['respondents']['weighted']} weighted respondents → {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if not isinstance(v, dict)))
+
+
+@survey_app.command("import-polis")
+def import_polis_cmd(
+    folder: Path = typer.Argument(..., help="A Polis export folder: comments.csv and votes.csv and/or participants-votes.csv (summary.csv optional)."),
+    db: Optional[str] = _DB,
+    conversation: Optional[str] = typer.Option(None, "--conversation", help="Name to import it under; default the pol.is id in summary.csv, else the folder's name."),
+) -> None:
+    """Bring a Polis conversation's comments, votes and opinion groups into the survey database (again: replaces, never duplicates)."""
+    from valign.survey.polis import import_polis
+
+    summary = import_polis(db, folder, conversation)
+    typer.echo(summary.sentence())
+    typer.echo(f"analyse it with --instrument polis:{summary.conversation}, e.g. valign survey export --instrument polis:{summary.conversation} --out export/")
 
 
 def parse_trim(text: str | None) -> tuple[float, float] | None:

@@ -38,9 +38,10 @@ if TYPE_CHECKING:
     from valign.survey.instrument import Item
     from valign.survey.weighting import WeightingResult
 
-__all__ = ["ExportSettings", "export_survey", "export_artifacts", "eval_items", "scenario_pairs", "rating_rows"]
+__all__ = ["ExportSettings", "DEFAULT_MARGINS", "export_survey", "export_artifacts", "eval_items", "scenario_pairs", "rating_rows"]
 
 EVAL_KINDS = ("value", "principle", "scenario", "rating")
+DEFAULT_MARGINS = "nz-census-2023"  # what an instrument's respondents are raked to unless told otherwise
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class ExportSettings:
 def export_survey(
     db: str | None,
     instrument: str,
-    margins: str | Path,
+    margins: str | Path | None,
     out_dir: Path,
     settings: ExportSettings = ExportSettings(),
     *,
@@ -69,11 +70,17 @@ def export_survey(
 ) -> dict[str, Any]:
     """From the survey database to the export: quality flags, selection, raking, artifacts.
 
+    ``margins`` None: ``nz-census-2023`` for an instrument, the participants' own
+    opinion-group shares (each counts once, `valign.survey.polis.group_margins`) for
+    an imported Polis conversation (``polis:<conversation>``).
+
     Example, from a survey database to a folder of artifacts::
 
         export_survey("sqlite:///survey.db", "demo", "nz-census-2023", Path("out"), synthetic=True)
+        export_survey("sqlite:///survey.db", "polis:brexit-consensus", None, Path("out"))
     """
     from valign.survey.margins import load_margins
+    from valign.survey.polis import group_margins, is_polis_instrument
     from valign.survey.quality import load_checked
     from valign.survey.weighting import apply_weights, rake_frames
 
@@ -81,7 +88,13 @@ def export_survey(
     if frames.respondents.empty:
         hint = " (all are synthetic: allow them for a demo)" if not synthetic else ""
         raise ValignError(f"the survey database has no {'completed ' if completed_only else ''}respondents to export{hint}; collect responses first.")
-    result = rake_frames(frames, load_margins(margins), trim=trim, missing=missing, seed=settings.seed)  # type: ignore[arg-type]
+    if margins is not None:
+        targets = load_margins(margins)
+    elif is_polis_instrument(instrument):
+        targets = group_margins(frames)
+    else:
+        targets = load_margins(DEFAULT_MARGINS)
+    result = rake_frames(frames, targets, trim=trim, missing=missing, seed=settings.seed)  # type: ignore[arg-type]
     return export_artifacts(apply_weights(frames, result), result, out_dir, settings)
 
 

@@ -1,0 +1,333 @@
+"""Polis conversations in the survey database: ``valign survey import-polis`` and
+``valign survey export --format polis``.
+
+**Import.** A Polis export (`valign.survey.polis_files`) becomes, under the name
+``<conversation>`` (its pol.is id, or ``--conversation``):
+
+* each comment a statement in ``proposals`` (``source`` = ``polis:<conversation>``,
+  ``external_id`` = the comment id): accepted and unmoderated comments
+  ``approved``, moderated-out ones ``rejected`` (kept, never analysed, their votes
+  not imported);
+* each participant a respondent (same ``source``, ``external_id`` = the participant
+  id, ``completed``, not ``synthetic``; no resume token can open it) of the
+  instrument ``polis-<conversation>``, so no analysis of a live instrument sees them;
+* each vote an answer on ``prop-<n>``: 1 → ``agree``, -1 → ``disagree``, 0 → ``pass``;
+* each opinion group membership a demographic answer ``polis-group`` (margin
+  ``opinion_group``), which the group-aware consensus partitions by, as Polis does.
+
+Importing the same conversation again replaces its votes and groups and updates its
+statements in place (their ``prop-<n>`` ids stay): no duplicates. Live survey pages
+never show imported statements.
+
+**Analysis.** ``--instrument polis:<conversation>`` (every ``valign survey`` command
+that reads responses) builds the conversation's instrument from the database
+(`polis_instrument`). Polis participants are not a sample of a population, so the
+export weights each one equally (`group_margins`: the margins are the participants'
+own group shares) unless ``--margins`` says otherwise.
+
+**Export.** `export_polis` writes an instrument's principle statements (its own and
+the approved proposals) and the votes on them as a Polis export. Participants are
+numbered 0, 1, … afresh (no respondent id, token or address leaves), comment authors
+are left blank and vote times are cut to the day.
+
+Example::
+
+    summary = import_polis("sqlite:///survey.db", Path("openData/brexit-consensus"))
+    frames = load_checked("sqlite:///survey.db", f"polis:{summary.conversation}")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from valign.errors import ValignError
+from valign.survey.polis_files import VOTE_CODES, PolisComment, PolisConversation, PolisVote, read_polis, write_polis
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from valign.survey.frames import SurveyFrames
+    from valign.survey.instrument import Instrument
+    from valign.survey.margins import Margins
+
+__all__ = [
+    "POLIS_PREFIX",
+    "GROUP_ITEM",
+    "GROUP_MARGIN",
+    "ImportSummary",
+    "is_polis_instrument",
+    "polis_source",
+    "import_polis",
+    "polis_instrument",
+    "group_margins",
+    "export_polis",
+]
+
+POLIS_PREFIX = "polis:"  # --instrument polis:<conversation>; also the start of imported rows' source
+GROUP_ITEM = "polis-group"  # the demographic item holding a participant's opinion group
+GROUP_MARGIN = "opinion_group"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,42}$")  # "polis:" + name fits settings.key (50)
+_CODES_TO_VOTE = {code: vote for vote, code in VOTE_CODES.items()}
+
+
+@dataclass(frozen=True)
+class ImportSummary:
+    """What an import brought in (counts after the import, not differences)."""
+
+    conversation: str
+    comments: int
+    moderated_out: int
+    participants: int
+    votes: int
+    groups: dict[str, int]
+
+    def sentence(self) -> str:
+        """One line for the terminal.
+
+        Example:
+            >>> ImportSummary("c", 5, 1, 20, 80, {"0": 12, "1": 8}).sentence()
+            'polis:c: 5 comments (1 moderated out), 20 participants, 80 votes, 2 opinion groups (0: 12, 1: 8)'
+        """
+        groups = f"{len(self.groups)} opinion groups ({', '.join(f'{g}: {n}' for g, n in self.groups.items())})" if self.groups else "no opinion groups"
+        return f"{POLIS_PREFIX}{self.conversation}: {self.comments} comments ({self.moderated_out} moderated out), {self.participants} participants, {self.votes} votes, {groups}"
+
+
+def is_polis_instrument(name: str) -> bool:
+    """Whether an ``--instrument`` value names an imported Polis conversation.
+
+    Example:
+        >>> is_polis_instrument("polis:brexit-consensus"), is_polis_instrument("demo")
+        (True, False)
+    """
+    return name.startswith(POLIS_PREFIX)
+
+
+def polis_source(name: str) -> str:
+    """The ``source`` of a conversation's rows, from its name or ``polis:<name>``.
+
+    Example:
+        >>> polis_source("brexit-consensus"), polis_source("polis:brexit-consensus")
+        ('polis:brexit-consensus', 'polis:brexit-consensus')
+    """
+    bare = name.removeprefix(POLIS_PREFIX)
+    if not _NAME.fullmatch(bare):
+        raise ValignError(f"'{bare}' cannot name a Polis conversation; use 1–43 letters, digits, '.', '_' or '-' (e.g. --conversation brexit-consensus).")
+    return POLIS_PREFIX + bare
+
+
+def _instrument_id(source: str) -> str:
+    return "polis-" + source.removeprefix(POLIS_PREFIX)
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256(":".join(parts).encode()).hexdigest()
+
+
+# -- import --------------------------------------------------------------------------------
+
+
+def import_polis(db: "str | Engine | None", folder: str | Path, conversation: str | None = None) -> ImportSummary:
+    """Read the Polis export in ``folder`` into the survey database (migrated first), in
+    one transaction; see the module docstring. ``conversation`` defaults to the
+    pol.is id in ``summary.csv``, else the folder's name."""
+    from sqlalchemy.engine import Engine
+
+    from valign.survey.db import Database, make_engine, migrate, resolve_db_url
+
+    data = read_polis(folder)
+    source = polis_source(conversation or data.conversation_id or Path(folder).resolve().name)
+    engine = db if isinstance(db, Engine) else make_engine(resolve_db_url(db))
+    try:
+        migrate(engine)
+        with Database(engine).write() as s:
+            return _store(s, data, source)
+    finally:
+        if not isinstance(db, Engine):
+            engine.dispose()
+
+
+def _store(s: Any, data: PolisConversation, source: str) -> ImportSummary:
+    from sqlalchemy import delete, insert, select
+
+    from valign.survey.db import Answer, Proposal, Respondent, Setting
+    from valign.web.database import utcnow
+
+    now = utcnow()
+    # Statements: updated in place by comment id, so their item ids (prop-<n>) stay.
+    existing = {p.external_id: p for p in s.scalars(select(Proposal).where(Proposal.source == source))}
+    shown: dict[str, Proposal] = {}
+    for c in data.comments:
+        p = existing.pop(c.id, None)
+        status = "rejected" if c.moderated == -1 else "approved"
+        if p is None:
+            p = Proposal(source=source, external_id=c.id, text=c.text, status=status, created_at=c.created_at or now, moderated_at=now)
+            s.add(p)
+        else:
+            p.text, p.status, p.moderated_at = c.text, status, now
+        if status == "approved":
+            shown[c.id] = p
+    for gone in existing.values():
+        s.delete(gone)
+    s.flush()
+    items = {cid: p.item_id for cid, p in shown.items()}  # ids exist after the flush
+
+    votes = [v for v in data.votes if v.comment_id in items]
+    times: dict[str, list[datetime]] = {}
+    for v in data.votes:
+        times.setdefault(v.voter_id, []).append(v.at or now)
+    participants = sorted(set(times) | set(data.groups), key=int)
+    instrument_id = _instrument_id(source)
+    people = {r.external_id: r for r in s.scalars(select(Respondent).where(Respondent.source == source))}
+    for pid in participants:
+        r = people.pop(pid, None)
+        when = sorted(times.get(pid, [now]))
+        if r is None:
+            key = _digest(source, pid)
+            r = Respondent(
+                public_id=f"polis-{key[:16]}",
+                resume_hash=f"imported:{key[:55]}",  # not a sha-256 hex digest: no resume token opens it
+                instrument_id=instrument_id, instrument_fingerprint=key[:16], seed=0, shown_proposals="[]",
+                source=source, external_id=pid, synthetic=False,
+            )
+            s.add(r)
+        r.completed, r.started_at, r.finished_at = True, when[0], when[-1]
+    for gone in people.values():  # participants no longer in the export
+        s.execute(delete(Answer).where(Answer.respondent_id == gone.id))
+        s.delete(gone)
+    s.flush()
+    ids = dict(s.execute(select(Respondent.external_id, Respondent.id).where(Respondent.source == source)).all())
+    s.execute(delete(Answer).where(Answer.respondent_id.in_(select(Respondent.id).where(Respondent.source == source))))
+    rows = [
+        {"respondent_id": ids[v.voter_id], "item_id": items[v.comment_id], "kind": "principle", "choice": VOTE_CODES[v.vote],
+         "strength": None, "text": None, "answered_at": v.at or now}
+        for v in votes
+    ]
+    rows += [
+        {"respondent_id": ids[pid], "item_id": GROUP_ITEM, "kind": "demographic", "choice": group, "strength": None, "text": None, "answered_at": now}
+        for pid, group in data.groups.items()
+    ]
+    if rows:
+        s.execute(insert(Answer), rows)
+    groups = sorted(set(data.groups.values()), key=int)
+    meta = json.dumps({"topic": data.topic, "url": data.url, "description": data.description, "groups": groups, "imported_at": now.isoformat()})
+    setting = s.get(Setting, source)
+    if setting is None:
+        s.add(Setting(key=source, value=meta))
+    else:
+        setting.value = meta
+    counts = {g: sum(1 for x in data.groups.values() if x == g) for g in groups}
+    return ImportSummary(source.removeprefix(POLIS_PREFIX), len(data.comments), len(data.comments) - len(items), len(participants), len(votes), counts)
+
+
+# -- analysis ------------------------------------------------------------------------------
+
+
+def polis_instrument(engine: "Engine", name: str) -> "Instrument":
+    """The instrument of an imported conversation: its opinion groups as the one
+    demographic question (when Polis found at least two), no questions of its own
+    (`valign.survey.quality.with_approved_proposals` adds the comments), and quality
+    checks that cannot fire on votes cast outside this survey."""
+    from sqlalchemy.orm import Session
+
+    from valign.survey.db import Setting
+    from valign.survey.instrument import Consent, DemographicQuestion, Instrument, Option, PrincipleSection, QualityConfig
+
+    source = polis_source(name)
+    with Session(engine) as s:
+        row = s.get(Setting, source)
+        imported = [k for (k,) in s.query(Setting.key).filter(Setting.key.like(POLIS_PREFIX + "%"))]
+    if row is None:
+        have = ", ".join(imported) or "none"
+        raise ValignError(f"no Polis conversation '{source}' has been imported into this database (imported: {have}); run `valign survey import-polis DIR` first.")
+    meta = json.loads(row.value)
+    groups = [str(g) for g in meta.get("groups", [])]
+    demographics = []
+    if len(groups) >= 2:
+        options = [Option(code=g, label=f"Opinion group {_letter(i)}") for i, g in enumerate(groups)]
+        demographics.append(DemographicQuestion(id=GROUP_ITEM, text="Polis opinion group", margin=GROUP_MARGIN, options=options))
+    return Instrument(
+        id=_instrument_id(source),
+        title=meta.get("topic") or source,
+        description=meta.get("description") or "",
+        notice=f"Imported from a Polis conversation ({meta.get('url') or source}).",
+        consent=Consent(text="Participants took part in a Polis conversation; their votes were imported."),
+        demographics=demographics,
+        principles=PrincipleSection(allow_proposals=False),
+        quality=QualityConfig(attention="flag", straightlining="flag", speeding="flag", social_desirability="flag", min_seconds_per_item=0),
+    )
+
+
+def _letter(i: int) -> str:
+    """Polis's group names: A, B, … (then A2, B2, … past Z)."""
+    return chr(ord("A") + i % 26) + (str(i // 26 + 1) if i >= 26 else "")
+
+
+def group_margins(frames: "SurveyFrames") -> "Margins":
+    """Margins that weight every participant equally: the opinion groups' own shares
+    (or one category holding everyone when Polis found no groups)."""
+    from valign.survey.margins import margins_from_dict
+
+    resp = frames.respondents
+    if GROUP_MARGIN in resp.columns and resp[GROUP_MARGIN].notna().any():
+        counts = resp[GROUP_MARGIN].dropna().astype(str).value_counts()
+        variables = {GROUP_MARGIN: {"categories": {str(k): float(v) for k, v in counts.items()}}}
+    else:
+        variables = {"completed": {"categories": {"True": 1.0}}}
+    return margins_from_dict({
+        "id": "polis-participants",
+        "source": {"citation": "the participants themselves: Polis participants are not a sample of a population, so each counts once"},
+        "variables": variables,
+    }, where="the Polis participants' own group shares")
+
+
+# -- export --------------------------------------------------------------------------------
+
+
+def export_polis(db: str | None, instrument: str, out: str | Path, *, synthetic: bool = False) -> PolisConversation:
+    """Write the instrument's statements and the votes on them as a Polis export in
+    ``out`` (comments.csv, votes.csv, participants-votes.csv, summary.csv).
+
+    Respondents the quality checks exclude are left out, and simulated ones unless
+    ``synthetic``; only respondents who voted are written."""
+    from valign.survey.quality import load_checked
+
+    frames = load_checked(db, instrument).select(completed_only=False, synthetic=synthetic)
+    resp = frames.respondents
+    if "exclude" in resp.columns:
+        resp = resp[~resp["exclude"].fillna(False).astype(bool)]
+    statements = [i for i in frames.instrument.items() if i.kind == "principle"]
+    if not statements:
+        raise ValignError(f"instrument '{frames.instrument.id}' has no principle statements to export as Polis comments; choose an instrument with a principles section.")
+    comment_of = {item.id: str(n) for n, item in enumerate(statements)}
+    a = frames.answers
+    a = a[a["item_id"].isin(list(comment_of)) & a["choice"].isin(list(_CODES_TO_VOTE)) & a["respondent_id"].isin(resp.index)]
+    voters = [rid for rid in resp.index if rid in set(a["respondent_id"])]
+    voter_of = {rid: str(n) for n, rid in enumerate(voters)}
+    votes = [
+        PolisVote(comment_of[item], voter_of[rid], _CODES_TO_VOTE[choice], _day(at))
+        for rid, item, choice, at in a[["respondent_id", "item_id", "choice", "answered_at"]].itertuples(index=False)
+    ]
+    groups = {}
+    if GROUP_MARGIN in resp.columns:
+        groups = {voter_of[rid]: str(g) for rid, g in resp[GROUP_MARGIN].items() if rid in voter_of and g is not None and g == g}
+    inst = frames.instrument
+    conversation = PolisConversation(
+        topic=inst.title, description=inst.description,
+        comments=[PolisComment(comment_of[i.id], i.text, None, 1) for i in statements],
+        votes=votes, groups=groups,
+    )
+    write_polis(conversation, out)
+    return conversation
+
+
+def _day(at: Any) -> datetime | None:
+    """A vote's time cut to its day (UTC): enough to order a conversation, too coarse to time a person."""
+    if at is None or at != at:
+        return None
+    return datetime(at.year, at.month, at.day, tzinfo=timezone.utc)
