@@ -172,7 +172,8 @@ def test_reimport_replaces_and_never_duplicates(tmp_path):
             return (
                 {p.external_id: (p.id, p.status) for p in s.scalars(select(Proposal))},
                 {r.external_id: r.public_id for r in s.scalars(select(Respondent))},
-                sorted(s.execute(select(Answer.respondent_id, Answer.item_id, Answer.choice)).all()),
+                sorted(s.execute(select(Answer.respondent_id, Answer.item_id, Answer.choice, Answer.answered_at)).all()),
+                sorted(s.execute(select(Respondent.external_id, Respondent.started_at, Respondent.finished_at)).all()),
             )
 
     before = snapshot()
@@ -183,7 +184,7 @@ def test_reimport_replaces_and_never_duplicates(tmp_path):
     votes = [v for v in _votes() if v[2] != 21] + [(T0 + 10**8, 0, 7, -1)]
     comments = [(c, -1 if c == 4 else m, t) for c, m, t in COMMENTS]
     import_polis(url, write_conversation(tmp_path / "later", votes=votes, comments=comments, participants=21), conversation="5town2030x")
-    statements, people, answers = snapshot()
+    statements, people, answers, _ = snapshot()
     assert {c: pid for c, (pid, _) in statements.items()} == {c: pid for c, (pid, _) in before[0].items()}, "statement ids stay"
     assert statements["4"][1] == "rejected" and "21" not in people and len(people) == 21
     item = {c: f"prop-{pid}" for c, (pid, _) in statements.items()}
@@ -191,7 +192,7 @@ def test_reimport_replaces_and_never_duplicates(tmp_path):
         seven = s.scalar(select(Respondent.id).where(Respondent.external_id == "7"))
         assert s.scalar(select(Answer.choice).where(Answer.respondent_id == seven, Answer.item_id == item["0"])) == "disagree"
         assert s.scalar(select(func.count()).select_from(Answer).where(Answer.item_id == item["4"])) == 0
-    assert len(answers) == len(set((r, i) for r, i, _ in answers)), "one answer per participant and statement"
+    assert len(answers) == len(set((r, i) for r, i, _, _ in answers)), "one answer per participant and statement"
     engine.dispose()
 
 
@@ -316,5 +317,45 @@ def test_only_the_participant_matrix(tmp_path):
     """Some openData conversations ship participants-votes.csv without votes.csv: votes then come from the matrix."""
     folder = write_conversation(tmp_path / "town")
     (folder / "votes.csv").unlink()
-    summary = import_polis(f"sqlite:///{tmp_path / 'survey.db'}", folder)
+    url = f"sqlite:///{tmp_path / 'survey.db'}"
+    summary = import_polis(url, folder)
     assert (summary.participants, summary.votes, summary.groups) == (22, 83, {"0": 10, "1": 10})
+    engine = make_engine(url)
+
+    def state():
+        with Session(engine) as s:
+            return sorted(s.execute(select(Answer.respondent_id, Answer.item_id, Answer.choice, Answer.answered_at)).all())
+
+    before = state()
+    import_polis(url, folder)
+    assert state() == before, "without vote times, the first import's times are kept"
+    engine.dispose()
+
+
+def test_a_run_turns_a_conversation_into_a_constitution_and_report(tmp_path):
+    """survey → report as a run (no model needed): the stage reads the conversation, the report shows its principles."""
+    import yaml
+
+    from valign.config import load_config
+    from valign.pipeline import run_pipeline
+
+    url = f"sqlite:///{tmp_path / 'survey.db'}"
+    import_polis(url, write_conversation(tmp_path / "town"))
+    config = {
+        "name": "town", "model": "embedded", "runs_dir": str(tmp_path / "runs"), "constitution": "survey", "stages": ["survey", "report"],
+        "survey": {"db": url, "instrument": "polis:5town2030x", "margins": "nz-census-2023", "B": 30},
+    }
+    path = tmp_path / "town.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValignError, match="set survey.margins: participants"):
+        run_pipeline(load_config(path))
+    config["survey"]["margins"] = "participants"
+    path.write_text(yaml.safe_dump(config))
+    assert {o.name: o.status for o in run_pipeline(load_config(path))} == {"survey": "ran", "report": "ran"}
+    run_dir = tmp_path / "runs" / "town"
+    constitution = load_constitution(str(run_dir / "01-survey" / "constitution.yaml"))
+    assert {p.tags[-1] for p in constitution.principles} == {"consensus", "contested", "rejected"}
+    report = (run_dir / "report.html").read_text()
+    assert COMMENTS[0][2] in report and COMMENTS[5][2] not in report
+    import_polis(url, write_conversation(tmp_path / "town"))  # the same export again: nothing to redo
+    assert {o.name: o.status for o in run_pipeline(load_config(path))} == {"survey": "skipped", "report": "skipped"}

@@ -178,7 +178,7 @@ def export(
     db: Optional[str] = _DB,
     instrument: str = _INSTRUMENT,
     fmt: str = typer.Option("valign", "--format", help="valign: the weighted export; polis: statements and votes as a Polis export (comments.csv, votes.csv, participants-votes.csv)."),
-    margins: Optional[str] = typer.Option(None, "--margins", "-m", help="A margins YAML file or shipped name; default nz-census-2023, or for --instrument polis:<name> each participant counted once."),
+    margins: Optional[str] = typer.Option(None, "--margins", "-m", help="A margins YAML file or shipped name, or 'participants' (each counted once); default nz-census-2023, participants for --instrument polis:<name>."),
     trim: Optional[str] = _TRIM,
     missing: str = _MISSING,
     synthetic: bool = _SYNTHETIC,

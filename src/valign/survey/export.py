@@ -70,9 +70,9 @@ def export_survey(
 ) -> dict[str, Any]:
     """From the survey database to the export: quality flags, selection, raking, artifacts.
 
-    ``margins`` None: ``nz-census-2023`` for an instrument, the participants' own
-    opinion-group shares (each counts once, `valign.survey.polis.group_margins`) for
-    an imported Polis conversation (``polis:<conversation>``).
+    ``margins`` ``participants``: each respondent counts once (the opinion groups' own
+    shares, `valign.survey.polis.group_margins`); None: that for an imported Polis
+    conversation (``polis:<conversation>``), ``nz-census-2023`` for an instrument.
 
     Example, from a survey database to a folder of artifacts::
 
@@ -80,7 +80,7 @@ def export_survey(
         export_survey("sqlite:///survey.db", "polis:brexit-consensus", None, Path("out"))
     """
     from valign.survey.margins import load_margins
-    from valign.survey.polis import group_margins, is_polis_instrument
+    from valign.survey.polis import PARTICIPANT_MARGINS, group_margins, is_polis_instrument
     from valign.survey.quality import load_checked
     from valign.survey.weighting import apply_weights, rake_frames
 
@@ -88,12 +88,10 @@ def export_survey(
     if frames.respondents.empty:
         hint = " (all are synthetic: allow them for a demo)" if not synthetic else ""
         raise ValignError(f"the survey database has no {'completed ' if completed_only else ''}respondents to export{hint}; collect responses first.")
-    if margins is not None:
-        targets = load_margins(margins)
-    elif is_polis_instrument(instrument):
+    if margins == PARTICIPANT_MARGINS or (margins is None and is_polis_instrument(instrument)):
         targets = group_margins(frames)
     else:
-        targets = load_margins(DEFAULT_MARGINS)
+        targets = load_margins(margins or DEFAULT_MARGINS)
     result = rake_frames(frames, targets, trim=trim, missing=missing, seed=settings.seed)  # type: ignore[arg-type]
     return export_artifacts(apply_weights(frames, result), result, out_dir, settings)
 

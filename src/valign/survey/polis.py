@@ -23,7 +23,7 @@ never show imported statements.
 that reads responses) builds the conversation's instrument from the database
 (`polis_instrument`). Polis participants are not a sample of a population, so the
 export weights each one equally (`group_margins`: the margins are the participants'
-own group shares) unless ``--margins`` says otherwise.
+own group shares; ``--margins participants``, the default for a conversation).
 
 **Export.** `export_polis` writes an instrument's principle statements (its own and
 the approved proposals) and the votes on them as a Polis export. Participants are
@@ -60,6 +60,7 @@ __all__ = [
     "POLIS_PREFIX",
     "GROUP_ITEM",
     "GROUP_MARGIN",
+    "PARTICIPANT_MARGINS",
     "ImportSummary",
     "is_polis_instrument",
     "polis_source",
@@ -72,6 +73,7 @@ __all__ = [
 POLIS_PREFIX = "polis:"  # --instrument polis:<conversation>; also the start of imported rows' source
 GROUP_ITEM = "polis-group"  # the demographic item holding a participant's opinion group
 GROUP_MARGIN = "opinion_group"
+PARTICIPANT_MARGINS = "participants"  # --margins value: weight each participant once (`group_margins`)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,42}$")  # "polis:" + name fits settings.key (50)
 _CODES_TO_VOTE = {code: vote for vote, code in VOTE_CODES.items()}
 
@@ -166,10 +168,10 @@ def _store(s: Any, data: PolisConversation, source: str) -> ImportSummary:
         p = existing.pop(c.id, None)
         status = "rejected" if c.moderated == -1 else "approved"
         if p is None:
-            p = Proposal(source=source, external_id=c.id, text=c.text, status=status, created_at=c.created_at or now, moderated_at=now)
+            p = Proposal(source=source, external_id=c.id, text=c.text, status=status, created_at=c.created_at or now)
             s.add(p)
-        else:
-            p.text, p.status, p.moderated_at = c.text, status, now
+        elif (p.text, p.status) != (c.text, status):
+            p.text, p.status, p.moderated_at = c.text, status, now  # a changed statement, as a moderator's change would be
         if status == "approved":
             shown[c.id] = p
     for gone in existing.values():
@@ -180,13 +182,15 @@ def _store(s: Any, data: PolisConversation, source: str) -> ImportSummary:
     votes = [v for v in data.votes if v.comment_id in items]
     times: dict[str, list[datetime]] = {}
     for v in data.votes:
-        times.setdefault(v.voter_id, []).append(v.at or now)
+        times.setdefault(v.voter_id, [])
+        if v.at is not None:
+            times[v.voter_id].append(v.at)
     participants = sorted(set(times) | set(data.groups), key=int)
     instrument_id = _instrument_id(source)
     people = {r.external_id: r for r in s.scalars(select(Respondent).where(Respondent.source == source))}
     for pid in participants:
         r = people.pop(pid, None)
-        when = sorted(times.get(pid, [now]))
+        when = sorted(times.get(pid) or [r.started_at if r is not None else now])
         if r is None:
             key = _digest(source, pid)
             r = Respondent(
@@ -202,20 +206,23 @@ def _store(s: Any, data: PolisConversation, source: str) -> ImportSummary:
         s.delete(gone)
     s.flush()
     ids = dict(s.execute(select(Respondent.external_id, Respondent.id).where(Respondent.source == source)).all())
-    s.execute(delete(Answer).where(Answer.respondent_id.in_(select(Respondent.id).where(Respondent.source == source))))
-    rows = [
-        {"respondent_id": ids[v.voter_id], "item_id": items[v.comment_id], "kind": "principle", "choice": VOTE_CODES[v.vote],
-         "strength": None, "text": None, "answered_at": v.at or now}
-        for v in votes
-    ]
-    rows += [
-        {"respondent_id": ids[pid], "item_id": GROUP_ITEM, "kind": "demographic", "choice": group, "strength": None, "text": None, "answered_at": now}
-        for pid, group in data.groups.items()
-    ]
+    theirs = select(Respondent.id).where(Respondent.source == source)
+    # Answers are replaced; a time the export does not give keeps the one first recorded,
+    # so importing the same files again changes nothing.
+    earlier = {(rid, item): at for rid, item, at in s.execute(select(Answer.respondent_id, Answer.item_id, Answer.answered_at).where(Answer.respondent_id.in_(theirs)))}
+    s.execute(delete(Answer).where(Answer.respondent_id.in_(theirs)))
+
+    def row(pid: str, item: str, kind: str, choice: str, at: datetime | None) -> dict[str, Any]:
+        rid = ids[pid]
+        return {"respondent_id": rid, "item_id": item, "kind": kind, "choice": choice, "strength": None, "text": None,
+                "answered_at": at or earlier.get((rid, item)) or now}
+
+    rows = [row(v.voter_id, items[v.comment_id], "principle", VOTE_CODES[v.vote], v.at) for v in votes]
+    rows += [row(pid, GROUP_ITEM, "demographic", group, max(times[pid]) if times.get(pid) else None) for pid, group in data.groups.items()]
     if rows:
         s.execute(insert(Answer), rows)
     groups = sorted(set(data.groups.values()), key=int)
-    meta = json.dumps({"topic": data.topic, "url": data.url, "description": data.description, "groups": groups, "imported_at": now.isoformat()})
+    meta = json.dumps({"topic": data.topic, "url": data.url, "description": data.description, "groups": groups})
     setting = s.get(Setting, source)
     if setting is None:
         s.add(Setting(key=source, value=meta))
