@@ -104,7 +104,7 @@ class SurveyStage(Stage):
         from valign.survey.db import make_engine, resolve_db_url
         from valign.survey.instrument import load_instrument
         from valign.survey.margins import load_margins
-        from valign.survey.polis import PARTICIPANT_MARGINS, is_polis_instrument, polis_instrument
+        from valign.survey.polis_instrument import PARTICIPANT_MARGINS, is_polis_instrument, polis_instrument
 
         cfg: SurveyStageConfig = run_config.survey
         url = resolve_db_url(cfg.db)
@@ -127,7 +127,7 @@ class SurveyStage(Stage):
     def preflight(self, run_config: RunConfig) -> None:
         from valign.survey.instrument import load_instrument
         from valign.survey.margins import load_margins
-        from valign.survey.polis import PARTICIPANT_MARGINS, is_polis_instrument, polis_source
+        from valign.survey.polis_instrument import PARTICIPANT_MARGINS, is_polis_instrument, polis_source
 
         cfg: SurveyStageConfig = run_config.survey
         if is_polis_instrument(cfg.instrument):

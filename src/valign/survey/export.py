@@ -71,7 +71,7 @@ def export_survey(
     """From the survey database to the export: quality flags, selection, raking, artifacts.
 
     ``margins`` ``participants``: each respondent counts once (the opinion groups' own
-    shares, `valign.survey.polis.group_margins`); None: that for an imported Polis
+    shares, `valign.survey.polis_instrument.group_margins`); None: that for an imported Polis
     conversation (``polis:<conversation>``), ``nz-census-2023`` for an instrument.
 
     Example, from a survey database to a folder of artifacts::
@@ -80,7 +80,7 @@ def export_survey(
         export_survey("sqlite:///survey.db", "polis:brexit-consensus", None, Path("out"))
     """
     from valign.survey.margins import load_margins
-    from valign.survey.polis import PARTICIPANT_MARGINS, group_margins, is_polis_instrument
+    from valign.survey.polis_instrument import PARTICIPANT_MARGINS, group_margins, is_polis_instrument
     from valign.survey.quality import load_checked
     from valign.survey.weighting import apply_weights, rake_frames
 

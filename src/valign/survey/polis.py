@@ -19,11 +19,9 @@ Importing the same conversation again replaces its votes and groups and updates 
 statements in place (their ``prop-<n>`` ids stay): no duplicates. Live survey pages
 never show imported statements.
 
-**Analysis.** ``--instrument polis:<conversation>`` (every ``valign survey`` command
-that reads responses) builds the conversation's instrument from the database
-(`polis_instrument`). Polis participants are not a sample of a population, so the
-export weights each one equally (`group_margins`: the margins are the participants'
-own group shares; ``--margins participants``, the default for a conversation).
+**Analysis** (`valign.survey.polis_instrument`): ``--instrument polis:<conversation>``,
+for every ``valign survey`` command that reads responses and the run's ``survey``
+stage; each participant counts once (``--margins participants``).
 
 **Export.** `export_polis` writes an instrument's principle statements (its own and
 the approved proposals) and the votes on them as a Polis export. Participants are
@@ -40,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,33 +45,13 @@ from typing import TYPE_CHECKING, Any
 
 from valign.errors import ValignError
 from valign.survey.polis_files import VOTE_CODES, PolisComment, PolisConversation, PolisVote, read_polis, write_polis
+from valign.survey.polis_instrument import GROUP_ITEM, GROUP_MARGIN, POLIS_PREFIX, instrument_id, polis_source
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from valign.survey.frames import SurveyFrames
-    from valign.survey.instrument import Instrument
-    from valign.survey.margins import Margins
+__all__ = ["ImportSummary", "import_polis", "export_polis"]
 
-__all__ = [
-    "POLIS_PREFIX",
-    "GROUP_ITEM",
-    "GROUP_MARGIN",
-    "PARTICIPANT_MARGINS",
-    "ImportSummary",
-    "is_polis_instrument",
-    "polis_source",
-    "import_polis",
-    "polis_instrument",
-    "group_margins",
-    "export_polis",
-]
-
-POLIS_PREFIX = "polis:"  # --instrument polis:<conversation>; also the start of imported rows' source
-GROUP_ITEM = "polis-group"  # the demographic item holding a participant's opinion group
-GROUP_MARGIN = "opinion_group"
-PARTICIPANT_MARGINS = "participants"  # --margins value: weight each participant once (`group_margins`)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,42}$")  # "polis:" + name fits settings.key (50)
 _CODES_TO_VOTE = {code: vote for vote, code in VOTE_CODES.items()}
 
 
@@ -100,35 +77,9 @@ class ImportSummary:
         return f"{POLIS_PREFIX}{self.conversation}: {self.comments} comments ({self.moderated_out} moderated out), {self.participants} participants, {self.votes} votes, {groups}"
 
 
-def is_polis_instrument(name: str) -> bool:
-    """Whether an ``--instrument`` value names an imported Polis conversation.
-
-    Example:
-        >>> is_polis_instrument("polis:brexit-consensus"), is_polis_instrument("demo")
-        (True, False)
-    """
-    return name.startswith(POLIS_PREFIX)
-
-
-def polis_source(name: str) -> str:
-    """The ``source`` of a conversation's rows, from its name or ``polis:<name>``.
-
-    Example:
-        >>> polis_source("brexit-consensus"), polis_source("polis:brexit-consensus")
-        ('polis:brexit-consensus', 'polis:brexit-consensus')
-    """
-    bare = name.removeprefix(POLIS_PREFIX)
-    if not _NAME.fullmatch(bare):
-        raise ValignError(f"'{bare}' cannot name a Polis conversation; use 1–43 letters, digits, '.', '_' or '-' (e.g. --conversation brexit-consensus).")
-    return POLIS_PREFIX + bare
-
-
-def _instrument_id(source: str) -> str:
-    return "polis-" + source.removeprefix(POLIS_PREFIX)
-
-
 def _digest(*parts: str) -> str:
     return hashlib.sha256(":".join(parts).encode()).hexdigest()
+
 
 
 # -- import --------------------------------------------------------------------------------
@@ -186,7 +137,7 @@ def _store(s: Any, data: PolisConversation, source: str) -> ImportSummary:
         if v.at is not None:
             times[v.voter_id].append(v.at)
     participants = sorted(set(times) | set(data.groups), key=int)
-    instrument_id = _instrument_id(source)
+    inst_id = instrument_id(source)
     people = {r.external_id: r for r in s.scalars(select(Respondent).where(Respondent.source == source))}
     for pid in participants:
         r = people.pop(pid, None)
@@ -196,7 +147,7 @@ def _store(s: Any, data: PolisConversation, source: str) -> ImportSummary:
             r = Respondent(
                 public_id=f"polis-{key[:16]}",
                 resume_hash=f"imported:{key[:55]}",  # not a sha-256 hex digest: no resume token opens it
-                instrument_id=instrument_id, instrument_fingerprint=key[:16], seed=0, shown_proposals="[]",
+                instrument_id=inst_id, instrument_fingerprint=key[:16], seed=0, shown_proposals="[]",
                 source=source, external_id=pid, synthetic=False,
             )
             s.add(r)
@@ -230,67 +181,6 @@ def _store(s: Any, data: PolisConversation, source: str) -> ImportSummary:
         setting.value = meta
     counts = {g: sum(1 for x in data.groups.values() if x == g) for g in groups}
     return ImportSummary(source.removeprefix(POLIS_PREFIX), len(data.comments), len(data.comments) - len(items), len(participants), len(votes), counts)
-
-
-# -- analysis ------------------------------------------------------------------------------
-
-
-def polis_instrument(engine: "Engine", name: str) -> "Instrument":
-    """The instrument of an imported conversation: its opinion groups as the one
-    demographic question (when Polis found at least two), no questions of its own
-    (`valign.survey.quality.with_approved_proposals` adds the comments), and quality
-    checks that cannot fire on votes cast outside this survey."""
-    from sqlalchemy.orm import Session
-
-    from valign.survey.db import Setting
-    from valign.survey.instrument import Consent, DemographicQuestion, Instrument, Option, PrincipleSection, QualityConfig
-
-    source = polis_source(name)
-    with Session(engine) as s:
-        row = s.get(Setting, source)
-        imported = [k for (k,) in s.query(Setting.key).filter(Setting.key.like(POLIS_PREFIX + "%"))]
-    if row is None:
-        have = ", ".join(imported) or "none"
-        raise ValignError(f"no Polis conversation '{source}' has been imported into this database (imported: {have}); run `valign survey import-polis DIR` first.")
-    meta = json.loads(row.value)
-    groups = [str(g) for g in meta.get("groups", [])]
-    demographics = []
-    if len(groups) >= 2:
-        options = [Option(code=g, label=f"Opinion group {_letter(i)}") for i, g in enumerate(groups)]
-        demographics.append(DemographicQuestion(id=GROUP_ITEM, text="Polis opinion group", margin=GROUP_MARGIN, options=options))
-    return Instrument(
-        id=_instrument_id(source),
-        title=meta.get("topic") or source,
-        description=meta.get("description") or "",
-        notice=f"Imported from a Polis conversation ({meta.get('url') or source}).",
-        consent=Consent(text="Participants took part in a Polis conversation; their votes were imported."),
-        demographics=demographics,
-        principles=PrincipleSection(allow_proposals=False),
-        quality=QualityConfig(attention="flag", straightlining="flag", speeding="flag", social_desirability="flag", min_seconds_per_item=0),
-    )
-
-
-def _letter(i: int) -> str:
-    """Polis's group names: A, B, … (then A2, B2, … past Z)."""
-    return chr(ord("A") + i % 26) + (str(i // 26 + 1) if i >= 26 else "")
-
-
-def group_margins(frames: "SurveyFrames") -> "Margins":
-    """Margins that weight every participant equally: the opinion groups' own shares
-    (or one category holding everyone when Polis found no groups)."""
-    from valign.survey.margins import margins_from_dict
-
-    resp = frames.respondents
-    if GROUP_MARGIN in resp.columns and resp[GROUP_MARGIN].notna().any():
-        counts = resp[GROUP_MARGIN].dropna().astype(str).value_counts()
-        variables = {GROUP_MARGIN: {"categories": {str(k): float(v) for k, v in counts.items()}}}
-    else:
-        variables = {"completed": {"categories": {"True": 1.0}}}
-    return margins_from_dict({
-        "id": "polis-participants",
-        "source": {"citation": "the participants themselves: Polis participants are not a sample of a population, so each counts once"},
-        "variables": variables,
-    }, where="the Polis participants' own group shares")
 
 
 # -- export --------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def load_checked(db: str | None, instrument: "Instrument | str") -> SurveyFrames
     from valign.errors import ValignError
     from valign.survey.db import load_frames, make_engine, resolve_db_url, schema_revision
     from valign.survey.instrument import load_instrument
-    from valign.survey.polis import is_polis_instrument, polis_instrument, polis_source
+    from valign.survey.polis_instrument import is_polis_instrument, polis_instrument, polis_source
 
     engine = make_engine(resolve_db_url(db))
     try:
