@@ -106,7 +106,7 @@ def test_import_then_consensus_and_constitution(db_url, tmp_path, monkeypatch):
     folder = write_conversation(tmp_path / "town")
     code, out, err = valign_cli(["survey", "import-polis", str(folder), "--db", db_url], monkeypatch)
     assert code == 0, err
-    assert "polis:5town2030x: 6 comments (1 moderated out), 22 participants" in out and "2 opinion groups (0: 10, 1: 10)" in out
+    assert "polis:5town2030x: 6 comments (1 moderated out or meta, not analysed), 22 participants" in out and "2 opinion groups (0: 10, 1: 10)" in out
 
     source = "polis:5town2030x"
     engine = make_engine(db_url)
@@ -359,3 +359,29 @@ def test_a_run_turns_a_conversation_into_a_constitution_and_report(tmp_path):
     assert COMMENTS[0][2] in report and COMMENTS[5][2] not in report
     import_polis(url, write_conversation(tmp_path / "town"))  # the same export again: nothing to redo
     assert {o.name: o.status for o in run_pipeline(load_config(path))} == {"survey": "skipped", "report": "skipped"}
+
+
+def test_the_newer_export_layout(tmp_path):
+    """Newer exports: comments.csv without ``datetime`` but with ``is-meta`` and ``is-seed``,
+    participants-votes.csv with an ``xid`` column. Meta comments are not analysed; xids are not kept."""
+    folder = write_conversation(tmp_path / "town")
+    rows = list(csv.reader((folder / "comments.csv").open(newline="")))
+    with (folder / "comments.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["timestamp", "comment-id", "author-id", "agrees", "disagrees", "moderated", "is-meta", "is-seed", "group-informed-consensus", "comment-body"])
+        for r in rows[1:]:
+            w.writerow([r[0], r[2], r[3], r[4], r[5], r[6], "true" if r[2] == "4" else "false", "true", "0.5", r[7]])
+    rows = list(csv.reader((folder / "participants-votes.csv").open(newline="")))
+    with (folder / "participants-votes.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([rows[0][0], "xid", *rows[0][1:]])
+        w.writerows([r[0], f"person-{r[0]}@example.org", *r[1:]] for r in rows[1:])
+    url = f"sqlite:///{tmp_path / 'survey.db'}"
+    summary = import_polis(url, folder)
+    assert (summary.comments, summary.left_out, summary.groups) == (6, 2, {"0": 10, "1": 10})
+    engine = make_engine(url)
+    with Session(engine) as s:
+        meta = s.scalars(select(Proposal).where(Proposal.external_id == "4")).one()
+        assert meta.status == "rejected" and s.scalar(select(func.count()).select_from(Answer).where(Answer.item_id == meta.item_id)) == 0
+    engine.dispose()
+    assert b"example.org" not in Path(url.removeprefix("sqlite:///")).read_bytes(), "no xid is stored"

@@ -6,8 +6,8 @@
 
 * each comment a statement in ``proposals`` (``source`` = ``polis:<conversation>``,
   ``external_id`` = the comment id): accepted and unmoderated comments
-  ``approved``, moderated-out ones ``rejected`` (kept, never analysed, their votes
-  not imported);
+  ``approved``; moderated-out and meta ones ``rejected`` (kept, never analysed,
+  their votes not imported), as Polis leaves them out of its analysis;
 * each participant a respondent (same ``source``, ``external_id`` = the participant
   id, ``completed``, not ``synthetic``; no resume token can open it) of the
   instrument ``polis-<conversation>``, so no analysis of a live instrument sees them;
@@ -61,7 +61,7 @@ class ImportSummary:
 
     conversation: str
     comments: int
-    moderated_out: int
+    left_out: int  # moderated out or meta: kept as rejected statements, not analysed
     participants: int
     votes: int
     groups: dict[str, int]
@@ -71,10 +71,10 @@ class ImportSummary:
 
         Example:
             >>> ImportSummary("c", 5, 1, 20, 80, {"0": 12, "1": 8}).sentence()
-            'polis:c: 5 comments (1 moderated out), 20 participants, 80 votes, 2 opinion groups (0: 12, 1: 8)'
+            'polis:c: 5 comments (1 moderated out or meta, not analysed), 20 participants, 80 votes, 2 opinion groups (0: 12, 1: 8)'
         """
         groups = f"{len(self.groups)} opinion groups ({', '.join(f'{g}: {n}' for g, n in self.groups.items())})" if self.groups else "no opinion groups"
-        return f"{POLIS_PREFIX}{self.conversation}: {self.comments} comments ({self.moderated_out} moderated out), {self.participants} participants, {self.votes} votes, {groups}"
+        return f"{POLIS_PREFIX}{self.conversation}: {self.comments} comments ({self.left_out} moderated out or meta, not analysed), {self.participants} participants, {self.votes} votes, {groups}"
 
 
 def _digest(*parts: str) -> str:
@@ -117,7 +117,7 @@ def _store(s: Any, data: PolisConversation, source: str) -> ImportSummary:
     shown: dict[str, Proposal] = {}
     for c in data.comments:
         p = existing.pop(c.id, None)
-        status = "rejected" if c.moderated == -1 else "approved"
+        status = "approved" if c.analysed else "rejected"
         if p is None:
             p = Proposal(source=source, external_id=c.id, text=c.text, status=status, created_at=c.created_at or now)
             s.add(p)

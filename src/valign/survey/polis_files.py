@@ -4,8 +4,11 @@ Polis (pol.is) exports a conversation as a folder of CSV files; the Polis projec
 publishes many in its openData repository. valign reads and writes four of them:
 
 * ``comments.csv`` — ``timestamp, datetime, comment-id, author-id, agrees,
-  disagrees, moderated, comment-body``: one statement a row. ``moderated`` is 1
-  (accepted), 0 (not yet moderated: shown) or -1 (moderated out: hidden).
+  disagrees, moderated, comment-body`` (newer exports add ``is-meta``, ``is-seed``…):
+  one statement a row. ``moderated`` is 1 (accepted), 0 (not yet moderated: shown)
+  or -1 (moderated out: hidden); ``is-meta`` true marks a statement about the
+  participant rather than an opinion. ``agrees`` and ``disagrees`` count every vote
+  row, a changed vote twice, so they are not read.
 * ``votes.csv`` — ``timestamp, datetime, comment-id, voter-id, vote``: every vote
   cast, in the export's sign convention **1 = agree, -1 = disagree, 0 = pass**
   (in openData's brexit-consensus, "I voted to Leave" has 3 agrees and 162
@@ -65,6 +68,12 @@ class PolisComment:
     author_id: str | None = None
     moderated: int = 1
     created_at: datetime | None = None
+    is_meta: bool = False  # a statement about the participant ("I live in town"), not an opinion
+
+    @property
+    def analysed(self) -> bool:
+        """Whether the comment is an opinion to analyse: not moderated out, not meta (Polis leaves both out of its groups and consensus)."""
+        return self.moderated != -1 and not self.is_meta
 
 
 @dataclass(frozen=True)
@@ -206,7 +215,10 @@ def _read_comments(table: _Table) -> list[PolisComment]:
             raise table.error(line, "comment-body", f"comment {cid} contains a NUL character; remove it")
         author = table.integer(line, row, "author-id", blank_ok=True) if "author-id" in row else None
         moderated = table.integer(line, row, "moderated", (1, 0, -1), blank_ok=True) if "moderated" in row else None
-        out[cid] = PolisComment(cid, text, None if author is None else str(author), 0 if moderated is None else moderated, table.instant(line, row))
+        meta = row.get("is-meta", "").lower()
+        if meta not in ("", "true", "false", "1", "0"):
+            raise table.error(line, "is-meta", f"'{meta[:20]}' is not true or false")
+        out[cid] = PolisComment(cid, text, None if author is None else str(author), 0 if moderated is None else moderated, table.instant(line, row), meta in ("true", "1"))
     return list(out.values())
 
 
@@ -287,14 +299,16 @@ def _stamp(at: datetime | None) -> tuple[str, str]:
 
 def write_polis(conversation: PolisConversation, folder: str | Path) -> list[Path]:
     """Write ``conversation`` as a Polis export (the four files of the module docstring);
-    returns the paths written. Participant and comment ids are written as they are."""
+    returns the paths written. Participant and comment ids are written as they are;
+    meta comments are left out (a valign export has none)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    votes = sorted(conversation.votes, key=lambda v: (int(v.comment_id), int(v.voter_id)))
+    comments = [c for c in conversation.comments if not c.is_meta]
+    comment_ids = [c.id for c in comments]
+    votes = sorted((v for v in conversation.votes if v.comment_id in set(comment_ids)), key=lambda v: (int(v.comment_id), int(v.voter_id)))
     by_comment: dict[str, list[int]] = {}
     for v in votes:
         by_comment.setdefault(v.comment_id, []).append(v.vote)
-    comment_ids = [c.id for c in conversation.comments]
     paths = []
 
     def table(name: str, header: list[str], rows: list[list[object]]) -> None:
@@ -305,16 +319,17 @@ def write_polis(conversation: PolisConversation, folder: str | Path) -> list[Pat
             w.writerows(rows)
         paths.append(path)
 
+    # The classic openData layout (no is-meta: meta comments are never written).
     table("comments.csv", ["timestamp", "datetime", "comment-id", "author-id", "agrees", "disagrees", "moderated", "comment-body"], [
         [*_stamp(c.created_at), c.id, c.author_id or "", by_comment.get(c.id, []).count(1), by_comment.get(c.id, []).count(-1), c.moderated, _neutralise(c.text)]
-        for c in conversation.comments
+        for c in comments
     ])
     table("votes.csv", ["timestamp", "datetime", "comment-id", "voter-id", "vote"], [[*_stamp(v.at), v.comment_id, v.voter_id, v.vote] for v in votes])
     per_voter: dict[str, dict[str, int]] = {}
     for v in votes:
         per_voter.setdefault(v.voter_id, {})[v.comment_id] = v.vote
     authored: dict[str, int] = {}
-    for c in conversation.comments:
+    for c in comments:
         if c.author_id is not None:
             authored[c.author_id] = authored.get(c.author_id, 0) + 1
     participants = sorted(set(per_voter) | set(conversation.groups), key=int)
@@ -326,7 +341,7 @@ def write_polis(conversation: PolisConversation, folder: str | Path) -> list[Pat
     ])
     summary = [  # key,value lines: summary.csv has no header
         ("topic", _neutralise(conversation.topic)), ("url", conversation.url), ("voters", len(per_voter)), ("voters-in-conv", len(per_voter)),
-        ("commenters", len(authored)), ("comments", len(conversation.comments)), ("groups", len(set(conversation.groups.values()))),
+        ("commenters", len(authored)), ("comments", len(comments)), ("groups", len(set(conversation.groups.values()))),
         ("conversation-description", _neutralise(conversation.description)),
     ]
     with (folder / "summary.csv").open("w", encoding="utf-8", newline="") as f:
