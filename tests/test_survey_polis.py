@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tests.cli_helpers import valign_cli
-from tests.survey_helpers import DB_BACKENDS, Server, hidden, postgres_database
+from tests.survey_helpers import DB_BACKENDS, Server, admin_headers, hidden, postgres_database
 from valign.constitution import load_constitution
 from valign.errors import ValignError
 from valign.survey.db import Answer, Database, Proposal, Respondent, make_engine, migrate
@@ -154,11 +154,26 @@ def test_live_respondents_are_never_shown_imported_comments(tmp_path):
         first = c.get("/")
         page = c.post("/consent", data={**hidden(first.text), "decision": "agree"})
         assert page.status_code == 200
+        # Nor are they a moderator's: not listed, not counted, not moderated by hand.
+        assert c.get("/admin/api/proposals", headers=admin_headers()).json() == []
+        assert c.get("/admin/api/summary", headers=admin_headers()).json()["proposals"] == {"pending": 0, "approved": 0, "rejected": 0}
+        assert c.get("/admin/api/summary", headers=admin_headers()).json()["started"] == 1
+        imported = _first_imported_proposal(url)
+        assert c.post(f"/admin/api/proposals/{imported}", data={"status": "rejected"}, headers=admin_headers()).status_code == 404
     engine = make_engine(url)
     with Session(engine) as s:
         live = s.scalars(select(Respondent).where(Respondent.source == "live")).one()
         assert json.loads(live.shown_proposals) == [], "approved Polis comments are analysed, never asked"
     engine.dispose()
+
+
+def _first_imported_proposal(url: str) -> int:
+    engine = make_engine(url)
+    try:
+        with Session(engine) as s:
+            return s.scalar(select(func.min(Proposal.id)).where(Proposal.source != "live"))
+    finally:
+        engine.dispose()
 
 
 def test_reimport_replaces_and_never_duplicates(tmp_path):
