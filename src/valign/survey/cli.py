@@ -141,7 +141,7 @@ def data(
     typer.echo(f"wrote {rows} respondents to {out}")
 
 
-_MARGINS = typer.Option("nz-census-2023", "--margins", "-m", help="A margins YAML file, or a shipped one (nz-census-2023).")
+_MARGINS = typer.Option(None, "--margins", "-m", help="A margins YAML file or shipped name (nz-census-2023), or 'participants' (each counted once); default nz-census-2023, participants for --instrument polis:<name>.")
 _TRIM = typer.Option(None, "--trim", help="Bounds on weight / mean weight as LOW,HIGH, e.g. 0.2,5 (default: no trimming).")
 _MISSING = typer.Option("own_category", "--missing", help="A skipped raking question: own_category, impute_mode or drop.")
 _SYNTHETIC = typer.Option(False, "--synthetic/--no-synthetic", help="Count simulated respondents (for demos; off by default).")
@@ -150,7 +150,7 @@ _SYNTHETIC = typer.Option(False, "--synthetic/--no-synthetic", help="Count simul
 @survey_app.command("weight")
 def weight(
     db: Optional[str] = _DB,
-    margins: str = _MARGINS,
+    margins: Optional[str] = _MARGINS,
     instrument: str = _INSTRUMENT,
     trim: Optional[str] = _TRIM,
     missing: str = _MISSING,
@@ -158,13 +158,13 @@ def weight(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the diagnostics and every respondent's weight to this JSON file."),
 ) -> None:
     """Rake the completed respondents to population margins with svy; report design effect, ESS and ASMD."""
-    from valign.survey.margins import load_margins
+    from valign.survey.polis_instrument import margins_for
     from valign.survey.weighting import rake_frames
 
     frames = _frames(db, instrument).select(completed_only=True, synthetic=synthetic)
     if frames.respondents.empty:
         raise ValignError("no completed respondents to weight" + ("" if synthetic else " (add --synthetic to count simulated ones)") + ".")
-    result = rake_frames(frames, load_margins(margins), trim=parse_trim(trim), missing=missing)  # type: ignore[arg-type]
+    result = rake_frames(frames, margins_for(frames, instrument, margins), trim=parse_trim(trim), missing=missing)  # type: ignore[arg-type]
     typer.echo(result.report())
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,7 @@ def export(
     db: Optional[str] = _DB,
     instrument: str = _INSTRUMENT,
     fmt: str = typer.Option("valign", "--format", help="valign: the weighted export; polis: statements and votes as a Polis export (comments.csv, votes.csv, participants-votes.csv)."),
-    margins: Optional[str] = typer.Option(None, "--margins", "-m", help="A margins YAML file or shipped name, or 'participants' (each counted once); default nz-census-2023, participants for --instrument polis:<name>."),
+    margins: Optional[str] = _MARGINS,
     trim: Optional[str] = _TRIM,
     missing: str = _MISSING,
     synthetic: bool = _SYNTHETIC,

@@ -38,10 +38,9 @@ if TYPE_CHECKING:
     from valign.survey.instrument import Item
     from valign.survey.weighting import WeightingResult
 
-__all__ = ["ExportSettings", "DEFAULT_MARGINS", "export_survey", "export_artifacts", "eval_items", "scenario_pairs", "rating_rows"]
+__all__ = ["ExportSettings", "export_survey", "export_artifacts", "eval_items", "scenario_pairs", "rating_rows"]
 
 EVAL_KINDS = ("value", "principle", "scenario", "rating")
-DEFAULT_MARGINS = "nz-census-2023"  # what an instrument's respondents are raked to unless told otherwise
 
 
 @dataclass(frozen=True)
@@ -70,17 +69,16 @@ def export_survey(
 ) -> dict[str, Any]:
     """From the survey database to the export: quality flags, selection, raking, artifacts.
 
-    ``margins`` ``participants``: each respondent counts once (the opinion groups' own
-    shares, `valign.survey.polis_instrument.group_margins`); None: that for an imported Polis
-    conversation (``polis:<conversation>``), ``nz-census-2023`` for an instrument.
+    ``margins``: a margins file or shipped name, ``participants`` (each respondent
+    counts once), or None (`valign.survey.polis_instrument.margins_for`: participants
+    for an imported Polis conversation, ``nz-census-2023`` for an instrument).
 
     Example, from a survey database to a folder of artifacts::
 
         export_survey("sqlite:///survey.db", "demo", "nz-census-2023", Path("out"), synthetic=True)
         export_survey("sqlite:///survey.db", "polis:brexit-consensus", None, Path("out"))
     """
-    from valign.survey.margins import load_margins
-    from valign.survey.polis_instrument import PARTICIPANT_MARGINS, group_margins, is_polis_instrument
+    from valign.survey.polis_instrument import margins_for
     from valign.survey.quality import load_checked
     from valign.survey.weighting import apply_weights, rake_frames
 
@@ -88,11 +86,7 @@ def export_survey(
     if frames.respondents.empty:
         hint = " (all are synthetic: allow them for a demo)" if not synthetic else ""
         raise ValignError(f"the survey database has no {'completed ' if completed_only else ''}respondents to export{hint}; collect responses first.")
-    if margins == PARTICIPANT_MARGINS or (margins is None and is_polis_instrument(instrument)):
-        targets = group_margins(frames)
-    else:
-        targets = load_margins(margins or DEFAULT_MARGINS)
-    result = rake_frames(frames, targets, trim=trim, missing=missing, seed=settings.seed)  # type: ignore[arg-type]
+    result = rake_frames(frames, margins_for(frames, instrument, margins), trim=trim, missing=missing, seed=settings.seed)  # type: ignore[arg-type]
     return export_artifacts(apply_weights(frames, result), result, out_dir, settings)
 
 

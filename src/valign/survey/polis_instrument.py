@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 from valign.errors import ValignError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from sqlalchemy.engine import Engine
 
     from valign.survey.frames import SurveyFrames
@@ -40,6 +42,7 @@ __all__ = [
     "instrument_id",
     "polis_instrument",
     "group_margins",
+    "margins_for",
 ]
 
 POLIS_PREFIX = "polis:"  # --instrument polis:<conversation>; also the start of imported rows' source
@@ -138,3 +141,14 @@ def group_margins(frames: "SurveyFrames") -> "Margins":
         "source": {"citation": "the participants themselves: Polis participants are not a sample of a population, so each counts once"},
         "variables": variables,
     }, where="the Polis participants' own group shares")
+
+
+def margins_for(frames: "SurveyFrames", instrument: str, margins: "str | Path | None") -> "Margins":
+    """What ``instrument``'s respondents are raked to: ``margins`` (a file or shipped
+    name), `group_margins` for ``participants``, and by default ``participants`` for a
+    Polis conversation, ``nz-census-2023`` for an instrument."""
+    from valign.survey.margins import DEFAULT_MARGINS, load_margins
+
+    if margins == PARTICIPANT_MARGINS or (margins is None and is_polis_instrument(instrument)):
+        return group_margins(frames)
+    return load_margins(margins or DEFAULT_MARGINS)
