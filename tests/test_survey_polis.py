@@ -176,8 +176,8 @@ def _first_imported_proposal(url: str) -> int:
         engine.dispose()
 
 
-def test_reimport_replaces_and_never_duplicates(tmp_path):
-    url = f"sqlite:///{tmp_path / 'survey.db'}"
+def test_reimport_replaces_and_never_duplicates(db_url, tmp_path):
+    url = db_url
     folder = write_conversation(tmp_path / "town")
     first = import_polis(url, folder)
     engine = make_engine(url)
