@@ -204,7 +204,8 @@ def export_polis(db: str | None, instrument: str, out: str | Path, *, synthetic:
     comment_of = {item.id: str(n) for n, item in enumerate(statements)}
     a = frames.answers
     a = a[a["item_id"].isin(list(comment_of)) & a["choice"].isin(list(_CODES_TO_VOTE)) & a["respondent_id"].isin(resp.index)]
-    voters = [rid for rid in resp.index if rid in set(a["respondent_id"])]
+    voted = set(a["respondent_id"])
+    voters = [rid for rid in resp.index if rid in voted]
     voter_of = {rid: str(n) for n, rid in enumerate(voters)}
     votes = [
         PolisVote(comment_of[item], voter_of[rid], _CODES_TO_VOTE[choice], _day(at))
