@@ -14,6 +14,7 @@ re-runs; an unchanged database is skipped.
 
 Example (YAML):
     survey: {db: "sqlite:///survey.db", instrument: demo, margins: nz-census-2023, B: 200}
+    survey: {instrument: "polis:brexit-consensus", margins: participants}   # an imported Polis conversation
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class SurveyStageConfig(BaseModel):
     """Settings of the `survey` stage.
 
     ``db``: the survey database URL (default: ``$VALIGN_SURVEY_DB`` or ``sqlite:///survey.db``);
+    ``instrument``: an instrument, or ``polis:<conversation>`` imported with
+    ``valign survey import-polis`` (then ``margins: participants``: each counted once);
     ``include_synthetic``: count respondents made by ``valign survey simulate`` (the
     demo does; a real study should not); ``by``: subgroup variables of the evaluation
     set and the consensus (default: the instrument's margin variables).
@@ -98,16 +101,25 @@ class SurveyStage(Stage):
         return []
 
     def describe(self, run_config: RunConfig) -> dict[str, Any]:
-        from valign.survey.db import resolve_db_url
+        from valign.survey.db import make_engine, resolve_db_url
         from valign.survey.instrument import load_instrument
         from valign.survey.margins import load_margins
+        from valign.survey.polis_instrument import PARTICIPANT_MARGINS, is_polis_instrument, polis_instrument
 
         cfg: SurveyStageConfig = run_config.survey
         url = resolve_db_url(cfg.db)
+        if is_polis_instrument(cfg.instrument):  # an imported conversation: its statements live in the database
+            engine = make_engine(url)
+            try:
+                instrument = polis_instrument(engine, cfg.instrument).fingerprint()
+            finally:
+                engine.dispose()
+        else:
+            instrument = load_instrument(cfg.instrument).fingerprint()
         return {
             "config": cfg.model_dump(mode="json"),
-            "instrument": load_instrument(cfg.instrument).fingerprint(),
-            "margins": {name: [v.shares, v.map] for name, v in load_margins(cfg.margins).variables.items()},
+            "instrument": instrument,
+            "margins": cfg.margins if cfg.margins == PARTICIPANT_MARGINS else {name: [v.shares, v.map] for name, v in load_margins(cfg.margins).variables.items()},
             "database": survey_digest(url),
             "seed": run_config.seed,
         }
@@ -115,9 +127,17 @@ class SurveyStage(Stage):
     def preflight(self, run_config: RunConfig) -> None:
         from valign.survey.instrument import load_instrument
         from valign.survey.margins import load_margins
+        from valign.survey.polis_instrument import PARTICIPANT_MARGINS, is_polis_instrument, polis_source
 
-        load_instrument(run_config.survey.instrument)
-        load_margins(run_config.survey.margins)
+        cfg: SurveyStageConfig = run_config.survey
+        if is_polis_instrument(cfg.instrument):
+            polis_source(cfg.instrument)  # its statements are checked when the stage reads the database
+            if cfg.margins != PARTICIPANT_MARGINS:
+                raise ValignError(f"survey.instrument {cfg.instrument} is a Polis conversation, whose participants have no census demographics; set survey.margins: {PARTICIPANT_MARGINS}.")
+        else:
+            load_instrument(cfg.instrument)
+        if cfg.margins != PARTICIPANT_MARGINS:
+            load_margins(cfg.margins)
 
     def run(self, ctx: StageContext) -> None:
         from valign.survey.consensus import ConsensusSettings

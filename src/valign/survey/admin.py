@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from valign.survey.db import Database, Invitation, Proposal, load_frames, new_token, token_hash
+from valign.survey.db import LIVE_SOURCE, Database, Invitation, Proposal, load_frames, new_token, token_hash
 from valign.survey.quota_fill import quota_fill
 from valign.survey.state import BrowserSession, Problem, SurveyState
 from valign.web.database import utcnow
@@ -125,7 +125,7 @@ def admin_router(sv: SurveyState) -> APIRouter:
         f = frames()
         r = f.respondents
         with sv.db.read() as s:
-            statuses = {st: s.query(Proposal).filter(Proposal.status == st).count() for st in ("pending", "approved", "rejected")}
+            statuses = {st: s.query(Proposal).filter(Proposal.status == st, Proposal.source == LIVE_SOURCE).count() for st in ("pending", "approved", "rejected")}
             invitations = s.query(Invitation).count()
         return {
             "instrument": {"id": sv.instrument.id, "version": sv.instrument.version, "fingerprint": sv.fingerprint, "validated": sv.instrument.validated},
@@ -185,7 +185,7 @@ def admin_router(sv: SurveyState) -> APIRouter:
     def moderation(request: Request) -> Response:
         auth(request)
         with sv.db.read() as s:
-            proposals = list(s.query(Proposal).order_by(Proposal.status != "pending", Proposal.id))
+            proposals = list(s.query(Proposal).filter(Proposal.source == LIVE_SOURCE).order_by(Proposal.status != "pending", Proposal.id))
         return html(request, "admin_moderation.html", page_title="Moderation", proposals=proposals)
 
     status_field = {"type": "string", "enum": ["approved", "rejected", "pending"]}
@@ -203,7 +203,7 @@ def admin_router(sv: SurveyState) -> APIRouter:
             raise Problem(404, "No such proposal", f"There is no proposal {pid}.")
         with sv.db.write() as s:
             p = s.get(Proposal, pid)
-            if p is None:
+            if p is None or p.source != LIVE_SOURCE:  # imported (Polis) comments change only by importing again
                 raise Problem(404, "No such proposal", f"There is no proposal {pid}.")
             p.status, p.moderated_at = status, utcnow()
             return {"id": p.id, "item_id": p.item_id, "status": p.status, "text": p.text}
@@ -231,7 +231,7 @@ def admin_router(sv: SurveyState) -> APIRouter:
     def api_proposals(request: Request) -> Response:
         auth(request)
         with sv.db.read() as s:
-            rows = [{"id": p.id, "item_id": p.item_id, "status": p.status, "text": p.text, "created_at": p.created_at.isoformat()} for p in s.query(Proposal).order_by(Proposal.id)]
+            rows = [{"id": p.id, "item_id": p.item_id, "status": p.status, "text": p.text, "created_at": p.created_at.isoformat()} for p in s.query(Proposal).filter(Proposal.source == LIVE_SOURCE).order_by(Proposal.id)]
         return JSONResponse(rows)
 
     @router.post("/api/proposals/{pid}", openapi_extra=openapi_json({"status": status_field}, required=["status"]))

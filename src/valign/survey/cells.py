@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["FORMULA_STARTS", "neutralise_cell", "neutralise_table"]
+__all__ = ["FORMULA_STARTS", "neutralise_cell", "restore_cell", "neutralise_table"]
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
@@ -39,6 +39,18 @@ def neutralise_cell(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(value):
         return "'" + value
     return value
+
+
+def restore_cell(text: str) -> str:
+    """Undo `neutralise_cell` on text read back from a file valign wrote (a Polis import of
+    valign's own export): the leading quote goes only where `neutralise_cell` put it.
+
+    Example:
+        >>> restore_cell(neutralise_cell("=1+1")), restore_cell("'-3"), restore_cell("'quoted'")
+        ('=1+1', "'-3", "'quoted'")
+    """
+    rest = text[1:]
+    return rest if text.startswith("'") and neutralise_cell(rest) == text else text
 
 
 def neutralise_table(table: pd.DataFrame) -> pd.DataFrame:

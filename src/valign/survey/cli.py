@@ -9,6 +9,7 @@ Example:
     $ valign survey weight --margins nz-census-2023
     $ valign survey export --out survey-export/   # constitution, DPO/KTO rows, evaluation set
     $ valign survey data responses.sav            # the respondent-level table
+    $ valign survey import-polis openData/brexit-consensus   # a Polis conversation, analysed as polis:<id>
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def data(
     typer.echo(f"wrote {rows} respondents to {out}")
 
 
-_MARGINS = typer.Option("nz-census-2023", "--margins", "-m", help="A margins YAML file, or a shipped one (nz-census-2023).")
+_MARGINS = typer.Option(None, "--margins", "-m", help="A margins YAML file or shipped name (nz-census-2023), or 'participants' (each counted once); default nz-census-2023, participants for --instrument polis:<name>.")
 _TRIM = typer.Option(None, "--trim", help="Bounds on weight / mean weight as LOW,HIGH, e.g. 0.2,5 (default: no trimming).")
 _MISSING = typer.Option("own_category", "--missing", help="A skipped raking question: own_category, impute_mode or drop.")
 _SYNTHETIC = typer.Option(False, "--synthetic/--no-synthetic", help="Count simulated respondents (for demos; off by default).")
@@ -152,7 +153,7 @@ _SYNTHETIC = typer.Option(False, "--synthetic/--no-synthetic", help="Count simul
 @survey_app.command("weight")
 def weight(
     db: Optional[str] = _DB,
-    margins: str = _MARGINS,
+    margins: Optional[str] = _MARGINS,
     instrument: str = _INSTRUMENT,
     trim: Optional[str] = _TRIM,
     missing: str = _MISSING,
@@ -160,13 +161,13 @@ def weight(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the diagnostics and every respondent's weight to this JSON file."),
 ) -> None:
     """Rake the completed respondents to population margins with svy; report design effect, ESS and ASMD."""
-    from valign.survey.margins import load_margins
+    from valign.survey.polis_instrument import margins_for
     from valign.survey.weighting import rake_frames
 
     frames = _frames(db, instrument).select(completed_only=True, synthetic=synthetic)
     if frames.respondents.empty:
         raise ValignError("no completed respondents to weight" + ("" if synthetic else " (add --synthetic to count simulated ones)") + ".")
-    result = rake_frames(frames, load_margins(margins), trim=parse_trim(trim), missing=missing)  # type: ignore[arg-type]
+    result = rake_frames(frames, margins_for(frames, instrument, margins), trim=parse_trim(trim), missing=missing)  # type: ignore[arg-type]
     typer.echo(result.report())
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -179,7 +180,8 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for constitution.yaml, dpo.jsonl, kto.jsonl, eval_items.jsonl, consensus.csv, summary.json."),
     db: Optional[str] = _DB,
     instrument: str = _INSTRUMENT,
-    margins: str = _MARGINS,
+    fmt: str = typer.Option("valign", "--format", help="valign: the weighted export; polis: statements and votes as a Polis export (comments.csv, votes.csv, participants-votes.csv)."),
+    margins: Optional[str] = _MARGINS,
     trim: Optional[str] = _TRIM,
     missing: str = _MISSING,
     synthetic: bool = _SYNTHETIC,
@@ -188,14 +190,37 @@ def export(
     min_group_n: int = typer.Option(10, help="Leave out subgroup distributions of fewer respondents."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
 ) -> None:
-    """Weighted survey → a constitution (group-aware consensus), DPO/KTO rows and an evaluation set."""
+    """Weighted survey → a constitution (group-aware consensus), DPO/KTO rows and an evaluation set; or, with --format polis, a Polis export."""
     from valign.survey.consensus import ConsensusSettings
     from valign.survey.export import ExportSettings, export_survey
+
+    if fmt not in ("valign", "polis"):
+        raise ValignError(f"--format '{fmt}' is not one of valign, polis.")
+    if fmt == "polis":
+        from valign.survey.polis import export_polis
+
+        conv = export_polis(db, instrument, out, synthetic=synthetic)
+        typer.echo(f"{len(conv.comments)} statements, {len({v.voter_id for v in conv.votes})} participants, {len(conv.votes)} votes → {out} (Polis export)")
+        return
 
     settings = ExportSettings(B=replicates, seed=seed, min_group_n=min_group_n, consensus=ConsensusSettings(threshold=threshold))
     summary = export_survey(db, instrument, margins, out, settings, trim=parse_trim(trim), missing=missing, synthetic=synthetic)
     counts = summary["counts"]
     typer.echo(f"{summary['respondents']['weighted']} weighted respondents → {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if not isinstance(v, dict)))
+
+
+@survey_app.command("import-polis")
+def import_polis_cmd(
+    folder: Path = typer.Argument(..., help="A Polis export folder: comments.csv and votes.csv and/or participants-votes.csv (summary.csv optional)."),
+    db: Optional[str] = _DB,
+    conversation: Optional[str] = typer.Option(None, "--conversation", help="Name to import it under; default the pol.is id in summary.csv, else the folder's name."),
+) -> None:
+    """Bring a Polis conversation's comments, votes and opinion groups into the survey database (again: replaces, never duplicates)."""
+    from valign.survey.polis import import_polis
+
+    summary = import_polis(db, folder, conversation)
+    typer.echo(summary.sentence())
+    typer.echo(f"analyse it with --instrument polis:{summary.conversation}, e.g. valign survey export --instrument polis:{summary.conversation} --out export/")
 
 
 def parse_trim(text: str | None) -> tuple[float, float] | None:

@@ -16,6 +16,11 @@ Tables (created only by the Alembic migrations in ``migrations/``; see `migrate`
   between showing the page and receiving it (for the speeding check).
 * ``settings`` — key/value: the generated cookie-signing secret, the decline counter.
 
+Respondents and proposals carry a ``source``: ``live`` for people who answered this
+survey, ``polis:<conversation>`` for participants and comments imported from a Polis
+export (`valign.survey.polis`), with their id there in ``external_id``. Live pages
+show only live statements, and an instrument's frames hold only its own respondents.
+
 The feedback on a served model's answers is not the survey's: `valign.feedback` owns
 those tables and their migrations (its own Alembic chain), and may share this
 database. Engines, sessions and the migration runner come from `valign.web.database`.
@@ -27,7 +32,7 @@ Example:
     >>> engine = make_engine("sqlite:///:memory:")
     >>> migrate(engine)
     >>> schema_revision(engine)
-    '0003'
+    '0004'
     >>> load_frames(engine, load_instrument("demo")).respondents.empty
     True
 """
@@ -69,10 +74,12 @@ __all__ = [
     "new_token",
     "DEFAULT_DB_URL",
     "PROPOSAL_ITEM",
+    "LIVE_SOURCE",
 ]
 
 DEFAULT_DB_URL = "sqlite:///survey.db"
 PROPOSAL_ITEM = "proposal"  # the item id of a respondent's proposed statement in `answers`
+LIVE_SOURCE = "live"  # the ``source`` of respondents and statements of this survey (not imported)
 
 
 def new_token() -> str:
@@ -113,6 +120,7 @@ class Respondent(Base):
     """Someone who consented. ``public_id`` is the id every export and frame uses."""
 
     __tablename__ = "respondents"
+    __table_args__ = (Index("uq_respondents_source_external_id", "source", "external_id", unique=True),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     public_id: Mapped[str] = mapped_column(String(32), unique=True)
     resume_hash: Mapped[str] = mapped_column(String(64), unique=True)
@@ -127,6 +135,8 @@ class Respondent(Base):
     quota_cell: Mapped[str | None] = mapped_column(Text, nullable=True)  # that cell's label (`QuotaCell.label`)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    source: Mapped[str] = mapped_column(String(100), default=LIVE_SOURCE, server_default=LIVE_SOURCE)  # live | polis:<conversation>
+    external_id: Mapped[str | None] = mapped_column(String(100), nullable=True)  # the id in ``source`` (a Polis participant id)
 
 
 class Answer(Base):
@@ -151,12 +161,15 @@ class Proposal(Base):
     """A principle statement a respondent proposed; others see it only once approved."""
 
     __tablename__ = "proposals"
+    __table_args__ = (Index("uq_proposals_source_external_id", "source", "external_id", unique=True),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     respondent_id: Mapped[int | None] = mapped_column(ForeignKey("respondents.id", ondelete="SET NULL"), nullable=True, unique=True)
     text: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(10), default="pending", index=True)  # pending | approved | rejected
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     moderated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    source: Mapped[str] = mapped_column(String(100), default=LIVE_SOURCE, server_default=LIVE_SOURCE)  # live | polis:<conversation>
+    external_id: Mapped[str | None] = mapped_column(String(100), nullable=True)  # the id in ``source`` (a Polis comment id)
 
     @property
     def item_id(self) -> str:

@@ -59,7 +59,7 @@ class ExportSettings:
 def export_survey(
     db: str | None,
     instrument: str,
-    margins: str | Path,
+    margins: str | Path | None,
     out_dir: Path,
     settings: ExportSettings = ExportSettings(),
     *,
@@ -70,11 +70,16 @@ def export_survey(
 ) -> dict[str, Any]:
     """From the survey database to the export: quality flags, selection, raking, artifacts.
 
+    ``margins``: a margins file or shipped name, ``participants`` (each respondent
+    counts once), or None (`valign.survey.polis_instrument.margins_for`: participants
+    for an imported Polis conversation, ``nz-census-2023`` for an instrument).
+
     Example, from a survey database to a folder of artifacts::
 
         export_survey("sqlite:///survey.db", "demo", "nz-census-2023", Path("out"), synthetic=True)
+        export_survey("sqlite:///survey.db", "polis:brexit-consensus", None, Path("out"))
     """
-    from valign.survey.margins import load_margins
+    from valign.survey.polis_instrument import margins_for
     from valign.survey.quality import load_checked
     from valign.survey.weighting import apply_weights, rake_frames
 
@@ -82,7 +87,7 @@ def export_survey(
     if frames.respondents.empty:
         hint = " (all are synthetic: allow them for a demo)" if not synthetic else ""
         raise ValignError(f"the survey database has no {'completed ' if completed_only else ''}respondents to export{hint}; collect responses first.")
-    result = rake_frames(frames, load_margins(margins), trim=trim, missing=missing, seed=settings.seed)  # type: ignore[arg-type]
+    result = rake_frames(frames, margins_for(frames, instrument, margins), trim=trim, missing=missing, seed=settings.seed)  # type: ignore[arg-type]
     return export_artifacts(apply_weights(frames, result), result, out_dir, settings)
 
 

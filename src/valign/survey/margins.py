@@ -50,8 +50,9 @@ if TYPE_CHECKING:
 
     from valign.survey.frames import SurveyFrames
 
-__all__ = ["MarginVariable", "Margins", "load_margins", "shipped_margins", "SHARE_TOLERANCE"]
+__all__ = ["MarginVariable", "Margins", "load_margins", "shipped_margins", "SHARE_TOLERANCE", "DEFAULT_MARGINS"]
 
+DEFAULT_MARGINS = "nz-census-2023"  # what an instrument's respondents are raked to unless told otherwise
 SHARE_TOLERANCE = 0.01  # shares may be rounded in published tables; more than this is a typo
 _SOURCE_FIELDS = ("citation", "table", "url", "year", "universe", "notes")
 

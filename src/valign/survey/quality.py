@@ -48,31 +48,40 @@ def load_checked(db: str | None, instrument: "Instrument | str") -> SurveyFrames
     Example::
 
         frames = load_checked("sqlite:///survey.db", "demo")
+        frames = load_checked("sqlite:///survey.db", "polis:brexit-consensus")  # an imported conversation
     """
     from valign.errors import ValignError
     from valign.survey.db import load_frames, make_engine, resolve_db_url, schema_revision
     from valign.survey.instrument import load_instrument
+    from valign.survey.polis_instrument import is_polis_instrument, polis_instrument, polis_source
 
     engine = make_engine(resolve_db_url(db))
     try:
         if schema_revision(engine) is None:
             raise ValignError(f"{engine.url.render_as_string(hide_password=True)} holds no survey yet; check --db (or run `valign survey migrate`).")
-        inst = load_instrument(instrument) if isinstance(instrument, str) else instrument
-        return add_quality(load_frames(engine, with_approved_proposals(inst, engine)))
+        if isinstance(instrument, str) and is_polis_instrument(instrument):
+            inst, source = polis_instrument(engine, instrument), polis_source(instrument)
+        else:
+            inst, source = (load_instrument(instrument) if isinstance(instrument, str) else instrument), None
+        return add_quality(load_frames(engine, with_approved_proposals(inst, engine, source)))
     finally:
         engine.dispose()
 
 
-def with_approved_proposals(instrument: "Instrument", engine: Any) -> "Instrument":
+def with_approved_proposals(instrument: "Instrument", engine: Any, source: str | None = None) -> "Instrument":
     """The instrument plus the statements respondents proposed and moderators approved,
-    as principle items ``prop-<n>``, so their answers are analysed like the others'."""
+    as principle items ``prop-<n>``, so their answers are analysed like the others'.
+
+    Only statements of ``source`` count: ``live`` (this survey's) by default, or a
+    Polis conversation's imported comments (``polis:<conversation>``)."""
     from sqlalchemy.orm import Session
 
-    from valign.survey.db import Proposal
+    from valign.survey.db import LIVE_SOURCE, Proposal
     from valign.survey.instrument import PrincipleSection, PrincipleStatement
 
     with Session(engine) as s:
-        approved = [(p.item_id, p.text) for p in s.query(Proposal).filter(Proposal.status == "approved").order_by(Proposal.id)]
+        query = s.query(Proposal).filter(Proposal.status == "approved", Proposal.source == (source or LIVE_SOURCE))
+        approved = [(p.item_id, p.text) for p in query.order_by(Proposal.id)]
     if not approved:
         return instrument
     section = instrument.principles or PrincipleSection()

@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from valign.survey.db import Database, Invitation, PageEvent, Proposal, Respondent, new_token, token_hash
+from valign.survey.db import LIVE_SOURCE, Database, Invitation, PageEvent, Proposal, Respondent, new_token, token_hash
 from valign.survey.flow import Page, plan_pages
 from valign.survey.instrument import Instrument
 from valign.survey.render import Renderer
@@ -253,7 +253,8 @@ class SurveyState:
 
         token = new_token()
         with self.db.write() as s:
-            approved = [p.id for p in s.query(Proposal).filter(Proposal.status == "approved").order_by(Proposal.id)]
+            # Only this survey's statements: comments imported from Polis are analysed, never asked.
+            approved = [p.id for p in s.query(Proposal).filter(Proposal.status == "approved", Proposal.source == LIVE_SOURCE).order_by(Proposal.id)]
             invitation = None
             if sess.inv:
                 invitation = s.query(Invitation).filter(Invitation.token_hash == token_hash(sess.inv)).one_or_none()
