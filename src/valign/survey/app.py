@@ -1,6 +1,7 @@
 """The survey web app: server-rendered pages that work without JavaScript, and the admin.
 
-Respondents: ``/`` (consent) → ``/survey/1`` … ``/survey/N`` → ``/done``. Every page
+Respondents: ``/`` (consent) → ``/survey/1`` … ``/survey/N`` → ``/done``; ``/withdraw``
+deletes their response (`valign.survey.withdraw`). Every page
 is saved when it is submitted (one transaction; answers upserted per question), and
 ``/r/<token>`` — the private link shown on every page — continues at the first page
 not yet submitted, from any browser. With invitations, ``/i/<token>`` opens the survey
@@ -32,9 +33,11 @@ from typing import TYPE_CHECKING, Any
 from valign.errors import ValignError
 from valign.survey.admin import admin_router
 from valign.survey.db import PROPOSAL_ITEM, Answer, Database, Invitation, PageEvent, Proposal, Respondent, make_engine, migrate, token_hash
+from valign.survey.erasure import retention_lifespan
 from valign.survey.flow import PROPOSAL_PAGE, Page
 from valign.survey.instrument import Instrument, Item
 from valign.survey.state import BrowserSession, Problem, RespondentState, SurveySettings, SurveyState, bad_invitation, forget_respondent
+from valign.survey.withdraw import withdraw_router
 from valign.web.database import utcnow
 from valign.web.headers import SecurityHeadersMiddleware
 from valign.web.templates import stylesheet
@@ -77,7 +80,9 @@ def create_app(instrument: Instrument, db_url: str, settings: SurveySettings | N
     secret = settings.secret or db.ensure_setting("cookie_secret", lambda: secrets.token_urlsafe(48))
     survey = SurveyState(instrument, db, settings, secret)
 
-    app = FastAPI(title=f"valign survey: {instrument.title}", docs_url=None, redoc_url=None, openapi_url=None)
+    # The retention rule runs at start and hourly in every worker (a second pass finds nothing).
+    lifespan = retention_lifespan(db, settings.retention_days, on_erased=lambda _: survey.forget_plans()) if settings.retention_days else None
+    app = FastAPI(title=f"valign survey: {instrument.title}", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.survey = survey
 
     app.add_middleware(SecurityHeadersMiddleware)
@@ -102,6 +107,7 @@ def create_app(instrument: Instrument, db_url: str, settings: SurveySettings | N
         return survey.problem_page(request, Problem(404, "Page not found", "There is no page at this address. Check the link you followed."))
 
     app.include_router(_public_router(survey))
+    app.include_router(withdraw_router(survey))
     app.include_router(admin_router(survey), prefix="/admin")
     return app
 

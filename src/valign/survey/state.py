@@ -59,6 +59,8 @@ class SurveySettings:
     per client address (0 = off). ``public_url``: the address respondents use (for the
     resume link behind a proxy; default: the request's own). ``secure_cookies``: set
     the cookies' Secure flag (default: when ``public_url`` is https).
+    ``retention_days``: delete incomplete responses untouched for this many days, at
+    start and hourly (`valign.survey.erasure`; None = keep them).
 
     Example:
         >>> SurveySettings(invitations="required", admin_token=None).invitations
@@ -75,6 +77,7 @@ class SurveySettings:
     secure_cookies: bool | None = None
     migrate: bool = True
     pool_size: int = 10
+    retention_days: float | None = None
 
 
 # -- sessions ----------------------------------------------------------------------------
@@ -206,6 +209,10 @@ class SurveyState:
                 self._plans.clear()
             self._plans[key] = plan
         return plan
+
+    def forget_plans(self) -> None:
+        """Drop the cached page plans: they hold statement texts, which an erasure may have deleted."""
+        self._plans.clear()
 
     def respondent(self, s, sess: BrowserSession) -> RespondentState | None:  # noqa: ANN001
         """The session's respondent and the pages it has submitted (two small queries)."""
