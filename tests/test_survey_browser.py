@@ -194,3 +194,38 @@ def test_keyboard_only(server, page):
         pg.wait_for_url(lambda u, old=url: u != old)  # (wait_for_function would need eval, which our CSP forbids)
     assert pages == 10 and saw_focus_ring
     assert "Thank you" in pg.inner_text("h1")
+
+
+def test_withdraw_with_the_keyboard_only(server, page):
+    import httpx
+
+    from tests.survey_helpers import admin_headers
+
+    def withdrawn() -> int:
+        return httpx.get(server.url + "/admin/api/summary", headers=admin_headers()).json()["erased"]["withdrawn"]
+
+    pg = page
+    before = withdrawn()
+    pg.goto(server.url + "/")
+    pg.get_by_role("button", name="I agree to take part").click()
+    pg.wait_for_url(re.compile(r"/survey/1$"))
+    for _ in range(200):  # from the first page, Tab to the withdrawal link every page carries
+        pg.keyboard.press("Tab")
+        if pg.evaluate("document.activeElement.textContent.trim()") == "Withdraw from the survey and delete my answers":
+            break
+    pg.keyboard.press("Enter")
+    pg.wait_for_url(re.compile(r"/withdraw$"))
+    check_accessibility(pg)
+    shot(pg, "15-withdraw")
+    for _ in range(20):
+        pg.keyboard.press("Tab")
+        if pg.evaluate("document.activeElement.textContent.trim()") == "Delete my answers":
+            break
+    assert pg.evaluate("getComputedStyle(document.activeElement).outlineStyle + getComputedStyle(document.activeElement).boxShadow") != "nonenone"
+    pg.keyboard.press("Enter")
+    pg.wait_for_url(re.compile(r"/withdrawn$"))
+    assert pg.get_by_role("heading", level=1).inner_text() == "Your answers are deleted"
+    assert withdrawn() == before + 1
+    check_accessibility(pg)
+    pg.goto(server.url + "/continue")  # the browser no longer has a response: back to the consent page
+    assert pg.url.rstrip("/") == server.url and pg.get_by_role("button", name="I agree to take part").count() == 1

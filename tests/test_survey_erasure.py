@@ -60,7 +60,7 @@ def training_export(db_url: str, inst: Path, margins: Path, out: Path) -> dict:
     """`valign survey export`'s files (constitution, consensus, DPO/KTO/eval JSONL, summary), read back."""
     from valign.survey.export import ExportSettings, export_survey
 
-    export_survey(db_url, str(inst), margins, out, ExportSettings(B=10, min_group_n=1), synthetic=True)
+    export_survey(db_url, str(inst), margins, out, ExportSettings(B=2, min_group_n=1), synthetic=True)
     jsonl = {name: [json.loads(line) for line in (out / name).read_text(encoding="utf-8").splitlines()] for name in ("dpo.jsonl", "kto.jsonl", "eval_items.jsonl")}
     return {"text": "".join(p.read_text(encoding="utf-8") for p in sorted(out.iterdir())), "summary": json.loads((out / "summary.json").read_text()), **jsonl}
 
@@ -70,6 +70,10 @@ def training_export(db_url: str, inst: Path, margins: Path, out: Path) -> dict:
 
 def test_a_withdrawal_deletes_every_row_and_leaves_every_export(db_url, tmp_path):
     from valign.survey.simulate import load_population, run_simulation
+
+    # The training export reads the tables through the same queries on both databases,
+    # so it runs on SQLite only (it costs seconds); everything else runs on both.
+    train = db_url.startswith("sqlite")
 
     # httpx answers at once and picks every first option: only flag that, so every respondent is weighted
     inst = instrument_file(tmp_path, min_seconds_per_item=0, attention="flag", straightlining="flag")
@@ -91,8 +95,8 @@ def test_a_withdrawal_deletes_every_row_and_leaves_every_export(db_url, tmp_path
         prop = next(p for p in httpx.get(s.url + "/admin/api/proposals", headers=admin_headers()).json() if p["text"] == MARKER)
         assert httpx.post(f"{s.url}/admin/api/proposals/{prop['id']}", json={"status": "approved"}, headers=admin_headers()).status_code == 200
         pop = load_population("demo").model_copy(update={"profiles": {"clean": 1.0}, "propose": 0.0, "seconds_per_item": 0.0, "skip_demographic": 0.0})
-        sim = run_simulation(s.url, 24, instrument=str(inst), population=pop, admin_token=ADMIN_TOKEN, concurrency=8)
-        assert sim.errors == [] and sim.completed == 24
+        sim = run_simulation(s.url, 16, instrument=str(inst), population=pop, admin_token=ADMIN_TOKEN, concurrency=8)
+        assert sim.errors == [] and sim.completed == 16
 
         engine = make_engine(db_url)
         with Database(engine).read() as q:
@@ -101,11 +105,12 @@ def test_a_withdrawal_deletes_every_row_and_leaves_every_export(db_url, tmp_path
             votes = q.scalar(select(text("count(*)")).select_from(Answer).where(Answer.item_id == prop["item_id"]))
             events = q.scalar(select(text("count(*)")).select_from(PageEvent).where(PageEvent.respondent_id == pk))
             resume_hash = q.scalar(select(Respondent.resume_hash).where(Respondent.id == pk))
-        assert mine > 20 and votes >= 20 and events == 10
+        assert mine > 20 and votes >= 15 and events == 10
         before = exports(s.url, tmp_path)
         assert rid in set(before["csv"]["respondent_id"].astype(str)) and prop["item_id"] in before["csv"].columns
-        trained = training_export(db_url, inst, margins, tmp_path / "before")
-        assert MARKER in trained["text"] and any(i["id"] == prop["item_id"] for i in trained["eval_items.jsonl"])
+        if train:
+            trained = training_export(db_url, inst, margins, tmp_path / "before")
+            assert MARKER in trained["text"] and any(i["id"] == prop["item_id"] for i in trained["eval_items.jsonl"])
 
         # Another browser, with only the private link: the confirmation page, then the form.
         b = httpx.Client(base_url=s.url, follow_redirects=True, timeout=30)
@@ -141,17 +146,19 @@ def test_a_withdrawal_deletes_every_row_and_leaves_every_export(db_url, tmp_path
         assert json.loads(entry.row_counts) == {"answers": mine, "page_events": events, "proposals": 1, PROPOSAL_VOTES: votes, "respondents": 1}
         assert rid not in entry.row_counts and abs((utcnow() - entry.erased_at).total_seconds()) < 120
         counts = summary(s.url)
-        assert counts["erased"] == {"withdrawn": 1, "admin": 0, "retention": 0} and counts["started"] == 24
+        assert counts["erased"] == {"withdrawn": 1, "admin": 0, "retention": 0} and counts["started"] == 16
         assert "Withdrawn by the respondent</th><td>1" in httpx.get(s.url + "/admin/", headers=admin_headers()).text
 
         # Gone from every export: the admin's CSV, JSON and SPSS files ...
         after = exports(s.url, tmp_path)
         for fmt in ("csv", "json", "sav"):
-            assert len(after[fmt]) == len(before[fmt]) - 1 == 24
+            assert len(after[fmt]) == len(before[fmt]) - 1 == 16
             assert rid not in set(after[fmt]["respondent_id"].astype(str))
             assert not any(c.startswith(prop["item_id"].replace("-", "_")) or c == prop["item_id"] for c in after[fmt].columns)
         assert rid.encode() not in after["raw"] and MARKER.encode() not in after["raw"]
         # ... and the training export: constitution, consensus, DPO/KTO/evaluation JSONL, summary.
+        if not train:
+            return
         retrained = training_export(db_url, inst, margins, tmp_path / "after")
         assert MARKER not in retrained["text"] and rid not in retrained["text"]
         assert not any(i["id"] == prop["item_id"] for i in retrained["eval_items.jsonl"])
