@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from valign.survey.erasure import Erasure, erase_respondents
-from valign.survey.state import SurveyState, forget_respondent
+from valign.survey.state import BrowserSession, SurveyState, forget_respondent
 
 # Route signatures are resolved at run time by FastAPI, so these are real imports.
 from fastapi import Request
@@ -59,16 +59,19 @@ def withdraw_router(sv: SurveyState) -> APIRouter:
         form = dict(await request.form())
         sess = sv.session(request)
         sv.check_post(request, sess, form)
+        return await run_in_threadpool(withdraw_now, request, sess, form.get("confirm") == CONFIRM)
+
+    def withdraw_now(request: Request, sess: BrowserSession, confirmed: bool) -> Response:
         with sv.db.read() as s:
             r = sv.respondent(s, sess)
-        if r is None:
+        if r is None:  # e.g. the form sent twice: the first one deleted it
             return sv.html(request, forget_respondent(sess), "withdraw.html", page_title=TITLE, respondent_id=None)
-        if form.get("confirm") != CONFIRM:
+        if not confirmed:
             return sv.html(
                 request, sess, "withdraw.html", page_title=TITLE, respondent_id=r.public_id, confirm=CONFIRM,
                 error="Choose “Delete my answers” to withdraw, or go back to the survey to keep them",
             )
-        erased(await run_in_threadpool(erase_respondents, sv.db, [r.id], "withdrawn"))
+        erased(erase_respondents(sv.db, [r.id], "withdrawn"))
         return sv.redirect(request, forget_respondent(sess), "/withdrawn")
 
     @router.get("/withdrawn")
