@@ -328,3 +328,27 @@ def test_erasing_a_respondent_with_an_invitation_and_a_pending_proposal_in_proce
     with pytest.raises(ValignError, match="not one of withdrawn, admin, retention"):
         erase_respondents(db, [1], "because")  # type: ignore[arg-type]
     engine.dispose()
+
+
+def test_the_survey_stage_re_exports_after_an_erasure(tmp_path):
+    """The stage's database digest (its cache key) changes with every erasure, even when
+    new responses bring the counts back; a database before the erasure log still reads."""
+    from valign.stages.survey import survey_digest
+
+    url = f"sqlite:///{tmp_path / 'stage.db'}"
+    engine = make_engine(url)
+    migrate(engine, "0002")
+    assert "erasures" not in survey_digest(url)  # not yet migrated: read as it is
+    migrate(engine)
+    db = Database(engine)
+    with db.write() as s:
+        _respondent(s, "a", days_ago=1, completed=True)
+    first = survey_digest(url)
+    assert "erasures" not in first  # nothing erased: the digest (and a run's cache) stays as it was
+    erase_respondent(db, "a", "withdrawn")
+    with db.write() as s:  # someone new, with the same counts
+        _respondent(s, "b", days_ago=1, completed=True)
+    second = survey_digest(url)
+    assert {k: v for k, v in second.items() if k not in ("erasures", "latest")} == {k: v for k, v in first.items() if k != "latest"}
+    assert second["erasures"] == 1 and second != first
+    engine.dispose()
