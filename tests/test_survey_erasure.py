@@ -134,6 +134,10 @@ def test_a_withdrawal_deletes_every_row_and_leaves_every_export(db_url, tmp_path
         everything = dump(db_url)
         for trace in (rid, resume_hash, MARKER, prop["item_id"]):
             assert trace not in everything
+        if db_url.startswith("sqlite"):  # ... nor from the files' bytes (free pages, the WAL)
+            path = Path(db_url.removeprefix("sqlite:///"))
+            files = list(path.parent.glob(path.name + "*"))
+            assert len(files) >= 2 and not any(t.encode() in f.read_bytes() for f in files for t in (MARKER, rid, resume_hash))
         with Database(engine).read() as q:
             assert q.scalar(select(text("count(*)")).select_from(Answer).where(Answer.respondent_id == pk)) == 0
             assert q.scalar(select(text("count(*)")).select_from(PageEvent).where(PageEvent.respondent_id == pk)) == 0

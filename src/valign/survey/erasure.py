@@ -15,6 +15,11 @@ answer. That log is the only trace: the counts of withdrawals the admin pages sh
 come from it. Exports, weighting and analysis read the tables, so erased data is gone
 from them at once (earlier export files are the researcher's to delete).
 
+On SQLite the bytes go too: connections run with ``secure_delete`` (deleted content is
+overwritten with zeros) and each erasure ends with a WAL checkpoint, so the database
+files no longer hold the erased text. PostgreSQL keeps dead rows until VACUUM reuses
+their space (autovacuum does); backups of either keep what they hold.
+
 Example:
     >>> from valign.survey.db import Database, Respondent, make_engine, migrate
     >>> engine = make_engine("sqlite:///:memory:"); migrate(engine); db = Database(engine)
@@ -139,12 +144,22 @@ def _unshow(s: Session, gone: set[int]) -> None:
             s.execute(update(Respondent).where(Respondent.id == rid).values(shown_proposals=json.dumps(keep)))
 
 
+def _scrub(db: Database) -> None:
+    """SQLite: copy the zeroed pages from the WAL into the database file now, and empty the
+    WAL, instead of at the next automatic checkpoint (best effort: a reader can delay it)."""
+    if db.engine.dialect.name == "sqlite":
+        with db.engine.connect() as c:
+            c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
 def erase_respondents(db: Database, pks: list[int], reason: ErasureReason) -> Erasure:
     """Erase respondents by primary key, in one transaction with its log row."""
     if reason not in REASONS:
         raise ValignError(f"erasure reason '{reason}' is not one of {', '.join(REASONS)}.")
     with db.write() as s:
-        return _erase(s, list(pks), reason)
+        done = _erase(s, list(pks), reason)
+    _scrub(db)
+    return done
 
 
 def erase_respondent(db: Database, public_id: str, reason: ErasureReason = "admin") -> Erasure | None:
@@ -153,7 +168,9 @@ def erase_respondent(db: Database, public_id: str, reason: ErasureReason = "admi
         pk = s.scalar(select(Respondent.id).where(Respondent.public_id == public_id))
         if pk is None:
             return None
-        return _erase(s, [pk], reason)
+        done = _erase(s, [pk], reason)
+    _scrub(db)
+    return done
 
 
 def purge_incomplete(db: Database, retention_days: float, *, now: datetime | None = None) -> Erasure:
@@ -178,6 +195,8 @@ def purge_incomplete(db: Database, retention_days: float, *, now: datetime | Non
             done = _erase(s, pks, "retention")
         total = total.merged(done)
         if len(pks) < PURGE_BATCH:
+            if total.respondents:
+                _scrub(db)
             return total
 
 
