@@ -115,6 +115,10 @@ def _respondent_tables() -> list[tuple[Table, Column]]:
 
 def _erase(s: Session, pks: list[int], reason: ErasureReason) -> Erasure:
     """Delete the respondents with these primary keys and everything tied to them; log it."""
+    # Lock the respondent rows first (PostgreSQL; SQLite's write transaction holds the whole
+    # database): a page being saved for them finishes before this reads their rows, or
+    # fails after it — so nothing is added after the count, nor cascaded uncounted.
+    pks = list(s.scalars(select(Respondent.id).where(Respondent.id.in_(pks)).with_for_update())) if pks else []
     if not pks:
         return Erasure(reason)
     rows: dict[str, int] = {}
