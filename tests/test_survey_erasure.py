@@ -357,3 +357,36 @@ def test_the_survey_stage_re_exports_after_an_erasure(tmp_path):
     assert {k: v for k, v in second.items() if k not in ("erasures", "latest")} == {k: v for k, v in first.items() if k != "latest"}
     assert second["erasures"] == 1 and second != first
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_page_saved_while_the_respondent_is_erased_is_counted_and_deleted_too():
+    """PostgreSQL: a save in flight (its transaction open) when the erasure starts. The
+    erasure waits for it, then deletes and counts its rows too — none is left, none
+    vanishes by cascade without a count."""
+    import threading
+
+    from sqlalchemy.orm import Session
+
+    with postgres_database() as url:
+        engine = make_engine(url)
+        migrate(engine)
+        db = Database(engine)
+        with db.write() as s:
+            _respondent(s, "racer", days_ago=0)
+        saving = Session(engine)  # a page save, mid-transaction
+        pk = saving.scalar(select(Respondent.id).where(Respondent.public_id == "racer"))
+        saving.add(Answer(respondent_id=pk, item_id="sex", kind="demographic", choice="female"))
+        saving.flush()
+        result = {}
+        eraser = threading.Thread(target=lambda: result.update(done=erase_respondent(db, "racer", "withdrawn")))
+        eraser.start()
+        eraser.join(1.0)
+        assert eraser.is_alive(), "the erasure waits for the save in flight"
+        saving.commit()
+        saving.close()
+        eraser.join(10)
+        assert result["done"].rows == {"answers": 2, "page_events": 1, "respondents": 1}
+        with db.read() as s:
+            assert s.scalar(select(text("count(*)")).select_from(Answer)) == 0
+        engine.dispose()
