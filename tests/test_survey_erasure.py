@@ -390,3 +390,36 @@ def test_a_page_saved_while_the_respondent_is_erased_is_counted_and_deleted_too(
         with db.read() as s:
             assert s.scalar(select(text("count(*)")).select_from(Answer)) == 0
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_page_submitted_as_its_respondent_is_erased_goes_back_to_the_start():
+    """PostgreSQL, over HTTP: the page's save waits on the erasure's lock, then finds its
+    respondent gone — the browser is sent to the start, not shown a server error."""
+    import threading
+
+    from sqlalchemy.orm import Session
+
+    with postgres_database() as url, Server(url, "demo", "--rate-limit-ip", "0") as s:
+        p = Person(s.url)
+        p.consent()
+        rid = p.c.get("/withdraw").text.split('class="code">')[1].split("<")[0]
+        engine = make_engine(url)
+        eraser = Session(engine)  # an erasure in progress: the respondent row locked, as `_erase` locks it
+        pk = eraser.scalar(select(Respondent.id).where(Respondent.public_id == rid).with_for_update())
+        result = {}
+        form = p.answers()
+        page = threading.Thread(target=lambda: result.update(r=p.c.post("/survey/1", data=form, follow_redirects=False)))
+        page.start()
+        page.join(1.0)
+        assert page.is_alive(), "the save waits for the erasure"
+        eraser.execute(text("DELETE FROM page_events WHERE respondent_id = :pk"), {"pk": pk})
+        eraser.execute(text("DELETE FROM answers WHERE respondent_id = :pk"), {"pk": pk})
+        eraser.execute(text("DELETE FROM respondents WHERE id = :pk"), {"pk": pk})
+        eraser.commit()
+        eraser.close()
+        page.join(20)
+        assert result["r"].status_code == 303 and result["r"].headers["location"] == "/"
+        with Session(engine) as q:
+            assert q.scalar(select(text("count(*)")).select_from(Answer)) == 0
+        engine.dispose()

@@ -360,6 +360,20 @@ def _missing_message(item: Item) -> str:
 
 def _submit(sv: SurveyState, request: "Request", sess: BrowserSession, n: int, form: dict[str, Any]) -> "Response":
     """Check and save one page in one transaction: a page is stored whole or not at all."""
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        return _save_page(sv, request, sess, n, form)
+    except IntegrityError:
+        # On PostgreSQL a page saved while its respondent is being erased (withdrawn) waits
+        # for the erasure, then finds its respondent gone: there is nothing to save it to.
+        with sv.db.read() as s:
+            if sv.respondent(s, sess) is not None:
+                raise
+        return sv.redirect(request, forget_respondent(sess), "/")
+
+
+def _save_page(sv: SurveyState, request: "Request", sess: BrowserSession, n: int, form: dict[str, Any]) -> "Response":
     errors: dict[str, str] = {}
     with sv.db.write() as s:
         r, plan, redirect = _locate(sv, request, sess, s, n)
