@@ -141,11 +141,14 @@ def _erase(s: Session, pks: list[int], reason: ErasureReason) -> Erasure:
 
 def _unshow(s: Session, gone: set[int]) -> None:
     """Take erased statements out of the lists frozen at other respondents' consent."""
+    changed = []
     for rid, shown in s.execute(select(Respondent.id, Respondent.shown_proposals).where(Respondent.shown_proposals != "[]")).all():
         ids = json.loads(shown or "[]")
         keep = [i for i in ids if i not in gone]
         if len(keep) != len(ids):
-            s.execute(update(Respondent).where(Respondent.id == rid).values(shown_proposals=json.dumps(keep)))
+            changed.append({"id": rid, "shown_proposals": json.dumps(keep)})
+    if changed:  # one statement for them all (an UPDATE by primary key, executed with many rows)
+        s.execute(update(Respondent), changed)
 
 
 def _scrub(db: Database) -> None:
