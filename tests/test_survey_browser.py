@@ -221,3 +221,38 @@ def test_a_full_quota_cell_ends_with_the_closing_page(tmp_path, page):
         pg.go_back()  # the browser's back button does not reopen the survey
         pg.reload()
         assert pg.url.endswith("/screened")
+
+
+def test_withdraw_with_the_keyboard_only(server, page):
+    import httpx
+
+    from tests.survey_helpers import admin_headers
+
+    def withdrawn() -> int:
+        return httpx.get(server.url + "/admin/api/summary", headers=admin_headers()).json()["erased"]["withdrawn"]
+
+    pg = page
+    before = withdrawn()
+    pg.goto(server.url + "/")
+    pg.get_by_role("button", name="I agree to take part").click()
+    pg.wait_for_url(re.compile(r"/survey/1$"))
+    for _ in range(200):  # from the first page, Tab to the withdrawal link every page carries
+        pg.keyboard.press("Tab")
+        if pg.evaluate("document.activeElement.textContent.trim()") == "Withdraw from the survey and delete my answers":
+            break
+    pg.keyboard.press("Enter")
+    pg.wait_for_url(re.compile(r"/withdraw$"))
+    check_accessibility(pg)
+    shot(pg, "15-withdraw")
+    for _ in range(20):
+        pg.keyboard.press("Tab")
+        if pg.evaluate("document.activeElement.textContent.trim()") == "Delete my answers":
+            break
+    assert pg.evaluate("getComputedStyle(document.activeElement).outlineStyle + getComputedStyle(document.activeElement).boxShadow") != "nonenone"
+    pg.keyboard.press("Enter")
+    pg.wait_for_url(re.compile(r"/withdrawn$"))
+    assert pg.get_by_role("heading", level=1).inner_text() == "Your answers are deleted"
+    assert withdrawn() == before + 1
+    check_accessibility(pg)
+    pg.goto(server.url + "/continue")  # the browser no longer has a response: back to the consent page
+    assert pg.url.rstrip("/") == server.url and pg.get_by_role("button", name="I agree to take part").count() == 1

@@ -8,9 +8,9 @@ rakes the respondents to census margins and writes the export
 ``dpo.rows: survey``, ``kto.rows: survey`` — and `survey_sft` and the fidelity
 evaluation read its ``eval_items.jsonl``. Rows: one per evaluation item.
 
-The stage's fingerprint includes a digest of the database (respondents, answers and
-the latest answer time), so new responses make a new export and everything after it
-re-runs; an unchanged database is skipped.
+The stage's fingerprint includes a digest of the database (respondents, answers, the
+latest answer time and the erasures so far), so new responses — or a withdrawal — make
+a new export and everything after it re-runs; an unchanged database is skipped.
 
 Example (YAML):
     survey: {db: "sqlite:///survey.db", instrument: demo, margins: nz-census-2023, B: 200}
@@ -63,13 +63,16 @@ class SurveyStageConfig(BaseModel):
 
 def survey_digest(db_url: str) -> dict[str, Any]:
     """What the export depends on in the database: response counts, the latest answer
-    time, and every proposal's moderation state (an approval withdrawn must re-export).
+    time, every proposal's moderation state (an approval withdrawn must re-export), and
+    the erasures (a withdrawn respondent must leave the export even if someone new
+    brought the counts back to where they were).
     Read-only: a missing database is an error, never created here."""
     import hashlib
 
     from sqlalchemy import case, func, select
 
-    from valign.survey.db import Answer, Proposal, Respondent, make_engine
+    from valign.survey.db import Answer, ErasureLog, Proposal, Respondent, make_engine
+    from valign.web.database import has_tables
 
     if db_url.startswith("sqlite:///") and not Path(db_url.removeprefix("sqlite:///")).exists():
         raise ValignError(f"the survey database {db_url} does not exist; collect responses first (valign survey serve / simulate) or fix survey.db.")
@@ -79,6 +82,8 @@ def survey_digest(db_url: str) -> dict[str, Any]:
             respondents = c.execute(select(func.count(Respondent.id), func.sum(case((Respondent.completed, 1), else_=0)))).one()
             answers = c.execute(select(func.count(Answer.id), func.max(Answer.answered_at))).one()
             moderation = c.execute(select(Proposal.id, Proposal.status, Proposal.moderated_at).order_by(Proposal.id)).all()
+            # a database not yet migrated to the erasure log (revision 0003) has erased nothing
+            erasures = c.execute(select(func.max(ErasureLog.id))).scalar() if has_tables(engine, ErasureLog.__tablename__) else None
     except Exception as e:  # an un-migrated database, or an unreachable server
         raise ValignError(f"cannot read the survey database {db_url} ({type(e).__name__}: {str(e).splitlines()[0][:120]}); check the URL, or run `valign survey migrate --db {db_url}`.") from None
     finally:
@@ -89,6 +94,8 @@ def survey_digest(db_url: str) -> dict[str, Any]:
         "answers": answers[0],
         "latest": str(answers[1]),
         "proposals": hashlib.sha256(repr([tuple(map(str, r)) for r in moderation]).encode()).hexdigest(),
+        # only once something was erased, so that databases with no erasure keep their digest (and their runs' cache)
+        **({"erasures": erasures} if erasures else {}),
     }
 
 

@@ -1,4 +1,6 @@
-"""Admin pages and API under ``/admin/``: counts, quality flags, moderation, invitations, exports.
+"""Admin pages and API under ``/admin/``: counts, quality flags, moderation, invitations,
+exports, and erasing a respondent by id (``POST /admin/api/respondents/<id>/erase``, or
+the dashboard's form; `valign.survey.erasure`).
 
 Every route needs ``Authorization: Bearer <VALIGN_ADMIN_TOKEN>`` or the signed,
 HttpOnly admin cookie that ``/admin/login`` sets after checking the token (8 hours).
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from valign.survey.db import LIVE_SOURCE, Database, Invitation, Proposal, load_frames, new_token, token_hash
 from valign.survey.quota_fill import quota_fill
+from valign.survey.erasure import Erasure, erase_respondent, erasure_counts
 from valign.survey.state import BrowserSession, Problem, SurveyState
 from valign.web.database import utcnow
 from valign.web.bodies import openapi_form, openapi_json, read_form, read_json_object
@@ -53,6 +56,7 @@ def whole_number(value: object) -> int | None:
     if isinstance(value, str) and value.strip().isdecimal() and len(value.strip()) < 10:
         return int(value.strip())
     return None
+MAX_RESPONDENT_ID = 32  # characters of ``respondents.public_id``
 
 
 def create_invitations(db: Database, n: int, synthetic: bool = False) -> list[str]:
@@ -139,6 +143,7 @@ def admin_router(sv: SurveyState) -> APIRouter:
             "flags": flag_counts(f),
             "proposals": statuses,
             "quotas": quota_fill(sv.db, sv.instrument),
+            "erased": erasure_counts(sv.db),
         }
 
     def html(request: Request, template: str, **ctx: Any) -> Response:
@@ -251,6 +256,32 @@ def admin_router(sv: SurveyState) -> APIRouter:
         tokens = await run_in_threadpool(create_invitations, sv.db, n, synthetic)
         base = sv.public_base(request)
         return JSONResponse({"tokens": tokens, "urls": [f"{base}/i/{t}" for t in tokens], "synthetic": synthetic})
+
+    # -- erasure --------------------------------------------------------------------------
+
+    def erase(rid: str) -> Erasure:
+        rid = rid.strip()
+        if not rid or len(rid) > MAX_RESPONDENT_ID or not rid.isascii() or not rid.replace("-", "").replace("_", "").isalnum():
+            raise Problem(422, "Bad request", "A respondent id is the response number shown on the respondent's thank-you page and in the exports' respondent_id column, e.g. 3f9a0c1d2b4e5f60.")
+        done = erase_respondent(sv.db, rid, "admin")
+        if done is None:
+            raise Problem(404, "No such respondent", f"There is no respondent {rid}: check the number (it may have been erased already).")
+        if done.proposals:
+            sv.forget_plans()
+        return done
+
+    @router.post("/api/respondents/{rid}/erase")
+    async def api_erase(request: Request, rid: str) -> Response:
+        await auth_post(request)
+        done = await run_in_threadpool(erase, rid)
+        return JSONResponse({"respondent_id": rid.strip(), "reason": done.reason, "rows": done.rows})
+
+    @router.post("/erase", openapi_extra=openapi_form({"csrf": {"type": "string"}, "respondent_id": {"type": "string"}}, required=["csrf", "respondent_id"]))
+    async def erase_form(request: Request) -> Response:
+        form, sess = await auth_post(request)
+        rid = str(form.get("respondent_id", ""))
+        done = await run_in_threadpool(erase, rid)
+        return sv.html(request, sess, "admin_erased.html", page_title="Respondent erased", respondent_id=rid.strip(), rows=done.rows)
 
     # -- exports -------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Respondents: ``/`` (consent) → ``/survey/1`` … ``/survey/N`` → ``/done``, or
 ``/screened``, the closing page of a respondent in a full quota cell
-(`valign.survey.quota_fill`). Every page
+(`valign.survey.quota_fill`); ``/withdraw`` deletes their response
+(`valign.survey.withdraw`). Every page
 is saved when it is submitted (one transaction; answers upserted per question), and
 ``/r/<token>`` — the private link shown on every page — continues at the first page
 not yet submitted, from any browser. With invitations, ``/i/<token>`` opens the survey
@@ -40,10 +41,12 @@ from typing import TYPE_CHECKING, Any
 from valign.errors import ValignError
 from valign.survey.admin import admin_router
 from valign.survey.db import PROPOSAL_ITEM, Answer, Database, Invitation, PageEvent, Proposal, Respondent, make_engine, migrate, token_hash
+from valign.survey.erasure import retention_lifespan
 from valign.survey.flow import PROPOSAL_PAGE, Page
 from valign.survey.instrument import Instrument, Item
 from valign.survey.quota_fill import screen_if_full
 from valign.survey.state import BrowserSession, Problem, RespondentState, SurveySettings, SurveyState, bad_invitation, forget_respondent
+from valign.survey.withdraw import withdraw_router
 from valign.web.database import utcnow
 from valign.web.bodies import openapi_form
 from valign.web.headers import SecurityHeadersMiddleware
@@ -90,7 +93,9 @@ def create_app(instrument: Instrument, db_url: str, settings: SurveySettings | N
     secret = settings.secret or db.ensure_setting("cookie_secret", lambda: secrets.token_urlsafe(48))
     survey = SurveyState(instrument, db, settings, secret)
 
-    app = FastAPI(title=f"valign survey: {instrument.title}", docs_url=None, redoc_url=None, openapi_url=None)
+    # The retention rule runs at start and hourly in every worker (a second pass finds nothing).
+    lifespan = retention_lifespan(db, settings.retention_days, on_erased=lambda _: survey.forget_plans()) if settings.retention_days else None
+    app = FastAPI(title=f"valign survey: {instrument.title}", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.survey = survey
 
     # Added first, so it runs inside the headers middleware: its own 413s get the headers too.
@@ -116,6 +121,7 @@ def create_app(instrument: Instrument, db_url: str, settings: SurveySettings | N
         return survey.problem_page(request, malformed_parameter(exc.errors()))
 
     app.include_router(_public_router(survey))
+    app.include_router(withdraw_router(survey))
     app.include_router(admin_router(survey), prefix="/admin")
     return app
 
@@ -403,6 +409,20 @@ def _missing_message(item: Item) -> str:
 
 def _submit(sv: SurveyState, request: "Request", sess: BrowserSession, n: int, form: dict[str, Any]) -> "Response":
     """Check and save one page in one transaction: a page is stored whole or not at all."""
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        return _save_page(sv, request, sess, n, form)
+    except IntegrityError:
+        # On PostgreSQL a page saved while its respondent is being erased (withdrawn) waits
+        # for the erasure, then finds its respondent gone: there is nothing to save it to.
+        with sv.db.read() as s:
+            if sv.respondent(s, sess) is not None:
+                raise
+        return sv.redirect(request, forget_respondent(sess), "/")
+
+
+def _save_page(sv: SurveyState, request: "Request", sess: BrowserSession, n: int, form: dict[str, Any]) -> "Response":
     errors: dict[str, str] = {}
     with sv.db.write() as s:
         r, plan, redirect = _locate(sv, request, sess, s, n)

@@ -1,4 +1,4 @@
-"""``valign survey …``: serve the survey, migrate its database, invite, simulate, export, flag.
+"""``valign survey …``: serve the survey, migrate its database, invite, simulate, export, flag, erase.
 
 Heavy imports (FastAPI, SQLAlchemy, pandas) happen inside the commands, so
 ``valign --help`` stays instant.
@@ -10,6 +10,8 @@ Example:
     $ valign survey export --out survey-export/   # constitution, DPO/KTO rows, evaluation set
     $ valign survey data responses.sav            # the respondent-level table
     $ valign survey import-polis openData/brexit-consensus   # a Polis conversation, analysed as polis:<id>
+    $ valign survey erase 3f9a0c1d2b4e5f60        # delete one respondent's response
+    $ valign survey purge --retention-days 30     # delete incomplete responses untouched for 30 days
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ def serve(
     rate_limit_ip: int = typer.Option(600, help="Form submissions per minute per client address, kept in memory only (0 = off)."),
     public_url: Optional[str] = typer.Option(None, help="The address respondents use, e.g. https://survey.example.org (for resume links behind a proxy)."),
     max_body_bytes: int = typer.Option(64 * 1024, min=1024, help="Largest request body accepted; larger ones get 413 before they are read (a page's form is a few KiB)."),
+    retention_days: Optional[int] = typer.Option(None, "--retention-days", min=1, help="Delete incomplete responses untouched for this many days, at start and hourly (default: keep them)."),
 ) -> None:
     """Serve the survey. Admin pages need VALIGN_ADMIN_TOKEN; cookies are signed with VALIGN_SURVEY_SECRET or a generated key kept in the database."""
     import uvicorn
@@ -84,7 +87,7 @@ def serve(
     inst = load_instrument(instrument)
     url = resolve_db_url(db)
     migrate(make_engine(url))  # once, before any worker starts
-    settings = dict(invitations=invitations, rate_limit_session=rate_limit_session, rate_limit_ip=rate_limit_ip, public_url=public_url, max_body_bytes=max_body_bytes, migrate=False)
+    settings = dict(invitations=invitations, rate_limit_session=rate_limit_session, rate_limit_ip=rate_limit_ip, public_url=public_url, max_body_bytes=max_body_bytes, migrate=False, retention_days=retention_days)
     if not os.environ.get("VALIGN_ADMIN_TOKEN"):
         typer.echo("note: VALIGN_ADMIN_TOKEN is not set, so the admin pages are disabled.", err=True)
     typer.echo(f"survey '{inst.id}' on http://{host}:{port}/ ({make_engine(url).url.render_as_string(hide_password=True)})", err=True)
@@ -120,6 +123,39 @@ def invite(
         typer.echo(f"wrote {n} invitation links to {out}", err=True)
     else:
         typer.echo("\n".join(links))
+
+
+@survey_app.command("erase")
+def erase(
+    respondent_id: str = typer.Argument(..., help="The response number (the exports' respondent_id, shown on the thank-you page)."),
+    db: Optional[str] = _DB,
+) -> None:
+    """Delete one respondent and every row tied to them; the erasure log keeps only the counts."""
+    from valign.survey.db import Database, make_engine, migrate, resolve_db_url
+    from valign.survey.erasure import erase_respondent
+
+    engine = make_engine(resolve_db_url(db))
+    migrate(engine)
+    done = erase_respondent(Database(engine), respondent_id.strip(), "admin")
+    if done is None:
+        raise ValignError(f"there is no respondent '{respondent_id}' in {engine.url.render_as_string(hide_password=True)}; check the number (the exports' respondent_id column lists them) and --db.")
+    typer.echo(f"erased respondent {respondent_id.strip()}: " + ", ".join(f"{k} {v}" for k, v in sorted(done.rows.items())))
+
+
+@survey_app.command("purge")
+def purge(
+    retention_days: int = typer.Option(..., "--retention-days", min=1, help="Delete incomplete responses untouched for this many days."),
+    db: Optional[str] = _DB,
+) -> None:
+    """Delete incomplete responses nobody touched for N days (what `serve --retention-days` does hourly); completed ones stay."""
+    from valign.survey.db import Database, make_engine, migrate, resolve_db_url
+    from valign.survey.erasure import purge_incomplete
+
+    engine = make_engine(resolve_db_url(db))
+    migrate(engine)
+    done = purge_incomplete(Database(engine), retention_days)
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(done.rows.items()) if k != "respondents")
+    typer.echo(f"deleted {done.respondents} incomplete responses untouched for {retention_days} days" + (f" ({detail})" if detail else ""))
 
 
 def _frames(db: Optional[str], instrument: str):

@@ -15,6 +15,9 @@ Tables (created only by the Alembic migrations in ``migrations/``; see `migrate`
 * ``page_events`` — one per page submission, with the server-measured seconds
   between showing the page and receiving it (for the speeding check).
 * ``settings`` — key/value: the generated cookie-signing secret, the decline counter.
+* ``erasure_log`` — one row per erasure (`valign.survey.erasure`): when, why
+  (withdrawn, admin, retention) and how many rows of which table went; never whose,
+  nor anything they answered.
 
 Respondents and proposals carry a ``source``: ``live`` for people who answered this
 survey, ``polis:<conversation>`` for participants and comments imported from a Polis
@@ -32,7 +35,7 @@ Example:
     >>> engine = make_engine("sqlite:///:memory:")
     >>> migrate(engine)
     >>> schema_revision(engine)
-    '0004'
+    '0005'
     >>> load_frames(engine, load_instrument("demo")).respondents.empty
     True
 """
@@ -64,9 +67,11 @@ __all__ = [
     "Proposal",
     "PageEvent",
     "Setting",
+    "ErasureLog",
     "make_engine",
     "migrate",
     "schema_revision",
+    "head_revision",
     "resolve_db_url",
     "Database",
     "load_frames",
@@ -196,6 +201,22 @@ class Setting(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+class ErasureLog(Base):
+    """One erasure: respondents deleted for one reason at one time, and the rows it took.
+
+    Deliberately without the respondents' ids: the log proves that erasures happened and
+    what they removed, but does not list who took part (an id that outlived its answers
+    would still say that someone with it answered).
+    """
+
+    __tablename__ = "erasure_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    reason: Mapped[str] = mapped_column(String(20), index=True)  # withdrawn | admin | retention
+    respondents: Mapped[int] = mapped_column(Integer)
+    row_counts: Mapped[str] = mapped_column(Text, default="{}")  # JSON {table: rows deleted}
+
+
 # -- migrations ----------------------------------------------------------------------------
 
 # `make_engine` (from `valign.web.database`) is part of this module's interface: callers
@@ -219,6 +240,19 @@ def schema_revision(engine: Engine) -> str | None:
         True
     """
     return migration_revision(engine)
+
+
+def head_revision() -> str:
+    """The newest revision the shipped migrations bring a database to.
+
+    Example:
+        >>> engine = make_engine("sqlite:///:memory:"); migrate(engine)
+        >>> schema_revision(engine) == head_revision()
+        True
+    """
+    from alembic.script import ScriptDirectory
+
+    return str(ScriptDirectory(str(resources.files("valign.survey") / "migrations")).get_current_head())
 
 
 # -- the data access the app needs ----------------------------------------------------------

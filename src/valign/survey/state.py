@@ -62,6 +62,8 @@ class SurveySettings:
     the cookies' Secure flag (default: when ``public_url`` is https).
     ``max_body_bytes``: the largest request body accepted (larger ones get 413 unread;
     a survey page's form is a few KiB).
+    ``retention_days``: delete incomplete responses untouched for this many days, at
+    start and hourly (`valign.survey.erasure`; None = keep them).
 
     Example:
         >>> SurveySettings(invitations="required", admin_token=None).invitations
@@ -79,6 +81,7 @@ class SurveySettings:
     migrate: bool = True
     pool_size: int = 10
     max_body_bytes: int = 64 * 1024
+    retention_days: float | None = None
 
 
 # -- sessions ----------------------------------------------------------------------------
@@ -224,6 +227,10 @@ class SurveyState:
                 self._plans.clear()
             self._plans[key] = plan
         return plan
+
+    def forget_plans(self) -> None:
+        """Drop the cached page plans: they hold statement texts, which an erasure may have deleted."""
+        self._plans.clear()
 
     def respondent(self, s, sess: BrowserSession) -> RespondentState | None:  # noqa: ANN001
         """The session's respondent and the pages it has submitted (two small queries)."""

@@ -98,6 +98,7 @@ and tests).
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not left in free pages (erasure)
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
