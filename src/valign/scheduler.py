@@ -28,13 +28,13 @@ from typing import Any, Iterator
 
 from valign.errors import ValignError
 from valign.models.base import BaseChatModel, ChatModel, GenRequest, conv_key, sample_seed
+from valign.serve_limits import DEFAULT_LIMITS
 from valign.types import Completion, Conversation, GenConfig
 
-__all__ = ["Batcher", "Job", "Cancelled", "ContinuingView", "BATCH_WINDOW", "MAX_BATCH_JOBS", "MAX_BATCHES"]
+__all__ = ["Batcher", "Job", "Cancelled", "ContinuingView", "BATCH_WINDOW", "MAX_BATCH_JOBS"]
 
 BATCH_WINDOW = 0.005  # seconds an idle worker waits for more requests before a batch starts
 MAX_BATCH_JOBS = 256  # requests taken into one batch; the engine splits them by its token budget
-MAX_BATCHES = 4  # batches decoded side by side
 
 
 class Cancelled(ValignError):
@@ -96,7 +96,7 @@ class Batcher:
     """
 
     def __init__(
-        self, model: ChatModel, *, window: float = BATCH_WINDOW, max_jobs: int = MAX_BATCH_JOBS, max_batches: int = MAX_BATCHES
+        self, model: ChatModel, *, window: float = BATCH_WINDOW, max_jobs: int = MAX_BATCH_JOBS, max_batches: int = DEFAULT_LIMITS.max_batches
     ) -> None:
         self.model = model
         self.window = window

@@ -249,7 +249,10 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return _error_response(APIError(exc.status_code, str(exc.detail), type=kind))
+        detail = str(exc.detail)
+        if detail == "There was an error parsing the body":  # FastAPI's words for a body that is not UTF-8 JSON
+            detail = "the request body is not valid UTF-8 JSON; send a JSON object with 'model' and 'messages'."
+        return _error_response(APIError(exc.status_code, detail if detail.endswith(".") else detail + ".", type=kind))
 
     guard = [Depends(_bearer_check(api_key))] if api_key else []
     app.state.feedback = feedback
@@ -496,7 +499,9 @@ def _validation_error(errors: Any) -> APIError:
         return APIError(400, "the request body is not valid JSON; send a JSON object with 'model' and 'messages'.")
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
-    msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ").rstrip(".") + "."
+    if param is None and first.get("type") == "model_attributes_type":
+        msg = "the request body must be a JSON object with 'model' and 'messages'."
     return APIError(400, f"{param}: {msg}" if param else msg, param=param)
 
 

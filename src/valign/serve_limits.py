@@ -5,7 +5,8 @@ before a request is queued: ``max_tokens`` and ``n`` per request, prompt plus an
 within the model's context, how many requests wait or run at once (``max_queue``) and
 how many of them one client may have (``max_per_client``). Together with
 ``max_batches`` (batches decoded side by side) they bound the server's memory; see
-`ServeLimits.kv_tokens`.
+`ServeLimits.kv_tokens`: for the embedded model (23,040 bytes of keys and values per
+token in bf16) the defaults hold at most 4 × 16,384 tokens, 1.5 GB, beside the model.
 
 Example:
     >>> limits = ServeLimits(max_tokens=1024, max_n=4)
@@ -43,7 +44,7 @@ class ServeLimits:
     max_n: int = 8  # choices per request; above it → 400
     max_queue: int = 64  # requests waiting or running; one more → 503
     max_per_client: int = 8  # of those, from one client address; one more → 429
-    max_batches: int = 4  # batches decoded side by side (one step each in turn)
+    max_batches: int = 3  # batches decoded side by side (one step each in turn)
     max_body_bytes: int = 1 << 20  # a request body above it → 413, before it is parsed
     shutdown_seconds: float = 10.0  # SIGTERM → every request answered and the process gone within this
 
@@ -68,18 +69,19 @@ class ServeLimits:
             "context_length_exceeded",
         )
 
-    def kv_tokens(self, context: int, token_budget: int) -> int:
+    def kv_tokens(self, token_budget: int) -> int:
         """The most token positions the server holds keys and values for at once.
 
-        Every accepted request is at most ``max_n`` choices of at most ``context``
-        tokens, and at most ``max_queue`` are accepted; the engine decodes at most
-        ``max_batches`` batches, each within its ``token_budget``.
+        Each running batch reserves at most its engine's ``token_budget`` (slots ×
+        their longest prompt + answer), at most ``max_batches`` run, and one more
+        budget's worth is in use while a new batch's prompts are prefilled. How many
+        requests wait (``max_queue``) adds only their prompts' text.
 
         Example:
-            >>> ServeLimits().kv_tokens(context=8192, token_budget=16384)
+            >>> ServeLimits().kv_tokens(token_budget=16384)
             65536
         """
-        return min(self.max_queue * self.max_n * context, self.max_batches * token_budget)
+        return (self.max_batches + 1) * token_budget
 
 
 DEFAULT_LIMITS = ServeLimits()
