@@ -259,7 +259,7 @@ def serve(
     if api_key_env is not None:
         api_key = os.environ.get(api_key_env, "").strip()
         if not api_key:
-            raise typer.BadParameter(f"the environment variable {api_key_env} is unset or empty; export the API key in it first.", param_hint="--api-key-env")
+            raise ValignError(f"--api-key-env: the environment variable {api_key_env} is unset or empty; export the API key in it first.")
     limits = ServeLimits(max_tokens=max_tokens, max_n=max_n, max_queue=max_queue, max_per_client=max_per_client,
                          max_batches=max_batches, max_body_bytes=max_body_bytes, shutdown_seconds=shutdown_seconds)
     serve_model(model, host=host, port=port, feedback_db=feedback_db, limits=limits, api_key=api_key, access_log_addresses=access_log_addresses)
