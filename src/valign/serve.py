@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 __all__ = ["create_app", "serve", "serve_in_background", "ChatCompletionRequest", "FeedbackIn", "APIError", "Batcher", "clean_text"]
 
 DEFAULT_MAX_TOKENS = 512  # when a request names none (and its prompt leaves room); OpenAI's is "up to the context"
-FEEDBACK_PER_MINUTE = 60  # POST /v1/feedback per client address, on average (bursts of up to 20)
 DISCONNECT_POLL = 0.1  # seconds between checks whether a waiting request's client is still there
 
 
@@ -258,7 +257,7 @@ def create_app(
     app.state.feedback = feedback
     app.include_router(_chat_router(name, batcher, app.state.created, app.state.in_flight, limits, feedback), dependencies=guard)
     if feedback is not None:
-        app.include_router(_feedback_router(feedback), dependencies=guard)
+        app.include_router(_feedback_router(feedback, limits.feedback_per_minute), dependencies=guard)
     if chat_page and not api_key:
         from valign.chat import chat_page_router
 
@@ -357,7 +356,7 @@ class FeedbackIn(BaseModel):
     correction: CleanText | None = None
 
 
-def _feedback_router(store: "FeedbackStore") -> "APIRouter":
+def _feedback_router(store: "FeedbackStore", per_minute: int) -> "APIRouter":
     """``POST /v1/feedback`` and ``GET /v1/feedback`` (counts only: no content leaves)."""
     from fastapi import APIRouter
 
@@ -367,7 +366,7 @@ def _feedback_router(store: "FeedbackStore") -> "APIRouter":
     router = APIRouter(prefix="/v1")
     # Feedback becomes training data: bound how fast one client can write it (addresses
     # stay in this process's memory only).
-    limiter = RateLimiter(per_minute=FEEDBACK_PER_MINUTE, burst=20)
+    limiter = RateLimiter(per_minute=per_minute, burst=20)
 
     @router.post("/feedback")
     async def post_feedback(body: FeedbackIn, request: _Request) -> dict[str, Any]:

@@ -46,6 +46,7 @@ class ServeLimits:
     max_per_client: int = 8  # of those, from one client address; one more → 429
     max_batches: int = 3  # batches decoded side by side (one step each in turn)
     max_body_bytes: int = 1 << 20  # a request body above it → 413, before it is parsed
+    feedback_per_minute: int = 60  # POST /v1/feedback per client address, on average (bursts of 20); 0: no limit
     shutdown_seconds: float = 10.0  # SIGTERM → every request answered and the process gone within this
 
     def check_request(self, *, max_tokens: int, n: int) -> Refusal | None:
