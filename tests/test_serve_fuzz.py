@@ -52,7 +52,7 @@ ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=40)
 
 
 @given(text=ANY_TEXT)
-@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_any_text_in_a_message_or_correction_gets_an_answer_or_a_400(text, base_url):
     def post(path: str, body: dict) -> httpx.Response:
         raw = json.dumps(body, ensure_ascii=True).encode()
