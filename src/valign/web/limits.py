@@ -1,86 +1,94 @@
-"""`BodyLimitMiddleware`: a request body above a stated size is refused with 413 before
-anything parses it.
+"""`BodyLimitMiddleware`: request bodies beyond a stated size are refused before anything parses them.
 
-A declared ``Content-Length`` above the limit is refused at once; a chunked body is
-counted as it arrives and refused as soon as it passes the limit, so no handler ever
-reads more than ``max_body_bytes``.
+A request whose ``Content-Length`` names more than ``max_body_bytes`` is answered 413 at
+once, its body unread. A body sent without a length (chunked) is counted as it streams
+in: the read that crosses the limit raises `BodyTooLarge` (a Starlette
+``HTTPException`` with status 413), so the app answers with its own error page while
+the parser holds at most one limit's worth; should the app not catch it, the
+middleware answers 413 itself. Every 413 closes the connection (``Connection: close``),
+so the server does not keep receiving the rest.
 
 Example:
-    >>> BodyLimitMiddleware(app=None, max_body_bytes=1024).max_body_bytes
-    1024
+    >>> from starlette.applications import Starlette
+    >>> app = BodyLimitMiddleware(Starlette(), max_body_bytes=64 * 1024)
+    >>> app.max_body_bytes
+    65536
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from starlette.exceptions import HTTPException
 
 __all__ = ["BodyLimitMiddleware", "BodyTooLarge"]
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
 
 class BodyTooLarge(HTTPException):
-    """Raised from ``receive`` once a streamed body passes the limit: an HTTPException, so
-    the app's own handler answers it (413) even where a framework wraps body errors."""
+    """A request body over the limit (413), with the sentence that says so.
 
-    def __init__(self, message: str) -> None:
-        super().__init__(status_code=413, detail=message)
+    Example:
+        >>> e = BodyTooLarge(1024); e.status_code, e.detail
+        (413, 'The request body is larger than this server accepts (at most 1024 bytes); send less.')
+    """
+
+    def __init__(self, max_body_bytes: int) -> None:
+        super().__init__(413, f"The request body is larger than this server accepts (at most {max_body_bytes} bytes); send less.", {"Connection": "close"})
 
 
 class BodyLimitMiddleware:
-    """ASGI middleware: HTTP bodies of more than ``max_body_bytes`` get 413 and one sentence."""
+    """Refuses HTTP request bodies over ``max_body_bytes``: by ``Content-Length`` before
+    the app runs, and by counting streamed chunks while the app reads them.
+
+    Use: ``app.add_middleware(BodyLimitMiddleware, max_body_bytes=64 * 1024)``, or wrap an
+    ASGI app directly, as the example above does.
+    """
 
     def __init__(self, app: Any, max_body_bytes: int) -> None:
+        if max_body_bytes < 0:
+            raise ValueError("max_body_bytes must be 0 or more")
         self.app = app
         self.max_body_bytes = max_body_bytes
 
-    def _sentence(self) -> str:
-        return f"the request body is larger than this server's limit of {self.max_body_bytes:,} bytes; send a smaller one."
-
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"error": {"message": self._sentence(), "type": "invalid_request_error", "param": None, "code": "body_too_large"}}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        try:
-            too_big = declared is not None and int(declared) > self.max_body_bytes
-        except ValueError:
-            too_big = False  # the server itself refuses a malformed Content-Length
-        if too_big:
-            await self._refuse(send)
-            return
-        seen = 0
+            return await self.app(scope, receive, send)
+        lengths = {v.strip() for k, v in scope.get("headers", []) if k.lower() == b"content-length"}
+        if lengths:
+            if len(lengths) > 1 or not all(v.isdigit() for v in lengths):
+                return await _refuse(send, 400, "The Content-Length header is not one whole number of bytes; send the body's length once.")
+            if int(lengths.pop()) > self.max_body_bytes:
+                return await _refuse(send, 413, BodyTooLarge(self.max_body_bytes).detail)
+
+        received = 0
         started = False
 
-        async def counted_receive() -> Message:
-            nonlocal seen
+        async def counting_receive() -> dict[str, Any]:
+            nonlocal received
             message = await receive()
             if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body_bytes:
-                    raise BodyTooLarge(self._sentence())
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge(self.max_body_bytes)
             return message
 
-        async def tracked_send(message: Message) -> None:
+        async def noting_send(message: dict[str, Any]) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         try:
-            await self.app(scope, counted_receive, tracked_send)
-        except BodyTooLarge:
-            if not started:
-                await self._refuse(send)
+            await self.app(scope, counting_receive, noting_send)
+        except BodyTooLarge as exc:
+            if started:  # too late for another answer: let the server drop the connection
+                raise
+            await _refuse(send, 413, exc.detail)
+
+
+async def _refuse(send: Any, status: int, sentence: str) -> None:
+    """A plain-text answer of one sentence, closing the connection."""
+    body = (sentence + "\n").encode()
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
