@@ -318,7 +318,7 @@ def _admit(
         if prompt is not None and context is not None:
             if asked_tokens is None and prompt < context:
                 cfg = cfg.model_copy(update={"max_new_tokens": min(cfg.max_new_tokens, context - prompt)})
-            refusal = limits.check_context(prompt_tokens=prompt, max_tokens=cfg.max_new_tokens, context=context)
+            refusal = limits.check_context(prompt_tokens=prompt, max_tokens=cfg.max_new_tokens, context=context, asked=asked_tokens is not None)
     if refusal is None:
         refusal = in_flight.enter(client)
     if refusal is not None:

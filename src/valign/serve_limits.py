@@ -58,10 +58,14 @@ class ServeLimits:
         return None
 
     @staticmethod
-    def check_context(*, prompt_tokens: int, max_tokens: int, context: int | None) -> Refusal | None:
-        """The refusal for a prompt whose answer would not fit the model's context, or None."""
+    def check_context(*, prompt_tokens: int, max_tokens: int, context: int | None, asked: bool = True) -> Refusal | None:
+        """The refusal for a prompt whose answer would not fit the model's context, or None
+        (``asked``: the client named ``max_tokens``; else only the prompt is at fault)."""
         if context is None or prompt_tokens + max_tokens <= context:
             return None
+        if not asked:
+            return Refusal(400, f"the messages are {prompt_tokens:,} tokens, which leaves no room for an answer in this model's context of "
+                                f"{context:,} tokens; shorten the messages.", "messages", "context_length_exceeded")
         return Refusal(
             400,
             f"the messages are {prompt_tokens:,} tokens and max_tokens is {max_tokens:,}, but this model's context holds "
