@@ -24,6 +24,7 @@ import secrets
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
+from valign.serve_limits import RefusedError
 from valign.types import Completion, Conversation, GenConfig
 
 if TYPE_CHECKING:
@@ -34,7 +35,8 @@ if TYPE_CHECKING:
 __all__ = ["chat_page_router", "Submit", "MAX_MESSAGE_CHARS", "MAX_TURNS"]
 
 # What answers a conversation: queue it with these settings, get its completions later
-# (`valign.serve.Batcher.submit`, so the chat page shares the server's batches).
+# (`valign.scheduler.Batcher.submit` behind the server's limits, so the chat page shares
+# its batches; it raises `RefusedError` for what the limits refuse).
 Submit = Callable[[Conversation, GenConfig], concurrent.futures.Future[list[Completion]]]
 
 MAX_MESSAGE_CHARS = 4000
@@ -115,6 +117,8 @@ def chat_page_router(
             return accepted
         sid, past = accepted
         text = message.strip()
+        if "\x00" in text:
+            return page(sid, past, status=400, error="Your message contains a NUL character; remove it and send again.", draft=text.replace("\x00", ""))
         if not text or len(text) > MAX_MESSAGE_CHARS:
             problem = "Write a message first." if not text else f"Your message is {len(text)} characters; shorten it to at most {MAX_MESSAGE_CHARS}."
             return page(sid, past, status=400, error=problem, draft=message[:MAX_MESSAGE_CHARS])
@@ -127,6 +131,8 @@ def chat_page_router(
             conv = conv[2:]
         try:
             comps = await asyncio.wrap_future(submit(conv, gen))
+        except RefusedError as e:  # too long for the model's context, or the server is full
+            return page(sid, past, status=e.refusal.status, error=_page_sentence(e.refusal.message), draft=text)
         except Exception as e:  # the model failed (e.g. the conversation outgrew its context): say so, keep the page
             return page(sid, past, status=500, error=f"The model could not answer ({type(e).__name__}); start a new conversation or try a shorter message.", draft=text)
         answer = comps[0].text
@@ -148,6 +154,9 @@ def chat_page_router(
             return page(sid, past, status=404, error="This server does not collect feedback.")
         if not address_limiter.allow(client_address(request)):
             return page(sid, past, status=429, error="Too much feedback from this address; wait a minute and send again.")
+        if "\x00" in correction or "\x00" in completion_id:
+            return page(sid, past, status=400, error="The correction contains a NUL character; remove it and send again.",
+                        completion_id=completion_id.replace("\x00", ""), correction=correction.replace("\x00", ""))
         try:
             await asyncio.to_thread(feedback.rate, f"{completion_id}:0", rating, correction)
         except FeedbackError as e:
@@ -156,3 +165,7 @@ def chat_page_router(
 
     return router
 
+
+def _page_sentence(message: str) -> str:
+    """An API sentence as the page shows it: capitalised."""
+    return message[:1].upper() + message[1:]

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from valign.errors import ValignError
+from valign.serve_limits import DEFAULT_LIMITS  # light: the stdlib only
 
 app = typer.Typer(help="Align a chat model to explicit human values and measure whether it worked.", no_args_is_help=True)
 models_app = typer.Typer(help="Prepare and try models.", no_args_is_help=True)
@@ -238,11 +239,30 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     port: int = typer.Option(8000, help="Port."),
     feedback_db: Optional[str] = typer.Option(None, "--feedback-db", help="Record answers and take 👍/👎 + corrections (POST /v1/feedback, /chat) in this database, e.g. sqlite:///feedback.db."),
+    max_tokens: int = typer.Option(DEFAULT_LIMITS.max_tokens, "--max-tokens", min=1, help="Most tokens one choice may ask for (more → 400)."),
+    max_n: int = typer.Option(DEFAULT_LIMITS.max_n, "--max-n", min=1, help="Most choices (n) one request may ask for (more → 400)."),
+    max_queue: int = typer.Option(DEFAULT_LIMITS.max_queue, "--max-queue", min=1, help="Requests waiting or running at once (one more → 503)."),
+    max_per_client: int = typer.Option(DEFAULT_LIMITS.max_per_client, "--max-per-client", min=1, help="Of those, from one client address (one more → 429)."),
+    max_batches: int = typer.Option(DEFAULT_LIMITS.max_batches, "--max-batches", min=1, help="Batches decoded side by side, a step each in turn."),
+    max_body_bytes: int = typer.Option(DEFAULT_LIMITS.max_body_bytes, "--max-body-bytes", min=1024, help="Largest request body (more → 413, before parsing)."),
+    shutdown_seconds: float = typer.Option(DEFAULT_LIMITS.shutdown_seconds, "--shutdown-seconds", min=1.0, help="On SIGTERM, open requests get 503 and the server is gone within this."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Name of an environment variable holding an API key: every /v1 route then needs 'Authorization: Bearer <key>' (and /chat is off)."),
+    access_log_addresses: bool = typer.Option(False, "--access-log-addresses", help="Write client addresses into the access log (by default it keeps none)."),
 ) -> None:
     """Serve a model as an OpenAI-compatible /v1/chat/completions (with logprobs), plus a chat page at /chat."""
-    from valign.serve import serve as serve_model
+    import os
 
-    serve_model(model, host=host, port=port, feedback_db=feedback_db)
+    from valign.serve import serve as serve_model
+    from valign.serve_limits import ServeLimits
+
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env, "").strip()
+        if not api_key:
+            raise ValignError(f"--api-key-env: the environment variable {api_key_env} is unset or empty; export the API key in it first.")
+    limits = ServeLimits(max_tokens=max_tokens, max_n=max_n, max_queue=max_queue, max_per_client=max_per_client,
+                         max_batches=max_batches, max_body_bytes=max_body_bytes, shutdown_seconds=shutdown_seconds)
+    serve_model(model, host=host, port=port, feedback_db=feedback_db, limits=limits, api_key=api_key, access_log_addresses=access_log_addresses)
 
 
 @bench_app.command("generate")

@@ -2,10 +2,8 @@
 
 Any OpenAI client (the official ``openai`` package, valign's own ``openai:`` backend,
 curl) can talk to it. Request handlers never touch the model: they queue their work
-and a single worker thread drains the queue, running every waiting request with the
-same sampling settings through one batched model call. That is both the only safe
-way to share a model that is not thread-safe and the fast way on a CPU, where a
-batch of 8 costs little more than one request.
+for one worker thread (`valign.scheduler.Batcher`), which batches requests that share
+sampling settings into one model call.
 
 Besides OpenAI's fields, a request may carry vLLM's ``continue_final_message`` (the
 last message is a partial assistant answer to continue) and ``add_generation_prompt``;
@@ -16,25 +14,36 @@ recorded under ``<completion id>:<choice index>`` and people can rate it at
 ``POST /v1/feedback`` — ``{"completion_id": "chatcmpl-…", "choice": 0, "rating": "up" |
 "down", "correction": "…"}`` — or on the chat page at ``/chat`` (plain HTML forms,
 no JavaScript), for continual learning (`valign.feedback`).
+
+One client cannot take the server (`valign.serve_limits`): ``max_tokens``, ``n``, the
+prompt against the model's context, requests in flight (all and per client) and body
+size are limited, each refusal one sentence; the scheduler (`valign.scheduler`)
+advances every running batch a step at a time, so a short request answers while a long
+one runs; a request whose client disconnected is dropped at its next step; SIGTERM
+answers every open request with 503 and stops within ``shutdown_seconds``. With an API
+key (``--api-key-env VAR``) every ``/v1`` route needs ``Authorization: Bearer <key>``
+(and the chat page, which cannot send one, is not served). The access log keeps no
+client address unless ``--access-log-addresses`` asks for uvicorn's own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import queue
+import json
+import logging
 import threading
 import time
 import uuid
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Iterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from starlette.requests import Request as _Request  # resolved by FastAPI from this module's globals
 
 from valign.errors import ValignError
-from valign.models.base import BaseChatModel, ChatModel, GenRequest, conv_key, sample_seed
+from valign.models.base import ChatModel
+from valign.scheduler import Batcher, Cancelled, ContinuingView, Job
+from valign.serve_limits import DEFAULT_LIMITS, InFlight, Refusal, RefusedError, ServeLimits
 from valign.types import Completion, Conversation, GenConfig
 
 if TYPE_CHECKING:
@@ -42,13 +51,36 @@ if TYPE_CHECKING:
 
     from valign.feedback import FeedbackStore
 
-DEFAULT_MAX_TOKENS = 512  # OpenAI's default is "up to the context"; a CPU model needs a bound
-BATCH_WINDOW = 0.005  # seconds the worker waits for more requests before a batch starts
-MAX_BATCH_JOBS = 256  # requests taken per batch; the model splits them further by its token budget
-FEEDBACK_PER_MINUTE = 60  # POST /v1/feedback per client address, on average (bursts of up to 20)
+__all__ = ["create_app", "serve", "serve_in_background", "ChatCompletionRequest", "FeedbackIn", "APIError", "Batcher", "clean_text"]
+
+DEFAULT_MAX_TOKENS = 512  # when a request names none (and its prompt leaves room); OpenAI's is "up to the context"
+DISCONNECT_POLL = 0.1  # seconds between checks whether a waiting request's client is still there
 
 
 # -- the request -----------------------------------------------------------------------
+
+
+def clean_text(value: str) -> str:
+    r"""Text a model, a database and a JSON answer can all take: no NUL, no lone surrogate.
+
+    Example:
+        >>> clean_text("Hi")
+        'Hi'
+        >>> clean_text("\ud800")
+        Traceback (most recent call last):
+        ...
+        ValueError: contains a lone surrogate (U+D800), which is not Unicode text; send valid UTF-8
+    """
+    if "\x00" in value:
+        raise ValueError("contains a NUL character (\\u0000); remove it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"contains a lone surrogate (U+{ord(value[e.start]):04X}), which is not Unicode text; send valid UTF-8") from None
+    return value
+
+
+CleanText = Annotated[str, AfterValidator(clean_text)]
 
 
 class ChatMessageIn(BaseModel):
@@ -57,7 +89,7 @@ class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str
+    content: CleanText
 
     @field_validator("content", mode="before")
     @classmethod
@@ -81,14 +113,14 @@ class ChatCompletionRequest(BaseModel):
     # Clients send many optional fields (user, metadata, …) that change nothing here.
     model_config = ConfigDict(extra="ignore")
 
-    model: str
-    messages: list[ChatMessageIn] = Field(min_length=1)
+    model: CleanText = Field(max_length=300)
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=1000)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int | None = Field(None, ge=1, le=32768)
     max_completion_tokens: int | None = Field(None, ge=1, le=32768)
     n: int = Field(1, ge=1, le=128)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)  # OpenAI's: a 64-bit integer
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     stream: bool = False
@@ -117,13 +149,18 @@ class ChatCompletionRequest(BaseModel):
     def conversation(self) -> Conversation:
         return [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in self.messages]  # type: ignore[misc]
 
-    def gen_config(self) -> GenConfig:
+    @property
+    def asked_tokens(self) -> int | None:
+        """The answer length the client asked for, if any."""
+        return self.max_completion_tokens or self.max_tokens
+
+    def gen_config(self, max_new_tokens: int | None = None) -> GenConfig:
         # The model is asked for at least one alternative so the chosen token's own
         # logprob comes back even when top_logprobs is 0.
         return GenConfig(
             temperature=self.temperature,
             top_p=self.top_p,
-            max_new_tokens=self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS,
+            max_new_tokens=max_new_tokens or self.asked_tokens or DEFAULT_MAX_TOKENS,
             seed=self.seed,
             n=self.n,
             logprobs=max(self.top_logprobs or 0, 1) if self.logprobs else 0,
@@ -148,211 +185,40 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
-# -- the batching worker ---------------------------------------------------------------
-
-
-@dataclass
-class _Job:
-    conv: Conversation
-    cfg: GenConfig
-    continue_final: bool
-    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-
-
-_STOP = object()
-
-
-class Batcher:
-    """Runs queued requests on the model from one worker thread, in batches.
-
-    Each cycle takes every waiting request (after a few milliseconds for stragglers),
-    groups them by sampling settings and makes one model call per group; requests that
-    arrive meanwhile form the next cycle. ``batches`` counts model calls and
-    ``jobs`` requests served.
-
-    For valign's own backends, requests that differ only in ``seed`` or ``n`` share a
-    batch: every sample gets its own seed, exactly the one ``model.generate`` would
-    give it, so answers do not depend on what else was in the batch.
-
-    Example (loads the embedded model)::
-
-        batcher = Batcher(load_model("embedded"))
-        future = batcher.submit([{"role": "user", "content": "Hi"}], GenConfig(max_new_tokens=8))
-        future.result()[0].text
-    """
-
-    def __init__(self, model: ChatModel, *, window: float = BATCH_WINDOW, max_jobs: int = MAX_BATCH_JOBS) -> None:
-        self.model = model
-        self.window = window
-        self.max_jobs = max_jobs
-        self.batches = 0
-        self.jobs = 0
-        self._queue: queue.Queue = queue.Queue()  # the running worker's queue
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def can_continue(self) -> bool:
-        """Whether the model can continue a partial assistant message (needs prompt rendering)."""
-        return isinstance(self.model, BaseChatModel) and callable(getattr(self.model, "render", None))
-
-    def submit(self, conv: Conversation, cfg: GenConfig, continue_final: bool = False) -> concurrent.futures.Future:
-        """Queues one request; the future resolves to its ``cfg.n`` completions."""
-        job = _Job(conv, cfg, continue_final)
-        with self._lock:
-            self._start_locked()
-            self._queue.put(job)
-        return job.future
-
-    def start(self) -> None:
-        with self._lock:
-            self._start_locked()
-
-    def stop(self) -> None:
-        """Finishes the requests already queued, then stops the worker."""
-        with self._lock:
-            thread, self._thread = self._thread, None
-            if thread is not None:
-                self._queue.put(_STOP)
-        if thread is not None:
-            thread.join()
-
-    def _start_locked(self) -> None:
-        if self._thread is None:
-            # Each worker gets its own queue, so a worker started right after a stop()
-            # can never take the stop signal meant for the old one.
-            self._queue = queue.Queue()
-            self._thread = threading.Thread(target=self._loop, args=(self._queue,), name="valign-serve-batcher", daemon=True)
-            self._thread.start()
-
-    def _loop(self, jobs_in: queue.Queue) -> None:
-        while True:
-            first = jobs_in.get()
-            if first is _STOP:
-                return
-            time.sleep(self.window)
-            jobs, stopping = [first], False
-            while len(jobs) < self.max_jobs:
-                try:
-                    item = jobs_in.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                jobs.append(item)
-            groups: dict[tuple, list[_Job]] = {}
-            # A client that went away cancels its future; skip its work. Once a future
-            # is marked running it can no longer be cancelled, so setting it is safe.
-            for job in (j for j in jobs if j.future.set_running_or_notify_cancel()):
-                groups.setdefault(self._group_key(job), []).append(job)
-            for group in groups.values():
-                self._run(group)
-            if stopping:
-                return
-
-    def _group_key(self, job: _Job) -> tuple:
-        if isinstance(self.model, BaseChatModel):
-            return (job.cfg.model_copy(update={"seed": None, "n": 1}), job.continue_final)
-        return (job.cfg, job.continue_final)
-
-    def _run(self, group: list[_Job]) -> None:
-        try:
-            if isinstance(self.model, BaseChatModel):
-                outs = self._generate_base(self.model, group)
-            else:
-                flat = self.model.generate([j.conv for j in group], group[0].cfg)
-                n = group[0].cfg.n
-                outs = [flat[k * n : (k + 1) * n] for k in range(len(group))]
-        except BaseException as e:  # every waiting client gets the error, the worker lives on
-            for job in group:
-                job.future.set_exception(e)
-            return
-        finally:
-            self.batches += 1
-        self.jobs += len(group)
-        for job, comps in zip(group, outs):
-            job.future.set_result(comps)
-
-    def _generate_base(self, model: BaseChatModel, group: list[_Job]) -> list[list[Completion]]:
-        """One call of the backend's batch primitive for the whole group, through its cache."""
-        requests: list[GenRequest] = []
-        keys: list[str | None] = []
-        for k, job in enumerate(group):
-            conv = conv_key(job.conv)
-            for j in range(job.cfg.n):
-                req = GenRequest(k, j, conv, sample_seed(job.cfg.seed, conv, j))
-                requests.append(req)
-                # A continued message renders differently from the same messages
-                # answered anew, so it must not share their cache entries.
-                keys.append(None if job.continue_final else model._cache_key(req, job.cfg))
-        results: list[Completion | None] = [None] * len(requests)
-        if model.cache is not None:
-            hits = model.cache.get_many([k for k in keys if k is not None])
-            for pos, key in enumerate(keys):
-                if key in hits:
-                    results[pos] = Completion.model_validate(hits[key]).model_copy(update={"cached": True})
-        todo = [pos for pos, r in enumerate(results) if r is None]
-        if todo:
-            shared = group[0].cfg.model_copy(update={"seed": None, "n": 1})
-            runner = _Continuing(model) if group[0].continue_final else model
-            gen = type(model)._generate_batches(runner, [requests[p] for p in todo], shared)  # type: ignore[arg-type]
-            for batch in gen:
-                stored = []
-                for local, comp in batch:
-                    pos = todo[local]
-                    comp = comp.model_copy(update={"index": requests[pos].index, "sample": requests[pos].sample, "model": model.name})
-                    results[pos] = comp
-                    if keys[pos] is not None:
-                        stored.append((keys[pos], comp.model_dump(exclude={"cached"})))
-                if model.cache is not None and stored:
-                    model.cache.put_many(stored)
-        per_job: list[list[Completion]] = [[] for _ in group]
-        for req, comp in zip(requests, results):
-            per_job[req.index].append(comp)  # type: ignore[arg-type]
-        return per_job
-
-
-class _Continuing:
-    """A view of a local model whose prompts continue the final assistant message.
-
-    The backend renders each request with ``self.render(messages)``; this view renders
-    ``messages[:-1]`` with the last message's text as the answer prefix instead, and
-    hands everything else to the model itself.
-    """
-
-    def __init__(self, model: BaseChatModel) -> None:
-        self._model = model
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-    def render(self, conv: Conversation, answer_prefix: str = "") -> list[int]:
-        return self._model.render(conv[:-1], answer_prefix=conv[-1]["content"] + answer_prefix)  # type: ignore[attr-defined]
-
-
 # -- the app ---------------------------------------------------------------------------
 
 
-def create_app(model: ChatModel, *, model_name: str | None = None, feedback: "FeedbackStore | None" = None, chat_page: bool = True) -> "FastAPI":
+def create_app(
+    model: ChatModel,
+    *,
+    model_name: str | None = None,
+    feedback: "FeedbackStore | None" = None,
+    chat_page: bool = True,
+    limits: ServeLimits = DEFAULT_LIMITS,
+    api_key: str | None = None,
+) -> "FastAPI":
     """An OpenAI-compatible FastAPI app serving ``model`` (``GET /v1/models``, ``POST /v1/chat/completions``).
 
-    ``app.state`` holds ``model``, ``model_name`` and the ``batcher``, whose ``batches``
-    counts model calls and ``jobs`` requests served. With ``feedback``, answers are
-    recorded and ``POST /v1/feedback`` takes ratings; ``chat_page`` adds ``/chat``.
+    ``app.state`` holds ``model``, ``model_name``, the ``batcher`` (its ``batches``
+    counts model calls and ``jobs`` requests served) and ``in_flight``. With
+    ``feedback``, answers are recorded and ``POST /v1/feedback`` takes ratings;
+    ``chat_page`` adds ``/chat`` (not with an ``api_key``, which every ``/v1`` route
+    then needs as ``Authorization: Bearer <key>``). ``limits`` bound every request.
 
     Example (then: ``OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="x")``)::
 
         app = create_app(load_model("embedded"))
         uvicorn.run(app, port=8000)
     """
-    from fastapi import FastAPI, Request
+    from fastapi import Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    from valign.web.limits import BodyLimitMiddleware
+
     name = model_name or model.name
-    batcher = Batcher(model)
+    batcher = Batcher(model, max_batches=limits.max_batches)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -360,37 +226,123 @@ def create_app(model: ChatModel, *, model_name: str | None = None, feedback: "Fe
         try:
             yield
         finally:
-            # The model call in progress finishes; the thread is joined off the event loop.
-            await asyncio.to_thread(batcher.stop)
+            # Every open request is dropped at its next step; the thread is joined off the event loop.
+            await asyncio.to_thread(batcher.stop, limits.shutdown_seconds / 2)
 
     app = FastAPI(title="valign", summary=f"OpenAI-compatible chat completions from {name}", lifespan=lifespan)
     app.state.model = model
     app.state.model_name = name
     app.state.batcher = batcher
+    app.state.limits = limits
+    app.state.in_flight = InFlight(limits)
     app.state.created = int(time.time())
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return _error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(_validation_error(exc.errors()).body(), status_code=400)
+        return _error_response(_validation_error(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(APIError(exc.status_code, str(exc.detail), type=kind).body(), status_code=exc.status_code)
+        detail = str(exc.detail)
+        if detail == "There was an error parsing the body":  # FastAPI's words for a body that is not UTF-8 JSON
+            detail = "the request body is not valid UTF-8 JSON; send a JSON object with 'model' and 'messages'."
+        return _error_response(APIError(exc.status_code, detail if detail.endswith(".") else detail + ".", type=kind))
 
+    guard = [Depends(_bearer_check(api_key))] if api_key else []
     app.state.feedback = feedback
-    app.include_router(_chat_router(name, batcher, app.state.created, feedback))
+    app.include_router(_chat_router(name, batcher, app.state.created, app.state.in_flight, limits, feedback), dependencies=guard)
     if feedback is not None:
-        app.include_router(_feedback_router(feedback))
-    if chat_page:
+        app.include_router(_feedback_router(feedback, limits.feedback_per_minute), dependencies=guard)
+    if chat_page and not api_key:
         from valign.chat import chat_page_router
 
-        app.include_router(chat_page_router(name, batcher.submit, feedback))
+        app.include_router(chat_page_router(name, lambda conv, cfg: _admit(batcher, app.state.in_flight, limits, conv, cfg, None).future, feedback))
+    # Outermost: a body above the limit is refused before anything reads it.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=limits.max_body_bytes)
     return app
+
+
+def _error_response(error: "APIError") -> Any:
+    """OpenAI's error shape, in ASCII-escaped JSON, so no text echoed from a request can
+    make the answer itself unencodable."""
+    from fastapi.responses import Response
+
+    headers = {"Retry-After": "5"} if error.status in (429, 503) else {}
+    if error.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return Response(json.dumps(error.body(), ensure_ascii=True), status_code=error.status, media_type="application/json", headers=headers)
+
+
+def _bearer_check(api_key: str) -> Any:
+    """A FastAPI dependency refusing requests without ``Authorization: Bearer <api_key>``
+    (compared in constant time, `valign.web.auth.AdminAuth`)."""
+    from valign.web.auth import AdminAuth
+
+    auth = AdminAuth(api_key)
+
+    async def check(request: _Request) -> None:
+        if not auth.check_bearer(request.headers.get("authorization")):
+            raise APIError(401, "this server needs an API key: send the header 'Authorization: Bearer <key>' with the key it was started with.",
+                           type="authentication_error", code="invalid_api_key")
+
+    return check
+
+
+def _prompt_tokens(batcher: Batcher, conv: Conversation, continue_final: bool) -> int | None:
+    """The prompt's length in the model's tokens (None where the model does not render prompts)."""
+    model = batcher.model
+    if not callable(getattr(model, "render", None)):
+        return None
+    renderer = ContinuingView(model) if continue_final else model  # type: ignore[arg-type]
+    return len(renderer.render(conv))
+
+
+def _admit(
+    batcher: Batcher, in_flight: InFlight, limits: ServeLimits, conv: Conversation, cfg: GenConfig, client: str | None,
+    continue_final: bool = False, asked_tokens: int | None = None,
+) -> Job:
+    """Checks one request against the limits and queues it (raises `RefusedError`).
+
+    A request that names no ``max_tokens`` gets what its prompt leaves of the context, up
+    to `DEFAULT_MAX_TOKENS`; one that names too many for its prompt is refused.
+    """
+    refusal = limits.check_request(max_tokens=cfg.max_new_tokens, n=cfg.n)
+    if refusal is None:
+        context = getattr(batcher.model, "context_length", None)
+        prompt = _prompt_tokens(batcher, conv, continue_final) if context else None
+        if prompt is not None and context is not None:
+            if asked_tokens is None and prompt < context:
+                cfg = cfg.model_copy(update={"max_new_tokens": min(cfg.max_new_tokens, context - prompt)})
+            refusal = limits.check_context(prompt_tokens=prompt, max_tokens=cfg.max_new_tokens, context=context, asked=asked_tokens is not None)
+    if refusal is None:
+        refusal = in_flight.enter(client)
+    if refusal is not None:
+        raise RefusedError(refusal)
+    job = batcher.enqueue(conv, cfg, continue_final)
+    job.future.add_done_callback(lambda _: in_flight.leave(client))
+    return job
+
+
+async def _answer_or_drop(request: _Request, job: Job) -> list[Completion] | None:
+    """The job's completions, or None once its client disconnected (the job is dropped)."""
+    waiting = asyncio.wrap_future(job.future)
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL)
+            if done:
+                return waiting.result()
+            if await request.is_disconnected():
+                job.cancel()
+                waiting.cancel()
+                return None
+    except asyncio.CancelledError:  # the server cancelled this handler (shutdown): stop the work too
+        job.cancel("the server is shutting down")
+        raise
 
 
 class FeedbackIn(BaseModel):
@@ -398,13 +350,13 @@ class FeedbackIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    completion_id: str = Field(..., min_length=1, max_length=60)
+    completion_id: str = Field(..., min_length=1, max_length=60, pattern=r"^[A-Za-z0-9_.:-]+$")
     choice: int = Field(0, ge=0, le=127)
     rating: Literal["up", "down"]
-    correction: str | None = None
+    correction: CleanText | None = None
 
 
-def _feedback_router(store: "FeedbackStore") -> "APIRouter":
+def _feedback_router(store: "FeedbackStore", per_minute: int) -> "APIRouter":
     """``POST /v1/feedback`` and ``GET /v1/feedback`` (counts only: no content leaves)."""
     from fastapi import APIRouter
 
@@ -414,7 +366,7 @@ def _feedback_router(store: "FeedbackStore") -> "APIRouter":
     router = APIRouter(prefix="/v1")
     # Feedback becomes training data: bound how fast one client can write it (addresses
     # stay in this process's memory only).
-    limiter = RateLimiter(per_minute=FEEDBACK_PER_MINUTE, burst=20)
+    limiter = RateLimiter(per_minute=per_minute, burst=20)
 
     @router.post("/feedback")
     async def post_feedback(body: FeedbackIn, request: _Request) -> dict[str, Any]:
@@ -433,9 +385,13 @@ def _feedback_router(store: "FeedbackStore") -> "APIRouter":
     return router
 
 
-def _chat_router(name: str, batcher: Batcher, created: int, feedback: "FeedbackStore | None" = None) -> "APIRouter":
+def _chat_router(
+    name: str, batcher: Batcher, created: int, in_flight: InFlight, limits: ServeLimits, feedback: "FeedbackStore | None" = None
+) -> "APIRouter":
     """``/v1/models`` and ``/v1/chat/completions``."""
-    from fastapi import APIRouter
+    from fastapi import APIRouter, Response
+
+    from valign.web.ratelimit import client_address
 
     router = APIRouter(prefix="/v1")
 
@@ -443,8 +399,8 @@ def _chat_router(name: str, batcher: Batcher, created: int, feedback: "FeedbackS
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": name, "object": "model", "created": created, "owned_by": "valign"}]}
 
-    @router.post("/chat/completions")
-    async def chat_completions(body: ChatCompletionRequest) -> dict[str, Any]:
+    @router.post("/chat/completions", response_model=None)
+    async def chat_completions(body: ChatCompletionRequest, request: _Request) -> dict[str, Any] | Response:
         if body.model != name:
             raise APIError(404, f"The model '{body.model}' does not exist; this server serves '{name}'.", param="model", code="model_not_found")
         if body.continue_final_message and not batcher.can_continue:
@@ -453,25 +409,44 @@ def _chat_router(name: str, batcher: Batcher, created: int, feedback: "FeedbackS
                 f"'{name}' cannot continue a partial assistant message here; send the conversation without continue_final_message.",
                 param="continue_final_message",
             )
-        cfg = body.gen_config()
-        future = batcher.submit(body.conversation(), cfg, body.continue_final_message)
+        conv = body.conversation()
         try:
-            comps = await asyncio.wrap_future(future)
+            # Off the event loop: rendering a long prompt to count its tokens takes a while.
+            job = await asyncio.to_thread(
+                _admit, batcher, in_flight, limits, conv, body.gen_config(), client_address(request),
+                body.continue_final_message, body.asked_tokens,
+            )
+        except RefusedError as e:
+            raise _api_error_from(e.refusal) from e
+        except ValignError as e:  # the model could not render this conversation
+            raise APIError(400, str(e)) from e
+        try:
+            comps = await _answer_or_drop(request, job)
+        except Cancelled as e:
+            raise APIError(503, f"{e}; send the request again.", type="server_error", code="cancelled") from e
         except ValignError as e:
             raise APIError(400, str(e)) from e
         except Exception as e:
             raise APIError(500, f"the model failed: {type(e).__name__}: {e}", type="server_error") from e
+        if comps is None:  # the client has gone: nobody reads this
+            return Response(status_code=499)
         response = _response(name, comps, (body.top_logprobs or 0) if body.logprobs else None)
         # Answers people may rate: not option-probability probes (one token, or the
         # continuation of a partial answer), which judges and evaluations send.
-        if feedback is not None and not body.continue_final_message and cfg.max_new_tokens > 1:
-            conv = body.conversation()
+        if feedback is not None and not body.continue_final_message and job.cfg.max_new_tokens > 1:
             await asyncio.to_thread(
                 lambda: [feedback.record(f"{response['id']}:{i}", name, conv, c.text) for i, c in enumerate(comps)]
             )
         return response
 
     return router
+
+
+def _api_error_from(refusal: Refusal) -> APIError:
+    kind = "invalid_request_error" if refusal.status < 500 else "server_error"
+    if refusal.status == 429:
+        kind = "rate_limit_error"
+    return APIError(refusal.status, refusal.message, type=kind, param=refusal.param, code=refusal.code)
 
 
 def _response(name: str, comps: list[Completion], top_logprobs: int | None) -> dict[str, Any]:
@@ -523,14 +498,28 @@ def _validation_error(errors: Any) -> APIError:
         return APIError(400, "the request body is not valid JSON; send a JSON object with 'model' and 'messages'.")
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     param = ".".join(loc) or None
-    msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+    msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ").rstrip(".") + "."
+    if param is None and first.get("type") == "model_attributes_type":
+        msg = "the request body must be a JSON object with 'model' and 'messages'."
     return APIError(400, f"{param}: {msg}" if param else msg, param=param)
 
 
 def serve(
-    spec: str, host: str = "127.0.0.1", port: int = 8000, *, model_name: str | None = None, log_level: str = "info", feedback_db: str | None = None
+    spec: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    model_name: str | None = None,
+    log_level: str = "info",
+    feedback_db: str | None = None,
+    limits: ServeLimits = DEFAULT_LIMITS,
+    api_key: str | None = None,
+    access_log_addresses: bool = False,
 ) -> None:
-    """Loads the model a spec names and serves it until interrupted.
+    """Loads the model a spec names and serves it until interrupted (SIGINT or SIGTERM).
+
+    On SIGTERM every open request is answered 503 at its next step and the process exits
+    within ``limits.shutdown_seconds``.
 
     Example (what ``valign serve embedded --port 8000`` runs; elsewhere, then:
     ``load_model("openai:embedded@http://127.0.0.1:8000/v1")``)::
@@ -540,14 +529,35 @@ def serve(
     import uvicorn
 
     from valign.models.registry import load_model
+    from valign.web.access_log import ACCESS_LOGGER, AnonymousAccessLog
 
     store = None
     if feedback_db is not None:
         from valign.feedback import FeedbackStore
 
         store = FeedbackStore(feedback_db)
-    app = create_app(load_model(spec), model_name=model_name, feedback=store)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    app: Any = create_app(load_model(spec), model_name=model_name, feedback=store, limits=limits, api_key=api_key)
+    batcher: Batcher = app.state.batcher
+    if not access_log_addresses:
+        app = AnonymousAccessLog(app)
+        access = logging.getLogger(ACCESS_LOGGER)
+        if not access.handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+            access.addHandler(handler)
+            access.setLevel(logging.INFO if log_level in ("info", "debug", "trace") else logging.WARNING)
+            access.propagate = False
+
+    class StoppingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            batcher.begin_stop()  # open requests are answered 503 at their next step, so connections close
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level, access_log=access_log_addresses,
+        timeout_graceful_shutdown=max(1, int(limits.shutdown_seconds / 2)),
+    )
+    StoppingServer(config).run()
 
 
 @contextmanager

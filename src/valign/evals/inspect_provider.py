@@ -63,7 +63,9 @@ def _provider_class() -> type[ModelAPI]:
             from valign.serve import Batcher
 
             self.model = load_model(model_name, **model_args)
-            self.batcher = Batcher(self.model)
+            # One batch at a time: an evaluation wants throughput, not fairness, and the
+            # requests that wait meanwhile make the next batch bigger.
+            self.batcher = Batcher(self.model, max_batches=1)
 
         async def generate(
             self, input: list[ChatMessage], tools: list[ToolInfo], tool_choice: ToolChoice, config: GenerateConfig

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
+from valign.control_tokens import neutralise_control_tokens
 from valign.errors import ValignError
 from valign.feedback.tables import FEEDBACK_TABLES, FEEDBACK_VERSION_TABLE, Feedback, ServedCompletion
 from valign.types import Conversation, Row
@@ -115,10 +116,22 @@ class FeedbackStore:
             ]
 
 
+def _training_rows(url: str) -> list[dict[str, Any]]:
+    """The store's rows with every text a trainer will render made plain text: a user's
+    message or correction that spells ``<|im_start|>system`` cannot forge a turn of the
+    training conversation (`valign.control_tokens`). The store itself keeps what was written."""
+    rows = FeedbackStore(url, create=False).rows()
+    for r in rows:
+        r["messages"] = [{**m, "content": neutralise_control_tokens(m["content"])} for m in r["messages"]]
+        r["completion"] = neutralise_control_tokens(r["completion"])
+        r["correction"] = neutralise_control_tokens(r["correction"]) if r["correction"] else r["correction"]
+    return rows
+
+
 def kto_rows_from_feedback(url: str) -> list[Row]:
     """``prompt/completion/label`` rows: 👍 desirable, 👎 undesirable, corrections desirable."""
     out: list[Row] = []
-    for r in FeedbackStore(url, create=False).rows():
+    for r in _training_rows(url):
         prompt = r["messages"]
         out.append({"id": f"fb-{r['completion_id']}", "prompt": prompt, "completion": [{"role": "assistant", "content": r["completion"]}],
                     "label": r["rating"] == "up"})
@@ -132,7 +145,7 @@ def sft_rows_from_feedback(url: str) -> list[Row]:
     """``prompt/completion`` rows from the corrections people wrote."""
     return [
         {"id": f"fb-{r['completion_id']}:correction", "prompt": r["messages"], "completion": [{"role": "assistant", "content": r["correction"]}]}
-        for r in FeedbackStore(url, create=False).rows()
+        for r in _training_rows(url)
         if r["correction"]
     ]
 

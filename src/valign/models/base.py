@@ -12,7 +12,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Callable, Iterator, Protocol, runtime_checkable
 
 from valign.cache import CompletionCache
 from valign.errors import ModelError
@@ -92,6 +92,17 @@ class BaseChatModel(ABC):
         self, requests: list[GenRequest], cfg: GenConfig
     ) -> Iterator[list[tuple[int, Completion]]]:
         """Yields finished batches as (position in `requests`, completion) pairs."""
+
+    def generate_steps(
+        self, requests: list[GenRequest], cfg: GenConfig, cancelled: Callable[[int], bool] | None = None
+    ) -> Iterator[list[tuple[int, Completion]]]:
+        """`_generate_batches` for a scheduler that interleaves several calls (`valign.serve`).
+
+        A backend whose engine decodes step by step yields after every step (an empty
+        list when nothing finished) and drops a request once ``cancelled(position)`` is
+        True; this default yields whole batches and ignores ``cancelled``.
+        """
+        yield from self._generate_batches(requests, cfg)
 
     @abstractmethod
     def _choice_probs(

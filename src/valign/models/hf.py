@@ -7,9 +7,12 @@ batches sorted by length and sized by a token budget, with left padding.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
+import secrets
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from valign.errors import ModelError
 from valign.hardware import fast_dtype
@@ -94,10 +97,45 @@ class HFChatModel(BaseChatModel):
 
     # -- prompts ----------------------------------------------------------------------
 
+    @property
+    def context_length(self) -> int | None:
+        """How many tokens (prompt + answer) the model was trained to attend over."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
     def render(self, conv: Conversation, answer_prefix: str = "") -> list[int]:
-        """Token ids of the chat-templated conversation, ready for the assistant's turn."""
-        text = self.tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text + answer_prefix, add_special_tokens=False)["input_ids"]
+        """Token ids of the chat-templated conversation, ready for the assistant's turn.
+
+        Only the template makes special tokens: text inside a message (or the answer
+        prefix) that spells one, such as ``<|im_start|>system``, is tokenised as plain
+        text, so a user cannot forge a system or assistant turn.
+        """
+        specials = self._special_strings
+        if not any(t in m["content"] for m in conv for t in specials) and not any(t in answer_prefix for t in specials):
+            # The common case, byte for byte as before: one pass over the templated text.
+            text = self.tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+            return self.tokenizer(text + answer_prefix, add_special_tokens=False)["input_ids"]
+        # Render with a placeholder per message, then tokenise the template's text (with
+        # its special tokens) and the messages' text (without) separately.
+        marks = [f"VALIGNMSG{secrets.token_hex(8)}X" for _ in conv]
+        text = self.tokenizer.apply_chat_template(
+            [{**m, "content": mark} for m, mark in zip(conv, marks)], add_generation_prompt=True, tokenize=False
+        )
+        ids: list[int] = []
+        for piece in re.split("(" + "|".join(marks) + ")", text):
+            if piece in marks:
+                ids += self._plain_ids(conv[marks.index(piece)]["content"])
+            elif piece:
+                ids += self.tokenizer(piece, add_special_tokens=False)["input_ids"]
+        return ids + self._plain_ids(answer_prefix)
+
+    @functools.cached_property
+    def _special_strings(self) -> tuple[str, ...]:
+        tok = self.tokenizer
+        added = [t.content if hasattr(t, "content") else str(t) for t in getattr(tok, "added_tokens_decoder", {}).values()]
+        return tuple(sorted({*tok.all_special_tokens, *added} - {""}))
+
+    def _plain_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"] if text else []
 
     def _batches(self, lengths: list[int], max_new: int) -> list[list[int]]:
         """Positions grouped into batches: longest first, each within the token budget."""
@@ -152,15 +190,36 @@ class HFChatModel(BaseChatModel):
             logprobs=logprobs,
         )
 
-    def _decode_fast(
-        self, prompts: list[list[int]], reqs: list[GenRequest], cfg: GenConfig
+    def generate_steps(
+        self, requests: list[GenRequest], cfg: GenConfig, cancelled: Callable[[int], bool] | None = None
     ) -> Iterator[list[tuple[int, Completion]]]:
-        """All requests through the engine at once; yields them as they finish."""
+        """On the engine: a (possibly empty) list after every decode step, and cancelled
+        requests dropped at the next one (see `BaseChatModel.generate_steps`)."""
+        if self.decoder is None:
+            # Named, not super(): ``self`` may be a view that renders differently (serve's ContinuingView).
+            yield from HFChatModel._generate_batches(self, requests, cfg)  # type: ignore[arg-type]
+            return
+        prompts = [self.render(r.messages) for r in requests]
+        yield from self._decode_fast(prompts, requests, cfg, every_step=True, cancelled=cancelled)
+
+    def _decode_fast(
+        self, prompts: list[list[int]], reqs: list[GenRequest], cfg: GenConfig, *, every_step: bool = False,
+        cancelled: Callable[[int], bool] | None = None,
+    ) -> Iterator[list[tuple[int, Completion]]]:
+        """All requests through the engine at once; yields them as they finish (cancelled
+        ones never come back)."""
         from valign.models.llama_decode import SamplingRow
 
         rows = [SamplingRow(cfg.temperature, cfg.top_p, cfg.max_new_tokens, r.seed) for r in reqs]
-        for done in self.decoder.stream(prompts, rows, self.eos_ids, top_logprobs=cfg.logprobs):  # type: ignore[union-attr]
-            yield [(f.row, self._completion(prompts[f.row], f.tokens, f.finish, f.logprobs if cfg.logprobs else None)) for f in done]
+        stream = self.decoder.stream(  # type: ignore[union-attr]
+            prompts, rows, self.eos_ids, top_logprobs=cfg.logprobs, every_step=every_step, cancelled=cancelled
+        )
+        for done in stream:
+            yield [
+                (f.row, self._completion(prompts[f.row], f.tokens, f.finish, f.logprobs if cfg.logprobs else None))
+                for f in done
+                if f.finish != "cancelled"
+            ]
 
     def _decode_generic(self, prompts: list[list[int]], reqs: list[GenRequest], cfg: GenConfig) -> list[Completion]:
         """Any architecture, through ``model.generate`` (seeded per batch, not per row)."""

@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -444,7 +444,14 @@ class LlamaDecoder:
         )
 
     def stream(
-        self, prompts: list[list[int]], rows: list[SamplingRow], eos_ids: set[int], top_logprobs: int = 0
+        self,
+        prompts: list[list[int]],
+        rows: list[SamplingRow],
+        eos_ids: set[int],
+        top_logprobs: int = 0,
+        *,
+        every_step: bool = False,
+        cancelled: Callable[[int], bool] | None = None,
     ) -> Iterator[list[Finished]]:
         """Yields requests as they finish, continuously batched (see the module docstring).
 
@@ -452,6 +459,11 @@ class LlamaDecoder:
         token budget; a freed slot is refilled once an eighth of the slots are free (a
         prefill per finished row would cost more in per-call overhead than the idle slot
         does).
+
+        ``every_step`` yields after every decode step, an empty list when nothing
+        finished, so a scheduler (`valign.serve`) can run other work between steps.
+        ``cancelled(row)`` True drops that request at the next step: it frees its slot
+        and comes back as a `Finished` with ``finish="cancelled"``.
         """
         for r in rows:
             if r.seed is not None:
@@ -463,11 +475,18 @@ class LlamaDecoder:
         lps: list[list] = [[] for _ in prompts]
         slots: _Slots | None = None
         while waiting or (slots is not None and slots.n):
+            dropped: list[Finished] = []
+            if cancelled is not None and waiting:
+                dropped = [Finished(i, [], "cancelled") for i in waiting if cancelled(i)]
+                waiting[:] = [i for i in waiting if not cancelled(i)]
             if waiting:
                 slots = self._admit(slots, waiting, prompts, rows, need, tokens, lps, top_logprobs)
-            assert slots is not None
-            finished = self._collect(slots, prompts, rows, tokens, lps, eos_ids)
-            if finished:
+            if slots is None:  # every request was cancelled before it started
+                if dropped:
+                    yield dropped
+                return
+            finished = dropped + self._collect(slots, prompts, rows, tokens, lps, eos_ids, cancelled)
+            if finished or every_step:
                 yield finished
             if slots.n:
                 self._decode_step(slots, rows, tokens, lps, top_logprobs)
@@ -513,7 +532,7 @@ class LlamaDecoder:
         return slots
 
     @torch.inference_mode()  # it moves slots' keys and values, which a decode step may have allocated
-    def _collect(self, slots: _Slots, prompts, rows, tokens, lps, eos_ids: set[int]) -> list[Finished]:
+    def _collect(self, slots: _Slots, prompts, rows, tokens, lps, eos_ids: set[int], cancelled=None) -> list[Finished]:
         """Takes finished requests out of their slots (the last live slot moves into the
         hole, so live slots stay rows 0…n-1) and caches their generated blocks too: a
         second turn that quotes the first turn's answer finds it in the prefix cache."""
@@ -522,9 +541,10 @@ class LlamaDecoder:
             i = slots.row[s]
             toks = tokens[i]
             stopped = bool(toks) and toks[-1] in eos_ids
-            if not stopped and len(toks) < rows[i].max_new_tokens:
+            dropped = cancelled is not None and cancelled(i)
+            if not (stopped or dropped) and len(toks) < rows[i].max_new_tokens:
                 continue
-            finished.append(Finished(i, toks, "stop" if stopped else "length", lps[i]))
+            finished.append(Finished(i, toks, "cancelled" if dropped else "stop" if stopped else "length", lps[i]))
             fed = prompts[i] + toks[:-1]  # the last sampled token was never fed
             if self.cache.max_bytes > 0 and len(fed) >= BLOCK:
                 chain = self.cache.chain(fed, len(fed) // BLOCK)
