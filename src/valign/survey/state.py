@@ -24,7 +24,7 @@ from valign.survey.render import Renderer
 from valign.web.auth import AdminAuth
 from valign.web.cookies import SignedCookie
 from valign.web.csrf import check_csrf, csrf_token
-from valign.web.ratelimit import RateLimiter, client_address
+from valign.web.ratelimit import RateLimiter, SqlBuckets, client_address
 from valign.web.signing import Signer
 
 if TYPE_CHECKING:
@@ -56,8 +56,12 @@ class SurveySettings:
     ``invitations``: ``open`` (anyone with the address may answer; invitation links
     work too) or ``required`` (only ``/i/<token>`` opens the survey).
     ``rate_limit_session`` / ``rate_limit_ip``: POSTs per minute per browser session /
-    per client address (0 = off). ``public_url``: the address respondents use (for the
-    resume link behind a proxy; default: the request's own). ``secure_cookies``: set
+    per client address (0 = off), counted in the database so that every worker process
+    shares them. ``rate_limit_login``: wrong admin tokens per minute per address (ten
+    times as many from all addresses together); the right token is never refused.
+    ``public_url``: the address respondents use, from which resume and invitation links
+    are built. Without it, links use the request's Host only when it is one of
+    ``allowed_hosts`` (else 400), never an arbitrary Host header. ``secure_cookies``: set
     the cookies' Secure flag (default: when ``public_url`` is https).
 
     Example:
@@ -72,6 +76,7 @@ class SurveySettings:
     rate_limit_ip: int = 600
     rate_limit_login: int = 10
     public_url: str | None = None
+    allowed_hosts: tuple[str, ...] | list[str] = ("localhost", "127.0.0.1", "::1")
     secure_cookies: bool | None = None
     migrate: bool = True
     pool_size: int = 10
@@ -126,9 +131,13 @@ class SurveyState:
         self.signer = Signer(secret, "session")
         self.page_signer = Signer(secret, "page-shown")
         self.admin = AdminAuth(settings.admin_token)
-        self.limit_session = RateLimiter(settings.rate_limit_session, burst=max(10, settings.rate_limit_session // 3))
-        self.limit_ip = RateLimiter(settings.rate_limit_ip, burst=max(20, settings.rate_limit_ip // 3))
-        self.limit_login = RateLimiter(settings.rate_limit_login, burst=5)
+        # In the database, so that the limits hold across `--workers` processes.
+        buckets = SqlBuckets(db.engine, secret)
+        self.limit_session = RateLimiter(settings.rate_limit_session, burst=max(10, settings.rate_limit_session // 3), store=buckets)
+        self.limit_ip = RateLimiter(settings.rate_limit_ip, burst=max(20, settings.rate_limit_ip // 3), store=buckets)
+        self.limit_login = RateLimiter(settings.rate_limit_login, burst=5, store=buckets)
+        self.limit_login_all = RateLimiter(settings.rate_limit_login * 10, burst=50, store=buckets)
+        self.allowed_hosts = frozenset(h.lower().strip("[]") for h in settings.allowed_hosts)
         self.render = Renderer(instrument)
         secure = settings.secure_cookies
         self.secure = bool(settings.public_url and settings.public_url.startswith("https")) if secure is None else secure
@@ -170,9 +179,26 @@ class SurveyState:
         return HTMLResponse(body, status_code=p.status, headers=p.headers)
 
     def public_base(self, request: Request) -> str:
+        """Where links to this survey start: ``public_url``, else the request's own
+        address when its Host is an allowed one. A link built from any Host header would
+        let whoever sends the request choose where a respondent's resume link points."""
         if self.settings.public_url:
             return self.settings.public_url.rstrip("/")
+        host = (request.url.hostname or "").lower()
+        if host not in self.allowed_hosts:
+            allowed = ", ".join(sorted(self.allowed_hosts)) or "none"
+            raise Problem(400, "Unknown host", f"This survey does not answer for the host '{host[:100]}' (allowed: {allowed}); open it at its own address, or start it with --public-url or --allowed-host.")
         return str(request.base_url).rstrip("/")
+
+    def wrong_admin_token(self, request: Request) -> Problem:
+        """Count a wrong admin token against its address and against all addresses: the
+        401 to answer, or a 429 once either budget is spent. Only wrong tokens are counted
+        and refused, so nobody's guesses can lock out the administrator's right token."""
+        own = self.limit_login.allow("guess:" + client_address(request))
+        everyone = self.limit_login_all.allow("guess:*")
+        if own and everyone:
+            return Problem(401, "Wrong admin token", "The admin token is not right.", {"WWW-Authenticate": "Bearer"})
+        return Problem(429, "Too many attempts", "Too many wrong admin tokens; wait a minute before trying another.", {"Retry-After": "60"})
 
     # checks --------------------------------------------------------------------------------
 
