@@ -234,17 +234,20 @@ class SurveyState:
         return plan
 
     def respondent(self, s, sess: BrowserSession) -> RespondentState | None:  # noqa: ANN001
-        """The session's respondent and the pages it has submitted (two small queries)."""
+        """The session's respondent and the pages it has submitted (one query, one round trip)."""
         from sqlalchemy import select
 
         if not sess.rid:
             return None
-        row = s.execute(
-            select(Respondent.id, Respondent.seed, Respondent.shown_proposals, Respondent.completed).where(Respondent.public_id == sess.rid)
-        ).first()
-        if row is None:
+        rows = s.execute(
+            select(Respondent.id, Respondent.seed, Respondent.shown_proposals, Respondent.completed, PageEvent.page)
+            .outerjoin(PageEvent, PageEvent.respondent_id == Respondent.id)
+            .where(Respondent.public_id == sess.rid)
+        ).all()
+        if not rows:
             return None
-        pages = set(s.scalars(select(PageEvent.page).where(PageEvent.respondent_id == row.id).distinct()))
+        row = rows[0]
+        pages = {r.page for r in rows if r.page is not None}
         return RespondentState(row.id, sess.rid, row.seed, tuple(json.loads(row.shown_proposals or "[]")), bool(row.completed), pages)
 
     @staticmethod
