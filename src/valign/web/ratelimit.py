@@ -93,6 +93,9 @@ class SqlBuckets:
         self.engine = engine
         self._key = hashlib.sha256(("rate-limit:" + secret).encode()).digest()
         self._last_sweep = 0.0
+        # PostgreSQL: the one statement is atomic on its own, so it runs in autocommit,
+        # one round trip instead of three (BEGIN, the statement, COMMIT).
+        self._writer = engine.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else engine
         ensure_bucket_table(engine)
 
     def hashed(self, key: str) -> str:
@@ -102,10 +105,11 @@ class SqlBuckets:
         from sqlalchemy import text
 
         params = {"key": self.hashed(key), "rate": per_minute / 60.0, "burst": float(burst), "now": now}
-        with self.engine.connect() as conn:
-            if not consume:
+        if not consume:
+            with self.engine.connect() as conn:
                 row = conn.execute(text(f"SELECT tokens, updated FROM {RATE_LIMIT_TABLE} WHERE key = :key"), params).first()
-                return row is None or _refill(row[0], row[1], per_minute, burst, now) >= 1.0
+            return row is None or _refill(row[0], row[1], per_minute, burst, now) >= 1.0
+        with self._writer.connect() as conn:
             conn.execution_options(valign_write=True)  # SQLite: BEGIN IMMEDIATE (see valign.web.database)
             with conn.begin():
                 ok = conn.execute(_take_statement(), params).scalar_one()
