@@ -85,6 +85,8 @@ def serve(
     migrate(make_engine(url))  # once, before any worker starts
     hosts = list(allowed_host) or ["localhost", "127.0.0.1", "::1", *([host] if host not in ("0.0.0.0", "::", "") else [])]
     settings = dict(invitations=invitations, rate_limit_session=rate_limit_session, rate_limit_ip=rate_limit_ip, public_url=public_url, allowed_hosts=hosts, pool_size=pool_size, migrate=False)
+    if not public_url and not allowed_host and host in ("0.0.0.0", "::"):
+        typer.echo("note: without --public-url or --allowed-host, pages with a resume link answer 400 for any Host but localhost, 127.0.0.1 and ::1.", err=True)
     if not os.environ.get("VALIGN_ADMIN_TOKEN"):
         typer.echo("note: VALIGN_ADMIN_TOKEN is not set, so the admin pages are disabled.", err=True)
     typer.echo(f"survey '{inst.id}' on http://{host}:{port}/ ({make_engine(url).url.render_as_string(hide_password=True)})", err=True)
