@@ -59,6 +59,29 @@ def test_exhausted_peeks_without_consuming():
     assert rl.exhausted("k", now=0.0) and not rl.exhausted("k", now=1.5)
 
 
+def test_database_buckets_are_shared_atomic_and_store_no_key(tmp_path):
+    import concurrent.futures
+
+    from sqlalchemy import text
+
+    from valign.web.database import make_engine
+    from valign.web.ratelimit import SqlBuckets
+
+    url = f"sqlite:///{tmp_path / 'rl.db'}"
+    one, two = (SqlBuckets(make_engine(url), secret="s" * 32) for _ in range(2))  # as two worker processes would
+    a, b = RateLimiter(60, burst=3, store=one), RateLimiter(60, burst=3, store=two)
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        taken = list(pool.map(lambda i: (a if i % 2 else b).allow("ip:203.0.113.9", now=100.0), range(12)))
+    assert sum(taken) == 3, "no two workers take the same last request"
+    assert b.exhausted("ip:203.0.113.9", now=100.0) and a.allow("ip:203.0.113.9", now=101.0)  # one a second comes back
+    with one.engine.connect() as conn:
+        keys = [k for (k,) in conn.execute(text("SELECT key FROM rate_limit_buckets"))]
+    assert keys == [one.hashed("ip:203.0.113.9")] and "203.0.113" not in keys[0]
+    assert a.allow("other", now=5000.0)  # ten idle minutes later the old bucket is swept
+    with one.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM rate_limit_buckets")).scalar() == 1
+
+
 def test_signed_cookies_are_httponly_and_refuse_other_keys_and_old_values():
     from starlette.responses import Response
 

@@ -25,7 +25,6 @@ from valign.survey.erasure import Erasure, erase_respondent, erasure_counts
 from valign.survey.state import BrowserSession, Problem, SurveyState
 from valign.web.database import utcnow
 from valign.web.bodies import openapi_form, openapi_json, read_form, read_json_object
-from valign.web.ratelimit import client_address
 
 # Route signatures are resolved at run time by FastAPI, so these are real imports.
 from fastapi import Request
@@ -95,15 +94,11 @@ def admin_router(sv: SurveyState) -> APIRouter:
             raise disabled()
         header = request.headers.get("authorization")
         if header is not None:
-            # Wrong tokens count against the login form's limit, and an address that used it
-            # up is refused before its token is even checked: guessing is as slow here.
-            key = f"bearer:{client_address(request)}"
-            if sv.limit_login.exhausted(key):
-                raise Problem(429, "Too many attempts", "Too many wrong admin tokens from this address; wait a minute.", {"Retry-After": "60"})
+            # The right token is always admitted; wrong ones are counted and, past the
+            # limit, refused (429) — see SurveyState.wrong_admin_token.
             if sv.admin.check_bearer(header):
                 return "bearer"
-            sv.limit_login.allow(key)
-            raise Problem(401, "Wrong admin token", "The admin token is not right.", {"WWW-Authenticate": "Bearer"})
+            raise sv.wrong_admin_token(request)
         cookie = sv.admin_cookie.read(request.cookies)
         if cookie and cookie.get("a") == sv.admin.cookie_marker(sv.signer):
             return "cookie"
@@ -164,9 +159,10 @@ def admin_router(sv: SurveyState) -> APIRouter:
             raise disabled()
         sess = sv.session(request)
         form = await sv.read_post(request, sess)
-        if not sv.limit_login.allow("login:" + client_address(request)):
-            raise Problem(429, "Too many attempts", "Too many sign-in attempts. Wait a minute and try again.", {"Retry-After": "60"})
         if not sv.admin.check_token(form.get("token")):
+            problem = sv.wrong_admin_token(request)
+            if problem.status == 429:
+                raise problem
             return sv.html(request, sess, "admin_login.html", status=401, page_title="Admin sign in", error="That admin token is not right.")
         response = sv.redirect(request, sess, "/admin/")
         sv.admin_cookie.write(response, {"a": sv.admin.cookie_marker(sv.signer)})

@@ -239,20 +239,23 @@ def _public_router(sv: SurveyState):
     @router.get("/continue")
     def continue_(request: Request) -> Response:
         sess = sv.session(request)
-        with sv.db.read() as s:
+        with sv.db.read(snapshot=False) as s:
             _, _, redirect = _locate(sv, request, sess, s, None)
         return redirect  # type: ignore[return-value]
 
     @router.get("/survey/{n}")
     def page(request: Request, n: int) -> Response:
+        from sqlalchemy import select
+
         sess = sv.session(request)
-        with sv.db.read() as s:
+        with sv.db.read(snapshot=False) as s:
             r, plan, redirect = _locate(sv, request, sess, s, n)
             if redirect is not None:
                 return redirect
             pg = plan[n - 1]
             ids = [i.id for i in pg.items] or [PROPOSAL_ITEM]
-            saved = {a.item_id: a for a in s.query(Answer).filter(Answer.respondent_id == r.id, Answer.item_id.in_(ids))}
+            # Plain rows, not ORM objects: this runs for every page shown.
+            saved = {a.item_id: a for a in s.execute(select(Answer.item_id, Answer.choice, Answer.strength, Answer.text).where(Answer.respondent_id == r.id, Answer.item_id.in_(ids)))}
         values = {f"q-{k}": a.choice for k, a in saved.items()}
         values.update({f"s-{k}": str(a.strength) for k, a in saved.items() if a.strength is not None})
         if PROPOSAL_ITEM in saved:
@@ -271,7 +274,7 @@ def _public_router(sv: SurveyState):
     @router.get("/done")
     def done(request: Request) -> Response:
         sess = sv.session(request)
-        with sv.db.read() as s:
+        with sv.db.read(snapshot=False) as s:
             r = sv.respondent(s, sess)
         if r is None:
             return sv.redirect(request, forget_respondent(sess), "/")

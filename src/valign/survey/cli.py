@@ -68,12 +68,15 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind (0.0.0.0 to serve others; put TLS in front)."),
     port: int = typer.Option(8000, help="Port."),
     invitations: str = typer.Option("open", help="open: anyone with the address; required: only /i/<token> links."),
-    workers: int = typer.Option(1, min=1, help="Worker processes (rate limits are per process)."),
+    workers: int = typer.Option(1, min=1, help="Worker processes; sessions, CSRF and rate limits hold across them (rate limits are kept in the database)."),
     rate_limit_session: int = typer.Option(60, help="Form submissions per minute per browser session (0 = off)."),
-    rate_limit_ip: int = typer.Option(600, help="Form submissions per minute per client address, kept in memory only (0 = off)."),
-    public_url: Optional[str] = typer.Option(None, help="The address respondents use, e.g. https://survey.example.org (for resume links behind a proxy)."),
+    rate_limit_ip: int = typer.Option(600, help="Form submissions per minute per client address (0 = off); counted in the database under a keyed hash, never the address."),
+    public_url: Optional[str] = typer.Option(None, help="The address respondents use, e.g. https://survey.example.org: resume and invitation links are built from it (also turns on Secure cookies when https)."),
     max_body_bytes: int = typer.Option(64 * 1024, min=1024, help="Largest request body accepted; larger ones get 413 before they are read (a page's form is a few KiB)."),
     retention_days: Optional[int] = typer.Option(None, "--retention-days", min=1, help="Delete incomplete responses untouched for this many days, at start and hourly (default: keep them)."),
+    allowed_host: list[str] = typer.Option([], "--allowed-host", help="Without --public-url: a Host name links may be built from (repeatable); default localhost, 127.0.0.1, ::1 and --host. Other Hosts get a 400 where a link is shown."),
+    forwarded_allow_ips: Optional[str] = typer.Option(None, "--forwarded-allow-ips", help="Comma-separated addresses of the proxies whose X-Forwarded-For/-Proto to trust (e.g. 127.0.0.1 for a proxy on this machine); default none, so the client address is the connection's."),
+    pool_size: int = typer.Option(10, min=1, help="Database connections each worker keeps open (up to twice as many more on demand)."),
 ) -> None:
     """Serve the survey. Admin pages need VALIGN_ADMIN_TOKEN; cookies are signed with VALIGN_SURVEY_SECRET or a generated key kept in the database."""
     import uvicorn
@@ -87,7 +90,10 @@ def serve(
     inst = load_instrument(instrument)
     url = resolve_db_url(db)
     migrate(make_engine(url))  # once, before any worker starts
-    settings = dict(invitations=invitations, rate_limit_session=rate_limit_session, rate_limit_ip=rate_limit_ip, public_url=public_url, max_body_bytes=max_body_bytes, migrate=False, retention_days=retention_days)
+    hosts = list(allowed_host) or ["localhost", "127.0.0.1", "::1", *([host] if host not in ("0.0.0.0", "::", "") else [])]
+    settings = dict(invitations=invitations, rate_limit_session=rate_limit_session, rate_limit_ip=rate_limit_ip, public_url=public_url, allowed_hosts=hosts, pool_size=pool_size, max_body_bytes=max_body_bytes, migrate=False, retention_days=retention_days)
+    if not public_url and not allowed_host and host in ("0.0.0.0", "::"):
+        typer.echo("note: without --public-url or --allowed-host, pages with a resume link answer 400 for any Host but localhost, 127.0.0.1 and ::1.", err=True)
     if not os.environ.get("VALIGN_ADMIN_TOKEN"):
         typer.echo("note: VALIGN_ADMIN_TOKEN is not set, so the admin pages are disabled.", err=True)
     typer.echo(f"survey '{inst.id}' on http://{host}:{port}/ ({make_engine(url).url.render_as_string(hide_password=True)})", err=True)
@@ -97,11 +103,19 @@ def serve(
     # by default) lets a finished handler hand its page back without waiting a whole slice.
     sys.setswitchinterval(float(os.environ.get("VALIGN_SWITCH_INTERVAL", "0.0005")))
     # No access log: request lines would carry resume and invitation tokens and client addresses.
+    # Forwarded-for headers rewrite the client address (and so the rate limits' keys):
+    # trusted only from the proxies named, never by default (uvicorn's own default trusts 127.0.0.1).
+    proxies = [a.strip() for a in (forwarded_allow_ips or "").split(",") if a.strip()]
+    common = dict(host=host, port=port, access_log=False, log_level="warning", timeout_keep_alive=20, proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None)
     if workers == 1:
-        uvicorn.run(create_app(inst, url, SurveySettings(**settings)), host=host, port=port, access_log=False, log_level="warning", timeout_keep_alive=20)
+        uvicorn.run(create_app(inst, url, SurveySettings(**settings)), **common)
     else:
+        # Each worker builds its own app from this variable; the buckets table exists before they start.
+        from valign.web.ratelimit import ensure_bucket_table
+
+        ensure_bucket_table(make_engine(url))
         os.environ["VALIGN_SURVEY_APP"] = json.dumps({"instrument": str(instrument), "db_url": url, **settings})
-        uvicorn.run("valign.survey.app:app_from_env", factory=True, host=host, port=port, workers=workers, access_log=False, log_level="warning", timeout_keep_alive=20)
+        uvicorn.run("valign.survey.app:app_from_env", factory=True, workers=workers, **common)
 
 
 @survey_app.command("invite")

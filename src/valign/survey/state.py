@@ -25,7 +25,7 @@ from valign.web.auth import AdminAuth
 from valign.web.bodies import read_form
 from valign.web.cookies import SignedCookie
 from valign.web.csrf import check_csrf, csrf_token
-from valign.web.ratelimit import RateLimiter, client_address
+from valign.web.ratelimit import RateLimiter, SqlBuckets, client_address
 from valign.web.signing import Signer
 
 if TYPE_CHECKING:
@@ -57,8 +57,12 @@ class SurveySettings:
     ``invitations``: ``open`` (anyone with the address may answer; invitation links
     work too) or ``required`` (only ``/i/<token>`` opens the survey).
     ``rate_limit_session`` / ``rate_limit_ip``: POSTs per minute per browser session /
-    per client address (0 = off). ``public_url``: the address respondents use (for the
-    resume link behind a proxy; default: the request's own). ``secure_cookies``: set
+    per client address (0 = off), counted in the database so that every worker process
+    shares them. ``rate_limit_login``: wrong admin tokens per minute per address (ten
+    times as many from all addresses together); the right token is never refused.
+    ``public_url``: the address respondents use, from which resume and invitation links
+    are built. Without it, links use the request's Host only when it is one of
+    ``allowed_hosts`` (else 400), never an arbitrary Host header. ``secure_cookies``: set
     the cookies' Secure flag (default: when ``public_url`` is https).
     ``max_body_bytes``: the largest request body accepted (larger ones get 413 unread;
     a survey page's form is a few KiB).
@@ -77,6 +81,7 @@ class SurveySettings:
     rate_limit_ip: int = 600
     rate_limit_login: int = 10
     public_url: str | None = None
+    allowed_hosts: tuple[str, ...] | list[str] = ("localhost", "127.0.0.1", "::1")
     secure_cookies: bool | None = None
     migrate: bool = True
     pool_size: int = 10
@@ -134,9 +139,13 @@ class SurveyState:
         self.signer = Signer(secret, "session")
         self.page_signer = Signer(secret, "page-shown")
         self.admin = AdminAuth(settings.admin_token)
-        self.limit_session = RateLimiter(settings.rate_limit_session, burst=max(10, settings.rate_limit_session // 3))
-        self.limit_ip = RateLimiter(settings.rate_limit_ip, burst=max(20, settings.rate_limit_ip // 3))
-        self.limit_login = RateLimiter(settings.rate_limit_login, burst=5)
+        # In the database, so that the limits hold across `--workers` processes.
+        buckets = SqlBuckets(db.engine, secret)
+        self.limit_session = RateLimiter(settings.rate_limit_session, burst=max(10, settings.rate_limit_session // 3), store=buckets)
+        self.limit_ip = RateLimiter(settings.rate_limit_ip, burst=max(20, settings.rate_limit_ip // 3), store=buckets)
+        self.limit_login = RateLimiter(settings.rate_limit_login, burst=5, store=buckets)
+        self.limit_login_all = RateLimiter(settings.rate_limit_login * 10, burst=50, store=buckets)
+        self.allowed_hosts = frozenset(h.lower().strip("[]") for h in settings.allowed_hosts)
         self.render = Renderer(instrument)
         secure = settings.secure_cookies
         self.secure = bool(settings.public_url and settings.public_url.startswith("https")) if secure is None else secure
@@ -178,9 +187,26 @@ class SurveyState:
         return HTMLResponse(body, status_code=p.status, headers=p.headers)
 
     def public_base(self, request: Request) -> str:
+        """Where links to this survey start: ``public_url``, else the request's own
+        address when its Host is an allowed one. A link built from any Host header would
+        let whoever sends the request choose where a respondent's resume link points."""
         if self.settings.public_url:
             return self.settings.public_url.rstrip("/")
+        host = (request.url.hostname or "").lower()
+        if host not in self.allowed_hosts:
+            allowed = ", ".join(sorted(self.allowed_hosts)) or "none"
+            raise Problem(400, "Unknown host", f"This survey does not answer for the host '{host[:100]}' (allowed: {allowed}); open it at its own address, or start it with --public-url or --allowed-host.")
         return str(request.base_url).rstrip("/")
+
+    def wrong_admin_token(self, request: Request) -> Problem:
+        """Count a wrong admin token against its address and against all addresses: the
+        401 to answer, or a 429 once either budget is spent. Only wrong tokens are counted
+        and refused, so nobody's guesses can lock out the administrator's right token."""
+        own = self.limit_login.allow("guess:" + client_address(request))
+        everyone = self.limit_login_all.allow("guess:*")
+        if own and everyone:
+            return Problem(401, "Wrong admin token", "The admin token is not right.", {"WWW-Authenticate": "Bearer"})
+        return Problem(429, "Too many attempts", "Too many wrong admin tokens; wait a minute before trying another.", {"Retry-After": "60"})
 
     # checks --------------------------------------------------------------------------------
 
@@ -233,17 +259,20 @@ class SurveyState:
         self._plans.clear()
 
     def respondent(self, s, sess: BrowserSession) -> RespondentState | None:  # noqa: ANN001
-        """The session's respondent and the pages it has submitted (two small queries)."""
+        """The session's respondent and the pages it has submitted (one query, one round trip)."""
         from sqlalchemy import select
 
         if not sess.rid:
             return None
-        row = s.execute(
-            select(Respondent.id, Respondent.seed, Respondent.shown_proposals, Respondent.completed, Respondent.screened_out).where(Respondent.public_id == sess.rid)
-        ).first()
-        if row is None:
+        rows = s.execute(
+            select(Respondent.id, Respondent.seed, Respondent.shown_proposals, Respondent.completed, Respondent.screened_out, PageEvent.page)
+            .outerjoin(PageEvent, PageEvent.respondent_id == Respondent.id)
+            .where(Respondent.public_id == sess.rid)
+        ).all()
+        if not rows:
             return None
-        pages = set(s.scalars(select(PageEvent.page).where(PageEvent.respondent_id == row.id).distinct()))
+        row = rows[0]
+        pages = {r.page for r in rows if r.page is not None}
         return RespondentState(row.id, sess.rid, row.seed, tuple(json.loads(row.shown_proposals or "[]")), bool(row.completed), pages, bool(row.screened_out))
 
     @staticmethod

@@ -7,7 +7,8 @@ One module per concern, each with public names only:
 * `valign.web.cookies` — `SignedCookie`: an HttpOnly cookie holding a signed payload.
 * `valign.web.csrf` — `csrf_token` / `check_csrf`: the per-session form token.
 * `valign.web.auth` — `AdminAuth`: the bearer admin token, compared in constant time.
-* `valign.web.ratelimit` — `RateLimiter` (token buckets in memory) and `client_address`.
+* `valign.web.ratelimit` — `RateLimiter` (token buckets in memory, or `SqlBuckets` in a
+  database every worker process shares) and `client_address`.
 * `valign.web.headers` — `SECURITY_HEADERS` and the ASGI middleware that adds them.
 * `valign.web.limits` — `BodyLimitMiddleware`: request bodies over a stated size get
   413 before they are read.
