@@ -68,7 +68,7 @@ def test_survey_and_feedback_share_a_database_each_with_its_own_chain(db_url):
     store.record("c1:0", "m", HI, "Hello")
     store.rate("c1:0", "up")
     migrate(engine)
-    assert schema_revision(engine) == "0004" and feedback_revision(engine) == "feedback_0001"
+    assert schema_revision(engine) == "0005" and feedback_revision(engine) == "feedback_0001"
     assert [r["label"] for r in kto_rows_from_feedback(db_url)] == [True]
     engine.dispose()
     store.db.engine.dispose()
@@ -123,6 +123,6 @@ def test_a_database_from_before_the_feedback_chain_upgrades_with_its_feedback(db
     # The survey chain goes on from 0002 (now an empty marker) and leaves the feedback alone.
     migrate(engine)
     migrate_feedback(engine)
-    assert schema_revision(engine) == "0004" and len(store.rows()) == 2
+    assert schema_revision(engine) == "0005" and len(store.rows()) == 2
     assert {"respondents", "served_completions", "feedback", "alembic_version", FEEDBACK_VERSION_TABLE} <= _tables(db_url)
     engine.dispose()

@@ -31,7 +31,7 @@ def test_migrations_from_empty_build_exactly_the_models_schema(engine):
     assert schema_revision(engine) is None
     migrate(engine)
     migrate(engine)  # idempotent
-    assert schema_revision(engine) == "0004"
+    assert schema_revision(engine) == "0005"
     names = set(inspect(engine).get_table_names())
     assert names == {"respondents", "answers", "invitations", "proposals", "page_events", "settings", "alembic_version"}, "no feedback tables: valign.feedback owns those"
     uniques = {tuple(u["column_names"]) for u in inspect(engine).get_unique_constraints("answers")}

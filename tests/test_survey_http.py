@@ -432,7 +432,7 @@ def test_cli_invite_flags_and_export(server, tmp_path):
     Person(server.url).consent()
     run = CliRunner().invoke
     out = run(app, ["survey", "migrate", "--db", server.db_url])
-    assert out.exit_code == 0 and "revision 0004" in out.output
+    assert out.exit_code == 0 and "revision 0005" in out.output
     out = run(app, ["survey", "invite", "--n", "3", "--db", server.db_url, "--base-url", server.url])
     links = out.output.split()
     assert out.exit_code == 0 and len(links) == 3 and all(link.startswith(server.url + "/i/") for link in links)

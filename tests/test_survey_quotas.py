@@ -290,7 +290,7 @@ def test_the_quota_migration_keeps_existing_respondents_and_goes_back(tmp_path, 
                 "VALUES ('old', 'h', 'valign-demo', 'f', 1, '[]', false, true, '2026-11-30 12:00:00')"
             ))
         migrate(engine)
-        assert schema_revision(engine) == "0004"
+        assert schema_revision(engine) == "0005"
         with engine.connect() as conn:
             assert conn.execute(text("SELECT screened_out, quota_cell FROM respondents WHERE public_id = 'old'")).one() == (False, None)
         assert "ix_answers_item_choice" in {i["name"] for i in inspect(engine).get_indexes("answers")}

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from valign.survey.db import LIVE_SOURCE, Database, Invitation, PageEvent, Proposal, Respondent, new_token, token_hash
 from valign.survey.flow import Page, plan_pages
 from valign.survey.instrument import Instrument
+from valign.survey.messages import messages
 from valign.survey.render import Renderer
 from valign.web.auth import AdminAuth
 from valign.web.bodies import read_form
@@ -93,10 +94,12 @@ class BrowserSession:
     link: str | None = None  # "/r/<token>" or "/i/<token>": how this respondent resumes
     inv: str | None = None  # an invitation token not yet consented to
     syn: bool = False  # opened through a synthetic invitation (made with the admin token)
+    lang: str | None = None  # the language the respondent chose (or their invitation set)
     dirty: bool = False
+    lang_changed: bool = False  # this request chose a language (``?lang=``): the response row follows
 
     def payload(self) -> dict[str, Any]:
-        return {k: v for k, v in (("sid", self.sid), ("rid", self.rid), ("link", self.link), ("inv", self.inv), ("syn", self.syn)) if v}
+        return {k: v for k, v in (("sid", self.sid), ("rid", self.rid), ("link", self.link), ("inv", self.inv), ("syn", self.syn), ("lang", self.lang)) if v}
 
 
 @dataclass(frozen=True)
@@ -144,10 +147,31 @@ class SurveyState:
     # sessions and responses ------------------------------------------------------------
 
     def session(self, request: Request) -> BrowserSession:
+        """The browser's session; a ``?lang=`` in the address chooses the language (400
+        for a language this instrument does not have)."""
         data = self.session_cookie.read(request.cookies)
         if data and isinstance(data.get("sid"), str):
-            return BrowserSession(sid=data["sid"], rid=data.get("rid"), link=data.get("link"), inv=data.get("inv"), syn=bool(data.get("syn")))
-        return BrowserSession(sid=secrets.token_urlsafe(16), dirty=True)
+            lang = data.get("lang") if data.get("lang") in self.instrument.languages else None
+            sess = BrowserSession(sid=data["sid"], rid=data.get("rid"), link=data.get("link"), inv=data.get("inv"), syn=bool(data.get("syn")), lang=lang)
+        else:
+            sess = BrowserSession(sid=secrets.token_urlsafe(16), dirty=True)
+        chosen = request.query_params.get("lang")
+        if chosen is not None:
+            if chosen not in self.instrument.languages:
+                raise Problem(400, "Language not available", f"This survey is not available in '{chosen[:20]}'; choose one of: {', '.join(self.instrument.languages)}.")
+            if chosen != self.language(sess):
+                sess.lang, sess.dirty, sess.lang_changed = chosen, True, True
+        return sess
+
+    def language(self, sess: BrowserSession | None) -> str:
+        """The language a session's pages are shown in: its choice, else the base language."""
+        return sess.lang if sess is not None and sess.lang else self.instrument.language
+
+    def record_language(self, sess: BrowserSession) -> None:
+        """A respondent who switches language mid-survey: their response records the new one."""
+        if sess.lang_changed and sess.rid:
+            with self.db.write() as s:
+                s.query(Respondent).filter(Respondent.public_id == sess.rid).update({"language": self.language(sess)})
 
     def finish(self, response: Response, sess: BrowserSession) -> Response:
         if sess.dirty:
@@ -159,7 +183,7 @@ class SurveyState:
 
         ctx.setdefault("csrf", csrf_token(self.signer, sess.sid))
         ctx.setdefault("root", request.scope.get("root_path", ""))
-        return self.finish(HTMLResponse(self.render(template, **ctx), status_code=status), sess)
+        return self.finish(HTMLResponse(self.render(template, lang=self.language(sess), **ctx), status_code=status), sess)
 
     def redirect(self, request: Request, sess: BrowserSession, path: str) -> Response:
         from starlette.responses import RedirectResponse
@@ -171,7 +195,9 @@ class SurveyState:
 
         if request.url.path.startswith("/admin/api") or request.url.path.startswith("/admin/export"):
             return JSONResponse({"error": p.message}, status_code=p.status, headers=p.headers)
-        body = self.render("problem.html", title=p.title, message=p.message, root=request.scope.get("root_path", ""), login=p.status == 401 and request.url.path.startswith("/admin"))
+        data = self.session_cookie.read(request.cookies) or {}
+        lang = data.get("lang") if data.get("lang") in self.instrument.languages else self.instrument.language
+        body = self.render("problem.html", lang=lang, title=p.title, message=p.message, root=request.scope.get("root_path", ""), login=p.status == 401 and request.url.path.startswith("/admin"))
         return HTMLResponse(body, status_code=p.status, headers=p.headers)
 
     def public_base(self, request: Request) -> str:
@@ -210,16 +236,19 @@ class SurveyState:
 
     # respondents ----------------------------------------------------------------------------
 
-    def plan(self, r: RespondentState) -> list[Page]:
+    def plan(self, r: RespondentState, lang: str | None = None) -> list[Page]:
+        """The respondent's pages in ``lang`` (default: the base language); the same keys and
+        items in every language."""
         ids = r.proposals
-        key = (r.seed, ids)
+        lang = lang or self.instrument.language
+        key = (r.seed, ids, lang)
         plan = self._plans.get(key)
         if plan is None:
             texts: dict[int, str] = {}
             if ids:
                 with self.db.read() as s:
                     texts = {p.id: p.text for p in s.query(Proposal).filter(Proposal.id.in_(ids))}
-            plan = plan_pages(self.instrument, r.seed, [(i, texts[i]) for i in ids if i in texts])
+            plan = plan_pages(self.instrument.in_language(lang), r.seed, [(i, texts[i]) for i in ids if i in texts])
             if len(self._plans) > 5000:
                 self._plans.clear()
             self._plans[key] = plan
@@ -272,6 +301,7 @@ class SurveyState:
                 seed=secrets.randbelow(2**31),
                 shown_proposals=json.dumps(approved),
                 invitation_id=invitation.id if invitation else None,
+                language=self.language(sess),
                 synthetic=bool(invitation and invitation.synthetic) or synthetic,
             )
             s.add(r)
