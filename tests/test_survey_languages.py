@@ -130,6 +130,10 @@ def run_two_languages(server: Server) -> None:
     missing = de.submit(skip=radio_names(de.page.text)[0])  # one question left out: the message is German
     assert "Bitte prüfen Sie Ihre Angaben" in missing.text and "Wählen Sie, wie ähnlich Ihnen diese Person ist" in missing.text
     de.finish()
+    lost = de.c.get("/no-such-page")  # refusals are worded in the respondent's language too
+    assert lost.status_code == 404 and '<html lang="de">' in lost.text and "Seite nicht gefunden" in lost.text
+    forged = de.c.post("/consent", data={"csrf": "forged", "decision": "agree"})
+    assert forged.status_code == 403 and "Formular abgelaufen" in forged.text
     assert "Vielen Dank – Ihre Antworten sind gespeichert" in de.page.text and '<html lang="de">' in de.page.text
 
     # One in English (the base language, chosen by nobody).

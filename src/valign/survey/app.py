@@ -45,7 +45,7 @@ from valign.survey.flow import PROPOSAL_PAGE, Page
 from valign.survey.instrument import Instrument, Item
 from valign.survey.messages import messages
 from valign.survey.quota_fill import screen_if_full
-from valign.survey.state import BrowserSession, Problem, RespondentState, SurveySettings, SurveyState, bad_invitation, forget_respondent
+from valign.survey.state import BrowserSession, Problem, RespondentState, SurveySettings, SurveyState, bad_invitation, forget_respondent, respondent_problem
 from valign.web.database import utcnow
 from valign.web.bodies import openapi_form
 from valign.web.headers import SecurityHeadersMiddleware
@@ -107,8 +107,10 @@ def create_app(instrument: Instrument, db_url: str, settings: SurveySettings | N
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, exc):  # noqa: ANN001
-        titles = {400: "Bad request", 404: "Page not found", 405: "Not allowed", 413: "Too large"}
-        msg = "There is no page at this address. Check the link you followed." if exc.status_code == 404 else str(exc.detail)
+        if exc.status_code == 404:
+            return survey.problem_page(request, respondent_problem(404, "not_found"))
+        titles = {400: "Bad request", 405: "Not allowed", 413: "Too large"}
+        msg = str(exc.detail)
         return survey.problem_page(request, Problem(exc.status_code, titles.get(exc.status_code, "Something went wrong"), msg, getattr(exc, "headers", None)))
 
     from fastapi.exceptions import RequestValidationError
@@ -135,7 +137,7 @@ def malformed_parameter(errors: "Sequence[Any]") -> Problem:
     first = errors[0] if errors else {}
     loc = tuple(first.get("loc", ()))
     if not loc or loc[0] == "path":
-        return Problem(404, "Page not found", "There is no page at this address. Check the link you followed.")
+        return respondent_problem(404, "not_found")
     where, name = str(loc[0]), ".".join(str(x) for x in loc[1:])[:40]
     return Problem(422, "Bad request", f"The {where} parameter '{name}' is not valid: {str(first.get('msg', 'unreadable')).rstrip('.')}.")
 
@@ -215,7 +217,7 @@ def _public_router(sv: SurveyState):
         with sv.db.read() as s:
             r = s.query(Respondent).filter(Respondent.resume_hash == token_hash(token)).one_or_none()
         if r is None:
-            raise Problem(404, "Link not recognised", "This link does not open a survey response. Check that you copied the whole link.")
+            raise respondent_problem(404, "bad_link")
         sess.rid, sess.link, sess.inv, sess.syn, sess.dirty = r.public_id, f"/r/{token}", None, bool(r.synthetic), True
         _resume_language(sv, sess, r.language)
         return sv.redirect(request, sess, "/continue")
@@ -434,7 +436,7 @@ def _submit(sv: SurveyState, request: "Request", sess: BrowserSession, n: int, f
         pg = plan[n - 1]
         shown = sv.page_signer.unsign(form.get("shown"))
         if not shown or shown.get("p") != pg.key or shown.get("r") != r.public_id:
-            raise Problem(400, "Form expired", "This page's form is out of date. Go back, reload the page and submit it again.")
+            raise respondent_problem(400, "page_expired")
         rows, cleared, errors, values = _validate(sv, pg, form, sv.language(sess))
         last = n == len(plan)
         screened = False

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from valign.survey.db import LIVE_SOURCE, Database, Invitation, PageEvent, Proposal, Respondent, new_token, token_hash
 from valign.survey.flow import Page, plan_pages
 from valign.survey.instrument import Instrument
-from valign.survey.messages import messages
+from valign.survey.messages import BASE_CATALOGUE, messages
 from valign.survey.render import Renderer
 from valign.web.auth import AdminAuth
 from valign.web.bodies import read_form
@@ -38,6 +38,7 @@ __all__ = [
     "BrowserSession",
     "RespondentState",
     "Problem",
+    "respondent_problem",
     "SurveyState",
     "bad_invitation",
     "forget_respondent",
@@ -118,9 +119,22 @@ class RespondentState:
 class Problem(Exception):
     """Stop handling a request and answer with a page saying what happened."""
 
-    def __init__(self, status: int, title: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, title: str, message: str, headers: dict[str, str] | None = None, key: str | None = None) -> None:
         super().__init__(message)
         self.status, self.title, self.message, self.headers = status, title, message, headers or {}
+        self.key = key  # its entry under ``problems`` in the catalogues: shown in the respondent's language
+
+
+def respondent_problem(status: int, key: str, headers: dict[str, str] | None = None) -> Problem:
+    """A refusal a respondent may meet, worded by the catalogues' ``problems.<key>``: in
+    English here (logs, JSON), in the respondent's language on the page.
+
+    Example:
+        >>> respondent_problem(404, "not_found").title
+        'Page not found'
+    """
+    words = messages(BASE_CATALOGUE)["problems"][key]
+    return Problem(status, words["title"], words["message"], headers, key=key)
 
 
 class SurveyState:
@@ -197,7 +211,11 @@ class SurveyState:
             return JSONResponse({"error": p.message}, status_code=p.status, headers=p.headers)
         data = self.session_cookie.read(request.cookies) or {}
         lang = data.get("lang") if data.get("lang") in self.instrument.languages else self.instrument.language
-        body = self.render("problem.html", lang=lang, title=p.title, message=p.message, root=request.scope.get("root_path", ""), login=p.status == 401 and request.url.path.startswith("/admin"))
+        title, message = p.title, p.message
+        if p.key is not None:
+            words = messages(lang)["problems"][p.key]
+            title, message = words["title"], words["message"]
+        body = self.render("problem.html", lang=lang, title=title, message=message, root=request.scope.get("root_path", ""), login=p.status == 401 and request.url.path.startswith("/admin"))
         return HTMLResponse(body, status_code=p.status, headers=p.headers)
 
     def public_base(self, request: Request) -> str:
@@ -217,9 +235,9 @@ class SurveyState:
         """
         limited = not sess.syn and (not self.limit_ip.allow("ip:" + client_address(request)) or not self.limit_session.allow("s:" + sess.sid))
         if limited:
-            raise Problem(429, "Too many requests", "You sent too many answers in a short time. Wait a minute, then go back and submit the page again.", {"Retry-After": "60"})
+            raise respondent_problem(429, "too_many", {"Retry-After": "60"})
         if sess.dirty:  # no valid session cookie came with the form
-            raise Problem(403, "Cookies needed", "Your browser did not send this survey's cookie. Allow cookies for this site, reload the page and try again.")
+            raise respondent_problem(403, "cookies")
 
     async def read_post(self, request: Request, sess: BrowserSession) -> dict[str, str]:
         """A form POST's fields, once it has passed `admit_post` and carries the session's
@@ -232,7 +250,7 @@ class SurveyState:
     def require_csrf(self, sess: BrowserSession, form: dict[str, Any]) -> None:
         """403 unless the form carries the session's CSRF token."""
         if not check_csrf(self.signer, sess.sid, form.get("csrf")):
-            raise Problem(403, "Form expired", "This form is out of date or did not come from this survey. Reload the page and submit it again.")
+            raise respondent_problem(403, "form_expired")
 
     # respondents ----------------------------------------------------------------------------
 
@@ -320,7 +338,7 @@ class SurveyState:
 
 def bad_invitation() -> Problem:
     """The page for an invitation link that opens nothing."""
-    return Problem(404, "Invitation not valid", "This invitation link is not valid. Check that you copied the whole link.")
+    return respondent_problem(404, "bad_invitation")
 
 
 def forget_respondent(sess: BrowserSession) -> BrowserSession:
