@@ -34,7 +34,9 @@ class Renderer:
 
     def __init__(self, instrument: Instrument) -> None:
         self.instrument = instrument
-        self.env = template_env("survey", languages={tag: messages(tag)["language_name"] for tag in instrument.languages})
+        # ``t`` is also a global (the base language's words), so a macro imported without
+        # context still renders; templates import theirs ``with context`` to get the respondent's.
+        self.env = template_env("survey", languages={tag: messages(tag)["language_name"] for tag in instrument.languages}, t=messages(instrument.language))
         self.contexts = {tag: self._context(instrument.in_language(tag)) for tag in instrument.languages}
 
     @staticmethod
