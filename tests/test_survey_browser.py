@@ -112,6 +112,31 @@ def test_consent_to_finish(server, page):
     shot(pg, "12-done")
 
 
+def test_choosing_german_shows_german_pages(server, page):
+    """The language link on the consent page (no JavaScript): German texts, ``<html lang="de">``,
+    and German messages on a page with a mistake."""
+    pg = page
+    pg.goto(server.url + "/")
+    assert pg.get_attribute("html", "lang") == "en"
+    pg.get_by_role("link", name="Deutsch").click()
+    assert pg.get_attribute("html", "lang") == "de"
+    assert pg.get_by_role("heading", level=1).inner_text() == "Was sollte einem KI-Assistenten wichtig sein?"
+    assert pg.get_by_role("heading", name="Bevor Sie beginnen").count() == 1
+    shot(pg, "20-consent-de")
+    pg.get_by_role("button", name="Ich bin mit der Teilnahme einverstanden").click()
+    assert pg.get_attribute("html", "lang") == "de"
+    assert pg.locator(".progress-block label").inner_text().startswith("Seite 1 von ")
+    assert pg.get_by_role("group", name="Wie alt sind Sie?").count() == 1
+    pg.get_by_role("button", name="Speichern und weiter").click()  # demographics are optional
+    assert "Jeder Satz beschreibt eine Person" in pg.locator("p.lead").inner_text()
+    assert pg.locator("label", has_text="Mir sehr ähnlich").count() > 0
+    pg.get_by_role("button", name="Speichern und weiter").click()  # nothing answered: German messages
+    assert pg.title().startswith("Fehler: ")
+    assert pg.locator(".error-summary h2").inner_text() == "Bitte prüfen Sie Ihre Angaben"
+    assert pg.locator(".error-summary a").first.inner_text().startswith("Wählen Sie, wie ähnlich Ihnen diese Person ist")
+    shot(pg, "21-errors-de")
+
+
 def test_resume_by_link_in_another_browser(server, browser, page):
     pg = page
     pg.goto(server.url + "/")

@@ -19,6 +19,15 @@ def demo_data() -> dict:
     return yaml.safe_load((resources.files("valign") / "data" / "instruments" / "demo.yaml").read_text(encoding="utf-8"))
 
 
+def single_language_demo(lang: str = "en") -> dict:
+    """The demo's data in one of its languages, as a one-language instrument (plain strings)."""
+    from valign.survey.translations import localise
+
+    data = localise(demo_data(), lang)
+    data["languages"] = [lang]
+    return data
+
+
 def write(tmp_path, data) -> str:
     path = tmp_path / "bad.yaml"
     path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
@@ -95,7 +104,7 @@ def pvq21_data(*changes: tuple[int, dict]) -> dict:
     items[6] = {"id": "benevolence-a", "number": 7, "text": "(licensed item 7)", "value": key.value_of(7)}  # numbered by `number:`
     for index, change in changes:
         items[index].update(change)
-    data = demo_data()
+    data = single_language_demo()  # the placeholder texts are English only
     data["values"].update(scoring_key="pvq21", scale_direction="descending", items=items)
     return data
 

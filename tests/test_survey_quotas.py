@@ -150,7 +150,7 @@ class Respondent:
 
 
 QUOTAS = {
-    "message": "Thank you! We already have enough answers from people like you.",
+    "message": {"en": "Thank you! We already have enough answers from people like you.", "de": "Danke! Von Menschen wie Ihnen haben wir schon genug Antworten."},
     "sets": [
         {"by": ["sex"], "targets": {"female": 1, "male": 0}},
         {"by": ["age_group", "education"], "targets": {"65+": {"degree": 5}}},
@@ -177,7 +177,7 @@ def test_a_full_cell_closes_the_survey_politely_and_is_counted(tmp_path, backend
             form = b.page.text
             page = b.submit({"sex": "female", "age_group": "30-44", "education": "school"})
             assert page.url.path == "/screened"
-            assert "Thank you for your time" in page.text and QUOTAS["message"] in page.text
+            assert "Thank you for your time" in page.text and QUOTAS["message"]["en"] in page.text
             assert 'role="status"' in page.text and "<script" not in page.text and '/static/survey.css' in page.text
             b_id = b.response_number()
             # Nothing takes her back into the survey: its pages, /continue, /done, a new POST.

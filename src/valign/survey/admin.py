@@ -58,8 +58,10 @@ def whole_number(value: object) -> int | None:
 MAX_RESPONDENT_ID = 32  # characters of ``respondents.public_id``
 
 
-def create_invitations(db: Database, n: int, synthetic: bool = False) -> list[str]:
+def create_invitations(db: Database, n: int, synthetic: bool = False, language: str | None = None) -> list[str]:
     """Create ``n`` invitation tokens (only their hashes are stored); returns the tokens.
+    ``language``: the language their survey opens in (a tag of the instrument's
+    ``languages``; None lets the respondent choose).
 
     Example:
         >>> from valign.survey.db import make_engine, migrate
@@ -69,7 +71,7 @@ def create_invitations(db: Database, n: int, synthetic: bool = False) -> list[st
     """
     tokens = [new_token() for _ in range(n)]
     with db.write() as s:
-        s.add_all([Invitation(token_hash=token_hash(t), synthetic=synthetic, created_at=utcnow()) for t in tokens])
+        s.add_all([Invitation(token_hash=token_hash(t), synthetic=synthetic, language=language, created_at=utcnow()) for t in tokens])
     return tokens
 
 
@@ -240,7 +242,7 @@ def admin_router(sv: SurveyState) -> APIRouter:
         form, _ = await auth_post(request)
         return JSONResponse(await run_in_threadpool(moderate, pid, str(form.get("status", ""))))
 
-    invitations_body = openapi_json({"n": {"type": "integer", "minimum": 1, "maximum": MAX_INVITATIONS}, "synthetic": {"type": "boolean"}})
+    invitations_body = openapi_json({"n": {"type": "integer", "minimum": 1, "maximum": MAX_INVITATIONS}, "synthetic": {"type": "boolean"}, "language": {"type": "string", "enum": list(sv.instrument.languages)}})
 
     @router.post("/api/invitations", openapi_extra=invitations_body)
     async def api_invitations(request: Request) -> Response:
@@ -249,9 +251,12 @@ def admin_router(sv: SurveyState) -> APIRouter:
         if n is None or not 1 <= n <= MAX_INVITATIONS:
             raise Problem(422, "Bad request", f"n must be a whole number from 1 to {MAX_INVITATIONS}.")
         synthetic = form.get("synthetic") in (True, "true", "1", "on")
-        tokens = await run_in_threadpool(create_invitations, sv.db, n, synthetic)
+        language = form.get("language")
+        if language is not None and language not in sv.instrument.languages:
+            raise Problem(422, "Bad request", f"language must be one of the instrument's languages: {', '.join(sv.instrument.languages)}.")
+        tokens = await run_in_threadpool(create_invitations, sv.db, n, synthetic, language)
         base = sv.public_base(request)
-        return JSONResponse({"tokens": tokens, "urls": [f"{base}/i/{t}" for t in tokens], "synthetic": synthetic})
+        return JSONResponse({"tokens": tokens, "urls": [f"{base}/i/{t}" for t in tokens], "synthetic": synthetic, "language": language})
 
     # -- erasure --------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """The survey web app: server-rendered pages that work without JavaScript, and the admin.
 
-Respondents: ``/`` (consent) → ``/survey/1`` … ``/survey/N`` → ``/done``, or
+Respondents: ``/`` (consent, with links to the instrument's other languages:
+``?lang=de`` on any page chooses one, and an invitation may set it) → ``/survey/1`` … ``/survey/N`` → ``/done``, or
 ``/screened``, the closing page of a respondent in a full quota cell
 (`valign.survey.quota_fill`); ``/withdraw`` deletes their response
 (`valign.survey.withdraw`). Every page
@@ -44,8 +45,9 @@ from valign.survey.db import PROPOSAL_ITEM, Answer, Database, Invitation, PageEv
 from valign.survey.erasure import retention_lifespan
 from valign.survey.flow import PROPOSAL_PAGE, Page
 from valign.survey.instrument import Instrument, Item
+from valign.survey.messages import messages
 from valign.survey.quota_fill import screen_if_full
-from valign.survey.state import BrowserSession, Problem, RespondentState, SurveySettings, SurveyState, bad_invitation, forget_respondent
+from valign.survey.state import BrowserSession, Problem, RespondentState, SurveySettings, SurveyState, bad_invitation, forget_respondent, respondent_problem
 from valign.survey.withdraw import withdraw_router
 from valign.web.database import utcnow
 from valign.web.bodies import openapi_form
@@ -110,8 +112,10 @@ def create_app(instrument: Instrument, db_url: str, settings: SurveySettings | N
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, exc):  # noqa: ANN001
-        titles = {400: "Bad request", 404: "Page not found", 405: "Not allowed", 413: "Too large"}
-        msg = "There is no page at this address. Check the link you followed." if exc.status_code == 404 else str(exc.detail)
+        if exc.status_code == 404:
+            return survey.problem_page(request, respondent_problem(404, "not_found"))
+        titles = {400: "Bad request", 405: "Not allowed", 413: "Too large"}
+        msg = str(exc.detail)
         return survey.problem_page(request, Problem(exc.status_code, titles.get(exc.status_code, "Something went wrong"), msg, getattr(exc, "headers", None)))
 
     from fastapi.exceptions import RequestValidationError
@@ -139,7 +143,7 @@ def malformed_parameter(errors: "Sequence[Any]") -> Problem:
     first = errors[0] if errors else {}
     loc = tuple(first.get("loc", ()))
     if not loc or loc[0] == "path":
-        return Problem(404, "Page not found", "There is no page at this address. Check the link you followed.")
+        return respondent_problem(404, "not_found")
     where, name = str(loc[0]), ".".join(str(x) for x in loc[1:])[:40]
     return Problem(422, "Bad request", f"The {where} parameter '{name}' is not valid: {str(first.get('msg', 'unreadable')).rstrip('.')}.")
 
@@ -188,9 +192,10 @@ def _public_router(sv: SurveyState):
         sess = sv.session(request)
         if sess.rid:
             return sv.redirect(request, sess, "/continue")
+        t = messages(sv.language(sess))
         if sv.settings.invitations == "required" and not sess.inv:
-            return sv.html(request, sess, "invite_only.html", status=403, page_title="By invitation only")
-        return sv.html(request, sess, "consent.html", page_title=sv.instrument.consent.title)
+            return sv.html(request, sess, "invite_only.html", status=403, page_title=t["invite_only_title"])
+        return sv.html(request, sess, "consent.html", page_title=sv.instrument.in_language(sv.language(sess)).consent.title)
 
     consent_form = openapi_form({"csrf": {"type": "string"}, "decision": {"type": "string", "enum": ["agree", "decline"]}}, required=["csrf", "decision"])
 
@@ -199,13 +204,14 @@ def _public_router(sv: SurveyState):
         sess = sv.session(request)
         form = await sv.read_post(request, sess)
         decision = form.get("decision")
+        t = messages(sv.language(sess))
         if decision == "decline":
             await run_in_threadpool(sv.db.bump_counter, "declined")
-            return sv.html(request, sess, "declined.html", page_title="Thank you")
+            return sv.html(request, sess, "declined.html", page_title=t["thank_you"])
         if decision != "agree":
-            return sv.html(request, sess, "consent.html", page_title=sv.instrument.consent.title, error="Choose whether you agree to take part")
+            return sv.html(request, sess, "consent.html", page_title=sv.instrument.in_language(sv.language(sess)).consent.title, error=t["consent_required"])
         if sv.settings.invitations == "required" and not sess.inv and not sess.rid:
-            return sv.html(request, sess, "invite_only.html", status=403, page_title="By invitation only")
+            return sv.html(request, sess, "invite_only.html", status=403, page_title=t["invite_only_title"])
         if not sess.rid:
             if await run_in_threadpool(sv.start_respondent, sess):
                 return sv.redirect(request, sess, "/survey/1")
@@ -217,8 +223,9 @@ def _public_router(sv: SurveyState):
         with sv.db.read() as s:
             r = s.query(Respondent).filter(Respondent.resume_hash == token_hash(token)).one_or_none()
         if r is None:
-            raise Problem(404, "Link not recognised", "This link does not open a survey response. Check that you copied the whole link.")
+            raise respondent_problem(404, "bad_link")
         sess.rid, sess.link, sess.inv, sess.syn, sess.dirty = r.public_id, f"/r/{token}", None, bool(r.synthetic), True
+        _resume_language(sv, sess, r.language)
         return sv.redirect(request, sess, "/continue")
 
     @router.get("/i/{token}")
@@ -233,12 +240,14 @@ def _public_router(sv: SurveyState):
             sess.rid, sess.link, sess.inv = r.public_id, f"/i/{token}", None
         else:
             sess.rid, sess.link, sess.inv = None, None, token
+        _resume_language(sv, sess, r.language if r is not None else inv.language)
         sess.syn, sess.dirty = bool(inv.synthetic), True
         return sv.redirect(request, sess, "/continue" if r is not None else "/")
 
     @router.get("/continue")
     def continue_(request: Request) -> Response:
         sess = sv.session(request)
+        sv.record_language(sess)
         with sv.db.read(snapshot=False) as s:
             _, _, redirect = _locate(sv, request, sess, s, None)
         return redirect  # type: ignore[return-value]
@@ -248,6 +257,7 @@ def _public_router(sv: SurveyState):
         from sqlalchemy import select
 
         sess = sv.session(request)
+        sv.record_language(sess)
         with sv.db.read(snapshot=False) as s:
             r, plan, redirect = _locate(sv, request, sess, s, n)
             if redirect is not None:
@@ -280,7 +290,7 @@ def _public_router(sv: SurveyState):
             return sv.redirect(request, forget_respondent(sess), "/")
         if not r.completed:
             return sv.redirect(request, sess, "/continue")
-        return sv.html(request, sess, "done.html", page_title="Thank you", respondent_id=r.public_id)
+        return sv.html(request, sess, "done.html", page_title=messages(sv.language(sess))["thank_you"], respondent_id=r.public_id)
 
     @router.get("/screened")
     def screened(request: Request) -> Response:
@@ -291,10 +301,19 @@ def _public_router(sv: SurveyState):
             return sv.redirect(request, forget_respondent(sess), "/")
         if not r.screened_out:
             return sv.redirect(request, sess, "/continue")
-        message = sv.instrument.quotas.message if sv.instrument.quotas else ""
-        return sv.html(request, sess, "screened.html", page_title="Thank you", respondent_id=r.public_id, message=message)
+        t = messages(sv.language(sess))
+        quotas = sv.instrument.in_language(sv.language(sess)).quotas
+        message = quotas.message if quotas is not None and "message" in quotas.model_fields_set else t["quota_full"]
+        return sv.html(request, sess, "screened.html", page_title=t["thank_you"], respondent_id=r.public_id, message=message)
 
     return router
+
+
+def _resume_language(sv: SurveyState, sess: BrowserSession, stored: str | None) -> None:
+    """A resume or invitation link opens in the response's (or invitation's) language,
+    unless this very request chose one with ``?lang=``."""
+    if stored in sv.instrument.languages and not sess.lang_changed:
+        sess.lang, sess.dirty = stored, True
 
 
 def _locate(sv: SurveyState, request: "Request", sess: BrowserSession, s, n: int | None) -> tuple[Any, list[Page], "Response | None"]:  # noqa: ANN001
@@ -308,7 +327,7 @@ def _locate(sv: SurveyState, request: "Request", sess: BrowserSession, s, n: int
         return r, [], sv.redirect(request, sess, "/screened")
     if r.completed:
         return r, [], sv.redirect(request, sess, "/done")
-    plan = sv.plan(r)
+    plan = sv.plan(r, sv.language(sess))
     open_n = sv.first_open(plan, r.submitted) or len(plan)
     if n is None or not 1 <= n <= open_n:
         return r, plan, sv.redirect(request, sess, f"/survey/{open_n}")
@@ -317,6 +336,7 @@ def _locate(sv: SurveyState, request: "Request", sess: BrowserSession, s, n: int
 
 def _render_page(sv: SurveyState, request: "Request", sess: BrowserSession, r: RespondentState, plan: list[Page], n: int, values: dict[str, str], errors: dict[str, str], status: int = 200) -> "Response":
     pg = plan[n - 1]
+    pg_instrument = sv.instrument.in_language(sv.language(sess))
     shown = sv.page_signer.sign({"p": pg.key, "r": r.public_id, "at": time.time()})
     return sv.html(
         request,
@@ -332,7 +352,7 @@ def _render_page(sv: SurveyState, request: "Request", sess: BrowserSession, r: R
         error_links=[(_field_anchor(key), message) for key, message in errors.items()],
         shown=shown,
         resume_url=sv.public_base(request) + (sess.link or ""),
-        strength_labels=sv.instrument.scenarios.strength_labels if sv.instrument.scenarios else [],
+        strength_labels=pg_instrument.scenarios.strength_labels if pg_instrument.scenarios else [],
         max_proposal=sv.instrument.principles.max_proposal_chars if sv.instrument.principles else 0,
     )
 
@@ -346,8 +366,9 @@ def _field_anchor(key: str) -> str:
     return f"#q-{key}-1"
 
 
-def _validate(sv: SurveyState, pg: Page, form: dict[str, Any]) -> tuple[list[dict], list[str], dict[str, str], dict[str, str]]:
-    """(answers to save, item ids to clear, errors by field id, the values to re-show)."""
+def _validate(sv: SurveyState, pg: Page, form: dict[str, Any], lang: str) -> tuple[list[dict], list[str], dict[str, str], dict[str, str]]:
+    """(answers to save, item ids to clear, errors by field id — in ``lang`` — and the values to re-show)."""
+    said = messages(lang)["errors"]
     rows: list[dict] = []
     cleared: list[str] = []
     errors: dict[str, str] = {}
@@ -361,12 +382,12 @@ def _validate(sv: SurveyState, pg: Page, form: dict[str, Any]) -> tuple[list[dic
             values[f"q-{item.id}"] = choice
         if not choice:
             if pg.required:
-                errors[item.id] = _missing_message(item)
+                errors[item.id] = _missing_message(item, said)
             else:
                 cleared.append(item.id)
             continue
         if choice not in codes:
-            errors[item.id] = "Choose one of the options shown"
+            errors[item.id] = said["not_an_option"]
             continue
         strength: int | None = None
         if item.kind == "scenario":
@@ -375,7 +396,7 @@ def _validate(sv: SurveyState, pg: Page, form: dict[str, Any]) -> tuple[list[dic
             if s_text:
                 values[f"s-{item.id}"] = s_text
             if not s_text.isdigit() or not 1 <= int(s_text) <= n_labels:
-                errors[f"{item.id}-strength"] = "Say how much better the answer you chose is"
+                errors[f"{item.id}-strength"] = said["strength"]
                 continue
             strength = int(s_text)
         rows.append({"item_id": item.id, "kind": item.kind, "choice": choice, "strength": strength, "text": None})
@@ -385,9 +406,9 @@ def _validate(sv: SurveyState, pg: Page, form: dict[str, Any]) -> tuple[list[dic
         values["proposal"] = raw if isinstance(raw, str) else ""
         limit = sv.instrument.principles.max_proposal_chars
         if len(text) > limit:
-            errors["proposal"] = f"Your proposal must be {limit} characters or fewer; it has {len(text)}"
+            errors["proposal"] = said["proposal_too_long"].format(limit=limit, length=len(text))
         elif text and len(text) < 10:
-            errors["proposal"] = "Write your proposal as a full sentence of at least 10 characters, or leave the box empty"
+            errors["proposal"] = said["proposal_too_short"]
         elif text:
             rows.append({"item_id": PROPOSAL_ITEM, "kind": "principle", "choice": "proposal", "strength": None, "text": text})
         else:
@@ -395,19 +416,23 @@ def _validate(sv: SurveyState, pg: Page, form: dict[str, Any]) -> tuple[list[dic
     return rows, cleared, errors, values
 
 
-def _missing_message(item: Item) -> str:
+def _missing_message(item: Item, said: dict[str, str]) -> str:
     # The question's own words, so that each message in the summary says which one it means.
     text = item.text.strip().rstrip(".?!")
     words = text if len(text) <= 60 else text[:57].rsplit(" ", 1)[0].rstrip(",;:") + "…"
     if item.kind == "scenario":
-        return f"Choose which answer is better for “{words}”"
-    if item.kind == "rating":
-        return f"Say whether the answer to “{words}” is good or bad"
-    if item.section == "principles":
-        return f"Choose agree, disagree or pass for “{words}”"
-    if item.section == "social_desirability":
-        return f"Choose true or false for “{words}”"
-    return f"Choose how much this person is like you: “{words}”"
+        key = "missing_scenario"
+    elif item.kind == "rating":
+        key = "missing_rating"
+    elif item.section == "principles":
+        key = "missing_principle"
+    elif item.section == "social_desirability":
+        key = "missing_sd"
+    elif item.section == "values":
+        key = "missing_value"
+    else:
+        key = "missing_other"
+    return said[key].format(words=words)
 
 
 def _submit(sv: SurveyState, request: "Request", sess: BrowserSession, n: int, form: dict[str, Any]) -> "Response":
@@ -434,8 +459,8 @@ def _save_page(sv: SurveyState, request: "Request", sess: BrowserSession, n: int
         pg = plan[n - 1]
         shown = sv.page_signer.unsign(form.get("shown"))
         if not shown or shown.get("p") != pg.key or shown.get("r") != r.public_id:
-            raise Problem(400, "Form expired", "This page's form is out of date. Go back, reload the page and submit it again.")
-        rows, cleared, errors, values = _validate(sv, pg, form)
+            raise respondent_problem(400, "page_expired")
+        rows, cleared, errors, values = _validate(sv, pg, form, sv.language(sess))
         last = n == len(plan)
         screened = False
         if not errors:

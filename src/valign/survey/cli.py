@@ -47,6 +47,8 @@ def check(instrument: str = typer.Argument("demo", help="Instrument YAML file or
     typer.echo(f"  {'validated' if inst.validated else 'NOT a validated instrument'}; fingerprint {inst.fingerprint()}")
     typer.echo("  " + ", ".join(f"{n} {k}" for k, n in kinds.items()))
     typer.echo(f"  {len(plan_pages(inst, seed=0))} pages of at most {inst.page_size} questions")
+    if len(inst.languages) > 1:
+        typer.echo(f"  languages: {', '.join(inst.languages)} (base {inst.language}); every text translated")
     for cell in inst.quota_cells():
         typer.echo(f"  quota {cell.label}: target {cell.target} completed responses")
 
@@ -124,14 +126,21 @@ def invite(
     db: Optional[str] = _DB,
     base_url: str = typer.Option("http://127.0.0.1:8000", help="The survey's public address, for the printed links."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the links to this file instead of printing them."),
+    lang: Optional[str] = typer.Option(None, "--lang", help="The language the survey opens in (one of the instrument's languages); default: the respondent chooses."),
+    instrument: str = typer.Option("demo", "--instrument", "-i", help="The instrument served, to check --lang against its languages."),
 ) -> None:
     """Create invitation links (one response each). Only their hashes are stored: keep the output."""
     from valign.survey.admin import create_invitations
     from valign.survey.db import Database, make_engine, migrate, resolve_db_url
+    from valign.survey.instrument import load_instrument
 
+    if lang is not None:
+        languages = load_instrument(instrument).languages
+        if lang not in languages:
+            raise ValignError(f"--lang '{lang}' is not one of the instrument's languages ({', '.join(languages)}); pick one of those or leave it out.")
     engine = make_engine(resolve_db_url(db))
     migrate(engine)
-    links = [f"{base_url.rstrip('/')}/i/{t}" for t in create_invitations(Database(engine), n)]
+    links = [f"{base_url.rstrip('/')}/i/{t}" for t in create_invitations(Database(engine), n, language=lang)]
     if out is not None:
         out.write_text("\n".join(links) + "\n", encoding="utf-8")
         typer.echo(f"wrote {n} invitation links to {out}", err=True)

@@ -2,7 +2,7 @@
 row per respondent (also what the admin's ``/admin/export.*`` downloads serve).
 
 The wide table holds the respondent id (an opaque number, not a token), the
-demographics (named by their margin variable), ``completed``, ``screened_out``, ``synthetic``, the
+demographics (named by their margin variable), ``completed``, ``screened_out``, ``synthetic``, ``language``, the
 timestamps and active seconds, the quality columns, ``weight`` when weighting has
 run, then one column per question in instrument order (the chosen option code;
 ``<id>_strength`` for scenario choices), answers to approved proposals (``prop-<n>``)
@@ -85,6 +85,8 @@ def wide_table(frames: SurveyFrames, *, include_excluded: bool = False, complete
     resp = frames.respondents
     if "screened_out" not in resp.columns:  # frames built by hand before quotas existed: nobody was screened out
         resp = resp.assign(screened_out=False)
+    if "language" not in resp.columns:  # frames built by hand before languages existed: all in the base language
+        resp = resp.assign(language=frames.instrument.language)
     meta = frames.margins + RESPONDENT_COLUMNS + QUALITY_COLUMNS + (["weight"] if "weight" in resp.columns else [])
     table = resp[meta].copy()
     a = frames.answers
@@ -177,7 +179,7 @@ def to_sav(frames: SurveyFrames, table: "pd.DataFrame", path: str | Path) -> Non
 
     inst = frames.instrument
     df = table.copy()
-    labels: dict[str, str] = {"respondent_id": "Respondent (opaque id)", "completed": "Finished the survey", "screened_out": "Screened out by a full quota cell", "synthetic": "Synthetic respondent (valign survey simulate)",
+    labels: dict[str, str] = {"respondent_id": "Respondent (opaque id)", "completed": "Finished the survey", "screened_out": "Screened out by a full quota cell", "synthetic": "Synthetic respondent (valign survey simulate)", "language": "Language the survey was shown in",
                               "started_at": "Consent given (UTC)", "finished_at": "Finished (UTC)", "seconds": "Active seconds on question pages",
                               "flag_attention": "Failed an attention check", "flag_straightlining": "Straight-lining", "flag_speeding": "Speeding",
                               "flag_social_desirability": "High social desirability", "sd_score": "Social desirability score (share keyed)",

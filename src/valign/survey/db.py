@@ -5,11 +5,14 @@ Tables (created only by the Alembic migrations in ``migrations/``; see `migrate`
 * ``respondents`` — one per consent: an opaque ``public_id`` (the ``respondent_id``
   of `SurveyFrames`), the sha-256 of the private resume token (never the token), the
   seed of the respondent's item order, the proposals shown to them, timestamps, and
-  whether a full quota cell screened them out (``screened_out``, ``quota_cell``).
+  whether a full quota cell screened them out (``screened_out``, ``quota_cell``), and
+  the language the survey was shown in (``language``, a tag of the instrument's
+  ``languages``; null for rows made before languages existed: the base language).
 * ``answers`` — one row per (respondent, question), enforced by a unique constraint:
   re-submitting a page updates the row, it never adds one. Indexed by (question,
   answer) too, for counting a quota cell's completed responses.
-* ``invitations`` — sha-256 of each invitation token; at most one respondent each.
+* ``invitations`` — sha-256 of each invitation token; at most one respondent each;
+  optionally the language its survey opens in (``language``).
 * ``proposals`` — principle statements respondents proposed: pending, approved or
   rejected. Approved ones are asked of later respondents as items ``prop-<n>``.
 * ``page_events`` — one per page submission, with the server-measured seconds
@@ -35,7 +38,7 @@ Example:
     >>> engine = make_engine("sqlite:///:memory:")
     >>> migrate(engine)
     >>> schema_revision(engine)
-    '0005'
+    '0006'
     >>> load_frames(engine, load_instrument("demo")).respondents.empty
     True
 """
@@ -118,6 +121,7 @@ class Invitation(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     synthetic: Mapped[bool] = mapped_column(Boolean, default=False)  # made for `valign survey simulate`
+    language: Mapped[str | None] = mapped_column(String(35), nullable=True)  # the survey opens in this language
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -142,6 +146,7 @@ class Respondent(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     source: Mapped[str] = mapped_column(String(100), default=LIVE_SOURCE, server_default=LIVE_SOURCE)  # live | polis:<conversation>
     external_id: Mapped[str | None] = mapped_column(String(100), nullable=True)  # the id in ``source`` (a Polis participant id)
+    language: Mapped[str | None] = mapped_column(String(35), nullable=True)  # the language the survey was shown in
 
 
 class Answer(Base):
@@ -372,6 +377,7 @@ def load_frames(db: "str | Engine | Database", instrument: "Instrument", *, incl
             completed=bool(r.completed),
             screened_out=bool(r.screened_out),
             synthetic=bool(r.synthetic),
+            language=r.language or instrument.language,
             started_at=r.started_at,
             finished_at=r.finished_at,
             seconds=float(seconds.get(r.id) or 0.0),

@@ -23,21 +23,12 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from valign.survey.instrument import PRINCIPLE_OPTIONS, Instrument, Item, Option
+from valign.survey.instrument import Instrument, Item, Option
+from valign.survey.messages import messages
 
-__all__ = ["Page", "plan_pages", "SECTION_TITLES", "PROPOSAL_PAGE"]
+__all__ = ["Page", "plan_pages", "PROPOSAL_PAGE"]
 
 PROPOSAL_PAGE = "proposal"
-
-SECTION_TITLES = {
-    "demographics": "About you",
-    "values": "What matters to you",
-    "principles": "How should an AI assistant behave?",
-    "scenarios": "Which answer is better?",
-    "ratings": "Good answer or bad answer?",
-    "social_desirability": "About yourself",
-    PROPOSAL_PAGE: "Propose a principle",
-}
 
 
 @dataclass(frozen=True)
@@ -76,20 +67,25 @@ def _split(items: list[Item], size: int) -> list[list[Item]]:
 def plan_pages(instrument: Instrument, seed: int, proposals: list[tuple[int, str]] = ()) -> list[Page]:  # type: ignore[assignment]
     """The respondent's pages, in order. ``proposals`` are approved (id, text) pairs frozen at consent.
 
+    Titles and valign's own instructions are in the instrument's language
+    (`Instrument.in_language`); keys, items and their order are the same in every language.
+
     Example:
         >>> from valign.survey.instrument import load_instrument
         >>> len(plan_pages(load_instrument("demo"), seed=1))
         10
     """
     inst = instrument
+    words = messages(inst.language)
+    titles = words["sections"]
     by_section: dict[str, list[Item]] = {}
     for item in inst.items():
         by_section.setdefault(item.section, []).append(item)
     if inst.principles is not None:
         by_section.setdefault("principles", [])
-        by_section["principles"] += [Item(f"prop-{pid}", "principle", "principles", text, PRINCIPLE_OPTIONS, False) for pid, text in proposals]
+        by_section["principles"] += [Item(f"prop-{pid}", "principle", "principles", text, inst.fixed_options("principles"), False) for pid, text in proposals]
     instructions = {
-        "demographics": "These questions help us check that the people who answer resemble the population. You may skip any of them.",
+        "demographics": words["demographics_instructions"],
         "values": inst.values.instructions if inst.values else "",
         "principles": inst.principles.instructions if inst.principles else "",
         "scenarios": inst.scenarios.instructions if inst.scenarios else "",
@@ -104,15 +100,14 @@ def plan_pages(instrument: Instrument, seed: int, proposals: list[tuple[int, str
             if section == "scenarios":
                 items = [_shuffle_answers(item, seed) for item in items]
         for i, chunk in enumerate(_split(items, inst.page_size), 1):
-            pages.append(Page(f"{section}-{i}", section, SECTION_TITLES[section], instructions[section], tuple(chunk), required=section != "demographics"))
+            pages.append(Page(f"{section}-{i}", section, titles[section], instructions[section], tuple(chunk), required=section != "demographics"))
     if inst.principles is not None and inst.principles.allow_proposals:
         pages.append(
             Page(
                 PROPOSAL_PAGE,
                 PROPOSAL_PAGE,
-                SECTION_TITLES[PROPOSAL_PAGE],
-                "Is there a principle an AI assistant should follow that we did not ask about? "
-                "This is optional. A moderator reads every proposal before other people see it.",
+                titles[PROPOSAL_PAGE],
+                words["proposal_instructions"],
                 (),
                 required=False,
             )

@@ -13,7 +13,8 @@ built by hand.
   when the respondent skipped it;
 * ``completed`` (bool), ``screened_out`` (bool: a full quota cell ended their survey;
   never completed, so analyses leave them out), ``synthetic`` (bool: made by
-  ``valign survey simulate``),
+  ``valign survey simulate``), ``language`` (str: the tag of the language the survey
+  was shown in; answers are option codes, the same in every language),
   ``started_at`` / ``finished_at`` (UTC datetimes; finished may be missing),
   ``seconds`` (float: active time on question pages);
 * quality (filled by `valign.survey.quality`): ``flag_attention``,
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 __all__ = ["SurveyFrames", "ANSWER_COLUMNS", "RESPONDENT_COLUMNS", "QUALITY_COLUMNS"]
 
 ANSWER_COLUMNS = ["respondent_id", "item_id", "kind", "choice", "strength", "text", "answered_at"]
-RESPONDENT_COLUMNS = ["completed", "screened_out", "synthetic", "started_at", "finished_at", "seconds"]
+RESPONDENT_COLUMNS = ["completed", "screened_out", "synthetic", "language", "started_at", "finished_at", "seconds"]
 QUALITY_COLUMNS = [
     "flag_attention",
     "flag_straightlining",

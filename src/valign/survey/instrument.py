@@ -29,9 +29,16 @@ An instrument is one YAML file. Its sections, in the order a respondent meets th
   is screened out with a polite closing page (`valign.survey.quotas`).
 
 Top-level settings: ``id``, ``title``, ``version``, ``validated`` (false for anything
-but a published, validated instrument), ``language`` (a BCP 47 tag such as ``en`` or
-``mi``, for screen readers), ``notice``, ``description``, ``randomize`` and
-``page_size`` (see `valign.survey.flow`).
+but a published, validated instrument), ``languages`` (BCP 47 tags such as ``[en, de]``,
+the base language first; or one ``language``, default ``en``), ``notice``,
+``description``, ``randomize`` and ``page_size`` (see `valign.survey.flow`).
+
+With several languages every respondent-facing text is a mapping with one entry per
+language (`valign.survey.translations`); `load_instrument` returns the base language's
+instrument, and `Instrument.in_language` the same instrument in another declared
+language: same ids, codes and keys, so scoring, weighting and analysis never see which
+language a respondent answered in. The pages' own words (buttons, headings, the
+agree/disagree and true/false options) come from `valign.survey.messages`.
 
 Every answer is stored as a string ``choice`` from the item's options (see
 `Instrument.options`), plus ``strength`` for scenario choices and ``text`` for
@@ -49,6 +56,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -57,8 +65,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from valign.errors import ValignError
 from valign.survey.datafiles import read_data_yaml, shipped_names
+from valign.survey.messages import messages
 from valign.survey.quotas import QuotaCell, QuotaProblem, QuotaSection, resolve_quotas
 from valign.survey.scoring_keys import key_problem
+from valign.survey.translations import TranslationProblem, declared_languages, localise
 
 __all__ = [
     "Option",
@@ -89,6 +99,7 @@ __all__ = [
 ]
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+_LANGUAGE = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"  # a BCP 47 tag
 
 ItemKind = Literal["demographic", "value", "principle", "scenario", "rating", "attention", "sd"]
 QualityAction = Literal["flag", "exclude", "downweight"]
@@ -305,7 +316,8 @@ class Instrument(_Strict):
     title: str = Field(..., min_length=1)
     version: str = "1"
     validated: bool = False
-    language: str = Field("en", pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")  # BCP 47 tag for the pages' lang attribute
+    language: str = Field("en", pattern=_LANGUAGE)  # this instance's language: the pages' lang attribute and catalogue
+    languages: list[str] = Field(default_factory=list)  # every declared language, base first ([language] when not given)
     notice: str = ""  # shown under the title, e.g. "not a validated instrument"
     description: str = ""
     randomize: bool = True  # item order shuffled per respondent within each page group
@@ -321,6 +333,8 @@ class Instrument(_Strict):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     quotas: QuotaSection | None = None
     _quota_cells: tuple[QuotaCell, ...] = PrivateAttr(default=())
+    _translations: dict[str, Instrument] = PrivateAttr(default_factory=dict)  # other languages, on the base instance
+    _base_fingerprint: str | None = PrivateAttr(default=None)  # set on translations: the base's
 
     @field_validator("version", mode="before")
     @classmethod
@@ -329,6 +343,17 @@ class Instrument(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Instrument:
+        if not self.languages:
+            object.__setattr__(self, "languages", [self.language])
+        for i, tag in enumerate(self.languages):
+            if not isinstance(tag, str) or not re.match(_LANGUAGE, tag):
+                raise _PlacedError(("languages", i), f"'{tag}' is not a language tag such as en or de-CH")
+        if self.language not in self.languages:
+            raise ValueError(f"the language '{self.language}' is not one of the declared languages {self.languages}")
+        try:
+            messages(self.language)
+        except ValignError as e:
+            raise ValueError(str(e).rstrip(".")) from None
         seen: set[str] = set()
         for item in self.items():
             if item.id in seen:
@@ -367,11 +392,34 @@ class Instrument(_Strict):
         if section == "values":
             assert self.values is not None
             return tuple(self.values.scale.options())
-        if section == "principles":
-            return PRINCIPLE_OPTIONS
-        if section == "social_desirability":
-            return SD_OPTIONS
+        if section in ("principles", "social_desirability", "ratings"):
+            return self.fixed_options(section)
         raise KeyError(section)
+
+    def fixed_options(self, section: Literal["principles", "ratings", "social_desirability"]) -> tuple[Option, ...]:
+        """The options valign gives a section (agree/disagree/pass, up/down, true/false),
+        labelled in this instance's language; the codes are the same in every language.
+
+        Example:
+            >>> [o.label for o in load_instrument("demo").in_language("de").fixed_options("principles")]
+            ['Stimme zu', 'Stimme nicht zu', 'Weiß nicht / keine Angabe']
+        """
+        shared = {"principles": PRINCIPLE_OPTIONS, "ratings": RATING_OPTIONS, "social_desirability": SD_OPTIONS}[section]
+        labels = messages(self.language)["options"]
+        return tuple(Option(code=o.code, label=labels[o.code]) for o in shared)
+
+    def in_language(self, lang: str) -> Instrument:
+        """This instrument in one of its declared languages (itself for its own).
+
+        Example:
+            >>> load_instrument("demo").in_language("de").consent.agree_label
+            'Ich bin mit der Teilnahme einverstanden'
+        """
+        if lang == self.language:
+            return self
+        if lang in self._translations:
+            return self._translations[lang]
+        raise ValignError(f"instrument '{self.id}' is not available in '{lang}'; its languages are {', '.join(self.languages)}.")
 
     def items(self) -> list[Item]:
         """Every question, section by section (attention checks after their section's items)."""
@@ -387,15 +435,17 @@ class Instrument(_Strict):
             opts = tuple(self.values.scale.options())
             out += with_checks("values", [Item(v.id, "value", "values", v.text, opts, True) for v in self.values.items])
         if self.principles is not None:
-            out += with_checks("principles", [Item(p.id, "principle", "principles", p.text, PRINCIPLE_OPTIONS, False) for p in self.principles.items])
+            principle_opts = self.fixed_options("principles")
+            out += with_checks("principles", [Item(p.id, "principle", "principles", p.text, principle_opts, False) for p in self.principles.items])
         if self.scenarios is not None:
             for s in self.scenarios.items:
                 opts = tuple(Option(code=a.id, label=a.text) for a in s.answers)
                 out.append(Item(s.id, "scenario", "scenarios", s.prompt, opts, False))
         if self.ratings is not None:
-            out += [Item(r.id, "rating", "ratings", r.prompt, RATING_OPTIONS, False) for r in self.ratings.items]
+            out += [Item(r.id, "rating", "ratings", r.prompt, self.fixed_options("ratings"), False) for r in self.ratings.items]
         if self.social_desirability is not None:
-            out += with_checks("social_desirability", [Item(i.id, "sd", "social_desirability", i.text, SD_OPTIONS, False) for i in self.social_desirability.items])
+            sd_opts = self.fixed_options("social_desirability")
+            out += with_checks("social_desirability", [Item(i.id, "sd", "social_desirability", i.text, sd_opts, False) for i in self.social_desirability.items])
         return out
 
     def item(self, item_id: str) -> Item:
@@ -422,9 +472,21 @@ class Instrument(_Strict):
         """A hash of the instrument's content: responses are tied to the version they answered.
 
         Quotas are left out: they decide who is asked, not what, so raising a target
-        mid-fieldwork does not make the answers a different version.
+        mid-fieldwork does not make the answers a different version. Translations are
+        left out too: the fingerprint is the base language's (so every language of an
+        instrument shares it, and a single-language instrument keeps the one it had):
+        a translation renders the same questions with the same codes, each response
+        records the language it was given in, and correcting a translation's wording
+        mid-fieldwork should not split the sample into versions.
+
+        Example:
+            >>> demo = load_instrument("demo")
+            >>> demo.in_language("de").fingerprint() == demo.fingerprint()
+            True
         """
-        return hashlib.sha256(self.model_dump_json(exclude={"quotas"}).encode()).hexdigest()[:16]
+        if self._base_fingerprint is not None:
+            return self._base_fingerprint
+        return hashlib.sha256(self.model_dump_json(exclude={"quotas", "languages"}).encode()).hexdigest()[:16]
 
 
 def shipped_instruments() -> list[str]:
@@ -445,9 +507,33 @@ def load_instrument(name_or_path: str | Path) -> Instrument:
     if not isinstance(data, dict):
         raise ValignError(f"{path} must hold a mapping with 'id', 'title', 'consent' and the survey's sections.")
     try:
-        return Instrument.model_validate(data, context={"base_dir": path.parent})
+        languages = declared_languages(data)
+        versions = [_validated(path, data, localise(data, lang)) for lang in languages]
+    except TranslationProblem as p:
+        raise ValignError(f"{path}: {_place(data, p.loc)}: {p}.") from None
+    base = versions[0]
+    for other in versions[1:]:
+        _same_questions(path, base, other)
+        other._base_fingerprint = base.fingerprint()
+        base._translations[other.language] = other
+    return base
+
+
+def _validated(path: Path, data: dict[str, Any], localised: dict[str, Any]) -> Instrument:
+    try:
+        return Instrument.model_validate(localised, context={"base_dir": path.parent})
     except ValidationError as e:
         raise ValignError(_explain(path, data, e)) from None
+
+
+def _same_questions(path: Path, base: Instrument, other: Instrument) -> None:
+    """A translation may change words only: the same questions, codes and scale lengths."""
+    def shape(inst: Instrument) -> list[Any]:
+        strengths = len(inst.scenarios.strength_labels) if inst.scenarios else 0
+        return [strengths] + [(i.id, tuple(o.code for o in i.options)) for i in inst.items()]
+
+    if shape(base) != shape(other):
+        raise ValignError(f"{path}: the '{other.language}' texts give a different number of labels than the '{base.language}' ones (check strength_labels); give every language the same labels in the same order.")
 
 
 def _explain(path: Path, data: dict[str, Any], err: ValidationError) -> str:

@@ -6,6 +6,8 @@ Example:
     >>> render = Renderer(load_instrument("demo"))
     >>> '<html lang="en"' in render("problem.html", title="Oops", message="Try again.", root="")
     True
+    >>> '<html lang="de"' in render("problem.html", lang="de", title="Hoppla", message="Bitte erneut.", root="")
+    True
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ from __future__ import annotations
 from typing import Any
 
 from valign.survey.instrument import Instrument
+from valign.survey.messages import messages
 from valign.web.templates import template_env
 
 __all__ = ["Renderer"]
 
 
 class Renderer:
-    """Renders a template with the instrument's title, notice and language always available.
+    """Renders a template in one of the instrument's languages (default: its base language),
+    with that language's instrument, title, notice and catalogue ``t`` (`valign.survey.messages`)
+    and the other languages (``languages``: tag → name, for the language links) available.
 
     Example:
         >>> from valign.survey.instrument import load_instrument
@@ -28,14 +33,23 @@ class Renderer:
     """
 
     def __init__(self, instrument: Instrument) -> None:
-        self.env = template_env(
-            "survey",
-            instrument=instrument,
-            lang=instrument.language,
-            survey_title=instrument.title,
-            notice=instrument.notice,
-            rating_answers={r.id: r.answer for r in instrument.ratings.items} if instrument.ratings else {},
-        )
+        self.instrument = instrument
+        # ``t`` is also a global (the base language's words), so a macro imported without
+        # context still renders; templates import theirs ``with context`` to get the respondent's.
+        self.env = template_env("survey", languages={tag: messages(tag)["language_name"] for tag in instrument.languages}, t=messages(instrument.language))
+        self.contexts = {tag: self._context(instrument.in_language(tag)) for tag in instrument.languages}
 
-    def __call__(self, template: str, **ctx: Any) -> str:
-        return self.env.get_template(template).render(**ctx)
+    @staticmethod
+    def _context(inst: Instrument) -> dict[str, Any]:
+        return {
+            "instrument": inst,
+            "lang": inst.language,
+            "t": messages(inst.language),
+            "survey_title": inst.title,
+            "notice": inst.notice,
+            "rating_answers": {r.id: r.answer for r in inst.ratings.items} if inst.ratings else {},
+        }
+
+    def __call__(self, template: str, lang: str | None = None, **ctx: Any) -> str:
+        base = self.contexts[lang or self.instrument.language]
+        return self.env.get_template(template).render(**{**base, **ctx})

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from valign.survey.db import LIVE_SOURCE, Database, Invitation, PageEvent, Proposal, Respondent, new_token, token_hash
 from valign.survey.flow import Page, plan_pages
 from valign.survey.instrument import Instrument
+from valign.survey.messages import BASE_CATALOGUE, messages
 from valign.survey.render import Renderer
 from valign.web.auth import AdminAuth
 from valign.web.bodies import read_form
@@ -37,6 +38,7 @@ __all__ = [
     "BrowserSession",
     "RespondentState",
     "Problem",
+    "respondent_problem",
     "SurveyState",
     "bad_invitation",
     "forget_respondent",
@@ -101,10 +103,12 @@ class BrowserSession:
     link: str | None = None  # "/r/<token>" or "/i/<token>": how this respondent resumes
     inv: str | None = None  # an invitation token not yet consented to
     syn: bool = False  # opened through a synthetic invitation (made with the admin token)
+    lang: str | None = None  # the language the respondent chose (or their invitation set)
     dirty: bool = False
+    lang_changed: bool = False  # this request chose a language (``?lang=``): the response row follows
 
     def payload(self) -> dict[str, Any]:
-        return {k: v for k, v in (("sid", self.sid), ("rid", self.rid), ("link", self.link), ("inv", self.inv), ("syn", self.syn)) if v}
+        return {k: v for k, v in (("sid", self.sid), ("rid", self.rid), ("link", self.link), ("inv", self.inv), ("syn", self.syn), ("lang", self.lang)) if v}
 
 
 @dataclass(frozen=True)
@@ -123,9 +127,22 @@ class RespondentState:
 class Problem(Exception):
     """Stop handling a request and answer with a page saying what happened."""
 
-    def __init__(self, status: int, title: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, title: str, message: str, headers: dict[str, str] | None = None, key: str | None = None) -> None:
         super().__init__(message)
         self.status, self.title, self.message, self.headers = status, title, message, headers or {}
+        self.key = key  # its entry under ``problems`` in the catalogues: shown in the respondent's language
+
+
+def respondent_problem(status: int, key: str, headers: dict[str, str] | None = None) -> Problem:
+    """A refusal a respondent may meet, worded by the catalogues' ``problems.<key>``: in
+    English here (logs, JSON), in the respondent's language on the page.
+
+    Example:
+        >>> respondent_problem(404, "not_found").title
+        'Page not found'
+    """
+    words = messages(BASE_CATALOGUE)["problems"][key]
+    return Problem(status, words["title"], words["message"], headers, key=key)
 
 
 class SurveyState:
@@ -156,10 +173,31 @@ class SurveyState:
     # sessions and responses ------------------------------------------------------------
 
     def session(self, request: Request) -> BrowserSession:
+        """The browser's session; a ``?lang=`` in the address chooses the language (400
+        for a language this instrument does not have)."""
         data = self.session_cookie.read(request.cookies)
         if data and isinstance(data.get("sid"), str):
-            return BrowserSession(sid=data["sid"], rid=data.get("rid"), link=data.get("link"), inv=data.get("inv"), syn=bool(data.get("syn")))
-        return BrowserSession(sid=secrets.token_urlsafe(16), dirty=True)
+            lang = data.get("lang") if data.get("lang") in self.instrument.languages else None
+            sess = BrowserSession(sid=data["sid"], rid=data.get("rid"), link=data.get("link"), inv=data.get("inv"), syn=bool(data.get("syn")), lang=lang)
+        else:
+            sess = BrowserSession(sid=secrets.token_urlsafe(16), dirty=True)
+        chosen = request.query_params.get("lang")
+        if chosen is not None:
+            if chosen not in self.instrument.languages:
+                raise Problem(400, "Language not available", f"This survey is not available in '{chosen[:20]}'; choose one of: {', '.join(self.instrument.languages)}.")
+            if chosen != self.language(sess):
+                sess.lang, sess.dirty, sess.lang_changed = chosen, True, True
+        return sess
+
+    def language(self, sess: BrowserSession | None) -> str:
+        """The language a session's pages are shown in: its choice, else the base language."""
+        return sess.lang if sess is not None and sess.lang else self.instrument.language
+
+    def record_language(self, sess: BrowserSession) -> None:
+        """A respondent who switches language mid-survey: their response records the new one."""
+        if sess.lang_changed and sess.rid:
+            with self.db.write() as s:
+                s.query(Respondent).filter(Respondent.public_id == sess.rid).update({"language": self.language(sess)})
 
     def finish(self, response: Response, sess: BrowserSession) -> Response:
         if sess.dirty:
@@ -171,7 +209,7 @@ class SurveyState:
 
         ctx.setdefault("csrf", csrf_token(self.signer, sess.sid))
         ctx.setdefault("root", request.scope.get("root_path", ""))
-        return self.finish(HTMLResponse(self.render(template, **ctx), status_code=status), sess)
+        return self.finish(HTMLResponse(self.render(template, lang=self.language(sess), **ctx), status_code=status), sess)
 
     def redirect(self, request: Request, sess: BrowserSession, path: str) -> Response:
         from starlette.responses import RedirectResponse
@@ -183,7 +221,13 @@ class SurveyState:
 
         if request.url.path.startswith("/admin/api") or request.url.path.startswith("/admin/export"):
             return JSONResponse({"error": p.message}, status_code=p.status, headers=p.headers)
-        body = self.render("problem.html", title=p.title, message=p.message, root=request.scope.get("root_path", ""), login=p.status == 401 and request.url.path.startswith("/admin"))
+        data = self.session_cookie.read(request.cookies) or {}
+        lang = data.get("lang") if data.get("lang") in self.instrument.languages else self.instrument.language
+        title, message = p.title, p.message
+        if p.key is not None:
+            words = messages(lang)["problems"][p.key]
+            title, message = words["title"], words["message"]
+        body = self.render("problem.html", lang=lang, title=title, message=message, root=request.scope.get("root_path", ""), login=p.status == 401 and request.url.path.startswith("/admin"))
         return HTMLResponse(body, status_code=p.status, headers=p.headers)
 
     def public_base(self, request: Request) -> str:
@@ -220,9 +264,9 @@ class SurveyState:
         """
         limited = not sess.syn and (not self.limit_ip.allow("ip:" + client_address(request)) or not self.limit_session.allow("s:" + sess.sid))
         if limited:
-            raise Problem(429, "Too many requests", "You sent too many answers in a short time. Wait a minute, then go back and submit the page again.", {"Retry-After": "60"})
+            raise respondent_problem(429, "too_many", {"Retry-After": "60"})
         if sess.dirty:  # no valid session cookie came with the form
-            raise Problem(403, "Cookies needed", "Your browser did not send this survey's cookie. Allow cookies for this site, reload the page and try again.")
+            raise respondent_problem(403, "cookies")
 
     async def read_post(self, request: Request, sess: BrowserSession) -> dict[str, str]:
         """A form POST's fields, once it has passed `admit_post` and carries the session's
@@ -235,20 +279,23 @@ class SurveyState:
     def require_csrf(self, sess: BrowserSession, form: dict[str, Any]) -> None:
         """403 unless the form carries the session's CSRF token."""
         if not check_csrf(self.signer, sess.sid, form.get("csrf")):
-            raise Problem(403, "Form expired", "This form is out of date or did not come from this survey. Reload the page and submit it again.")
+            raise respondent_problem(403, "form_expired")
 
     # respondents ----------------------------------------------------------------------------
 
-    def plan(self, r: RespondentState) -> list[Page]:
+    def plan(self, r: RespondentState, lang: str | None = None) -> list[Page]:
+        """The respondent's pages in ``lang`` (default: the base language); the same keys and
+        items in every language."""
         ids = r.proposals
-        key = (r.seed, ids)
+        lang = lang or self.instrument.language
+        key = (r.seed, ids, lang)
         plan = self._plans.get(key)
         if plan is None:
             texts: dict[int, str] = {}
             if ids:
                 with self.db.read() as s:
                     texts = {p.id: p.text for p in s.query(Proposal).filter(Proposal.id.in_(ids))}
-            plan = plan_pages(self.instrument, r.seed, [(i, texts[i]) for i in ids if i in texts])
+            plan = plan_pages(self.instrument.in_language(lang), r.seed, [(i, texts[i]) for i in ids if i in texts])
             if len(self._plans) > 5000:
                 self._plans.clear()
             self._plans[key] = plan
@@ -308,6 +355,7 @@ class SurveyState:
                 seed=secrets.randbelow(2**31),
                 shown_proposals=json.dumps(approved),
                 invitation_id=invitation.id if invitation else None,
+                language=self.language(sess),
                 synthetic=bool(invitation and invitation.synthetic) or synthetic,
             )
             s.add(r)
@@ -326,7 +374,7 @@ class SurveyState:
 
 def bad_invitation() -> Problem:
     """The page for an invitation link that opens nothing."""
-    return Problem(404, "Invitation not valid", "This invitation link is not valid. Check that you copied the whole link.")
+    return respondent_problem(404, "bad_invitation")
 
 
 def forget_respondent(sess: BrowserSession) -> BrowserSession:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from valign.survey.erasure import Erasure, erase_respondents
+from valign.survey.messages import messages
 from valign.survey.state import BrowserSession, SurveyState, forget_respondent
 from valign.web.bodies import openapi_form
 
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 __all__ = ["withdraw_router", "CONFIRM"]
 
 CONFIRM = "withdraw"  # the value of the confirmation button: nothing else erases
-TITLE = "Withdraw from the survey"
 
 
 def withdraw_router(sv: SurveyState) -> APIRouter:
@@ -41,6 +41,10 @@ def withdraw_router(sv: SurveyState) -> APIRouter:
     from starlette.concurrency import run_in_threadpool
 
     router = APIRouter()
+
+    def words(sess: BrowserSession) -> dict[str, str]:
+        """The withdrawal pages' words in the respondent's language (`valign.survey.messages`)."""
+        return messages(sv.language(sess))["withdraw"]
 
     def erased(done: Erasure) -> None:
         if done.proposals:
@@ -52,8 +56,8 @@ def withdraw_router(sv: SurveyState) -> APIRouter:
         with sv.db.read() as s:
             r = sv.respondent(s, sess)
         if r is None:
-            return sv.html(request, forget_respondent(sess), "withdraw.html", page_title=TITLE, respondent_id=None)
-        return sv.html(request, sess, "withdraw.html", page_title=TITLE, respondent_id=r.public_id, confirm=CONFIRM)
+            return sv.html(request, forget_respondent(sess), "withdraw.html", page_title=words(sess)["title"], respondent_id=None)
+        return sv.html(request, sess, "withdraw.html", page_title=words(sess)["title"], respondent_id=r.public_id, confirm=CONFIRM)
 
     @router.post("/withdraw", openapi_extra=openapi_form({"csrf": {"type": "string"}, "confirm": {"type": "string"}}, required=["csrf"]))
     async def withdraw(request: Request) -> Response:
@@ -65,17 +69,18 @@ def withdraw_router(sv: SurveyState) -> APIRouter:
         with sv.db.read() as s:
             r = sv.respondent(s, sess)
         if r is None:  # e.g. the form sent twice: the first one deleted it
-            return sv.html(request, forget_respondent(sess), "withdraw.html", page_title=TITLE, respondent_id=None)
+            return sv.html(request, forget_respondent(sess), "withdraw.html", page_title=words(sess)["title"], respondent_id=None)
         if not confirmed:
             return sv.html(
-                request, sess, "withdraw.html", page_title=TITLE, respondent_id=r.public_id, confirm=CONFIRM,
-                error="Choose “Delete my answers” to withdraw, or go back to the survey to keep them",
+                request, sess, "withdraw.html", page_title=words(sess)["title"], respondent_id=r.public_id, confirm=CONFIRM,
+                error=words(sess)["choose"],
             )
         erased(erase_respondents(sv.db, [r.id], "withdrawn"))
         return sv.redirect(request, forget_respondent(sess), "/withdrawn")
 
     @router.get("/withdrawn")
     def withdrawn(request: Request) -> Response:
-        return sv.html(request, sv.session(request), "withdrawn.html", page_title="Your answers are deleted")
+        sess = sv.session(request)
+        return sv.html(request, sess, "withdrawn.html", page_title=words(sess)["withdrawn_title"])
 
     return router
