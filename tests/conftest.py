@@ -1,5 +1,6 @@
 """Shared fixtures: the real embedded model (loaded once), a finished SFT stage trained
-on it, and a scripted model for control-flow tests.
+on it, a scripted model for control-flow tests, and `db_url`: an empty survey database on
+SQLite, then on PostgreSQL.
 
 A test that uses `embedded`, `embedded_fp32` or `sft_stage` is marked ``model`` for it
 (the root conftest.py's `RESOURCE_FIXTURES`), so `make test-fast` leaves it out.
@@ -12,6 +13,7 @@ from typing import Callable, Iterator
 
 import pytest
 
+from tests.survey_helpers import DB_BACKENDS, postgres_database
 from valign.models.base import BaseChatModel, GenRequest, normalise
 from valign.types import Completion, Conversation, GenConfig
 
@@ -138,3 +140,14 @@ def stage_context(sdir, run_config, config, input_dirs=None, fingerprint: str = 
 
     return StageContext(run_config=run_config, config=config, dir=sdir.path, rows=sdir.begin(fingerprint), models=ModelPool(None),
                         input_dirs=input_dirs or {}, console=Console(stderr=True))
+
+
+@pytest.fixture(params=DB_BACKENDS)
+def db_url(request, tmp_path) -> Iterator[str]:
+    """A fresh, empty database for a survey or feedback test: a SQLite file, then (marked
+    ``postgres``) a throwaway PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'survey.db'}"
+    else:
+        with postgres_database() as url:
+            yield url

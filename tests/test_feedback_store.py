@@ -9,7 +9,6 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import inspect, text
 
-from tests.survey_helpers import DB_BACKENDS, postgres_database
 from valign.feedback import FeedbackError, FeedbackStore, feedback_revision, kto_rows_from_feedback, migrate_feedback
 from valign.feedback.tables import FEEDBACK_VERSION_TABLE, FeedbackBase
 from valign.survey.db import head_revision, make_engine, migrate, schema_revision
@@ -17,14 +16,6 @@ from valign.survey.db import head_revision, make_engine, migrate, schema_revisio
 HI = [{"role": "user", "content": "Hi"}]
 FEEDBACK_TABLES = {"served_completions", "feedback"}
 
-
-@pytest.fixture(params=DB_BACKENDS)
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'db.sqlite'}"
-    else:
-        with postgres_database() as url:
-            yield url
 
 
 def _tables(url: str) -> set[str]:

@@ -18,7 +18,7 @@ import pyreadstat
 import pytest
 from sqlalchemy import inspect, select, text
 
-from tests.survey_helpers import ADMIN_TOKEN, DB_BACKENDS, Server, admin_headers, hidden, instrument_file, postgres_database
+from tests.survey_helpers import ADMIN_TOKEN, Server, admin_headers, hidden, instrument_file, postgres_database
 from tests.test_survey_http import Person, summary
 from valign.survey.db import Answer, Database, ErasureLog, Invitation, PageEvent, Proposal, Respondent, make_engine, migrate, token_hash
 from valign.errors import ValignError
@@ -27,14 +27,6 @@ from valign.web.database import utcnow
 
 MARKER = "The assistant should mention zebra-striped umbrellas when unsure."  # the withdrawn respondent's proposal
 
-
-@pytest.fixture(params=DB_BACKENDS)
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'survey.db'}"
-    else:
-        with postgres_database() as url:
-            yield url
 
 
 def dump(url: str) -> str:

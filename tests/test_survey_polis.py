@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tests.cli_helpers import valign_cli
-from tests.survey_helpers import DB_BACKENDS, Server, admin_headers, hidden, postgres_database
+from tests.survey_helpers import Server, admin_headers, hidden
 from valign.constitution import load_constitution
 from valign.errors import ValignError
 from valign.survey.db import Answer, Database, Proposal, Respondent, make_engine, migrate
@@ -83,14 +83,6 @@ def write_conversation(folder: Path, *, votes: list[tuple[int, int, int, int]] |
     )
     return folder
 
-
-@pytest.fixture(params=DB_BACKENDS)
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'survey.db'}"
-    else:
-        with postgres_database() as url:
-            yield url
 
 
 def _count(url: str, model, *where) -> int:

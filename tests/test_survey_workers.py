@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.survey_helpers import DB_BACKENDS, Server, admin_headers, hidden, postgres_database, radio_names
+from tests.survey_helpers import Server, admin_headers, hidden, radio_names
 
 WORKERS = 3
 
@@ -44,14 +43,6 @@ def wait_for_workers(server: Server, n: int, timeout: float = 30) -> list[int]:
         time.sleep(0.1)
     return pids
 
-
-@pytest.fixture(params=DB_BACKENDS)
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'workers.db'}"
-    else:
-        with postgres_database() as url:
-            yield url
 
 
 def fresh(cookies: httpx.Cookies | None = None) -> httpx.Client:
