@@ -1,5 +1,6 @@
-"""`valign serve` as a process, as deployed: SIGTERM during generation, the API key, and an
-access log without client addresses (unless asked)."""
+"""`valign serve` as a process, as deployed: SIGTERM during generation, the API key, an
+access log without client addresses (unless asked), and `--workers 2` (one port, a
+killed worker replaced, SIGTERM stopping them all)."""
 
 from __future__ import annotations
 
@@ -104,3 +105,78 @@ def test_api_key_env_must_hold_a_key():
     r = subprocess.run([sys.executable, "-m", "valign.cli", "serve", "embedded", "--api-key-env", "VALIGN_TEST_SERVE_UNSET"],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode != 0 and "VALIGN_TEST_SERVE_UNSET is unset or empty" in r.stdout + r.stderr
+
+
+def _workers_of(parent: int) -> set[int]:
+    """The worker processes `valign serve --workers` started (not multiprocessing's resource tracker)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"spawn_main" in cmdline:
+            found.add(int(entry))
+    return found
+
+
+def test_two_workers_share_the_port_a_killed_one_is_replaced_and_sigterm_stops_all():
+    proc, root = _start("--workers", "2")
+    try:
+        deadline = time.monotonic() + 120
+        while len(_workers_of(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.3)
+        workers = _workers_of(proc.pid)
+        assert len(workers) == 2
+        hi = {"model": "embedded", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+        answers: list[int] = []
+        askers = [threading.Thread(target=lambda: answers.append(httpx.post(f"{root}/v1/chat/completions", json=hi, timeout=60).status_code)) for _ in range(6)]
+        for t in askers:
+            t.start()
+        for t in askers:
+            t.join(90)
+        assert answers == [200] * 6
+
+        # A worker killed outright is replaced; the other one answers meanwhile.
+        killed = sorted(workers)[0]
+        os.kill(killed, signal.SIGKILL)
+        assert httpx.post(f"{root}/v1/chat/completions", json=hi, timeout=60).status_code == 200
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            now = _workers_of(proc.pid)
+            if len(now) == 2 and killed not in now:
+                break
+            time.sleep(0.3)
+        replaced = _workers_of(proc.pid)
+        assert len(replaced) == 2 and killed not in replaced
+
+        # SIGTERM during a long generation: every process is gone within the deadline.
+        story = {"model": "embedded", "messages": STORY, "max_tokens": 2000, "n": 2, "temperature": 1.0}
+        asking = threading.Thread(target=lambda: httpx.post(f"{root}/v1/chat/completions", json=story, timeout=120))
+        asking.start()
+        time.sleep(2.0)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        took = time.monotonic() - sent
+        asking.join(10)
+    finally:
+        log = _stop(proc)
+    assert took < SHUTDOWN_SECONDS + 2, f"SIGTERM took {took:.1f}s to stop the workers\n{log}"
+    assert proc.returncode in (0, -signal.SIGTERM), log
+    assert f"worker {killed} exited" in log
+    assert not any(_running(pid) for pid in replaced), "a worker outlived the server"
+
+
+def _running(pid: int) -> bool:
+    """Whether a process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -248,6 +248,7 @@ def serve(
     shutdown_seconds: float = typer.Option(DEFAULT_LIMITS.shutdown_seconds, "--shutdown-seconds", min=1.0, help="On SIGTERM, open requests get 503 and the server is gone within this."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Name of an environment variable holding an API key: every /v1 route then needs 'Authorization: Bearer <key>' (and /chat is off)."),
     access_log_addresses: bool = typer.Option(False, "--access-log-addresses", help="Write client addresses into the access log (by default it keeps none)."),
+    workers: int = typer.Option(1, min=1, help="Processes on one port, each with its own copy of the model and its own limits; a worker that dies is replaced."),
 ) -> None:
     """Serve a model as an OpenAI-compatible /v1/chat/completions (with logprobs), plus a chat page at /chat."""
     import os
@@ -262,7 +263,7 @@ def serve(
             raise ValignError(f"--api-key-env: the environment variable {api_key_env} is unset or empty; export the API key in it first.")
     limits = ServeLimits(max_tokens=max_tokens, max_n=max_n, max_queue=max_queue, max_per_client=max_per_client,
                          max_batches=max_batches, max_body_bytes=max_body_bytes, shutdown_seconds=shutdown_seconds)
-    serve_model(model, host=host, port=port, feedback_db=feedback_db, limits=limits, api_key=api_key, access_log_addresses=access_log_addresses)
+    serve_model(model, host=host, port=port, feedback_db=feedback_db, limits=limits, api_key=api_key, access_log_addresses=access_log_addresses, workers=workers)
 
 
 @bench_app.command("generate")

@@ -515,11 +515,15 @@ def serve(
     limits: ServeLimits = DEFAULT_LIMITS,
     api_key: str | None = None,
     access_log_addresses: bool = False,
+    workers: int = 1,
+    sockets: list[Any] | None = None,
 ) -> None:
     """Loads the model a spec names and serves it until interrupted (SIGINT or SIGTERM).
 
     On SIGTERM every open request is answered 503 at its next step and the process exits
-    within ``limits.shutdown_seconds``.
+    within ``limits.shutdown_seconds``. ``workers`` > 1 runs that many processes, each
+    with its own copy of the model and its own limits, on one port
+    (`valign.serve_workers`); ``sockets`` is how such a worker gets the shared socket.
 
     Example (what ``valign serve embedded --port 8000`` runs; elsewhere, then:
     ``load_model("openai:embedded@http://127.0.0.1:8000/v1")``)::
@@ -530,6 +534,13 @@ def serve(
 
     from valign.models.registry import load_model
     from valign.web.access_log import ACCESS_LOGGER, AnonymousAccessLog
+
+    if workers > 1:
+        from valign.serve_workers import serve_workers
+
+        each = dict(spec=spec, host=host, port=port, model_name=model_name, log_level=log_level, feedback_db=feedback_db,
+                    limits=limits, api_key=api_key, access_log_addresses=access_log_addresses)
+        return serve_workers(serve, workers, host, port, each, shutdown_seconds=limits.shutdown_seconds)
 
     store = None
     if feedback_db is not None:
@@ -557,7 +568,7 @@ def serve(
         app, host=host, port=port, log_level=log_level, access_log=access_log_addresses,
         timeout_graceful_shutdown=max(1, int(limits.shutdown_seconds / 2)),
     )
-    StoppingServer(config).run()
+    StoppingServer(config).run(sockets=sockets)
 
 
 @contextmanager
