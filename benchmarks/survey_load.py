@@ -26,7 +26,9 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -36,7 +38,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
 from tests.survey_helpers import ADMIN_TOKEN, Server, postgres_database  # noqa: E402
 from valign.survey.db import Answer, Respondent, make_engine  # noqa: E402
 from valign.survey.instrument import load_instrument  # noqa: E402
-from valign.survey.simulate import Population, simulate  # noqa: E402
+from valign.survey.simulate import Population, SimResult, simulate  # noqa: E402
 
 P95_TARGET_MS = 300  # request latency the survey must stay under at the 95th percentile
 
@@ -48,6 +50,8 @@ def missed_targets(row: dict, n: int) -> list[str]:
         missed.append(f"completed {row['completed']}/{row['started']} of {n}")
     if row["lost"] or row["duplicated"]:
         missed.append(f"{row['lost']} lost, {row['duplicated']} duplicated")
+    if row.get("kill_requested") and not row.get("worker_killed"):
+        missed.append("no worker was killed (--kill-worker-after needs --workers 2 or more)")
     if not row["p95_ms"] < P95_TARGET_MS:
         missed.append(f"p95 {row['p95_ms']} ms >= {P95_TARGET_MS} ms")
     return missed
@@ -78,17 +82,67 @@ def check_database(db_url: str, result) -> dict:  # noqa: ANN001
     return {"started": started, "completed": completed, "synthetic": synthetic, "answers_sent": sent, "answers_stored": len(stored), "lost": lost, "duplicated": len(dup)}
 
 
-def run_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict:
+def _simulate_share(url: str, n: int, seed: int, think: float, ramp: float) -> SimResult:
+    """One load-generator process's share of the respondents (run in a child process)."""
     inst = load_instrument("demo")
-    # Everyone completes: problem profiles change the flags, not the load.
-    pop = Population(seed=1, profiles={"clean": 1.0}, seconds_per_item=args.think, propose=0.05)
+    pop = Population(seed=seed, profiles={"clean": 1.0}, seconds_per_item=think, propose=0.05)
+    return asyncio.run(simulate(url, n, inst, pop, ADMIN_TOKEN, concurrency=n, ramp_seconds=ramp, timeout=120))
 
+
+def generate_load(url: str, args: argparse.Namespace) -> SimResult:
+    """The respondents, from ``args.generators`` processes: one Python event loop driving
+    200 HTTP clients saturates its core, and its own queueing then shows in the
+    latencies it measures; several processes split that work (on the same machine)."""
+    if args.generators == 1:
+        return _simulate_share(url, args.n, 1, args.think, args.ramp)
+    from concurrent.futures import ProcessPoolExecutor
+
+    shares = [args.n // args.generators + (i < args.n % args.generators) for i in range(args.generators)]
+    with ProcessPoolExecutor(len(shares)) as pool:
+        parts = list(pool.map(_simulate_share, [url] * len(shares), shares, range(1, len(shares) + 1), [args.think] * len(shares), [args.ramp] * len(shares)))
+    return SimResult([r for p in parts for r in p.respondents], [x for p in parts for x in p.latencies], max(p.seconds for p in parts))
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The uvicorn worker processes under ``parent`` (multiprocessing's spawned children)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                if ppid == parent and b"spawn_main" in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return sorted(found)
+
+
+def kill_a_worker_later(parent: int, seconds: float, killed: list[int]) -> threading.Thread:
+    """SIGKILL one server worker ``seconds`` into the run (it needs ``--workers`` ≥ 2)."""
+
+    def kill() -> None:
+        time.sleep(seconds)
+        pids = worker_pids(parent)
+        if pids:
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+def run_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict:
+    # Everyone completes (profile "clean" in `_simulate_share`): problem profiles change the flags, not the load.
     def go(db_url: str) -> dict:
         extra = ["--workers", str(args.workers)]  # default rate limits: synthetic respondents are exempt
         with Server(db_url, "demo", *extra, log=tmp / f"{backend}.log") as server:
             load_before = os.getloadavg()
+            killed: list[int] = []
+            if args.kill_worker_after:
+                kill_a_worker_later(server.proc.pid, args.kill_worker_after, killed)
             t0 = time.perf_counter()
-            result = asyncio.run(simulate(server.url, args.n, inst, pop, ADMIN_TOKEN, concurrency=args.n, ramp_seconds=args.ramp, timeout=120))
+            result = generate_load(server.url, args)
             wall = time.perf_counter() - t0
             load_after = os.getloadavg()
         checks = check_database(db_url, result)
@@ -96,6 +150,10 @@ def run_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict:
         return {
             "backend": backend,
             "respondents": args.n,
+            "workers": args.workers,
+            "generators": args.generators,
+            "kill_requested": bool(args.kill_worker_after),
+            "worker_killed": killed[0] if killed else None,
             **checks,
             "simulator_completed": result.completed,
             "errors": result.errors[:5],
@@ -122,6 +180,8 @@ def main() -> None:
     ap.add_argument("--think", type=float, default=0.5, help="seconds each respondent spends per question (people take 5–10)")
     ap.add_argument("--ramp", type=float, default=5.0, help="seconds over which respondents arrive")
     ap.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    ap.add_argument("--generators", type=int, default=2, help="load-generator processes sharing the respondents (one saturates its core at 200 and measures its own queueing)")
+    ap.add_argument("--kill-worker-after", type=float, default=None, metavar="SECONDS", help="SIGKILL one server worker this far into the run (with --workers 2 or more); nothing may be lost")
     ap.add_argument("--backends", default="sqlite,postgresql")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "survey_load.json")
     args = ap.parse_args()
@@ -138,13 +198,14 @@ def main() -> None:
                 f"{backend:10s} completed {row['completed']}/{row['started']} started, answers {row['answers_stored']} stored / {row['answers_sent']} sent, "
                 f"lost {row['lost']}, duplicated {row['duplicated']}; {row['requests']} requests at {row['requests_per_s']}/s, "
                 f"p50 {row['p50_ms']} ms, p95 {row['p95_ms']} ms, p99 {row['p99_ms']} ms; load {row['load_average_before'][0]} → {row['load_average_after'][0]}"
-                f"{'' if not missed else '  <-- MISSED: ' + '; '.join(missed)}"
+                + (f"; worker killed: {row['worker_killed']}" if args.kill_worker_after else "")
+                + ("" if not missed else "  <-- MISSED: " + "; ".join(missed))
             )
     out = {
         "benchmark": "survey_load",
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
-        "settings": {"respondents": args.n, "think_seconds_per_question": args.think, "ramp_seconds": args.ramp, "workers": args.workers, "instrument": "demo"},
+        "settings": {"respondents": args.n, "think_seconds_per_question": args.think, "ramp_seconds": args.ramp, "workers": args.workers, "generators": args.generators, "kill_worker_after_s": args.kill_worker_after, "instrument": "demo"},
         "target": {"p95_ms": P95_TARGET_MS, "completed_equals_started": True, "lost": 0, "duplicated": 0},
         "results": rows,
     }

@@ -444,3 +444,49 @@ def test_cli_invite_flags_and_export(server, tmp_path):
         out = run(app, ["survey", "data", str(tmp_path / name), "--db", server.db_url, "--include-excluded"])
         assert out.exit_code == 0 and (tmp_path / name).stat().st_size > 0
     assert summary(server.url)["started"] == len(pd.read_csv(tmp_path / "r.csv"))
+
+
+def test_simulated_respondents_send_a_dropped_request_again_and_lose_nothing(tmp_path, monkeypatch):
+    """A connection dropped mid-request (a server worker killed) is sent again, as a person
+    presses the button again: every respondent finishes and every answer is stored once."""
+    import httpx
+
+    from valign.survey import simulate as sim
+    from valign.survey.db import Answer, make_engine
+    from valign.survey.simulate import Population, run_simulation
+
+    real = sim._shared_client
+    dropped: list[str] = []
+    posts = [0]
+
+    def flaky_client(concurrency: int, timeout: float):  # noqa: ANN202
+        client = real(concurrency, timeout)
+        send = client.send
+
+        async def send_or_drop(request, **kw):  # noqa: ANN001, ANN003
+            posts[0] += request.method == "POST"
+            if request.method == "POST" and posts[0] % 5 == 0 and len(dropped) < 6:  # every fifth page saved
+                dropped.append(str(request.url))
+                await send(request, **kw)  # the server saves the page, then the answer is lost on the way back
+                raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+            return await send(request, **kw)
+
+        client.send = send_or_drop
+        return client
+
+    monkeypatch.setattr(sim, "_shared_client", flaky_client)
+    db_url = f"sqlite:///{tmp_path / 'retry.db'}"
+    with Server(db_url, "demo") as server:
+        pop = Population(seed=3, profiles={"clean": 1.0}, seconds_per_item=0.0, propose=0.0)
+        result = run_simulation(server.url, 4, population=pop, admin_token=ADMIN_TOKEN)
+    assert dropped, "no request was dropped: the test did not test anything"
+    assert result.completed == 4 and not result.errors
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    engine = make_engine(db_url)
+    with Session(engine) as s:
+        stored = s.execute(select(Answer.respondent_id, Answer.item_id, func.count()).group_by(Answer.respondent_id, Answer.item_id)).all()
+    engine.dispose()
+    assert stored and all(n == 1 for *_, n in stored)
+    assert len(stored) == sum(len(r.answers) for r in result.respondents)

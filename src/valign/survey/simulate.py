@@ -134,6 +134,9 @@ def load_population(name_or_path: str | Path | None = None) -> Population:
 # -- reading the pages ---------------------------------------------------------------------
 
 
+RETRIES = 3  # times a request whose connection dropped is sent again
+RETRY_SECONDS = 0.5  # the wait before each
+
 _FORM = re.compile(r"<form\b([^>]*)>(.*?)</form>", re.S | re.I)
 _TAG = re.compile(r"<(input|textarea|button)\b([^>]*)>", re.I)
 _ATTR = re.compile(r'([A-Za-z_:][-A-Za-z0-9_:.]*)\s*=\s*"([^"]*)"')
@@ -335,8 +338,20 @@ def _assign_profiles(n: int, shares: dict[str, float]) -> list[str]:
 
 async def _respondent(client, base: str, link: str, person: _Person, rec: SimRespondent, latencies: list[float], max_pages: int) -> None:  # noqa: ANN001
     async def request(method: str, url: str, **kw: Any):
+        # A connection dropped mid-request (a server worker killed or restarted) is sent
+        # again, as a person presses the button again: pages are saved idempotently. The
+        # latency counted is the whole wait, retries included.
+        import httpx
+
         t = time.perf_counter()
-        r = await client.request(method, url, **kw)
+        for attempt in range(RETRIES + 1):
+            try:
+                r = await client.request(method, url, **kw)
+                break
+            except httpx.TransportError:
+                if attempt == RETRIES:
+                    raise
+                await asyncio.sleep(RETRY_SECONDS)
         latencies.append(time.perf_counter() - t)
         return r
 
