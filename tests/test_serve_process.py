@@ -54,19 +54,26 @@ def _stop(proc: subprocess.Popen) -> str:
     return out
 
 
+def _sigterm_during_a_long_generation(proc: subprocess.Popen, root: str, n: int) -> tuple[float, list[httpx.Response]]:
+    """Ask for ``n`` 2,000-token stories, send SIGTERM two seconds in, and wait for the
+    server to exit: the seconds it took, and the answer the request got (if any)."""
+    answer: list[httpx.Response] = []
+    body = {"model": "embedded", "messages": STORY, "max_tokens": 2000, "n": n, "temperature": 1.0}
+    asking = threading.Thread(target=lambda: answer.append(httpx.post(f"{root}/v1/chat/completions", json=body, timeout=120)))
+    asking.start()
+    time.sleep(2.0)  # n 2,000-token stories: generating for a good while yet
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    took = time.monotonic() - sent
+    asking.join(10)
+    return took, answer
+
+
 def test_sigterm_during_generation_answers_503_and_exits_in_time():
     proc, root = _start()
     try:
-        answer: list[httpx.Response] = []
-        body = {"model": "embedded", "messages": STORY, "max_tokens": 2000, "n": 4, "temperature": 1.0}
-        asking = threading.Thread(target=lambda: answer.append(httpx.post(f"{root}/v1/chat/completions", json=body, timeout=120)))
-        asking.start()
-        time.sleep(2.0)  # four 2,000-token stories: generating for a good while yet
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-        took = time.monotonic() - sent
-        asking.join(10)
+        took, answer = _sigterm_during_a_long_generation(proc, root, n=4)
     finally:
         log = _stop(proc)
     assert took < SHUTDOWN_SECONDS, f"SIGTERM took {took:.1f}s to stop the server\n{log}"
@@ -156,15 +163,7 @@ def test_two_workers_share_the_port_a_killed_one_is_replaced_and_sigterm_stops_a
         assert len(replaced) == 2 and killed not in replaced
 
         # SIGTERM during a long generation: every process is gone within the deadline.
-        story = {"model": "embedded", "messages": STORY, "max_tokens": 2000, "n": 2, "temperature": 1.0}
-        asking = threading.Thread(target=lambda: httpx.post(f"{root}/v1/chat/completions", json=story, timeout=120))
-        asking.start()
-        time.sleep(2.0)
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-        took = time.monotonic() - sent
-        asking.join(10)
+        took, _ = _sigterm_during_a_long_generation(proc, root, n=2)
     finally:
         log = _stop(proc)
     assert took < SHUTDOWN_SECONDS + 2, f"SIGTERM took {took:.1f}s to stop the workers\n{log}"
