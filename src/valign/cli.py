@@ -336,6 +336,19 @@ def bench_prefix(
     run_bench(n=n, repeats=repeats, json_out=json_out)
 
 
+@bench_app.command("reward")
+def bench_reward(
+    prompts: int = typer.Option(4, "--prompts", min=1, help="Prompts in the simulated GRPO step."),
+    generations: int = typer.Option(4, "--generations", min=2, help="Samples per prompt (GRPO's group size)."),
+    repeats: int = typer.Option(2, "--repeats", min=1, help="Runs per arm; the fastest counts."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
+) -> None:
+    """Samples scored per second by GRPO's pairwise reward: batched with prefix sharing vs one comparison at a time."""
+    from valign.rewards.bench import bench_reward as run_bench
+
+    run_bench(prompts=prompts, generations=generations, repeats=repeats, json_out=json_out)
+
+
 @bench_app.command("refusal")
 def bench_refusal(
     classifier: str = typer.Option("rules", "--classifier", help="The refusal classifier to measure: rules, judge:<model spec>, guard:<model spec>, strongreject:<model spec>."),

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # How long a waiting process may sit at a barrier: the longest stage the main process
 # runs alone. Override with VALIGN_BARRIER_TIMEOUT_HOURS.
@@ -65,3 +68,22 @@ def barrier() -> None:
 
     _ensure_group()
     dist.barrier()
+
+
+def gather_with_offset(items: list[T]) -> tuple[list[T], int]:
+    """Every process's ``items``, concatenated in rank order, and where this process's
+    own begin in that list; in a single process, ``(items, 0)``.
+
+    Example:
+        >>> gather_with_offset(["a", "b"])
+        (['a', 'b'], 0)
+    """
+    if world_size() <= 1:
+        return list(items), 0
+    import torch.distributed as dist
+
+    _ensure_group()
+    parts: list[list[T] | None] = [None] * world_size()
+    dist.all_gather_object(parts, list(items))
+    start = sum(len(p or []) for p in parts[: rank()])
+    return [x for p in parts for x in (p or [])], start

@@ -1,7 +1,8 @@
 """The report: one self-contained HTML file for a run (``runs/<name>/report.html``).
 
 The report is its sections, top to bottom (`report_sections`): the run's summary and
-training curves, then each evaluation suite's section in the order of the suite
+training curves, a grpo stage's rewards and reward-hacking watch
+(`valign.evals.grpo_section`), then each evaluation suite's section in the order of the suite
 registry (`valign.evals.suites`; a suite brings its own), then the judges'
 calibration (`valign.evals.calibration_section`), then the constitution.
 Each section renderer reads the run's data (`valign.evals.rundata`) and returns a
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from valign.evals.calibration_section import calibration_section
+from valign.evals.grpo_section import grpo_section
 from valign.evals.plots import TUNED_COLOR, pyplot
 from valign.evals.rundata import RunData, StageInfo, load_run
 from valign.evals.section import ReportEnv, Section, SectionRenderer
@@ -173,11 +175,12 @@ def report_sections() -> list[tuple[str, SectionRenderer]]:
 
     Example:
         >>> [section_id for section_id, _ in report_sections()]
-        ['summary', 'training', 'keycases', 'mtbench', 'safety', 'fidelity', 'xstest', 'orbench', 'strongreject', 'harmbench', 'calibration', 'constitution']
+        ['summary', 'training', 'grpo', 'keycases', 'mtbench', 'safety', 'fidelity', 'xstest', 'orbench', 'strongreject', 'harmbench', 'calibration', 'constitution']
     """
     return [
         ("summary", summary_section),
         ("training", training_section),
+        ("grpo", grpo_section),
         *((suite.name, suite.section) for suite in SUITES.values()),
         ("calibration", calibration_section),
         ("constitution", constitution_section),
@@ -194,6 +197,8 @@ def render_report(path: str | Path, out: str | Path | None = None, title: str | 
     missing: list[str] = []
     named = set((run.manifest("evaluate") or {}).get("suites") or [])
     unasked = {name for name, suite in SUITES.items() if not suite.default and name not in named}
+    if run.stage("grpo") is None:
+        unasked.add("grpo")  # a run without online RL expects no section for it
     for section_id, renderer in report_sections():
         sec = renderer(run, env)
         if sec is None:

@@ -70,8 +70,9 @@ def _pack(w: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(w, 64)  # tuned for batches of about 64 rows
 
 
-def supports(model) -> bool:
-    """True when `LlamaDecoder` can run this (already merged, unquantized) model."""
+def supports(model, adapter_merged: bool = False) -> bool:
+    """True when `LlamaDecoder` can run this (already merged, unquantized) model; with
+    ``adapter_merged``, the base under a LoRA adapter whose update `merged_lora_weight` adds."""
     cfg = model.config
     return (
         getattr(cfg, "model_type", None) in SUPPORTED_MODEL_TYPES
@@ -82,8 +83,29 @@ def supports(model) -> bool:
         # A 4-bit base keeps packed NF4 weights and an unmerged adapter beside them;
         # transformers' own generate runs those.
         and getattr(cfg, "quantization_config", None) is None
-        and not hasattr(model, "peft_config")
+        and (adapter_merged or not hasattr(model, "peft_config"))
     )
+
+
+def merged_lora_weight(adapter: str = "default") -> Callable[[torch.nn.Module], torch.Tensor]:
+    """For `LlamaDecoder`'s ``weight_of``: a projection's weight with its LoRA update
+    (B·A·scale, PEFT's own `get_delta_weight`) added, computed afresh and exactly, the
+    adapter left unmerged in the model being trained.
+
+    Example:
+        >>> layer = torch.nn.Linear(2, 2)
+        >>> torch.equal(merged_lora_weight()(layer), layer.weight)  # no adapter: its own weight
+        True
+    """
+
+    def weight_of(module: torch.nn.Module) -> torch.Tensor:
+        get_delta = getattr(module, "get_delta_weight", None)
+        if get_delta is None or adapter not in getattr(module, "lora_A", {}):
+            return module.weight
+        with torch.no_grad():
+            return module.get_base_layer().weight + get_delta(adapter)
+
+    return weight_of
 
 
 @dataclass
@@ -178,8 +200,12 @@ class LlamaDecoder:
         prefix_cache_mb: int = 512,
         token_budget: int = 16384,
         max_batch: int = 128,
+        weight_of: Callable[[torch.nn.Module], torch.Tensor] | None = None,
     ) -> None:
         cfg = model.config
+        # The weight of a projection: its own, or (`merged_lora_weight`) with a LoRA
+        # adapter's update added, for a model whose adapter keeps training (grpo).
+        w = weight_of or (lambda module: module.weight)
         self.n_heads = cfg.num_attention_heads
         self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
@@ -205,7 +231,7 @@ class LlamaDecoder:
                 # Queries are pre-scaled by 1/√d in their weights (RoPE is linear), which
                 # spares a pass over every attention score; exact when d is a power of 4.
                 scale = self.head_dim**-0.5
-                qkv_w = torch.cat([att.q_proj.weight * scale, att.k_proj.weight, att.v_proj.weight])
+                qkv_w = torch.cat([w(att.q_proj) * scale, w(att.k_proj), w(att.v_proj)])
                 if qkv_b is not None:
                     qkv_b = cast(torch.cat([att.q_proj.bias * scale, att.k_proj.bias, att.v_proj.bias]))
                 self.layers.append(
@@ -213,10 +239,10 @@ class LlamaDecoder:
                         in_norm=layer.input_layernorm.weight.detach().float(),
                         qkv_w=cast(qkv_w),
                         qkv_b=qkv_b,
-                        o_w=cast(att.o_proj.weight),
+                        o_w=cast(w(att.o_proj)),
                         post_norm=layer.post_attention_layernorm.weight.detach().float(),
-                        gate_up_w=cast(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
-                        down_w=cast(mlp.down_proj.weight),
+                        gate_up_w=cast(torch.cat([w(mlp.gate_proj), w(mlp.up_proj)])),
+                        down_w=cast(w(mlp.down_proj)),
                     )
                 )
         self._sample_buf: torch.Tensor | None = None

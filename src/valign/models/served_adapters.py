@@ -154,3 +154,21 @@ def _message(resp: Any) -> str:
             return str(text).splitlines()[0][:300]
     return str(body)[:200]
 
+
+
+def unload_adapter(on: str, name: str, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = TIMEOUT) -> None:
+    """Unload an adapter from every server of ``on`` (``POST /v1/unload_lora_adapter``),
+    so a stage that publishes a new adapter every step (grpo) keeps one on each server.
+    An adapter a server no longer has is fine; any other refusal is an error."""
+    import httpx
+
+    _, urls = parse_openai_spec(on)
+    headers = {"Authorization": f"Bearer {os.environ.get(api_key_env) or 'EMPTY'}"}
+    with httpx.Client(timeout=timeout, headers=headers) as client:
+        for url in (u.rstrip("/") for u in urls):
+            try:
+                resp = client.post(f"{url}/unload_lora_adapter", json={"lora_name": name})
+            except httpx.HTTPError as e:
+                raise ModelError(f"could not reach {url} to unload adapter {name} ({type(e).__name__}: {e}); check that the server is up.") from e
+            if resp.status_code != 200 and not (resp.status_code in (400, 404) and "not" in _message(resp).lower()):
+                raise ModelError(f"{url} could not unload adapter {name} ({resp.status_code}: {_message(resp)}); check the server's log.")

@@ -49,7 +49,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from string import Template
-from typing import Any, ClassVar, Literal, Sequence, TYPE_CHECKING
+from typing import Any, Callable, ClassVar, Literal, Sequence, TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -80,10 +80,13 @@ __all__ = [
     "comparison_conversation",
     "verdict_conversation",
     "pick_principle",
+    "pick_shots",
     "combine_orders",
     "parse_verdict",
+    "first_json_object",
     "judge_logprob",
     "judge_verdict",
+    "ask_until_readable",
     "curate",
     "count_rows",
 ]
@@ -240,15 +243,18 @@ def render_conversation(messages: Conversation) -> str:
     return "\n\n".join(f"{names.get(m['role'], m['role'].title())}: {m['content'].strip()}" for m in messages)
 
 
-def render_comparison(conversation: str, principle: str, option_a: str, option_b: str, request: str) -> str:
-    """The multiple-choice comparison prompt (``judge_logprob.txt``) for one order.
+def render_comparison(
+    conversation: str, principle: str, option_a: str, option_b: str, request: str, template: str = LOGPROB_TEMPLATE
+) -> str:
+    """The multiple-choice comparison prompt (``judge_logprob.txt``, or another template
+    with the same fields) for one order.
 
     Example:
         >>> text = render_comparison("Human: Hi", "Be honest.", "Hello!", "Go away.", "Which?")
         >>> "(A) Hello!" in text and "(B) Go away." in text and "Be honest." in text
         True
     """
-    return Template(load_template(LOGPROB_TEMPLATE)).substitute(
+    return Template(load_template(template)).substitute(
         conversation=conversation,
         principle=principle.strip(),
         option_a=option_a.strip(),
@@ -264,6 +270,7 @@ def comparison_conversation(
     option_b: str,
     shots: Sequence[tuple[Example, Principle]] = (),
     cot: bool = False,
+    template: str = LOGPROB_TEMPLATE,
 ) -> Conversation:
     """The chat sent to the judge for one order: worked examples as earlier turns
     (each with its own principle, answered in the same "The answer is: (X)" form the
@@ -279,14 +286,14 @@ def comparison_conversation(
     answer = load_template(ANSWER_TEMPLATE)
     conv: Conversation = []
     for ex, p in shots:
-        shown = render_comparison(f"Human: {ex.human}", p.text, ex.option_a, ex.option_b, answer)
+        shown = render_comparison(f"Human: {ex.human}", p.text, ex.option_a, ex.option_b, answer, template)
         conv += [
             {"role": "user", "content": shown},
             {"role": "assistant", "content": f"{ANSWER_PREFIX}{ex.better})"},
         ]
     request = load_template(COT_TEMPLATE) if cot else answer
     conv.append(
-        {"role": "user", "content": render_comparison(render_conversation(prompt_messages), principle.text, option_a, option_b, request)}
+        {"role": "user", "content": render_comparison(render_conversation(prompt_messages), principle.text, option_a, option_b, request, template)}
     )
     return conv
 
@@ -330,7 +337,7 @@ def pick_principle(constitution: Constitution, seed: int, row_id: str, what: str
     return constitution.sample(_rng(seed, row_id, what))[0]
 
 
-def _pick_shots(constitution: Constitution, seed: int, row_id: str, k: int) -> list[tuple[Example, Principle]]:
+def pick_shots(constitution: Constitution, seed: int, row_id: str, k: int) -> list[tuple[Example, Principle]]:
     examples = load_examples()
     if k == 0 or not examples:
         return []
@@ -387,7 +394,7 @@ def judge_logprob(
     for row in pairs:
         first, second = (r["text"] for r in row["responses"])
         principle = pick_principle(constitution, seed, row["id"])
-        shots = _pick_shots(constitution, seed, row["id"], cfg.few_shot)
+        shots = pick_shots(constitution, seed, row["id"], cfg.few_shot)
         for a, b in ((first, second), (second, first)):
             convs.append(comparison_conversation(row["prompt_messages"], principle, a, b, shots, cfg.chain_of_thought))
         meta.append({"principle_id": principle.id, "few_shot_principle_ids": [p.id for _, p in shots]})
@@ -413,6 +420,28 @@ def judge_logprob(
 # --------------------------------------------------------------------------- verdict mode
 
 
+def first_json_object(text: str) -> dict[str, Any] | None:
+    """The first complete JSON object in a model's reply: inside a fenced block when
+    there is one, else anywhere in the text; None when there is none.
+
+    Example:
+        >>> first_json_object('Sure! ```json\\n{"a": 1}\\n``` Anything else?'), first_json_object("no")
+        ({'a': 1}, None)
+    """
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.S | re.I)
+    candidates = [fenced.group(1), text] if fenced else [text]
+    decoder = json.JSONDecoder()
+    for chunk in candidates:
+        for m in re.finditer(r"\{", chunk):
+            try:
+                obj, _ = decoder.raw_decode(chunk, m.start())
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                return obj
+    return None
+
+
 def parse_verdict(text: str) -> Verdict:
     """The `Verdict` in a judge's output: fenced or bare JSON, with any chatter around it.
 
@@ -423,21 +452,7 @@ def parse_verdict(text: str) -> Verdict:
         ...               '"rationale": "A declines.", "improved": null}\\n```').preferred
         'A'
     """
-    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.S | re.I)
-    candidates = [fenced.group(1), text] if fenced else [text]
-    decoder = json.JSONDecoder()
-    obj: Any = None
-    for chunk in candidates:
-        for m in re.finditer(r"\{", chunk):
-            try:
-                obj, _ = decoder.raw_decode(chunk, m.start())
-            except json.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                break
-            obj = None
-        if obj is not None:
-            break
+    obj = first_json_object(text)
     if obj is None:
         # A reply cut off by max_new_tokens lands here too: its object never closes.
         raise VerdictError("it contains no complete JSON object")
@@ -470,21 +485,47 @@ def judge_verdict(
         texts = [row["responses"][j]["text"] for j in order]
         shown.append(order)
         convs.append(verdict_conversation(row["prompt_messages"], constitution, *texts))
-    results: list[dict[str, Any]] = [{"shown_order": o, "attempts": 0} for o in shown]
-    todo = list(range(len(pairs)))
-    retry = load_template(RETRY_TEMPLATE)
-    for attempt in range(cfg.max_retries + 1):
-        outs = model.generate([convs[i] for i in todo], judge_gen(cfg.gen, seed, "verdict", attempt))
+    answers = ask_until_readable(
+        model, convs, parse_verdict, lambda attempt: judge_gen(cfg.gen, seed, "verdict", attempt), cfg.max_retries, RETRY_TEMPLATE
+    )
+    results: list[dict[str, Any]] = []
+    for order, answer in zip(shown, answers):
+        parsed = answer.pop("value", None)
+        results.append({"shown_order": order, **answer, **({"verdict": parsed} if parsed is not None else {})})
+    return results
+
+
+def ask_until_readable(
+    model: ChatModel,
+    convs: list[Conversation],
+    parse: Callable[[str], Any],
+    gen_for_attempt: Callable[[int], GenConfig],
+    max_retries: int,
+    retry_template: str,
+) -> list[dict[str, Any]]:
+    """Ask every conversation, and ask again those whose reply ``parse`` rejects (it
+    raises `VerdictError` saying why): the retry shows the model its own reply and what
+    was wrong with it (``retry_template``, with ``${error}``). Unreadable replies are
+    asked together in batches, up to ``max_retries`` more times.
+
+    Returns one dict per conversation: ``attempts`` and either ``value`` (what
+    ``parse`` returned) or the last ``raw`` reply and its ``error``.
+    """
+    convs = list(convs)
+    results: list[dict[str, Any]] = [{"attempts": 0} for _ in convs]
+    todo = list(range(len(convs)))
+    retry = load_template(retry_template)
+    for attempt in range(max_retries + 1):
+        outs = model.generate([convs[i] for i in todo], gen_for_attempt(attempt))
         failed = []
         for i, out in zip(todo, outs):
             results[i]["attempts"] = attempt + 1
             try:
-                results[i]["verdict"] = parse_verdict(out.text)
+                results[i]["value"] = parse(out.text)
                 results[i].pop("raw", None)
                 results[i].pop("error", None)
             except VerdictError as e:
                 results[i].update(raw=out.text, error=str(e))
-                # The retry shows the judge its own answer and what was wrong with it.
                 convs[i] = [
                     *convs[i],
                     {"role": "assistant", "content": out.text},

@@ -1,6 +1,6 @@
 """A plain LM head for TRL's trainers on a CPU, and exact per-row loss weights.
 
-TRL's trainers call ``model(..., labels=labels, fused_lm_head=True)`` and read per-token
+TRL's trainers (DPO, KTO, GRPO) call ``model(..., labels=labels, fused_lm_head=True)`` and read per-token
 log-probabilities from a chunked kernel that never materialises the ``(tokens, vocab)``
 logits. That spares GPU memory on big vocabularies, but on a CPU without Triton the
 kernel scores *every* position (prompt and padding included), folds each vocabulary
@@ -88,8 +88,11 @@ def add_row_weights(model: Any, row_weights: RowWeights) -> None:
     model.forward = forward
 
 
-def add_plain_lm_head(model: Any, outputs: tuple[str, ...] = ("log_probs",)) -> None:
+def add_plain_lm_head(model: Any, outputs: tuple[str, ...] = ("log_probs",), temperature: float = 1.0) -> None:
     """Make ``model(..., labels=…, fused_lm_head=True)`` compute log-probs the plain way.
+
+    ``temperature`` divides the logits first, as TRL's head does for GRPO (whose
+    log-probs are those of the distribution the answers were sampled from).
 
     Call it after the TRL trainer is built (TRL installs its own fused head in
     ``__init__``; this one replaces it, and hands batches over ``MAX_PLAIN_LOGITS`` back
@@ -122,7 +125,8 @@ def add_plain_lm_head(model: Any, outputs: tuple[str, ...] = ("log_probs",)) -> 
         hidden = self.base_model(*args, **kwargs).last_hidden_state
         if shift_labels is None:
             hidden = hidden[:, :-1]
-        per_token = _score(head(hidden[mask]).float(), targets[mask], outputs)
+        logits = head(hidden[mask]).float()
+        per_token = _score(logits / temperature if temperature != 1.0 else logits, targets[mask], outputs)
         full = {k: (None if v is None else v.new_zeros(mask.shape).masked_scatter(mask, v)) for k, v in per_token.items()}
         denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
         loss = -full["log_probs"].sum() / denominator

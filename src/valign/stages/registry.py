@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from valign.stages.base import Stage
 from valign.stages.evaluate import EvaluateStage
+from valign.stages.grpo import GRPOStage
 from valign.stages.judge import JudgeStage
 from valign.stages.pairs import PairsStage
 from valign.stages.preference import DPOStage, KTOStage
@@ -36,6 +37,7 @@ STAGES: dict[str, Stage] = {
         JudgeStage(),
         DPOStage(),
         KTOStage(),
+        GRPOStage(),
         EvaluateStage(),
         ReportStage(),
     )
