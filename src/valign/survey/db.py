@@ -38,7 +38,7 @@ Example:
     >>> engine = make_engine("sqlite:///:memory:")
     >>> migrate(engine)
     >>> schema_revision(engine)
-    '0006'
+    '0007'
     >>> load_frames(engine, load_instrument("demo")).respondents.empty
     True
 """
