@@ -248,3 +248,20 @@ def test_cli_invite_and_export(tmp_path):
     assert r.exit_code == 0, r.output
     assert "wrote 2 grades by 1 reviewers on 2 cases" in r.output
     assert len((tmp_path / "exp" / "grades.jsonl").read_text().splitlines()) == 2
+
+
+def test_human_pairs_calibrate_the_embedded_judge(store, tmp_path, embedded):
+    """Model lane: the exported human labels are pairs `valign judge calibrate` reads, and the
+    real embedded model judges them in both orders against those labels."""
+    from valign.evals.judge_calibration import calibrate_judge
+
+    (token,) = store.invite(1)
+    grade_all(store, token, {"case-1": 2, "case-2": -1, "case-3": 0})
+    write_export(store, tmp_path / "out")
+    pairs = load_labelled_pairs(tmp_path / "out" / "human_pairs.jsonl")
+    assert [p.id for p in pairs] == ["case-1", "case-2"]
+    run = calibrate_judge(embedded, pairs, mode="pairwise", judge_mode="logprob")
+    r = run.report
+    # (agreement itself may be undefined here: the 135M judge's readings can all fall within the tie band)
+    assert r.pairs == 2 and r.both_orders == 2 and r.labelled == 2 and r.judge == "embedded"
+    assert all(p is not None and 0.0 <= p <= 1.0 for reading in run.readings for p in reading.p_first)
