@@ -1,7 +1,8 @@
 """The expert review: pairs, invitations, blinded pages, CSRF, grades, export, verdicts, CLI.
 
 The pages are driven over HTTP with Starlette's test client (a real ASGI app on a
-SQLite file); the browser flow is in tests/test_review_browser.py.
+SQLite file, and on PostgreSQL in the ``postgres`` lane); the browser flow is in
+tests/test_review_browser.py.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ def csrf_of(html: str) -> str:
 
 
 @pytest.fixture()
-def store(tmp_path) -> ReviewStore:
-    s = ReviewStore.open(f"sqlite:///{tmp_path / 'review.db'}")
+def store(db_url) -> ReviewStore:
+    """The review's store on a SQLite file, then (marked ``postgres``) on PostgreSQL."""
+    s = ReviewStore.open(db_url)
     s.load(PAIRS)
-    return s
+    yield s
+    s.db.engine.dispose()
 
 
 @pytest.fixture()
@@ -250,6 +253,7 @@ def test_cli_invite_and_export(tmp_path):
     assert len((tmp_path / "exp" / "grades.jsonl").read_text().splitlines()) == 2
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # one database is enough for the model lane
 def test_human_pairs_calibrate_the_embedded_judge(store, tmp_path, embedded):
     """Model lane: the exported human labels are pairs `valign judge calibrate` reads, and the
     real embedded model judges them in both orders against those labels."""
