@@ -269,3 +269,14 @@ def test_human_pairs_calibrate_the_embedded_judge(store, tmp_path, embedded):
     # (agreement itself may be undefined here: the 135M judge's readings can all fall within the tie band)
     assert r.pairs == 2 and r.both_orders == 2 and r.labelled == 2 and r.judge == "embedded"
     assert all(p is not None and 0.0 <= p <= 1.0 for reading in run.readings for p in reading.p_first)
+
+
+def test_the_same_grade_sent_twice_at_once_is_one_row(store):
+    """Two threads save the same reviewer's grade of one pair together (a double click): one row, no error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    r = store.reviewer_by_token(store.invite(1)[0])
+    pid = store.order(r)[0]
+    with ThreadPoolExecutor(8) as pool:
+        grades = list(pool.map(lambda level: store.save_grade(r.id, pid, level, refused_a=False, refused_b=False, note=""), ["A>B", "B>A"] * 4))
+    assert len(grades) == 8 and len(store.all_grades()) == 1 and store.progress(r) == (1, 4)

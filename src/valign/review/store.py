@@ -206,7 +206,18 @@ class ReviewStore:
             return set(s.scalars(select(Grade.pair_id).where(Grade.reviewer_id == reviewer_id)))
 
     def save_grade(self, reviewer_id: int, pair_id: int, level: str, *, refused_a: bool, refused_b: bool, note: str) -> Grade:
-        """Save (or revise) a grade given on the page, in the page's A/B terms."""
+        """Save (or revise) a grade given on the page, in the page's A/B terms.
+
+        The same form sent twice at once (a double click): the second insert meets the
+        unique (reviewer, pair) row the first made, and is retried as a revision."""
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            return self._save_grade(reviewer_id, pair_id, level, refused_a=refused_a, refused_b=refused_b, note=note)
+        except IntegrityError:
+            return self._save_grade(reviewer_id, pair_id, level, refused_a=refused_a, refused_b=refused_b, note=note)
+
+    def _save_grade(self, reviewer_id: int, pair_id: int, level: str, *, refused_a: bool, refused_b: bool, note: str) -> Grade:
         with self.db.write() as s:
             r = s.get(Reviewer, reviewer_id)
             if r is None or s.get(PairRow, pair_id) is None:
