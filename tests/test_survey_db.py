@@ -9,6 +9,7 @@ from tests.survey_helpers import DB_BACKENDS, postgres_database
 from valign.survey.db import Answer, Base, Database, PageEvent, Respondent, head_revision, load_frames, make_engine, migrate, schema_revision
 from valign.survey.frames import ANSWER_COLUMNS, RESPONDENT_COLUMNS
 from valign.survey.instrument import load_instrument
+from valign.review.store import Grade, PairRow, Reviewer  # the review's tables share the survey's metadata and chain
 
 
 @pytest.fixture(params=DB_BACKENDS)
@@ -33,7 +34,8 @@ def test_migrations_from_empty_build_exactly_the_models_schema(engine):
     migrate(engine)  # idempotent
     assert schema_revision(engine) == head_revision()
     names = set(inspect(engine).get_table_names())
-    assert names == {"respondents", "answers", "invitations", "proposals", "page_events", "settings", "erasure_log", "alembic_version"}, "no feedback tables: valign.feedback owns those"
+    review = {t.__tablename__ for t in (PairRow, Reviewer, Grade)}  # expert review (valign.review.store), revision 0007
+    assert names == {"respondents", "answers", "invitations", "proposals", "page_events", "settings", "erasure_log", "alembic_version", *review}, "no feedback tables: valign.feedback owns those"
     uniques = {tuple(u["column_names"]) for u in inspect(engine).get_unique_constraints("answers")}
     assert ("respondent_id", "item_id") in uniques
     assert ("invitation_id",) in {tuple(u["column_names"]) for u in inspect(engine).get_unique_constraints("respondents")}

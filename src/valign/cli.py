@@ -32,6 +32,10 @@ from valign.survey.cli import survey_app  # noqa: E402  (light: Typer only)
 
 app.add_typer(survey_app, name="survey")
 
+from valign.review.cli import review_app  # noqa: E402  (light: Typer only)
+
+app.add_typer(review_app, name="review")
+
 
 @constitution_app.command("show")
 def constitution_show(

@@ -310,7 +310,9 @@ def run_keycases(ctx: SuiteRun) -> dict[str, Any]:
 
 
 def keycases_section(run: RunData, env: ReportEnv) -> Section | None:
-    """Key cases side by side: the two answers, the verdict, the improvement, refusals."""
+    """Key cases side by side: the two answers, the verdict, the improvement, refusals,
+    and the reviewers' verdicts beside the judge's when grades were exported to the run
+    (`valign.review.section`)."""
     ev = run.manifest("evaluate") or {}
     summary = ev.get("keycases")
     cases = [r for r in run.rows("evaluate") if r.get("type") == "keycase"]
@@ -320,10 +322,13 @@ def keycases_section(run: RunData, env: ReportEnv) -> Section | None:
     titles = {p.id: p.title or p.id for p in constitution.principles} if constitution is not None else {}
     answers = [r for r in run.rows("evaluate") if r.get("type") == "keycase_answer"]
     classifiers = sorted({r.get("classifier") or "rules" for r in answers}) or ["rules"]
+    from valign.review.section import human_verdicts  # people's grades, when `valign review export` put them in the run
+
+    human = human_verdicts(run, cases)
     return Section(
         "keycases",
         "Key cases",
-        env.render("keycases.html.j2", summary=summary, cases=cases, titles=titles, models=ev.get("models") or {}, classifiers=classifiers),
+        env.render("keycases.html.j2", summary=summary, cases=cases, titles=titles, models=ev.get("models") or {}, classifiers=classifiers, human=human),
     )
 
 

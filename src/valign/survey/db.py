@@ -22,6 +22,9 @@ Tables (created only by the Alembic migrations in ``migrations/``; see `migrate`
   (withdrawn, admin, retention) and how many rows of which table went; never whose,
   nor anything they answered.
 
+* ``review_pairs``, ``reviewers``, ``review_grades`` — the expert review of key-case
+  answers (revision ``0007``); `valign.review.store` owns their models.
+
 Respondents and proposals carry a ``source``: ``live`` for people who answered this
 survey, ``polis:<conversation>`` for participants and comments imported from a Polis
 export (`valign.survey.polis`), with their id there in ``external_id``. Live pages
@@ -38,7 +41,7 @@ Example:
     >>> engine = make_engine("sqlite:///:memory:")
     >>> migrate(engine)
     >>> schema_revision(engine)
-    '0006'
+    '0007'
     >>> load_frames(engine, load_instrument("demo")).respondents.empty
     True
 """
