@@ -32,6 +32,10 @@ from valign.survey.cli import survey_app  # noqa: E402  (light: Typer only)
 
 app.add_typer(survey_app, name="survey")
 
+from valign.opinions.cli import opinions_app  # noqa: E402  (light: Typer only)
+
+app.add_typer(opinions_app, name="opinions")
+
 
 @constitution_app.command("show")
 def constitution_show(

@@ -99,7 +99,7 @@ def fidelity_scorer():
         item = _item(state)
         dist = state.metadata["distribution"]
         distance = item_distance(item, dist, item.distribution)
-        groups = {key: item_distance(item, dist, g.distribution) for key, g in item.groups.items() if g.n}
+        groups = {key: item_distance(item, dist, g.distribution) for key, g in item.groups.items() if g.n != 0}
         return Score(
             value=1 - distance,
             answer=", ".join(f"{letter} {p:.2f}" for letter, p in zip(option_letters(item), dist)),

@@ -1,0 +1,50 @@
+"""``valign opinions …``: convert published opinion data into evaluation items, and show a set.
+
+Example:
+    $ valign opinions convert llm_global_opinions.csv --format globalopinionqa --out goqa.jsonl
+    $ valign opinions convert WVS_Cross-National_Wave_7.sav --format respondents --codebook wvs7.yaml --out wvs7.jsonl
+    $ valign opinions show goqa.jsonl
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+__all__ = ["opinions_app"]
+
+opinions_app = typer.Typer(help="Published opinion data (GlobalOpinionQA, OpinionQA, SubPOP, WVS-style files) as evaluation items.", no_args_is_help=True)
+
+
+@opinions_app.command("convert")
+def convert_cmd(
+    source: str = typer.Argument(..., help="A file or folder in the format, or a hub id already in the local Hugging Face cache (e.g. Anthropic/llm_global_opinions)."),
+    fmt: str = typer.Option(..., "--format", "-f", help="globalopinionqa, opinionqa, subpop or respondents."),
+    codebook: Optional[Path] = typer.Option(None, "--codebook", "-c", help="For --format respondents: the YAML naming weight, country, group and question columns."),
+    out: Path = typer.Option(..., "--out", "-o", help="The evaluation set to write (JSONL, the format of `valign survey export`'s eval_items.jsonl)."),
+) -> None:
+    """Convert published opinion data into evaluation items (a question, options, distributions overall and per group)."""
+    from valign.opinions import convert
+    from valign.survey.opinion import write_items
+
+    result = convert(source, fmt, codebook)
+    write_items(result.items, out)
+    groups = {key for item in result.items for key in item.groups}
+    typer.echo(f"wrote {len(result.items)} items with {len(groups)} populations besides everyone to {out}")
+    for reason, n in result.skipped.items():
+        typer.echo(f"  left out: {n} × {reason}")
+
+
+@opinions_app.command("show")
+def show_cmd(
+    items: Path = typer.Argument(..., help="An evaluation set (JSONL)."),
+    questions: int = typer.Option(5, min=0, help="How many questions to print."),
+    populations: int = typer.Option(20, min=1, help="How many populations to list."),
+) -> None:
+    """Summarise an evaluation set: questions, populations and their sizes."""
+    from valign.opinions import describe_items
+    from valign.survey.opinion import read_items
+
+    typer.echo(describe_items(read_items(items), questions=questions, populations=populations))
