@@ -44,6 +44,7 @@ from valign.evals.plots import pyplot, role_color
 from valign.evals.rundata import RunData
 from valign.evals.section import ReportEnv, Section
 from valign.evals.suite import ROLES, Suite, SuiteRun, SuiteSetup
+from valign.opinions.populations import restrict
 from valign.survey.opinion import OpinionItem, opinion_prompt, option_letters, read_items
 
 __all__ = [
@@ -67,17 +68,21 @@ ALL = "all"  # the key of the whole population in FidelityResult.summary
 class FidelityConfig(BaseModel):
     """Settings of the survey-fidelity suite (``evaluate.fidelity``): ``items`` is an
     evaluation set (``eval_items.jsonl`` of ``valign survey export``), by default the
-    run's `survey` stage's; ``kinds`` limits the item kinds (value, principle,
-    scenario, rating; default all).
+    run's `survey` stage's, or one `valign opinions convert` wrote; ``kinds`` limits the
+    item kinds (value, principle, scenario, rating, opinion; default all);
+    ``populations`` chooses whom to compare with — group keys (``country=Japan``) or
+    whole variables (``country``: every country), default every group of the items
+    (`valign.opinions.populations.restrict`): items with none of them are left out.
 
     Example (YAML):
-        fidelity: {items: null, kinds: [value, principle]}
+        fidelity: {items: goqa.jsonl, populations: [country=Japan, country=Nigeria, country=United States]}
     """
 
     model_config = ConfigDict(extra="forbid")
 
     items: str | None = None
     kinds: list[str] | None = None
+    populations: list[str] | None = None
 
 
 def wasserstein_ordinal(p: Sequence[float], q: Sequence[float]) -> float:
@@ -217,13 +222,16 @@ def run_fidelity(ctx: SuiteRun) -> dict[str, Any]:
     items = [i for i in read_items(path) if fc.kinds is None or i.kind in fc.kinds]
     if not items:
         raise ValignError(f"{path} has no items of kinds {fc.kinds}; check evaluate.fidelity.kinds.")
+    if fc.populations:
+        items = restrict(items, fc.populations)
     for role in ROLES:
         if f"fidelity:{role}" not in ctx.rows.ids:
             ctx.console.print(f"evaluate: survey fidelity, {len(items)} items for {role} ({ctx.specs[role]})")
             result = score_fidelity(ctx.models.get(ctx.specs[role]), items, ctx.specs[role])
             ctx.rows.append([{"id": f"fidelity:{role}", "type": "fidelity", "role": role, "model": ctx.specs[role], **result.to_dict()}])
     found = {r["role"]: r for r in ctx.rows_of("fidelity")}
-    return {"items": len(items), "kinds": sorted({i.kind for i in items}), **{role: found[role]["summary"] for role in ROLES}}
+    chosen = {"populations": fc.populations} if fc.populations else {}
+    return {"items": len(items), "kinds": sorted({i.kind for i in items}), **chosen, **{role: found[role]["summary"] for role in ROLES}}
 
 
 def _items_path(fc: FidelityConfig, survey_items: Path | None) -> Path:
@@ -258,7 +266,8 @@ def fidelity_section(run: RunData, env: ReportEnv) -> Section | None:
         "fidelity",
         "Survey fidelity",
         env.render_string(TEMPLATE, summary=summary, roles=roles, groups=groups, names=names, measures=MEASURES, charts=charts,
-                          items=items, n_items=ev["fidelity"].get("items"), respondents=survey.get("respondents"), measure=measure),
+                          items=items, n_items=ev["fidelity"].get("items"), respondents=survey.get("respondents"), measure=measure,
+                          populations=ev["fidelity"].get("populations")),
     )
 
 
@@ -321,6 +330,7 @@ def _items(rows: dict[str, dict[str, Any]], roles: list[str]) -> list[dict[str, 
 
 TEMPLATE = """
 <p class="lead">How closely each model's answers to the survey's {{ n_items }} questions match the weighted answers of the population{% if respondents %} ({{ respondents.weighted }} weighted respondents){% endif %}, asked the OpinionQA way (the probability of each option's letter). Representativeness is 1 − the mean Wasserstein distance over ordered (Likert) options, divided by N−1; nominal similarity is 1 − the mean Jensen–Shannon distance over unordered options; fidelity is 1 − the mean of both. Each subgroup row compares the model with that group's own distribution.</p>
+{% if populations %}<p>Populations compared: {{ populations | join(", ") }} — whose opinions does each model's answer distribution come closest to?</p>{% endif %}
 {% for chart in charts %}
 <figure>
   <img src="{{ chart.src }}" alt="{{ chart.alt }}">
@@ -363,5 +373,5 @@ SUITE = Suite(
     inspect_task="valign.evals.fidelity_task:fidelity",
     default=False,  # it needs survey items, which only a run with a survey stage has
     paths=("items",),
-    preflight=lambda fc: read_items(Path(fc.items)) if fc.items else None,
+    preflight=lambda fc: restrict(read_items(Path(fc.items)), fc.populations or ["all"]) if fc.items else None,
 )

@@ -28,6 +28,7 @@ from inspect_ai.solver import Generate, TaskState, solver
 
 from valign.evals.fidelity import item_distance, model_distributions
 from valign.evals.inspect_support import mean_or_nan, valign_call, valign_spec
+from valign.opinions.populations import restrict
 from valign.survey.opinion import OpinionItem, opinion_prompt, option_letters, read_items
 
 __all__ = ["fidelity", "distribution_solver", "fidelity_scorer"]
@@ -110,10 +111,13 @@ def fidelity_scorer():
 
 
 @task
-def fidelity(items: str, kinds: str | list[str] | None = None) -> Task:
-    """Survey fidelity on an evaluation set (``items``), optionally only some item ``kinds``."""
+def fidelity(items: str, kinds: str | list[str] | None = None, populations: str | list[str] | None = None) -> Task:
+    """Survey fidelity on an evaluation set (``items``), optionally only some item ``kinds``
+    and only some ``populations`` (group keys such as ``country=Japan``, or variables)."""
     wanted = kinds.split(",") if isinstance(kinds, str) else kinds
     chosen = [i for i in read_items(items) if wanted is None or i.kind in wanted]
+    if populations:
+        chosen = restrict(chosen, populations.split(",") if isinstance(populations, str) else populations)
     samples: list[Sample] = []
     for item in chosen:
         meta: dict[str, Any] = {"item": item.model_dump(mode="json")}

@@ -1,0 +1,109 @@
+"""Converted opinion data in use: the fidelity suite scored per chosen population (countries),
+its report section (also in Chromium), and the embedded model answering converted items."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ScriptedModel
+from tests.test_opinions import _goqa_csv
+from tests.test_report import CHROMIUM_ARGS
+from valign.errors import ValignError
+from valign.evals.fidelity import js_distance, score_fidelity
+from valign.opinions import convert, restrict
+from valign.survey.opinion import write_items
+
+
+def _evaluate(tmp_path: Path, items: Path, populations: list[str] | None):
+    from valign.evals.report import render_report
+    from valign.runs import RowLog, StageDir
+    from valign.stages.base import ModelPool
+    from valign.stages.evaluate import EvaluateConfig, run_evaluation
+
+    base = ScriptedModel("s-base")  # uniform over the options
+    tuned = ScriptedModel("s-tuned", choice={"A": 0.2, "B": 0.8, "C": 0.0})
+    pool = ModelPool(None)
+    pool._models.update({"s-base": base, "s-tuned": tuned})
+    cfg = EvaluateConfig(suites=["fidelity"], fidelity={"items": str(items), "populations": populations})
+    out = tmp_path / "eval"
+    info = run_evaluation(cfg, base="s-base", tuned="s-tuned", judge="s-base", rows=RowLog(out / "rows.jsonl"), models=pool, out_dir=out)
+    StageDir(out).finish("fp", {"stage": "evaluate", **info})
+    return info, render_report(out)
+
+
+def _goqa_items(tmp_path: Path) -> Path:
+    return write_items(convert(_goqa_csv(tmp_path / "goqa.csv"), "globalopinionqa").items, tmp_path / "goqa.jsonl")
+
+
+def test_fidelity_per_country_on_globalopinionqa_items(tmp_path):
+    info, report = _evaluate(tmp_path, _goqa_items(tmp_path), ["country=Japan"])
+    tuned = info["fidelity"]["tuned"]
+    assert set(tuned) == {"all", "country=Japan"} and info["fidelity"]["populations"] == ["country=Japan"]
+    # By hand: the tuned model answers (0.2, 0.8) on the two-option item and (0.2, 0.8, 0) on the three-option one.
+    japan = 1 - (js_distance([0.2, 0.8], [0.2, 0.8]) + js_distance([0.2, 0.8, 0.0], [0.1, 0.2, 0.7])) / 2
+    assert tuned["country=Japan"]["nominal_similarity"] == pytest.approx(japan)
+    assert tuned["country=Japan"]["representativeness"] is None, "GlobalOpinionQA's options are unordered"
+    html = report.read_text()
+    section = html.split(">Survey fidelity</h2>")[1].split("</section>")[0]
+    assert "Populations compared: country=Japan" in section and "country: Japan" in section
+    [alt] = re.findall(r'<img src="data:image/png;base64,[^"]+" alt="([^"]+)"', section)
+    assert alt.startswith("Fidelity by country: Japan: base ") and f"tuned {japan:.3f}" in alt
+
+
+def test_fidelity_compares_several_countries_and_refuses_unknown_ones(tmp_path):
+    items = _goqa_items(tmp_path)
+    info, _ = _evaluate(tmp_path, items, ["country"])
+    assert set(info["fidelity"]["base"]) == {"all", "country=Japan", "country=Peru"}
+    # the tuned model (0.2, 0.8) is Japan's answer to the first question: closer to Japan than to Peru
+    assert info["fidelity"]["tuned"]["country=Japan"]["fidelity"] > info["fidelity"]["tuned"]["country=Peru"]["fidelity"]
+    with pytest.raises(ValignError, match="population 'country=Chile' is in none of the items"):
+        _evaluate(tmp_path / "again", items, ["country=Chile"])
+
+
+@pytest.mark.slow
+def test_embedded_model_on_converted_respondent_items(embedded, tmp_path):
+    """The real model answers items aggregated from a WVS-layout file, scored per country and group."""
+    from tests.test_opinions import CODEBOOK, RESPONDENTS
+
+    RESPONDENTS.to_csv(tmp_path / "wvs.csv", index=False)
+    (tmp_path / "cb.yaml").write_text(CODEBOOK)
+    items = convert(tmp_path / "wvs.csv", "respondents", codebook=tmp_path / "cb.yaml").items
+    result = score_fidelity(embedded, restrict(items, ["country"]))
+    assert set(result.summary) == {"all", "country=NZL", "country=JPN"}
+    [row] = result.items
+    assert sum(row["model"]) == pytest.approx(1.0, abs=1e-4) and len(row["model"]) == 3
+    assert 0 <= result.summary["country=JPN"]["representativeness"] <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_population_chart_in_chromium(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    rows = [("Q%d?" % i, "defaultdict(<class 'list'>, {'Japan': [0.2, 0.8], 'Peru': [0.6, 0.4], 'Kenya': [0.5, 0.5]})", "['Yes', 'No']", "GAS")
+            for i in range(3)]
+    pd.DataFrame(rows, columns=["question", "selections", "options", "source"]).to_csv(tmp_path / "goqa.csv", index=False)
+    items = write_items(convert(tmp_path / "goqa.csv", "globalopinionqa").items, tmp_path / "goqa.jsonl")
+    _, report = _evaluate(tmp_path, items, ["country"])
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(report.resolve().as_uri())
+            page.wait_for_load_state("load")
+            section = page.locator("section", has=page.locator("h2", has_text="Survey fidelity"))
+            charts = section.locator("img").evaluate_all("imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight, i.alt])")
+            rows_text = section.locator("table").first.locator("tbody tr th").all_inner_texts()
+        finally:
+            browser.close()
+    assert errors == []
+    [(width, height, alt)] = charts
+    assert width > 300 and height > 100, "the chart decoded and has a size"
+    assert alt.startswith("Fidelity by country: Japan: base") and "Peru: base" in alt and "Kenya: base" in alt
+    assert rows_text == ["everyone", "country: Japan", "country: Peru", "country: Kenya"]
