@@ -107,3 +107,59 @@ def test_population_chart_in_chromium(tmp_path):
     assert width > 300 and height > 100, "the chart decoded and has a size"
     assert alt.startswith("Fidelity by country: Japan: base") and "Peru: base" in alt and "Kenya: base" in alt
     assert rows_text == ["everyone", "country: Japan", "country: Peru", "country: Kenya"]
+
+
+# ---------------------------------------------------------------- survey_sft towards converted items
+
+COUNTRIES = {"Japan": [0.95, 0.05], "Peru": [0.75, 0.25], "Kenya": [0.85, 0.15]}
+
+
+def _goqa_training_items(tmp_path: Path, n: int = 6) -> Path:
+    rows = [(f"Statement {i}: people should be free to choose.", "defaultdict(<class 'list'>, " + repr(COUNTRIES) + ")", "['Agree', 'Disagree']", "WVS")
+            for i in range(n)]
+    pd.DataFrame(rows, columns=["question", "selections", "options", "source"]).to_csv(tmp_path / "train.csv", index=False)
+    return write_items(convert(tmp_path / "train.csv", "globalopinionqa").items, tmp_path / "train.jsonl")
+
+
+def test_survey_sft_targets_a_population_or_groups(tmp_path):
+    from valign.opinions import convert as _  # noqa: F401  (the package is importable lazily)
+    from valign.stages.survey_sft import SurveySFTConfig, targets
+    from valign.survey.opinion import read_items
+
+    items = read_items(_goqa_training_items(tmp_path))
+    train, held, groups = targets(items, SurveySFTConfig(kinds=["opinion"], population="country=Peru", holdout=0.34), seed=0)
+    assert len(train) == 4 and len(held) == 2 and groups == [] and all(i.distribution == [0.75, 0.25] for i in train + held)
+    train, held, groups = targets(items, SurveySFTConfig(kinds=["opinion"], groups=["country"], holdout_groups=["country=Kenya"], holdout=0.34), seed=0)
+    assert {i.id.split("@")[1] for i in train + held} == {"country=Japan", "country=Peru"} and len(train) == 8 and len(held) == 4
+    assert len(groups) == 6 and all(i.id.endswith("@country=Kenya") and i.distribution == [0.85, 0.15] for i in groups)
+    assert train[0].instructions.startswith("Answer as a typical person whose country is ")
+    with pytest.raises(ValueError, match="holdout_groups needs groups"):
+        SurveySFTConfig(holdout_groups=["country=Kenya"])
+    with pytest.raises(ValignError, match="population 'country=Chile' is in none of the items"):
+        targets(items, SurveySFTConfig(kinds=["opinion"], population="country=Chile"), seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.model
+def test_survey_sft_trains_per_country_with_a_held_out_country(tmp_path):
+    from tests.conftest import stage_context
+    from valign.config import RunConfig
+    from valign.runs import StageDir
+    from valign.stages.survey_sft import SurveySFTConfig, SurveySFTStage
+
+    path = _goqa_training_items(tmp_path)
+    cfg = SurveySFTConfig(items=str(path), kinds=["opinion"], groups=["country"], holdout_groups=["country=Kenya"], holdout=0.34,
+                          epochs=3, batch_size=4, learning_rate=1e-3)
+    run_config = RunConfig(name="t", model="embedded", seed=0, stages=["survey_sft"], survey_sft=cfg)
+    sdir = StageDir(tmp_path / "01-survey_sft")
+    ctx = stage_context(sdir, run_config, cfg)
+    SurveySFTStage().run(ctx)
+    fid = ctx.info["fidelity"]
+    assert (fid["train"]["items"], fid["held_out"]["items"], fid["held_out_group"]["items"]) == (8, 4, 6)
+    assert fid["train"]["distance_after"] < fid["train"]["distance_before"] - 0.05, fid
+    rows = list(ctx.rows)
+    assert {r["split"] for r in rows} == {"train", "held_out", "held_out_group"}
+    assert all(r["id"].endswith("@country=Kenya") for r in rows if r["split"] == "held_out_group")
+    assert all(abs(sum(r["after"]) - 1) < 1e-4 for r in rows)
+    # each row's target is its own country's distribution
+    assert all(r["population"] == pytest.approx(COUNTRIES[r["id"].rsplit("=", 1)[1]]) for r in rows)

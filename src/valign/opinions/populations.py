@@ -5,7 +5,8 @@ An item's populations are ``all`` (its ``distribution``) and its group keys
 variable (``country`` = every ``country=…``). `restrict` keeps, on every item, only the
 chosen groups (and drops items that have none of them), so the fidelity suite reports
 exactly those populations; `retarget` makes one population the item's distribution,
-the target `survey_sft` trains towards.
+the target `survey_sft` trains towards; `condition` asks each item once per group, with
+a line naming the group, towards that group's distribution (SubPOP's training).
 
 Example:
     >>> from valign.survey.opinion import OpinionItem
@@ -24,7 +25,7 @@ from __future__ import annotations
 from valign.errors import ValignError
 from valign.survey.opinion import OpinionItem
 
-__all__ = ["ALL", "population_counts", "expand", "restrict", "retarget"]
+__all__ = ["ALL", "population_counts", "expand", "restrict", "retarget", "condition", "group_line"]
 
 ALL = "all"
 
@@ -77,4 +78,29 @@ def retarget(items: list[OpinionItem], population: str) -> list[OpinionItem]:
             out.append(item.model_copy(update={"distribution": group.distribution, "n": group.n or 0, "groups": {}}))
     if not out:
         raise ValignError(f"population '{population}' names a variable, not one group; give one key such as {population}=<group>.")
+    return out
+
+
+def group_line(key: str) -> str:
+    """The line that tells the model whom to answer as.
+
+    Example:
+        >>> group_line("country=Japan")
+        'Answer as a typical person whose country is Japan would answer.'
+    """
+    variable, _, value = key.partition("=")
+    return f"Answer as a typical person whose {variable.replace('_', ' ')} is {value} would answer."
+
+
+def condition(items: list[OpinionItem], keys: list[str]) -> list[OpinionItem]:
+    """One item per (item, group it has among ``keys``): id ``<id>@<key>``, the group's line first, its distribution."""
+    out = []
+    for item in items:
+        for key in keys:
+            group = item.groups.get(key)
+            if group is None:
+                continue
+            instructions = "\n\n".join(t for t in (group_line(key), item.instructions.strip()) if t)
+            out.append(item.model_copy(update={"id": f"{item.id}@{key}", "instructions": instructions, "distribution": group.distribution,
+                                               "n": group.n or 0, "groups": {}}))
     return out
