@@ -18,7 +18,7 @@ from valign.opinions import convert, restrict
 from valign.survey.opinion import write_items
 
 
-def _evaluate(tmp_path: Path, items: Path, populations: list[str] | None):
+def _evaluate(tmp_path: Path, items: Path, populations: list[str] | None, **more):
     from valign.evals.report import render_report
     from valign.runs import RowLog, StageDir
     from valign.stages.base import ModelPool
@@ -28,7 +28,7 @@ def _evaluate(tmp_path: Path, items: Path, populations: list[str] | None):
     tuned = ScriptedModel("s-tuned", choice={"A": 0.2, "B": 0.8, "C": 0.0})
     pool = ModelPool(None)
     pool._models.update({"s-base": base, "s-tuned": tuned})
-    cfg = EvaluateConfig(suites=["fidelity"], fidelity={"items": str(items), "populations": populations})
+    cfg = EvaluateConfig(suites=["fidelity"], fidelity={"items": str(items), "populations": populations, **more})
     out = tmp_path / "eval"
     info = run_evaluation(cfg, base="s-base", tuned="s-tuned", judge="s-base", rows=RowLog(out / "rows.jsonl"), models=pool, out_dir=out)
     StageDir(out).finish("fp", {"stage": "evaluate", **info})
@@ -122,7 +122,6 @@ def _goqa_training_items(tmp_path: Path, n: int = 6) -> Path:
 
 
 def test_survey_sft_targets_a_population_or_groups(tmp_path):
-    from valign.opinions import convert as _  # noqa: F401  (the package is importable lazily)
     from valign.stages.survey_sft import SurveySFTConfig, targets
     from valign.survey.opinion import read_items
 
@@ -163,3 +162,48 @@ def test_survey_sft_trains_per_country_with_a_held_out_country(tmp_path):
     assert all(abs(sum(r["after"]) - 1) < 1e-4 for r in rows)
     # each row's target is its own country's distribution
     assert all(r["population"] == pytest.approx(COUNTRIES[r["id"].rsplit("=", 1)[1]]) for r in rows)
+
+
+# ---------------------------------------------------------------- one's own survey beside a national one
+
+
+def test_report_sets_the_survey_beside_the_reference_population(tmp_path):
+    from tests.test_opinions import CODEBOOK, RESPONDENTS
+    from valign.evals.fidelity import wasserstein_ordinal
+    from valign.survey.opinion import OpinionItem
+
+    RESPONDENTS.to_csv(tmp_path / "wvs.csv", index=False)
+    (tmp_path / "cb.yaml").write_text(CODEBOOK)
+    reference = write_items(convert(tmp_path / "wvs.csv", "respondents", codebook=tmp_path / "cb.yaml").items, tmp_path / "wvs.jsonl")
+    ours = write_items([
+        # as `valign survey export` writes them: our ids and option order; the question text matches WVS's Q1
+        OpinionItem(id="competition", kind="value", question="Competition is  good.", options=["Agree", "Neither", "Disagree"], ordinal=True,
+                    distribution=[0.5, 0.3, 0.2], n=280),
+        OpinionItem(id="other", kind="value", question="Something WVS did not ask?", options=["Yes", "No"], distribution=[0.5, 0.5], n=280),
+        OpinionItem(id="family", kind="value", question="Family matters.", options=["Yes", "No", "Maybe"], distribution=[0.6, 0.3, 0.1], n=280),
+    ], tmp_path / "ours.jsonl")
+    info, report = _evaluate(tmp_path, ours, None, reference=str(reference), reference_population="country=NZL", reference_match={"family": "Q1"})
+    comparison = info["fidelity"]["comparison"]
+    [row] = comparison["rows"]
+    assert (row["id"], row["reference_id"]) == ("competition", "Q1")
+    assert row["reference"] == pytest.approx([0.25, 0.5, 0.25]) and row["reference_n"] == 3  # NZL by hand (test_opinions.EXPECTED)
+    assert row["distance"] == pytest.approx(wasserstein_ordinal([0.5, 0.3, 0.2], [0.25, 0.5, 0.25]))
+    assert comparison["skipped"] == {"different options": 1}, "family → Q1 by the mapping, but its options differ: left out, not guessed"
+    section = report.read_text().split(">Survey fidelity</h2>")[1].split("</section>")[0]
+    assert "This survey beside country: NZL" in section and "0.50 · 0.30 · 0.20" in section and "0.25 · 0.50 · 0.25" in section
+    assert "1 left out: different options" in section
+    with pytest.raises(ValignError, match="population 'country=FRA' is in none of the items"):
+        _evaluate(tmp_path / "again", ours, None, reference=str(reference), reference_population="country=FRA")
+
+
+def test_cli_compare(tmp_path, monkeypatch):
+    from tests.cli_helpers import valign_cli
+    from valign.survey.opinion import OpinionItem
+
+    goqa = _goqa_items(tmp_path)
+    ours = write_items([OpinionItem(id="econ", question="Is the economy good?", options=["Bad", "Good"], distribution=[0.7, 0.3], n=100)], tmp_path / "ours.jsonl")
+    code, out, err = valign_cli(["opinions", "compare", str(ours), str(goqa), "--population", "country=Peru"], monkeypatch)
+    assert code == 0, err
+    # Peru's (Good 0.62, Bad 0.38) put in our order (Bad, Good)
+    assert "1 question(s) in both; reference population country=Peru" in out and "ours      0.70 0.30" in out and "reference 0.38 0.62" in out
+    assert f"distance {js_distance([0.7, 0.3], [0.38, 0.62]):.3f}" in out

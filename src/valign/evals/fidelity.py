@@ -44,7 +44,8 @@ from valign.evals.plots import pyplot, role_color
 from valign.evals.rundata import RunData
 from valign.evals.section import ReportEnv, Section
 from valign.evals.suite import ROLES, Suite, SuiteRun, SuiteSetup
-from valign.opinions.populations import restrict
+from valign.opinions.compare import compare_items
+from valign.opinions.populations import expand, restrict
 from valign.survey.opinion import OpinionItem, opinion_prompt, option_letters, read_items
 
 __all__ = [
@@ -74,8 +75,15 @@ class FidelityConfig(BaseModel):
     whole variables (``country``: every country), default every group of the items
     (`valign.opinions.populations.restrict`): items with none of them are left out.
 
+    ``reference`` is a second evaluation set (a national survey converted with `valign
+    opinions convert`) to set one's own survey beside: on the questions both asked, the
+    report shows the survey's weighted distribution next to ``reference_population``'s
+    (`valign.opinions.compare`); ``reference_match`` maps our item ids to the
+    reference's where they differ (else equal ids or equal question texts match).
+
     Example (YAML):
         fidelity: {items: goqa.jsonl, populations: [country=Japan, country=Nigeria, country=United States]}
+        fidelity: {reference: wvs7.jsonl, reference_population: country=NZL, reference_match: {family: Q1}}
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -83,6 +91,9 @@ class FidelityConfig(BaseModel):
     items: str | None = None
     kinds: list[str] | None = None
     populations: list[str] | None = None
+    reference: str | None = None
+    reference_population: str = "all"
+    reference_match: dict[str, str] = {}
 
 
 def wasserstein_ordinal(p: Sequence[float], q: Sequence[float]) -> float:
@@ -209,10 +220,12 @@ def describe_fidelity(setup: SuiteSetup) -> dict[str, Any]:
     """The digest of a named items file, for the fingerprint (the survey stage's own
     items are covered by that stage's fingerprint)."""
     fc: FidelityConfig = setup.settings
-    if not fc.items:
-        return {}
-    path = Path(fc.items)
-    return {"fidelity_items": hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else str(path)}
+    out = {}
+    for key, name in (("fidelity_items", fc.items), ("fidelity_reference", fc.reference)):
+        if name:
+            path = Path(name)
+            out[key] = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else str(path)
+    return out
 
 
 def run_fidelity(ctx: SuiteRun) -> dict[str, Any]:
@@ -231,7 +244,21 @@ def run_fidelity(ctx: SuiteRun) -> dict[str, Any]:
             ctx.rows.append([{"id": f"fidelity:{role}", "type": "fidelity", "role": role, "model": ctx.specs[role], **result.to_dict()}])
     found = {r["role"]: r for r in ctx.rows_of("fidelity")}
     chosen = {"populations": fc.populations} if fc.populations else {}
+    if fc.reference:
+        chosen["comparison"] = _comparison(fc, ctx.survey_items or path)
     return {"items": len(items), "kinds": sorted({i.kind for i in items}), **chosen, **{role: found[role]["summary"] for role in ROLES}}
+
+
+def _comparison(fc: FidelityConfig, ours: Path) -> dict[str, Any]:
+    """The survey's items beside the reference population's, on the questions both asked."""
+    reference = read_items(fc.reference)  # type: ignore[arg-type]
+    if fc.reference_population != "all":
+        expand(reference, [fc.reference_population])  # an unknown population names the known ones
+    survey = {item.id: item for item in read_items(ours)}
+    result = compare_items(list(survey.values()), reference, fc.reference_population, fc.reference_match)
+    for row in result.rows:
+        row["distance"] = item_distance(survey[row["id"]], row["ours"], row["reference"])
+    return {**result.to_dict(), "ours": str(ours), "reference": fc.reference}
 
 
 def _items_path(fc: FidelityConfig, survey_items: Path | None) -> Path:
@@ -267,7 +294,7 @@ def fidelity_section(run: RunData, env: ReportEnv) -> Section | None:
         "Survey fidelity",
         env.render_string(TEMPLATE, summary=summary, roles=roles, groups=groups, names=names, measures=MEASURES, charts=charts,
                           items=items, n_items=ev["fidelity"].get("items"), respondents=survey.get("respondents"), measure=measure,
-                          populations=ev["fidelity"].get("populations")),
+                          populations=ev["fidelity"].get("populations"), comparison=ev["fidelity"].get("comparison")),
     )
 
 
@@ -347,6 +374,25 @@ TEMPLATE = """
   {% endfor %}
   </tbody>
 </table>
+{% if comparison %}
+<h3>This survey beside {{ "the reference" if comparison.population == "all" else comparison.population.replace("=", ": ") }}</h3>
+<p>{{ comparison.rows | length }} question(s) asked in both this survey and <code>{{ comparison.reference }}</code>{% if comparison.skipped %} ({% for reason, n in comparison.skipped.items() %}{{ n }} left out: {{ reason }}{% if not loop.last %}; {% endif %}{% endfor %}){% endif %}: this survey's weighted distribution beside the reference population's, and the distance between them (normalised Wasserstein for ordered options, Jensen–Shannon otherwise) — how far this survey's public is from the national one before any model is asked.</p>
+{% if comparison.rows %}
+<table>
+  <caption>Answer distributions: this survey and {{ comparison.population }}</caption>
+  <thead><tr><th scope="col">Question</th><th scope="col">Options</th><th scope="col">This survey</th><th scope="col">Reference</th><th scope="col" class="num">Distance</th></tr></thead>
+  <tbody>
+  {% for r in comparison.rows %}
+    <tr><td>{{ r.question }} <span class="muted">(<code>{{ r.id }}</code>{% if r.reference_id != r.id %} = <code>{{ r.reference_id }}</code>{% endif %})</span></td>
+    <td>{{ r.options | join(" · ") }}</td>
+    <td>{% for p in r.ours %}{{ "%.2f" | format(p) }}{% if not loop.last %} · {% endif %}{% endfor %}{% if r.ours_n %} <span class="muted">(n {{ r.ours_n }})</span>{% endif %}</td>
+    <td>{% for p in r.reference %}{{ "%.2f" | format(p) }}{% if not loop.last %} · {% endif %}{% endfor %}{% if r.reference_n %} <span class="muted">(n {{ r.reference_n }})</span>{% endif %}</td>
+    <td class="num">{{ r.distance | num(3) }}</td></tr>
+  {% endfor %}
+  </tbody>
+</table>
+{% endif %}
+{% endif %}
 <details>
   <summary>Every item's distance ({{ items | length }}), most improved first</summary>
   <table>
@@ -372,6 +418,6 @@ SUITE = Suite(
     section=fidelity_section,
     inspect_task="valign.evals.fidelity_task:fidelity",
     default=False,  # it needs survey items, which only a run with a survey stage has
-    paths=("items",),
+    paths=("items", "reference"),
     preflight=lambda fc: restrict(read_items(Path(fc.items)), fc.populations or ["all"]) if fc.items else None,
 )

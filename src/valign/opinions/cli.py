@@ -48,3 +48,30 @@ def show_cmd(
     from valign.survey.opinion import read_items
 
     typer.echo(describe_items(read_items(items), questions=questions, populations=populations))
+
+
+@opinions_app.command("compare")
+def compare_cmd(
+    ours: Path = typer.Argument(..., help="Your survey's evaluation set (eval_items.jsonl of `valign survey export`)."),
+    reference: Path = typer.Argument(..., help="The reference set (e.g. a national survey converted with `valign opinions convert`)."),
+    population: str = typer.Option("all", "--population", "-p", help="The reference population: all, or a group key such as country=NZL."),
+) -> None:
+    """Set your survey's distributions beside a reference population's, on the questions both asked."""
+    from valign.evals.fidelity import item_distance
+    from valign.opinions import expand
+    from valign.opinions.compare import compare_items
+    from valign.survey.opinion import read_items
+
+    mine, theirs = read_items(ours), read_items(reference)
+    if population != "all":
+        expand(theirs, [population])
+    result = compare_items(mine, theirs, population)
+    by_id = {item.id: item for item in mine}
+    typer.echo(f"{len(result.rows)} question(s) in both; reference population {population}")
+    fmt = lambda d: " ".join(f"{p:.2f}" for p in d)  # noqa: E731
+    for row in result.rows:
+        typer.echo(f"  {row['id']} ({row['reference_id']}): {row['question'][:70]}")
+        typer.echo(f"    options   {' / '.join(row['options'])}")
+        typer.echo(f"    ours      {fmt(row['ours'])}\n    reference {fmt(row['reference'])}   distance {item_distance(by_id[row['id']], row['ours'], row['reference']):.3f}")
+    for reason, n in result.skipped.items():
+        typer.echo(f"  left out: {n} × {reason}")
