@@ -207,3 +207,11 @@ def test_cli_compare(tmp_path, monkeypatch):
     # Peru's (Good 0.62, Bad 0.38) put in our order (Bad, Good)
     assert "1 question(s) in both; reference population country=Peru" in out and "ours      0.70 0.30" in out and "reference 0.38 0.62" in out
     assert f"distance {js_distance([0.7, 0.3], [0.38, 0.62]):.3f}" in out
+
+
+def test_inspect_task_takes_populations(tmp_path):
+    from valign.evals.fidelity_task import fidelity
+
+    task = fidelity(items=str(_goqa_items(tmp_path)), populations="country=Peru")
+    groups = [s.metadata["item"]["groups"] for s in task.dataset]
+    assert [list(g) for g in groups] == [["country=Peru"], ["country=Peru"]] and groups[0]["country=Peru"]["n"] is None
