@@ -88,7 +88,8 @@ def test_population_chart_in_chromium(tmp_path):
             for i in range(3)]
     pd.DataFrame(rows, columns=["question", "selections", "options", "source"]).to_csv(tmp_path / "goqa.csv", index=False)
     items = write_items(convert(tmp_path / "goqa.csv", "globalopinionqa").items, tmp_path / "goqa.jsonl")
-    _, report = _evaluate(tmp_path, items, ["country"])
+    # the run's "survey" is the items themselves; the reference population is Peru's
+    _, report = _evaluate(tmp_path, items, ["country"], reference=str(items), reference_population="country=Peru")
     errors: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
@@ -100,6 +101,8 @@ def test_population_chart_in_chromium(tmp_path):
             section = page.locator("section", has=page.locator("h2", has_text="Survey fidelity"))
             charts = section.locator("img").evaluate_all("imgs => imgs.map(i => [i.naturalWidth, i.naturalHeight, i.alt])")
             rows_text = section.locator("table").first.locator("tbody tr th").all_inner_texts()
+            beside = section.locator("table", has=page.locator("caption", has_text="this survey and country=Peru"))
+            beside_rows = beside.locator("tbody tr").evaluate_all("trs => trs.map(t => [t.offsetHeight, t.cells[2].innerText, t.cells[3].innerText])")
         finally:
             browser.close()
     assert errors == []
@@ -107,6 +110,8 @@ def test_population_chart_in_chromium(tmp_path):
     assert width > 300 and height > 100, "the chart decoded and has a size"
     assert alt.startswith("Fidelity by country: Japan: base") and "Peru: base" in alt and "Kenya: base" in alt
     assert rows_text == ["everyone", "country: Japan", "country: Peru", "country: Kenya"]
+    # the survey's distribution (here the mean of the three countries) beside Peru's, on each of the 3 questions
+    assert [r[1:] for r in beside_rows] == [["0.43 · 0.57", "0.60 · 0.40"]] * 3 and all(h > 10 for h, *_ in beside_rows)
 
 
 # ---------------------------------------------------------------- survey_sft towards converted items
