@@ -82,32 +82,45 @@ def aggregate(df: Any, cb: Codebook, var_labels: dict[str, str], value_labels: L
         raise ValignError(f"{source} has no column(s) {', '.join(absent[:8])}; fix the codebook's names (the file has e.g. {', '.join(map(str, list(df.columns)[:6]))}).")
     weights = _weights(df, cb.weight, source)
     missing = cb.missing_codes()
-    populations = _populations(df, cb, value_labels, missing)
+    variables = _group_labels(df, cb, value_labels, missing)
     out = Conversion([])
     for var, q in cb.questions.items():
-        codes = df[var].map(lambda v: None if _is_missing(v, missing) else code_text(v))
+        codes = _codes(df[var], missing)
         text, options = _question(var, q, var_labels, value_labels, missing)
         unknown = sorted(set(codes.dropna()) - set(options))
         if unknown:
             count = int(codes.isin(unknown).sum())
             raise ValignError(f"{source}: {var} has code(s) {', '.join(unknown[:5])} in {count} row(s) that its options do not list; "
                               f"add them to questions.{var}.options or to missing.")
+        codes = codes.astype("category")  # grouping by categories is several times faster than by Python strings
         answered = codes.notna()
-        overall = _distribution(codes[answered], weights[answered], options)
-        if overall is None:
+        if not answered.any() or float(weights[answered].sum()) <= 0:
             out.skip("nobody answered")
             continue
+        overall = _shares(weights[answered].groupby(codes[answered], observed=True).sum(), options)
         groups = {}
-        for key, mask in populations.items():
-            sel = answered & mask
-            if int(sel.sum()) < cb.min_group_n:
-                continue
-            got = _distribution(codes[sel], weights[sel], options)
-            if got is not None:
-                groups[key] = GroupDistribution(distribution=got[0], n=got[1])
+        for name, (labels, order) in variables.items():
+            sel = answered & labels.notna()
+            # one pass per variable: the weight of every (group, option) and the respondents per group
+            table = weights[sel].groupby([labels[sel], codes[sel]], observed=True).sum().unstack(fill_value=0.0)
+            table = table.reindex(columns=list(options), fill_value=0.0)
+            totals = dict(zip(table.index, table.sum(axis=1)))
+            rows = dict(zip(table.index, table.to_numpy().tolist()))
+            sizes = labels[sel].value_counts()
+            for group in order:
+                n = int(sizes.get(group, 0))
+                if n < cb.min_group_n or totals.get(group, 0.0) <= 0:
+                    continue
+                groups[group_key(name, group)] = GroupDistribution(distribution=[round(x / totals[group], 9) for x in rows[group]], n=n)
         out.items.append(OpinionItem(id=var, kind=cb.kind, instructions=q.instructions, question=text, options=list(options.values()),
-                                     codes=list(options), ordinal=q.ordinal, distribution=overall[0], n=overall[1], groups=groups))
+                                     codes=list(options), ordinal=q.ordinal, distribution=overall, n=int(answered.sum()), groups=groups))
     return out
+
+
+def _codes(column: Any, missing: set[str]) -> Any:
+    """The column as code text, None where it is no answer; each distinct value is read once (a WVS file has ~100k rows)."""
+    lookup = {value: (None if _is_missing(value, missing) else code_text(value)) for value in column.dropna().unique()}
+    return column.map(lookup).astype(object).where(column.notna(), None)
 
 
 def _is_missing(value: Any, missing: set[str]) -> bool:
@@ -134,29 +147,38 @@ def _weights(df: Any, column: str | None, source: Path | str) -> Any:
     return w.astype(float)
 
 
-def _populations(df: Any, cb: Codebook, value_labels: Labels, missing: set[str]) -> dict[str, Any]:
-    """Group key → row mask: each country, then each group of each demographic variable."""
-    out: dict[str, Any] = {}
+def _group_labels(df: Any, cb: Codebook, value_labels: Labels, missing: set[str]) -> dict[str, Any]:
+    """Variable name → (each row's group label, None where in no group; the labels in order): country first, then the groups.
+
+    Codes are labelled by the codebook, else by the file's value labels, else shown as
+    they are; two codes with one label form one group. A number takes the first bin it
+    falls in (bounds inclusive).
+    """
+    import pandas as pd
+
+    out: dict[str, tuple[Any, list[str]]] = {}
     if cb.country:
-        codes = df[cb.country].map(lambda v: None if _is_missing(v, missing) else code_text(v))
         labels = value_labels.get(cb.country, {})
-        for code in sorted(codes.dropna().unique()):
-            out[group_key("country", labels.get(code, code))] = (codes == code).to_numpy()
+        country = _codes(df[cb.country], missing).map(lambda c: None if c is None else labels.get(c, c))
+        out["country"] = (country, sorted(country.dropna().unique()))
     for name, g in cb.groups.items():
         if g.bins:
-            import pandas as pd
-
             numbers = pd.to_numeric(df[g.variable], errors="coerce")
-            for label, (lo, hi) in g.bins.items():
-                out[group_key(name, label)] = ((numbers >= lo) & (numbers <= hi)).to_numpy()
+            binned = pd.Series(None, index=df.index, dtype=object)
+            for label, (lo, hi) in reversed(list(g.bins.items())):  # reversed: the first matching bin is written last
+                binned[(numbers >= lo) & (numbers <= hi)] = label
+            out[name] = (binned, list(g.bins))
             continue
-        codes = df[g.variable].map(lambda v: None if _is_missing(v, missing) else code_text(v))
         labels = {**value_labels.get(g.variable, {}), **g.labels}
-        for code in sorted(codes.dropna().unique()):
-            key = group_key(name, labels.get(code, code))
-            mask = (codes == code).to_numpy()
-            out[key] = out[key] | mask if key in out else mask  # two codes with one label form one group
-    return out
+        codes = _codes(df[g.variable], missing)
+        order = [labels.get(c, c) for c in sorted(codes.dropna().unique(), key=_sort_key)]  # in code order: 1 Male, 2 Female
+        out[name] = (codes.map(lambda c: None if c is None else labels.get(c, c)), list(dict.fromkeys(order)))
+    return {name: (labels.astype("category"), order) for name, (labels, order) in out.items()}
+
+
+def _shares(weights_by_code: Any, options: dict[str, str]) -> list[float]:
+    total = float(weights_by_code.sum())
+    return [round(float(weights_by_code.get(code, 0.0)) / total, 9) for code in options]
 
 
 def _question(var: str, q: Question, var_labels: dict[str, str], value_labels: Labels, missing: set[str]) -> tuple[str, dict[str, str]]:
@@ -177,14 +199,6 @@ def _sort_key(code: str) -> tuple[int, float, str]:
         return (0, float(code), code)
     except ValueError:
         return (1, 0.0, code)
-
-
-def _distribution(codes: Any, weights: Any, options: dict[str, str]) -> tuple[list[float], int] | None:
-    total = float(weights.sum())
-    if len(codes) == 0 or total <= 0:
-        return None
-    sums = weights.groupby(codes.to_numpy()).sum()
-    return [round(float(sums.get(code, 0.0)) / total, 9) for code in options], int(len(codes))
 
 
 FORMAT = Format(
