@@ -220,3 +220,16 @@ def test_inspect_task_takes_populations(tmp_path):
     task = fidelity(items=str(_goqa_items(tmp_path)), populations="country=Peru")
     groups = [s.metadata["item"]["groups"] for s in task.dataset]
     assert [list(g) for g in groups] == [["country=Peru"], ["country=Peru"]] and groups[0]["country=Peru"]["n"] is None
+
+
+def test_new_settings_leave_earlier_fingerprints_alone():
+    """Runs from before the population settings existed keep their fingerprints: the settings count only when set."""
+    from valign.config import RunConfig
+    from valign.evals.fidelity import FidelityConfig
+    from valign.stages.survey_sft import SurveySFTConfig, SurveySFTStage
+
+    assert set(FidelityConfig().model_dump()) == {"items", "kinds"}
+    assert FidelityConfig(populations=["country"], reference="r.jsonl").model_dump()["populations"] == ["country"]
+    describe = lambda cfg: SurveySFTStage().describe(RunConfig(name="t", model="embedded", stages=["survey_sft"], survey_sft=cfg))["config"]  # noqa: E731
+    assert not {"population", "groups", "holdout_groups"} & set(describe(SurveySFTConfig()))
+    assert describe(SurveySFTConfig(groups=["country"]))["groups"] == ["country"]

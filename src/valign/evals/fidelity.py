@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_serializer
 
 from valign.errors import ValignError
 from valign.evals.plots import pyplot, role_color
@@ -94,6 +94,19 @@ class FidelityConfig(BaseModel):
     reference: str | None = None
     reference_population: str = "all"
     reference_match: dict[str, str] = {}
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """The settings added with published opinion data are left out of the dump while at
+        their defaults, so every run's fingerprint from before they existed still holds."""
+        data = handler(self)
+        for key, default in _LATER_DEFAULTS.items():
+            if key in data and data[key] == default:
+                del data[key]
+        return data
+
+
+_LATER_DEFAULTS: dict[str, Any] = {"populations": None, "reference": None, "reference_population": "all", "reference_match": {}}
 
 
 def wasserstein_ordinal(p: Sequence[float], q: Sequence[float]) -> float:

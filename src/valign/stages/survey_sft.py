@@ -112,7 +112,9 @@ class SurveySFTStage(TrainingStage):
 
     def describe(self, run_config: RunConfig) -> dict[str, Any]:
         cfg: SurveySFTConfig = run_config.survey_sft
-        out: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "model": model_identity(cfg.model or run_config.model), "seed": run_config.seed}
+        # the population settings count only when set, so fingerprints from before they existed still hold
+        later = {k for k in ("population", "groups", "holdout_groups") if not getattr(cfg, k)}
+        out: dict[str, Any] = {"config": cfg.model_dump(mode="json", exclude=later), "model": model_identity(cfg.model or run_config.model), "seed": run_config.seed}
         if cfg.items:
             out["items_sha256"] = hashlib.sha256(Path(cfg.items).read_bytes()).hexdigest() if Path(cfg.items).exists() else None
         return out
