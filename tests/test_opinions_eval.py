@@ -233,3 +233,16 @@ def test_new_settings_leave_earlier_fingerprints_alone():
     describe = lambda cfg: SurveySFTStage().describe(RunConfig(name="t", model="embedded", stages=["survey_sft"], survey_sft=cfg))["config"]  # noqa: E731
     assert not {"population", "groups", "holdout_groups"} & set(describe(SurveySFTConfig()))
     assert describe(SurveySFTConfig(groups=["country"]))["groups"] == ["country"]
+
+
+def test_preflight_checks_populations_and_the_reference_before_models_load(tmp_path):
+    from valign.evals.fidelity import SUITE, FidelityConfig
+
+    items = _goqa_items(tmp_path)
+    SUITE.preflight(FidelityConfig(items=str(items), populations=["country"], reference=str(items), reference_population="country=Peru"))
+    with pytest.raises(ValignError, match="population 'country=Chile' is in none of the items"):
+        SUITE.preflight(FidelityConfig(items=str(items), populations=["country=Chile"]))
+    with pytest.raises(ValignError, match="population 'sex=Female' is in none of the items"):
+        SUITE.preflight(FidelityConfig(reference=str(items), reference_population="sex=Female"))
+    with pytest.raises(ValignError, match="does not exist"):
+        SUITE.preflight(FidelityConfig(reference=str(tmp_path / "none.jsonl")))

@@ -423,6 +423,16 @@ TEMPLATE = """
 """
 
 
+def _preflight(fc: FidelityConfig) -> None:
+    """Read the files the settings name, and check the chosen populations, before any model loads."""
+    if fc.items:
+        restrict(read_items(Path(fc.items)), fc.populations or ["all"])
+    if fc.reference:
+        reference = read_items(Path(fc.reference))
+        if fc.reference_population != "all":
+            expand(reference, [fc.reference_population])
+
+
 SUITE = Suite(
     name="fidelity",
     config=FidelityConfig,
@@ -432,5 +442,5 @@ SUITE = Suite(
     inspect_task="valign.evals.fidelity_task:fidelity",
     default=False,  # it needs survey items, which only a run with a survey stage has
     paths=("items", "reference"),
-    preflight=lambda fc: restrict(read_items(Path(fc.items)), fc.populations or ["all"]) if fc.items else None,
+    preflight=lambda fc: _preflight(fc),
 )
