@@ -22,7 +22,7 @@ from typing import Any
 
 from inspect_ai import Task, task
 from inspect_ai.dataset import MemoryDataset, Sample
-from inspect_ai.model import GenerateConfig, ModelOutput, get_model
+from inspect_ai.model import ModelOutput, get_model
 from inspect_ai.scorer import SampleScore, Score, Target, mean, metric, scorer
 from inspect_ai.solver import Generate, TaskState, solver
 

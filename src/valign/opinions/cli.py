@@ -32,7 +32,7 @@ def convert_cmd(
     result = convert(source, fmt, codebook)
     write_items(result.items, out)
     groups = {key for item in result.items for key in item.groups}
-    typer.echo(f"wrote {len(result.items)} items with {len(groups)} populations besides everyone to {out}")
+    typer.echo(f"wrote {len(result.items)} item{'s' * (len(result.items) != 1)} with {len(groups)} population{'s' * (len(groups) != 1)} besides everyone to {out}")
     for reason, n in result.skipped.items():
         typer.echo(f"  left out: {n} × {reason}")
 

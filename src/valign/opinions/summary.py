@@ -19,7 +19,7 @@ def describe_items(items: list[OpinionItem], questions: int = 5, populations: in
     sizes = [len(item.options) for item in items]
     lines = [
         f"{len(items)} items ({', '.join(f'{n} {k}' for k, n in kinds.items())}); {ordinal} ordered, {len(items) - ordinal} unordered; "
-        f"{min(sizes)}-{max(sizes)} options",
+        f"{min(sizes)}{'' if min(sizes) == max(sizes) else f'-{max(sizes)}'} options",
     ]
     counts = population_counts(items)
     lines.append(f"{len(counts)} populations (items with a distribution; median respondents):")
