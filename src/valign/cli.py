@@ -36,6 +36,10 @@ from valign.review.cli import review_app  # noqa: E402  (light: Typer only)
 
 app.add_typer(review_app, name="review")
 
+from valign.opinions.cli import opinions_app  # noqa: E402  (light: Typer only)
+
+app.add_typer(opinions_app, name="opinions")
+
 
 @constitution_app.command("show")
 def constitution_show(

@@ -37,13 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_serializer
 
 from valign.errors import ValignError
 from valign.evals.plots import pyplot, role_color
 from valign.evals.rundata import RunData
 from valign.evals.section import ReportEnv, Section
 from valign.evals.suite import ROLES, Suite, SuiteRun, SuiteSetup
+from valign.opinions.compare import compare_items
+from valign.opinions.populations import expand, restrict
 from valign.survey.opinion import OpinionItem, opinion_prompt, option_letters, read_items
 
 __all__ = [
@@ -67,17 +69,44 @@ ALL = "all"  # the key of the whole population in FidelityResult.summary
 class FidelityConfig(BaseModel):
     """Settings of the survey-fidelity suite (``evaluate.fidelity``): ``items`` is an
     evaluation set (``eval_items.jsonl`` of ``valign survey export``), by default the
-    run's `survey` stage's; ``kinds`` limits the item kinds (value, principle,
-    scenario, rating; default all).
+    run's `survey` stage's, or one `valign opinions convert` wrote; ``kinds`` limits the
+    item kinds (value, principle, scenario, rating, opinion; default all);
+    ``populations`` chooses whom to compare with — group keys (``country=Japan``) or
+    whole variables (``country``: every country), default every group of the items
+    (`valign.opinions.populations.restrict`): items with none of them are left out.
+
+    ``reference`` is a second evaluation set (a national survey converted with `valign
+    opinions convert`) to set one's own survey beside: on the questions both asked, the
+    report shows the survey's weighted distribution next to ``reference_population``'s
+    (`valign.opinions.compare`); ``reference_match`` maps our item ids to the
+    reference's where they differ (else equal ids or equal question texts match).
 
     Example (YAML):
-        fidelity: {items: null, kinds: [value, principle]}
+        fidelity: {items: goqa.jsonl, populations: [country=Japan, country=Nigeria, country=United States]}
+        fidelity: {reference: wvs7.jsonl, reference_population: country=NZL, reference_match: {family: Q1}}
     """
 
     model_config = ConfigDict(extra="forbid")
 
     items: str | None = None
     kinds: list[str] | None = None
+    populations: list[str] | None = None
+    reference: str | None = None
+    reference_population: str = "all"
+    reference_match: dict[str, str] = {}
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        """The settings added with published opinion data are left out of the dump while at
+        their defaults, so every run's fingerprint from before they existed still holds."""
+        data = handler(self)
+        for key, default in _LATER_DEFAULTS.items():
+            if key in data and data[key] == default:
+                del data[key]
+        return data
+
+
+_LATER_DEFAULTS: dict[str, Any] = {"populations": None, "reference": None, "reference_population": "all", "reference_match": {}}
 
 
 def wasserstein_ordinal(p: Sequence[float], q: Sequence[float]) -> float:
@@ -204,10 +233,12 @@ def describe_fidelity(setup: SuiteSetup) -> dict[str, Any]:
     """The digest of a named items file, for the fingerprint (the survey stage's own
     items are covered by that stage's fingerprint)."""
     fc: FidelityConfig = setup.settings
-    if not fc.items:
-        return {}
-    path = Path(fc.items)
-    return {"fidelity_items": hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else str(path)}
+    out = {}
+    for key, name in (("fidelity_items", fc.items), ("fidelity_reference", fc.reference)):
+        if name:
+            path = Path(name)
+            out[key] = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else str(path)
+    return out
 
 
 def run_fidelity(ctx: SuiteRun) -> dict[str, Any]:
@@ -217,13 +248,30 @@ def run_fidelity(ctx: SuiteRun) -> dict[str, Any]:
     items = [i for i in read_items(path) if fc.kinds is None or i.kind in fc.kinds]
     if not items:
         raise ValignError(f"{path} has no items of kinds {fc.kinds}; check evaluate.fidelity.kinds.")
+    if fc.populations:
+        items = restrict(items, fc.populations)
     for role in ROLES:
         if f"fidelity:{role}" not in ctx.rows.ids:
             ctx.console.print(f"evaluate: survey fidelity, {len(items)} items for {role} ({ctx.specs[role]})")
             result = score_fidelity(ctx.models.get(ctx.specs[role]), items, ctx.specs[role])
             ctx.rows.append([{"id": f"fidelity:{role}", "type": "fidelity", "role": role, "model": ctx.specs[role], **result.to_dict()}])
     found = {r["role"]: r for r in ctx.rows_of("fidelity")}
-    return {"items": len(items), "kinds": sorted({i.kind for i in items}), **{role: found[role]["summary"] for role in ROLES}}
+    chosen = {"populations": fc.populations} if fc.populations else {}
+    if fc.reference:
+        chosen["comparison"] = _comparison(fc, ctx.survey_items or path)
+    return {"items": len(items), "kinds": sorted({i.kind for i in items}), **chosen, **{role: found[role]["summary"] for role in ROLES}}
+
+
+def _comparison(fc: FidelityConfig, ours: Path) -> dict[str, Any]:
+    """The survey's items beside the reference population's, on the questions both asked."""
+    reference = read_items(fc.reference)  # type: ignore[arg-type]
+    if fc.reference_population != "all":
+        expand(reference, [fc.reference_population])  # an unknown population names the known ones
+    survey = {item.id: item for item in read_items(ours)}
+    result = compare_items(list(survey.values()), reference, fc.reference_population, fc.reference_match)
+    for row in result.rows:
+        row["distance"] = item_distance(survey[row["id"]], row["ours"], row["reference"])
+    return {**result.to_dict(), "ours": str(ours), "reference": fc.reference}
 
 
 def _items_path(fc: FidelityConfig, survey_items: Path | None) -> Path:
@@ -258,7 +306,8 @@ def fidelity_section(run: RunData, env: ReportEnv) -> Section | None:
         "fidelity",
         "Survey fidelity",
         env.render_string(TEMPLATE, summary=summary, roles=roles, groups=groups, names=names, measures=MEASURES, charts=charts,
-                          items=items, n_items=ev["fidelity"].get("items"), respondents=survey.get("respondents"), measure=measure),
+                          items=items, n_items=ev["fidelity"].get("items"), respondents=survey.get("respondents"), measure=measure,
+                          populations=ev["fidelity"].get("populations"), comparison=ev["fidelity"].get("comparison")),
     )
 
 
@@ -321,6 +370,7 @@ def _items(rows: dict[str, dict[str, Any]], roles: list[str]) -> list[dict[str, 
 
 TEMPLATE = """
 <p class="lead">How closely each model's answers to the survey's {{ n_items }} questions match the weighted answers of the population{% if respondents %} ({{ respondents.weighted }} weighted respondents){% endif %}, asked the OpinionQA way (the probability of each option's letter). Representativeness is 1 − the mean Wasserstein distance over ordered (Likert) options, divided by N−1; nominal similarity is 1 − the mean Jensen–Shannon distance over unordered options; fidelity is 1 − the mean of both. Each subgroup row compares the model with that group's own distribution.</p>
+{% if populations %}<p>Populations compared: {{ populations | join(", ") }} — whose opinions does each model's answer distribution come closest to?</p>{% endif %}
 {% for chart in charts %}
 <figure>
   <img src="{{ chart.src }}" alt="{{ chart.alt }}">
@@ -337,6 +387,25 @@ TEMPLATE = """
   {% endfor %}
   </tbody>
 </table>
+{% if comparison %}
+<h3>This survey beside {{ "the reference" if comparison.population == "all" else comparison.population.replace("=", ": ") }}</h3>
+<p>{{ comparison.rows | length }} question(s) asked in both this survey and <code>{{ comparison.reference }}</code>{% if comparison.skipped %} ({% for reason, n in comparison.skipped.items() %}{{ n }} left out: {{ reason }}{% if not loop.last %}; {% endif %}{% endfor %}){% endif %}: this survey's weighted distribution beside the reference population's, and the distance between them (normalised Wasserstein for ordered options, Jensen–Shannon otherwise) — how far this survey's public is from the national one before any model is asked.</p>
+{% if comparison.rows %}
+<table>
+  <caption>Answer distributions: this survey and {{ comparison.population }}</caption>
+  <thead><tr><th scope="col">Question</th><th scope="col">Options</th><th scope="col">This survey</th><th scope="col">Reference</th><th scope="col" class="num">Distance</th></tr></thead>
+  <tbody>
+  {% for r in comparison.rows %}
+    <tr><td>{{ r.question }} <span class="muted">(<code>{{ r.id }}</code>{% if r.reference_id != r.id %} = <code>{{ r.reference_id }}</code>{% endif %})</span></td>
+    <td>{{ r.options | join(" · ") }}</td>
+    <td>{% for p in r.ours %}{{ "%.2f" | format(p) }}{% if not loop.last %} · {% endif %}{% endfor %}{% if r.ours_n %} <span class="muted">(n {{ r.ours_n }})</span>{% endif %}</td>
+    <td>{% for p in r.reference %}{{ "%.2f" | format(p) }}{% if not loop.last %} · {% endif %}{% endfor %}{% if r.reference_n %} <span class="muted">(n {{ r.reference_n }})</span>{% endif %}</td>
+    <td class="num">{{ r.distance | num(3) }}</td></tr>
+  {% endfor %}
+  </tbody>
+</table>
+{% endif %}
+{% endif %}
 <details>
   <summary>Every item's distance ({{ items | length }}), most improved first</summary>
   <table>
@@ -354,6 +423,16 @@ TEMPLATE = """
 """
 
 
+def _preflight(fc: FidelityConfig) -> None:
+    """Read the files the settings name, and check the chosen populations, before any model loads."""
+    if fc.items:
+        restrict(read_items(Path(fc.items)), fc.populations or ["all"])
+    if fc.reference:
+        reference = read_items(Path(fc.reference))
+        if fc.reference_population != "all":
+            expand(reference, [fc.reference_population])
+
+
 SUITE = Suite(
     name="fidelity",
     config=FidelityConfig,
@@ -362,6 +441,6 @@ SUITE = Suite(
     section=fidelity_section,
     inspect_task="valign.evals.fidelity_task:fidelity",
     default=False,  # it needs survey items, which only a run with a survey stage has
-    paths=("items",),
-    preflight=lambda fc: read_items(Path(fc.items)) if fc.items else None,
+    paths=("items", "reference"),
+    preflight=lambda fc: _preflight(fc),
 )

@@ -22,12 +22,13 @@ from typing import Any
 
 from inspect_ai import Task, task
 from inspect_ai.dataset import MemoryDataset, Sample
-from inspect_ai.model import GenerateConfig, ModelOutput, get_model
+from inspect_ai.model import ModelOutput, get_model
 from inspect_ai.scorer import SampleScore, Score, Target, mean, metric, scorer
 from inspect_ai.solver import Generate, TaskState, solver
 
 from valign.evals.fidelity import item_distance, model_distributions
 from valign.evals.inspect_support import mean_or_nan, valign_call, valign_spec
+from valign.opinions.populations import restrict
 from valign.survey.opinion import OpinionItem, opinion_prompt, option_letters, read_items
 
 __all__ = ["fidelity", "distribution_solver", "fidelity_scorer"]
@@ -99,7 +100,7 @@ def fidelity_scorer():
         item = _item(state)
         dist = state.metadata["distribution"]
         distance = item_distance(item, dist, item.distribution)
-        groups = {key: item_distance(item, dist, g.distribution) for key, g in item.groups.items() if g.n}
+        groups = {key: item_distance(item, dist, g.distribution) for key, g in item.groups.items() if g.n != 0}
         return Score(
             value=1 - distance,
             answer=", ".join(f"{letter} {p:.2f}" for letter, p in zip(option_letters(item), dist)),
@@ -110,10 +111,13 @@ def fidelity_scorer():
 
 
 @task
-def fidelity(items: str, kinds: str | list[str] | None = None) -> Task:
-    """Survey fidelity on an evaluation set (``items``), optionally only some item ``kinds``."""
+def fidelity(items: str, kinds: str | list[str] | None = None, populations: str | list[str] | None = None) -> Task:
+    """Survey fidelity on an evaluation set (``items``), optionally only some item ``kinds``
+    and only some ``populations`` (group keys such as ``country=Japan``, or variables)."""
     wanted = kinds.split(",") if isinstance(kinds, str) else kinds
     chosen = [i for i in read_items(items) if wanted is None or i.kind in wanted]
+    if populations:
+        chosen = restrict(chosen, populations.split(",") if isinstance(populations, str) else populations)
     samples: list[Sample] = []
     for item in chosen:
         meta: dict[str, Any] = {"item": item.model_dump(mode="json")}

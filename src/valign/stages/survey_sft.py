@@ -8,6 +8,14 @@ constant entropy of ``p`` — the soft-label objective SubPOP (Suh et al. 2025) 
 A seeded share of the items (``holdout``) is never trained on, so the manifest can
 show whether what was learned carries over to unseen questions.
 
+The items may come from published opinion data (`valign opinions convert`), and the
+target may be one population rather than everyone: ``population: country=Japan``
+trains towards Japan's distributions. With ``groups`` the training is conditioned on
+the group, as SubPOP's is: every item is asked once per chosen group, with a line
+naming the group (`valign.opinions.populations.condition`), towards that group's
+distribution; ``holdout_groups`` are never trained on, and their rows (split
+``held_out_group``) show whether the model learned to answer for groups it never saw.
+
 Training is a LoRA adapter through transformers' `Trainer` (checkpoints, resume,
 logging) with this loss; the stage continues the adapter of the run's previous
 training stage when there is one. Rows: one per item, with its split, the
@@ -26,30 +34,46 @@ import hashlib
 from pathlib import Path
 from typing import Any, ClassVar, TYPE_CHECKING
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from valign.errors import ValignError
 from valign.stages.base import ConfigFile, StageContext, model_identity
 from valign.stages.training import TrainingConfig, TrainingStage, guard_bf16, load_base, model_record, train_and_finish, trainer_args, training_base
+from valign.opinions.populations import condition, expand, retarget
 from valign.survey.opinion import OpinionItem, opinion_prompt, option_letters, read_items
 from valign.types import Row
 
 if TYPE_CHECKING:
     from valign.config import RunConfig
 
-__all__ = ["SurveySFTConfig", "SurveySFTStage", "split_items", "train_distributions"]
+__all__ = ["SurveySFTConfig", "SurveySFTStage", "split_items", "targets", "train_distributions"]
 
 class SurveySFTConfig(TrainingConfig):
     """Settings of the `survey_sft` stage.
 
-    ``items``: an evaluation-set JSONL (`valign survey export` writes ``eval_items.jsonl``);
-    by default the run's `survey` stage's. ``kinds``: which survey items to train on
-    (``value`` items are the instrument's value questions).
+    ``items``: an evaluation-set JSONL (`valign survey export` writes ``eval_items.jsonl``,
+    `valign opinions convert` one from published data); by default the run's `survey`
+    stage's. ``kinds``: which survey items to train on (``value`` items are the
+    instrument's value questions; converted items are ``opinion``). ``population``: one
+    group key to train towards instead of everyone. ``groups``: group keys or variables
+    to train on conditioned on the group; ``holdout_groups``: of those, the ones kept
+    for evaluation only.
     """
+
+    @model_validator(mode="after")
+    def _groups_or_population(self) -> SurveySFTConfig:
+        if self.population and self.groups:
+            raise ValueError("set either population (one target) or groups (conditioned on each), not both")
+        if self.holdout_groups and not self.groups:
+            raise ValueError("holdout_groups needs groups: the groups trained on, conditioned on each")
+        return self
 
     items: ConfigFile | None = None
     kinds: list[str] = Field(default_factory=lambda: ["value"])
     holdout: float = Field(0.25, ge=0, lt=1)
+    population: str | None = None
+    groups: list[str] | None = None
+    holdout_groups: list[str] = Field(default_factory=list)
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
     learning_rate: float = Field(3e-4, gt=0)
@@ -88,7 +112,9 @@ class SurveySFTStage(TrainingStage):
 
     def describe(self, run_config: RunConfig) -> dict[str, Any]:
         cfg: SurveySFTConfig = run_config.survey_sft
-        out: dict[str, Any] = {"config": cfg.model_dump(mode="json"), "model": model_identity(cfg.model or run_config.model), "seed": run_config.seed}
+        # the population settings count only when set, so fingerprints from before they existed still hold
+        later = {k for k in ("population", "groups", "holdout_groups") if not getattr(cfg, k)}
+        out: dict[str, Any] = {"config": cfg.model_dump(mode="json", exclude=later), "model": model_identity(cfg.model or run_config.model), "seed": run_config.seed}
         if cfg.items:
             out["items_sha256"] = hashlib.sha256(Path(cfg.items).read_bytes()).hexdigest() if Path(cfg.items).exists() else None
         return out
@@ -99,11 +125,36 @@ class SurveySFTStage(TrainingStage):
         items = [it for it in read_items(path) if it.kind in cfg.kinds]
         if len(items) < 2:
             raise ValignError(f"survey_sft found {len(items)} item(s) of kinds {cfg.kinds} in {path}; it needs two or more — check survey_sft.kinds.")
-        train, held = split_items(items, cfg.holdout, ctx.run_config.seed)
+        train, held, held_groups = targets(items, cfg, ctx.run_config.seed)
         base_spec, adapter = training_base(cfg, ctx.run_config, ctx.input_dirs)
-        result = train_distributions(base_spec, train, held, cfg, ctx.dir, ctx.run_config.seed, adapter)
+        result = train_distributions(base_spec, train, held, cfg, ctx.dir, ctx.run_config.seed, adapter, held_groups)
         ctx.rows.append(result.pop("rows"))
         ctx.info.update(result)
+
+
+def targets(items: list[OpinionItem], cfg: SurveySFTConfig, seed: int) -> tuple[list[OpinionItem], list[OpinionItem], list[OpinionItem]]:
+    """(train, held-out items, held-out groups): what to train towards and what to keep for checking.
+
+    Items are split by their own id first, so a question held out is held out for every group.
+
+    Example:
+        >>> from valign.survey.opinion import GroupDistribution as G
+        >>> items = [OpinionItem(id=f"q{i}", question="?", options=["a", "b"], distribution=[.5, .5],
+        ...                      groups={"c=X": G(distribution=[.9, .1], n=5), "c=Y": G(distribution=[.1, .9], n=5)}) for i in range(4)]
+        >>> train, held, held_groups = targets(items, SurveySFTConfig(kinds=["value"], groups=["c"], holdout_groups=["c=Y"]), seed=0)
+        >>> sorted(i.id for i in train), [i.id for i in held], sorted(i.id for i in held_groups)
+        (['q1@c=X', 'q2@c=X', 'q3@c=X'], ['q0@c=X'], ['q0@c=Y', 'q1@c=Y', 'q2@c=Y', 'q3@c=Y'])
+    """
+    if cfg.population:
+        items = retarget(items, cfg.population)
+    train, held = split_items(items, cfg.holdout, seed)
+    if not cfg.groups:
+        return train, held, []
+    held_keys = expand(items, cfg.holdout_groups) if cfg.holdout_groups else []
+    keys = [k for k in expand(items, cfg.groups) if k not in held_keys]
+    if not keys:
+        raise ValignError("survey_sft.holdout_groups holds every group of survey_sft.groups; leave some to train on.")
+    return condition(train, keys), condition(held, keys), condition(items, held_keys)
 
 
 def train_distributions(
@@ -114,11 +165,14 @@ def train_distributions(
     out_dir: Path,
     seed: int = 0,
     continue_from: Path | None = None,
+    held_groups: list[OpinionItem] | None = None,
 ) -> dict[str, Any]:
     """Train a LoRA adapter towards the items' distributions; measure before and after.
 
-    ``continue_from`` is an adapter folder to keep training (e.g. the SFT stage's).
+    ``continue_from`` is an adapter folder to keep training (e.g. the SFT stage's);
+    ``held_groups`` are items conditioned on groups never trained on, measured like ``held``.
     """
+    held_groups = held_groups or []
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import TrainingArguments
 
@@ -132,16 +186,18 @@ def train_distributions(
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
         model = get_peft_model(base, lora)
     guard_bf16(model)
-    examples = [_example(tokenizer, it, cfg.max_length) for it in train + held]
+    measured = train + held + held_groups
+    splits = ["train"] * len(train) + ["held_out"] * len(held) + ["held_out_group"] * len(held_groups)
+    examples = [_example(tokenizer, it, cfg.max_length) for it in measured]
     before = _distributions(model, examples)
     trainer = _soft_label_trainer_class()(model=model, args=args, train_dataset=examples[: len(train)], data_collator=_collate(tokenizer.pad_token_id))
     log = train_and_finish(trainer, tokenizer, out_dir)
     after = _distributions(trainer.model, examples)
 
     rows: list[Row] = []
-    for i, item in enumerate(train + held):
+    for i, item in enumerate(measured):
         rows.append({
-            "id": item.id, "split": "train" if i < len(train) else "held_out", "kind": item.kind, "ordinal": item.ordinal,
+            "id": item.id, "split": splits[i], "kind": item.kind, "ordinal": item.ordinal,
             "options": item.options, "population": item.distribution,
             "before": [round(x, 6) for x in before[i]], "after": [round(x, 6) for x in after[i]],
             "distance_before": item_distance(item, before[i], item.distribution),
@@ -154,12 +210,13 @@ def train_distributions(
             "distance_before": mean([r["distance_before"] for r in rows if r["split"] == split]),
             "distance_after": mean([r["distance_after"] for r in rows if r["split"] == split]),
         }
-        for split in ("train", "held_out")
+        for split in ("train", "held_out", "held_out_group")
+        if split != "held_out_group" or held_groups
     }
     return {
         "rows": rows,
         "model": model_record(base_spec, cfg),
-        "counts": {"train_items": len(train), "held_out_items": len(held)},
+        "counts": {"train_items": len(train), "held_out_items": len(held), **({"held_out_group_items": len(held_groups)} if held_groups else {})},
         "fidelity": fidelity,
         "train": {**log, "continued_from": str(continue_from) if continue_from else None},
     }

@@ -41,7 +41,9 @@ class GroupDistribution(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     distribution: list[float]
-    n: int = Field(0, ge=0)  # respondents in the group who answered
+    # respondents in the group who answered; None where the source publishes shares
+    # without sizes (GlobalOpinionQA's countries): a known group, of unknown size
+    n: int | None = Field(0, ge=0)
 
 
 class OpinionItem(BaseModel):
