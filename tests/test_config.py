@@ -88,7 +88,7 @@ def test_the_stage_registry_makes_the_run_config():
     assert set(STAGES) <= set(RunConfig.model_fields), "every registered stage has a section"
     for name, stage in STAGES.items():
         assert isinstance(RunConfig(name="t").section(name), stage.config_class)
-    assert training_stages() == ("sft", "survey_sft", "dpo", "kto")
+    assert training_stages() == ("sft", "survey_sft", "dpo", "kto", "grpo")
     cfg = RunConfig(name="t", stages=["respond", "revise", "sft", "pairs", "judge", "dpo", "evaluate"])
     assert cfg.previous_training_stage("dpo") == "sft" and cfg.training_stages_before("evaluate") == ["sft", "dpo"]
     assert cfg.stage_dir("dpo").name == "06-dpo"

@@ -121,7 +121,7 @@ def test_a_registered_suite_gets_a_config_field_runs_and_is_fingerprinted(fake_s
 
 
 def test_a_registered_suite_brings_its_report_section(fake_suite, tmp_path):
-    assert [i for i, _ in report_sections()] == ["summary", "training", "keycases", "mtbench", "safety", "fidelity", "xstest", "orbench", "strongreject", "harmbench", "fake", "calibration", "constitution"]
+    assert [i for i, _ in report_sections()] == ["summary", "training", "grpo", "keycases", "mtbench", "safety", "fidelity", "xstest", "orbench", "strongreject", "harmbench", "fake", "calibration", "constitution"]
     StageDir(tmp_path).finish("fp", {"stage": "evaluate", "suites": ["fake"], "fake": {"answered": 2}, "constitution": "kantian"})
     html = render_report(tmp_path).read_text()
     assert ">Fake suite</h2>" in html and "<p>2 answered</p>" in html

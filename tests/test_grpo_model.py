@@ -110,3 +110,35 @@ def test_grpo_killed_after_a_checkpoint_resumes_from_it(tmp_path):
     steps = [json.loads(line)["step"] for line in (stage / "samples.jsonl").read_text().splitlines()]
     assert steps == [1, 1, 2, 2, 3, 3], f"each step's samples once, the killed run's redone steps rewritten: {steps}"
     assert [r["id"] for r in read_rows(stage / "rows.jsonl")] == ["sleep", "tea"]
+
+
+@pytest.mark.slow
+def test_grpo_in_two_processes_judges_whole_groups(tmp_path):
+    """Under `accelerate launch` (two processes, gloo): each process samples part of a
+    step, the pairwise reward sees every process's answers (a group may be split between
+    them) and keeps its own slice, and the stage's launch says two processes."""
+    cfg = grpo_config(tmp_path, "two", (
+        "  max_steps: 2\n  batch_size: 4\n  num_generations: 4\n  max_completion_length: 8\n  save_steps: 100\n"
+        "  rewards: [{kind: pairwise}, {kind: python, function: rewards.py:marker}]\n"
+    ))
+    run_to_end(cfg, tmp_path / "two.log", processes=2)
+    manifest = json.loads((tmp_path / "runs" / "two" / "02-grpo" / "manifest.json").read_text())
+    assert manifest["launch"]["processes"] == 2 and manifest["train"]["steps"] == 2
+    # Win rates average exactly 0.5 over a whole group; a reward computed on half a group
+    # (or on answers of two prompts mixed) would not.
+    assert manifest["train"]["reward_pairwise"] == pytest.approx([0.5, 0.5])
+
+
+@pytest.mark.slow
+def test_grpo_trains_on_a_4bit_base_with_transformers_sampling(tmp_path):
+    """QLoRA: the 4-bit NF4 base (bitsandbytes) trains a LoRA adapter under GRPO; valign's
+    engine does not run 4-bit weights, so answers come from TRL's own generation."""
+    cfg = grpo_config(tmp_path, "q", (
+        "  qlora: true\n  max_steps: 1\n  batch_size: 4\n  num_generations: 4\n  max_completion_length: 6\n"
+        "  rewards: [{kind: python, function: rewards.py:marker}]\n"
+    ))
+    run_to_end(cfg, tmp_path / "q.log")
+    manifest = json.loads((tmp_path / "runs" / "q" / "02-grpo" / "manifest.json").read_text())
+    assert manifest["model"]["quantization"] == "nf4" and manifest["launch"]["quantization"] == "nf4"
+    assert manifest["sampler"] == {"where": "local", "engine": "transformers (TRL)", "engine_steps": 0}
+    assert manifest["train"]["steps"] == 1

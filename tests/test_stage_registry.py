@@ -50,8 +50,8 @@ def test_a_registered_stage_gets_a_section_and_runs(tmp_path):
 def test_the_shipped_registry_names_every_stage_once():
     from pydantic import ValidationError
 
-    assert list(STAGES) == ["survey", "respond", "revise", "sft", "survey_sft", "pairs", "judge", "dpo", "kto", "evaluate", "report"]
-    assert training_stages() == ("sft", "survey_sft", "dpo", "kto")
+    assert list(STAGES) == ["survey", "respond", "revise", "sft", "survey_sft", "pairs", "judge", "dpo", "kto", "grpo", "evaluate", "report"]
+    assert training_stages() == ("sft", "survey_sft", "dpo", "kto", "grpo")
     assert dict(RunConfig.stage_registry) == STAGES
     with pytest.raises(ValidationError, match="unknown stage 'echo'; the stages are survey, respond, revise"):
         RunConfig(name="t", stages=["echo"])

@@ -118,3 +118,30 @@ def test_peer_driver_counts_the_tokens_of_real_completions(vllm_server):
     assert run.requests == 6 and run.peak_in_flight == 3
     assert run.finish_reasons == ["length"] * 6 and run.per_request == [8] * 6 and run.tokens == 48
     assert run.seconds > 0 and run.tok_per_s == run.tokens / run.seconds
+
+
+def test_grpo_samples_on_the_server_with_its_adapter_as_it_trains(vllm_server, tmp_path):
+    """grpo with ``sampler: served``: after each step the adapter goes to the server (the
+    previous one unloaded), answers are sampled there as token ids, and training goes on."""
+    import json
+
+    from tests.run_helpers import run_to_end, write_jsonl
+
+    write_jsonl(tmp_path / "prompts.jsonl", [{"id": "p", "prompt": "How do I make a cup of tea?", "kind": "benign"}])
+    (tmp_path / "rewards.py").write_text("def length(prompts, completions, **kwargs):\n    return [len(c[-1]['content']) / 100 for c in completions]\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"name: served\nruns_dir: {tmp_path / 'runs'}\nmodel: embedded\nstages: [respond, grpo]\n"
+        f"backends: {{adapters_on: '{vllm_server.spec}'}}\n"
+        "respond:\n  prompts: prompts.jsonl\n  gen: {max_new_tokens: 8}\n"
+        "grpo:\n  sampler: served\n  max_steps: 2\n  batch_size: 4\n  num_generations: 4\n  max_completion_length: 8\n"
+        "  save_steps: 100\n  rewards: [{kind: python, function: rewards.py:length}]\n"
+    )
+    run_to_end(cfg, tmp_path / "run.log")
+    stage = tmp_path / "runs" / "served" / "02-grpo"
+    manifest = json.loads((stage / "manifest.json").read_text())
+    assert manifest["sampler"]["where"] == "served" and manifest["sampler"]["adapter_loads"] == 2
+    assert manifest["train"]["steps"] == 2 and all(0 < n <= 8 for n in manifest["train"]["completion_length"])
+    listed = [m["id"] for m in httpx.get(f"{vllm_server.url}/models").json()["data"]]
+    assert not any("02-grpo" in name for name in listed), f"every step's adapter is unloaded when it is replaced or done: {listed}"
+    assert not (stage / "sampling").exists(), "the sampling copies go; the trained adapter stays"

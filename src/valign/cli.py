@@ -346,12 +346,12 @@ def bench_prefix(
 
 @bench_app.command("reward")
 def bench_reward(
-    prompts: int = typer.Option(4, "--prompts", min=1, help="Prompts in the simulated GRPO step."),
-    generations: int = typer.Option(4, "--generations", min=2, help="Samples per prompt (GRPO's group size)."),
-    repeats: int = typer.Option(2, "--repeats", min=1, help="Runs per arm; the fastest counts."),
+    prompts: int = typer.Option(2, "--prompts", min=1, help="Prompts in the simulated GRPO step."),
+    generations: int = typer.Option(8, "--generations", min=2, help="Samples per prompt (GRPO's group size; TRL's default is 8)."),
+    repeats: int = typer.Option(1, "--repeats", min=1, help="Runs per arm; the fastest counts."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
-    """Samples scored per second by GRPO's pairwise reward: batched with prefix sharing vs one comparison at a time."""
+    """Samples scored per second by GRPO's pairwise reward: batched with prefix sharing vs one comparison at a time (and vs its own comparisons one at a time)."""
     from valign.rewards.bench import bench_reward as run_bench
 
     run_bench(prompts=prompts, generations=generations, repeats=repeats, json_out=json_out)

@@ -152,7 +152,7 @@ class GRPOStage(TrainingStage):
 
     def describe(self, run_config: RunConfig) -> dict[str, Any]:
         cfg = run_config.section(self.name)
-        judges = sorted({r.judge or run_config.model for r in cfg.rewards if getattr(r, "judge", None) is not None or r.kind == "pairwise"})
+        judges = sorted({r.judge or run_config.model for r in cfg.rewards if r.kind in ("pairwise", "verdict")})
         return {
             "config": cfg.model_dump(mode="json"),
             "model": model_identity(cfg.model or run_config.model),
@@ -242,6 +242,7 @@ def _train(ctx: StageContext, cfg: GRPOStageConfig, prompts: list[Row]) -> dict[
     trainer = trainer_cls(model=model, args=args, train_dataset=data, processing_class=tokenizer, reward_funcs=reward_funcs,
                           peft_config=peft_config, watch=watch)
     train = train_and_finish(trainer, tokenizer, ctx.dir)
+    sampler.close(ctx.dir)
     history = trainer.state.log_history
     names = [r.label for r in cfg.rewards]
     series = {

@@ -47,6 +47,9 @@ class Sampler:
     def describe(self) -> dict[str, Any]:
         return {"where": "local", "engine": "transformers (TRL)"}
 
+    def close(self, stage_dir: Path) -> None:
+        """After training: let go of what sampling held."""
+
 
 class LocalSampler(Sampler):
     """valign's engine in this process where it runs the model, else TRL's generation."""
@@ -152,6 +155,17 @@ class ServedSampler(Sampler):
 
     def describe(self) -> dict[str, Any]:
         return {"where": "served", "engine": "vLLM (adapters loaded at runtime)", "servers": self.on, "adapter_loads": self.loads}
+
+    def close(self, stage_dir: Path) -> None:
+        """Unload the last step's adapter from the servers and remove the copies (the
+        trained adapter is the stage's ``adapter/``; evaluate loads that one)."""
+        from valign.models.served_adapters import unload_adapter
+
+        if distributed.is_main():
+            if self._name is not None:
+                unload_adapter(self.on, self._name, api_key_env=self.api_key_env)
+            shutil.rmtree(stage_dir / "sampling", ignore_errors=True)
+        self._name = None
 
     def generate(self, trainer: Any, prompt_ids: list[list[int]]) -> tuple[list[list[int]], None]:
         if trainer.state.global_step != self._step:
