@@ -28,7 +28,7 @@ _STYLES = ["Write a long story about {}.", "Describe in detail a day in the life
            "Write a detailed essay on what we can learn from {}.", "Tell a long bedtime story about {}."]
 
 
-def _report(title: str, columns: tuple[str, str, str], rows: list[tuple[str, str, str]], result: dict, json_out: Path | None) -> dict:
+def report_table(title: str, columns: tuple[str, str, str], rows: list[tuple[str, str, str]], result: dict, json_out: Path | None) -> dict:
     """Print a benchmark's table and, if asked, write its figures as JSON."""
     table = Table(title=title)
     for col in columns:
@@ -191,7 +191,7 @@ def bench_generate(prompts: int = 64, new_tokens: int = 128, baseline_prompts: i
     if peers:
         rows += _generate_peers(model, convs, new_tokens, params, ours_rate, result, vllm_python, llama_server,
                                 bf16_peak=peak if dtype == "bfloat16" else None)
-    return _report("valign bench generate" + (" --peers" if peers else ""), ("", "tok/s", "note"), rows, result, json_out)
+    return report_table("valign bench generate" + (" --peers" if peers else ""), ("", "tok/s", "note"), rows, result, json_out)
 
 
 # The share of the compute-bound limit an engine in this dtype is held to: an fp32 engine
@@ -394,7 +394,7 @@ def bench_train(steps: int = 6, batch: int = 8, seq: int = 128, repeats: int = 2
     else:
         result["bf16"] = {"skipped": "this CPU has no bf16 units: the sft stage trains in fp32 here"}
         table.append(("valign sft (bf16)", "—", "not run: this CPU has no bf16 units (the sft stage trains in fp32 here)"))
-    return _report("valign bench train", ("", "tok/s", "note"), table, result, json_out)
+    return report_table("valign bench train", ("", "tok/s", "note"), table, result, json_out)
 
 
 def _bench_pairs(n: int) -> list[dict]:
@@ -455,7 +455,7 @@ def bench_judge(pairs: int = 16, verdict_tokens: int = 256, json_out: Path | Non
         ("logprob mode", f"{pairs / logprob_s:.2f}", "both orders, one forward pass each"),
         ("speed-up", f"{result['speedup']:.1f}×", "target ≥ 10×"),
     ]
-    return _report("valign bench judge", ("", "pairs/s", "note"), rows, result, json_out)
+    return report_table("valign bench judge", ("", "pairs/s", "note"), rows, result, json_out)
 
 
 def bench_dpo(pairs: int = 16, batch: int = 4, epochs: int = 3, repeats: int = 2, json_out: Path | None = None) -> dict:
@@ -543,7 +543,7 @@ def bench_dpo(pairs: int = 16, batch: int = 4, epochs: int = 3, repeats: int = 2
          f"over {epochs} epochs; at most ≈{result['speedup_whole_run_bound']:.2f}× (one reference pass is still paid)"),
         ("TRL's stock DPOTrainer, precomputed", f"{stock_s:.1f}", f"TRL's defaults; valign is {result['plain_head_speedup']:.2f}× faster"),
     ]
-    return _report("valign bench dpo", ("", "s/epoch", "note"), rows, result, json_out)
+    return report_table("valign bench dpo", ("", "s/epoch", "note"), rows, result, json_out)
 
 
 def _prefix_workloads(n: int, answerer) -> dict:
@@ -630,4 +630,4 @@ def bench_prefix(n: int = 16, repeats: int = 2, json_out: Path | None = None) ->
          f"{saved[w]:.0%} of prompt tokens not computed")
         for w, b in best.items()
     ]
-    return _report("valign bench prefix", ("workload", "seconds off → on", "speed-up"), rows, result, json_out)
+    return report_table("valign bench prefix", ("workload", "seconds off → on", "speed-up"), rows, result, json_out)

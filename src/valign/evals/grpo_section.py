@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from valign.evals.plots import BASE_COLOR, TUNED_COLOR, pyplot
-from valign.evals.rundata import RunData
+from valign.evals.rundata import RunData, read_rows_loose
 from valign.evals.section import ReportEnv, Section
 
 __all__ = ["grpo_section", "grpo_curves"]
@@ -29,7 +29,7 @@ def grpo_curves(log: list[dict[str, Any]], reward_names: list[str]) -> dict[str,
         ...               "completions/mean_length": 30, "watch/refusal_rate/benign": 0.25}], ["judge"])["refusal rate"]
         {'benign': [(1, 0.25)]}
     """
-    from valign.stages.grpo import WATCH_PREFIX
+    from valign.stages.grpo_trainer import WATCH_PREFIX
 
     panels: dict[str, dict[str, list[tuple[int, float]]]] = {"reward": {}, "KL to the start": {}, "answer length (tokens)": {}, "refusal rate": {}}
     lines = {"reward": {"total (weighted)": "reward", **{n: f"rewards/{n}/mean" for n in reward_names}},
@@ -48,7 +48,6 @@ def grpo_curves(log: list[dict[str, Any]], reward_names: list[str]) -> dict[str,
 
 def grpo_section(run: RunData, env: ReportEnv) -> Section | None:
     """Reward components, KL, length, refusal rates and sampled answers of each grpo stage."""
-    from valign.evals.report import read_rows_loose
     from valign.stages.grpo_trainer import read_samples
 
     stages = []

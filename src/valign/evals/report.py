@@ -22,14 +22,13 @@ Example (after ``make run``)::
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
 
 from valign.evals.calibration_section import calibration_section
 from valign.evals.grpo_section import grpo_section
 from valign.evals.plots import TUNED_COLOR, pyplot
-from valign.evals.rundata import RunData, StageInfo, load_run
+from valign.evals.rundata import RunData, StageInfo, load_run, read_rows_loose
 from valign.evals.section import ReportEnv, Section, SectionRenderer
 from valign.evals.suites import SUITES
 
@@ -110,16 +109,6 @@ def _series(stage: StageInfo) -> dict[str, list[tuple[float, float]]]:
     return out
 
 
-def read_rows_loose(path: Path) -> list[dict[str, Any]]:
-    """JSONL entries without ids (training logs); unreadable lines are skipped."""
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
 
 
 def training_section(run: RunData, env: ReportEnv) -> Section | None:

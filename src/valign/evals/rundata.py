@@ -24,7 +24,7 @@ from valign.types import Row
 if TYPE_CHECKING:
     from valign.constitution import Constitution
 
-__all__ = ["StageInfo", "RunData", "load_run"]
+__all__ = ["StageInfo", "RunData", "load_run", "read_rows_loose"]
 
 _STAGE_DIR = re.compile(r"^(\d{2})-([a-z_]+)$")
 
@@ -131,3 +131,14 @@ def load_run(path: str | Path) -> RunData:
     if manifest is not None and manifest.get("stage") == "evaluate":
         return RunData(root, root.name, None, [StageInfo("evaluate", root, manifest)])
     raise ValignError(f"{root} holds neither a run (config.yaml) nor an evaluation (manifest.json); point at runs/<name> or a `valign eval --out` folder.")
+
+def read_rows_loose(path: Path) -> list[dict[str, Any]]:
+    """JSONL entries without ids (training logs); unreadable lines are skipped."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out

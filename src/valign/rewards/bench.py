@@ -99,7 +99,7 @@ def bench_reward(prompts: int = 2, generations: int = 8, repeats: int = 1, json_
     """Samples scored per second by the pairwise reward on the embedded model, batched
     with prefix sharing against one comparison at a time without it (same run, best of
     ``repeats``, arms taking turns)."""
-    from valign.bench import _report
+    from valign.bench import report_table
     from valign.constitution import load_constitution
     from valign.models.registry import load_model
 
@@ -158,4 +158,4 @@ def bench_reward(prompts: int = 2, generations: int = 8, repeats: int = 1, json_
         ("speed-up", f"{result['speedup']:.2f}×", f"over one comparison at a time (target ≥ {TARGET:g}×); "
          f"{result['speedup_same_comparisons']:.2f}× over its own comparisons one at a time; rewards differ by at most {gap:.1e}"),
     ]
-    return _report(f"valign bench reward ({len(answers)} samples, {2 * comparisons} judge prompts)", ("", "samples/s", "note"), rows, result, json_out)
+    return report_table(f"valign bench reward ({len(answers)} samples, {2 * comparisons} judge prompts)", ("", "samples/s", "note"), rows, result, json_out)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from string import Template
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from valign.rewards.base import Reward, RewardConfig, RewardContext
 from valign.types import Conversation, GenConfig, keep_gen_defaults
@@ -67,16 +67,9 @@ class Score(BaseModel):
 def parse_score(text: str) -> Score:
     """The `Score` in a judge's reply (fenced or bare JSON among other text); raises
     `VerdictError` naming what is wrong."""
-    from valign.stages.judge import VerdictError, first_json_object
+    from valign.stages.judge import parse_json_reply
 
-    obj = first_json_object(text)
-    if obj is None:
-        raise VerdictError("it contains no complete JSON object")
-    try:
-        return Score.model_validate(obj)
-    except ValidationError as e:
-        field = ".".join(str(x) for x in e.errors()[0]["loc"]) or "the object"
-        raise VerdictError(f"field '{field}': {e.errors()[0]['msg']}") from None
+    return parse_json_reply(text, Score)
 
 
 def score_conversation(prompt: Conversation, answer: str, ctx: RewardContext) -> Conversation:

@@ -58,9 +58,7 @@ from valign.types import Row
 if TYPE_CHECKING:
     from valign.config import RunConfig
 
-__all__ = ["GRPOStageConfig", "GRPOStage", "grpo_prompts", "WATCH_PREFIX"]
-
-WATCH_PREFIX = "watch/refusal_rate/"  # + a prompt kind: the log's refusal rates
+__all__ = ["GRPOStageConfig", "GRPOStage", "grpo_prompts"]
 
 
 def _default_rewards() -> list[Any]:
@@ -143,12 +141,7 @@ class GRPOStage(TrainingStage):
     reads_constitution = True
 
     def inputs(self, run_config: RunConfig) -> list[str]:
-        cfg = run_config.section(self.name)
-        deps = ["respond", *constitution_inputs(run_config)]
-        prev = run_config.previous_training_stage(self.name)
-        if cfg.model is None and prev is not None:
-            deps.append(prev)
-        return deps
+        return ["respond", *constitution_inputs(run_config), *self.continued_stage(run_config)]
 
     def describe(self, run_config: RunConfig) -> dict[str, Any]:
         cfg = run_config.section(self.name)
@@ -206,7 +199,7 @@ def _train(ctx: StageContext, cfg: GRPOStageConfig, prompts: list[Row]) -> dict[
     from trl import GRPOConfig
 
     from valign.stages.grpo_sampling import choose_sampler
-    from valign.stages.grpo_trainer import GRPOWatch, valign_grpo_trainer
+    from valign.stages.grpo_trainer import WATCH_PREFIX, GRPOWatch, valign_grpo_trainer
 
     run_config = ctx.run_config
     base_spec, adapter = training_base(cfg, run_config, ctx.input_dirs)

@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from valign.stages.grpo import GRPOStageConfig
     from valign.stages.grpo_sampling import Sampler
 
-__all__ = ["GRPOWatch", "valign_grpo_trainer", "read_samples"]
+__all__ = ["GRPOWatch", "valign_grpo_trainer", "read_samples", "WATCH_PREFIX"]
+
+WATCH_PREFIX = "watch/refusal_rate/"  # + a prompt kind: the log's refusal rates
 
 
 def read_samples(path: Path) -> list[dict[str, Any]]:
@@ -79,8 +81,6 @@ class GRPOWatch:
     ) -> None:
         """Log this step's refusal rates (one value per answer, so TRL's average over
         processes is exact) and, on sampling steps, write a few answers."""
-        from valign.stages.grpo import WATCH_PREFIX
-
         convs = [as_conversation(p) for p in prompts]
         answers = [answer_text(c) for c in completions]
         kinds = [str(i.get("kind") or "prompt") for i in inputs]

@@ -49,7 +49,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from string import Template
-from typing import Any, Callable, ClassVar, Literal, Sequence, TYPE_CHECKING
+from typing import Any, Callable, ClassVar, Literal, Sequence, TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -84,12 +84,15 @@ __all__ = [
     "combine_orders",
     "parse_verdict",
     "first_json_object",
+    "parse_json_reply",
     "judge_logprob",
     "judge_verdict",
     "ask_until_readable",
     "curate",
     "count_rows",
 ]
+
+M = TypeVar("M", bound=BaseModel)
 
 # Template files in valign/data/templates/ (package data), hashed into the fingerprint.
 LOGPROB_TEMPLATE = "judge_logprob.txt"  # the multiple-choice comparison
@@ -452,12 +455,18 @@ def parse_verdict(text: str) -> Verdict:
         ...               '"rationale": "A declines.", "improved": null}\\n```').preferred
         'A'
     """
+    return parse_json_reply(text, Verdict)
+
+
+def parse_json_reply(text: str, shape: type[M]) -> M:
+    """The first JSON object in a model's reply, validated as ``shape``; raises
+    `VerdictError` naming what is wrong (no complete object, or each field that fails)."""
     obj = first_json_object(text)
     if obj is None:
         # A reply cut off by max_new_tokens lands here too: its object never closes.
         raise VerdictError("it contains no complete JSON object")
     try:
-        return Verdict.model_validate(obj)
+        return shape.model_validate(obj)
     except ValidationError as e:
         problems = []
         for err in e.errors():

@@ -89,11 +89,7 @@ class PreferenceStage(TrainingStage):
     def inputs(self, run_config: RunConfig) -> list[str]:
         cfg = run_config.section(self.name)
         kind, where = rows_source(run_config, cfg.rows)
-        deps = {"judge": ["judge"], "stage": [where]}.get(kind, [])
-        prev = run_config.previous_training_stage(self.name)
-        if cfg.model is None and prev is not None:
-            deps.append(prev)
-        return deps
+        return {"judge": ["judge"], "stage": [where]}.get(kind, []) + self.continued_stage(run_config)
 
     def describe(self, run_config: RunConfig) -> dict[str, Any]:
         cfg = run_config.section(self.name)

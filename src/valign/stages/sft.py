@@ -70,8 +70,7 @@ class SFTStage(TrainingStage):
         cfg: SFTStageConfig = run_config.sft
         if cfg.rows is None:
             return ["respond", "revise"]
-        prev = run_config.previous_training_stage(self.name)
-        return [prev] if cfg.model is None and prev is not None else []
+        return self.continued_stage(run_config)
 
     def describe(self, run_config: RunConfig) -> dict[str, Any]:
         cfg: SFTStageConfig = run_config.sft

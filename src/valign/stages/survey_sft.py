@@ -104,11 +104,7 @@ class SurveySFTStage(TrainingStage):
 
     def inputs(self, run_config: RunConfig) -> list[str]:
         cfg: SurveySFTConfig = run_config.survey_sft
-        deps = [] if cfg.items else ["survey"]
-        prev = run_config.previous_training_stage(self.name)
-        if cfg.model is None and prev is not None:
-            deps.append(prev)
-        return deps
+        return ([] if cfg.items else ["survey"]) + self.continued_stage(run_config)
 
     def describe(self, run_config: RunConfig) -> dict[str, Any]:
         cfg: SurveySFTConfig = run_config.survey_sft

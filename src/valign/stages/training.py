@@ -224,6 +224,12 @@ class TrainingStage(Stage):
     name: ClassVar[str]
     trains = True
 
+    def continued_stage(self, run_config: RunConfig) -> list[str]:
+        """The run's previous training stage, whose adapter this one continues — none
+        when there is none, or when the stage's own ``model`` names where to start."""
+        prev = run_config.previous_training_stage(self.name)
+        return [prev] if run_config.section(self.name).model is None and prev is not None else []
+
     def check(self, run_config: RunConfig, input_dirs: dict[str, Path]) -> None:
         cfg = run_config.section(self.name)
         assert isinstance(cfg, TrainingConfig)
