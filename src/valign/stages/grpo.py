@@ -45,6 +45,7 @@ from valign.stages.base import StageContext, constitution_file, constitution_inp
 from valign.stages.training import (
     TrainingConfig,
     TrainingStage,
+    continue_or_add_lora,
     load_base,
     log_series,
     model_record,
@@ -195,7 +196,6 @@ def _reward_digest(cfg: GRPOStageConfig) -> dict[str, Any]:
 
 
 def _train(ctx: StageContext, cfg: GRPOStageConfig, prompts: list[Row]) -> dict[str, Any]:
-    from peft import LoraConfig, PeftModel
     from trl import GRPOConfig
 
     from valign.stages.grpo_sampling import choose_sampler
@@ -219,13 +219,8 @@ def _train(ctx: StageContext, cfg: GRPOStageConfig, prompts: list[Row]) -> dict[
         scale_rewards=cfg.scale_rewards,
         reward_weights=[r.weight for r in cfg.rewards],
     )
-    tokenizer, base = load_base(base_spec, cfg.qlora)
-    peft_config = None
-    if adapter is not None:
-        model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
-    else:
-        model = base
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
+    tokenizer, base = load_base(base_spec, cfg.qlora)  # after the arguments: see `load_base`
+    model, peft_config = continue_or_add_lora(base, adapter, cfg.lora_r, cfg.lora_alpha)
     resume = resume_checkpoint(ctx.dir)
     watch = GRPOWatch(ctx.dir / "samples.jsonl", cfg, ctx.models.get, after_step=_step_of(resume))
     from datasets import Dataset

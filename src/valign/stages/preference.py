@@ -21,7 +21,7 @@ from valign import distributed
 from valign.errors import ValignError
 from valign.runs import read_rows
 from valign.stages.base import ConfigFile, StageContext, model_identity, rows_fingerprint
-from valign.stages.training import TrainingConfig, TrainingStage, guard_bf16, load_base, log_series, model_record, train_and_finish, trainer_args, training_base
+from valign.stages.training import TrainingConfig, TrainingStage, continue_or_add_lora, guard_bf16, load_base, log_series, model_record, train_and_finish, trainer_args, training_base
 from valign.types import Row
 
 if TYPE_CHECKING:
@@ -299,8 +299,6 @@ def valign_trainer(trainer_cls):
 
 
 def _train(ctx: StageContext, cfg: PreferenceConfig, rows: list[Row], kind: str) -> dict[str, Any]:
-    from peft import LoraConfig, PeftModel
-
     base_spec, adapter = training_base(cfg, ctx.run_config, ctx.input_dirs)
     # TRL caches the precomputed reference log-probs in each process's own temporary
     # folder, where the other processes look for them and fail: with several processes
@@ -325,13 +323,8 @@ def _train(ctx: StageContext, cfg: PreferenceConfig, rows: list[Row], kind: str)
         args = KTOConfig(desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight, **common)  # type: ignore[attr-defined]
         trainer_cls, data = valign_trainer(KTOTrainer), preference_dataset(rows, ("prompt", "completion", "label"))
     tokenizer, base = load_base(base_spec, cfg.qlora)  # after the arguments: see `load_base`
-    peft_config = None
-    if adapter is not None:
-        # Continue the adapter it starts from (SFT's, last round's, …); TRL keeps a frozen copy of it as the reference.
-        model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
-    else:
-        model = base
-        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM")
+    # Continue the adapter it starts from (SFT's, last round's, …); TRL keeps a frozen copy of it as the reference.
+    model, peft_config = continue_or_add_lora(base, adapter, cfg.lora_r, cfg.lora_alpha)
     trainer = trainer_cls(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft_config)
     train = train_and_finish(trainer, tokenizer, ctx.dir)
     history = trainer.state.log_history

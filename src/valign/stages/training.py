@@ -265,6 +265,17 @@ def load_base(base_spec: str, qlora: bool):
     return tokenizer, model
 
 
+def continue_or_add_lora(base: Any, adapter: Path | None, r: int, alpha: int):
+    """(model, peft_config) for a TRL trainer: the adapter a stage continues, loaded
+    trainable (TRL keeps a frozen copy of it as the reference where it needs one), or the
+    base with a fresh all-linear LoRA config of rank ``r`` for TRL to add."""
+    from peft import LoraConfig, PeftModel
+
+    if adapter is not None:
+        return PeftModel.from_pretrained(base, str(adapter), is_trainable=True), None
+    return base, LoraConfig(r=r, lora_alpha=alpha, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
 # The attention implementation `guard_bf16` gives a model trained on a CPU.
 FP32_ATTENTION = "valign_sdpa_fp32"
 
