@@ -142,3 +142,25 @@ def test_grpo_trains_on_a_4bit_base_with_transformers_sampling(tmp_path):
     assert manifest["model"]["quantization"] == "nf4" and manifest["launch"]["quantization"] == "nf4"
     assert manifest["sampler"] == {"where": "local", "engine": "transformers (TRL)", "engine_steps": 0}
     assert manifest["train"]["steps"] == 1
+
+
+def test_the_engine_samples_the_policy_with_its_lora_update():
+    """What grpo's local sampler builds: valign's engine over the base with the LoRA
+    update added (`merged_lora_weight`) computes the PEFT model's own next-token logits;
+    without the update it would not."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from valign.models.llama_decode import LlamaDecoder, merged_lora_weight
+    from valign.stages.training import load_base
+
+    tokenizer, base = load_base("embedded", False)
+    torch.manual_seed(0)
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Is it ever right to lie?"}], add_generation_prompt=True, tokenize=True)["input_ids"]
+    with torch.no_grad():
+        policy = model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+    merged = LlamaDecoder(model.get_base_model(), dtype=torch.float32, weight_of=merged_lora_weight()).logits_last([ids])[0].float()
+    frozen = LlamaDecoder(model.get_base_model(), dtype=torch.float32).logits_last([ids])[0].float()
+    assert torch.allclose(merged, policy, atol=2e-3), (merged - policy).abs().max()
+    assert (frozen - policy).abs().max() > 0.1, "the adapter's update changes the logits (the test would see a missing merge)"

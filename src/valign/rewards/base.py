@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,13 +45,12 @@ class RewardConfig(BaseModel):
 @dataclass
 class RewardContext:
     """What a reward may use from the run: models (loaded once per run), the
-    constitution, the seed, the run's model spec (the default judge) and the stage folder."""
+    constitution, the seed and the run's model spec (the default judge)."""
 
     load_model: Callable[[str], ChatModel]
     constitution: Constitution
     seed: int
     run_model: str
-    stage_dir: Path | None = None
 
 
 def as_conversation(prompt: Any) -> Conversation:

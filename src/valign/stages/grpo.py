@@ -50,6 +50,7 @@ from valign.stages.training import (
     log_series,
     model_record,
     resume_checkpoint,
+    resumed,
     train_and_finish,
     trainer_args,
     training_base,
@@ -196,6 +197,7 @@ def _reward_digest(cfg: GRPOStageConfig) -> dict[str, Any]:
 
 
 def _train(ctx: StageContext, cfg: GRPOStageConfig, prompts: list[Row]) -> dict[str, Any]:
+    from datasets import Dataset
     from trl import GRPOConfig
 
     from valign.stages.grpo_sampling import choose_sampler
@@ -203,7 +205,7 @@ def _train(ctx: StageContext, cfg: GRPOStageConfig, prompts: list[Row]) -> dict[
 
     run_config = ctx.run_config
     base_spec, adapter = training_base(cfg, run_config, ctx.input_dirs)
-    reward_ctx = RewardContext(ctx.models.get, run_constitution(run_config), run_config.seed, run_config.model, ctx.dir)
+    reward_ctx = RewardContext(ctx.models.get, run_constitution(run_config), run_config.seed, run_config.model)
     reward_funcs = build_rewards(cfg.rewards, reward_ctx)
     sampler = choose_sampler(cfg.sampler, run_config)
     args_kw = trainer_args(cfg, ctx.dir, run_config.seed, "grpo")
@@ -221,14 +223,12 @@ def _train(ctx: StageContext, cfg: GRPOStageConfig, prompts: list[Row]) -> dict[
     )
     tokenizer, base = load_base(base_spec, cfg.qlora)  # after the arguments: see `load_base`
     model, peft_config = continue_or_add_lora(base, adapter, cfg.lora_r, cfg.lora_alpha)
-    resume = resume_checkpoint(ctx.dir)
-    watch = GRPOWatch(ctx.dir / "samples.jsonl", cfg, ctx.models.get, after_step=_step_of(resume))
-    from datasets import Dataset
-
-    trainer_cls = valign_grpo_trainer(sampler)
-    data = Dataset.from_list([{k: p[k] for k in p} for p in prompts])
-    trainer = trainer_cls(model=model, args=args, train_dataset=data, processing_class=tokenizer, reward_funcs=reward_funcs,
-                          peft_config=peft_config, watch=watch)
+    after_step = resumed(resume_checkpoint(ctx.dir))["resumed_from_step"] or 0
+    watch = GRPOWatch(ctx.dir / "samples.jsonl", cfg, ctx.models.get, after_step=after_step)
+    trainer = valign_grpo_trainer(sampler)(
+        model=model, args=args, train_dataset=Dataset.from_list(prompts), processing_class=tokenizer,
+        reward_funcs=reward_funcs, peft_config=peft_config, watch=watch,
+    )
     train = train_and_finish(trainer, tokenizer, ctx.dir)
     sampler.close(ctx.dir)
     history = trainer.state.log_history
@@ -247,10 +247,6 @@ def _train(ctx: StageContext, cfg: GRPOStageConfig, prompts: list[Row]) -> dict[
         "sampler": sampler.describe(),
         "train": {**train, **series, "continued_from": str(adapter.parent) if adapter is not None else None},
     }
-
-
-def _step_of(checkpoint: Path | None) -> int:
-    return int(checkpoint.name.removeprefix("checkpoint-")) if checkpoint is not None else 0
 
 
 def _add_references(ctx: StageContext, cfg: GRPOStageConfig, prompts: list[Row], start_spec: str) -> None:
