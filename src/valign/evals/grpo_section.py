@@ -21,18 +21,24 @@ __all__ = ["grpo_section", "grpo_curves"]
 _PALETTE = (TUNED_COLOR, "#c2410c", "#15803d", "#7c3aed", "#b91c1c", BASE_COLOR)
 
 
-def grpo_curves(log: list[dict[str, Any]], reward_names: list[str]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+def grpo_curves(log: list[dict[str, Any]], reward_names: list[str], spread: tuple[str, ...] = ()) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """The section's panels: {panel: {line: [(step, value)]}} from TRL's log entries.
 
+    Rewards named in ``spread`` are drawn by their spread within the step (TRL's
+    ``rewards/<name>/std``) instead of their mean: a pairwise reward's win rates average
+    0.5 in every group by construction, so only how decisively the judge separates the
+    samples moves.
+
     Example:
-        >>> grpo_curves([{"step": 1, "reward": 0.2, "rewards/judge/mean": 0.5, "kl": 0.0,
-        ...               "completions/mean_length": 30, "watch/refusal_rate/benign": 0.25}], ["judge"])["refusal rate"]
-        {'benign': [(1, 0.25)]}
+        >>> grpo_curves([{"step": 1, "reward": 0.2, "rewards/judge/mean": 0.5, "rewards/judge/std": 0.1, "kl": 0.0,
+        ...               "completions/mean_length": 30, "watch/refusal_rate/benign": 0.25}], ["judge"], ("judge",))["reward"]
+        {'total (weighted)': [(1, 0.2)], 'judge (spread)': [(1, 0.1)]}
     """
     from valign.stages.grpo_trainer import WATCH_PREFIX
 
     panels: dict[str, dict[str, list[tuple[int, float]]]] = {"reward": {}, "KL to the start": {}, "answer length (tokens)": {}, "refusal rate": {}}
-    lines = {"reward": {"total (weighted)": "reward", **{n: f"rewards/{n}/mean" for n in reward_names}},
+    rewards = {f"{n} (spread)" if n in spread else n: f"rewards/{n}/{'std' if n in spread else 'mean'}" for n in reward_names}
+    lines = {"reward": {"total (weighted)": "reward", **rewards},
              "KL to the start": {"KL": "kl"}, "answer length (tokens)": {"mean": "completions/mean_length"}}
     for n, entry in enumerate(log, 1):
         step = int(entry.get("step", n))
@@ -56,8 +62,9 @@ def grpo_section(run: RunData, env: ReportEnv) -> Section | None:
         if s.name != "grpo" or "train" not in m:
             continue
         names = [r["name"] for r in m.get("rewards", [])]
+        spread = tuple(r["name"] for r in m.get("rewards", []) if r.get("kind") == "pairwise" and r.get("against", "group") == "group")
         log_path = s.dir / "train_log.jsonl"
-        panels = grpo_curves(read_rows_loose(log_path) if log_path.is_file() else [], names)
+        panels = grpo_curves(read_rows_loose(log_path) if log_path.is_file() else [], names, spread)
         if not panels:
             continue
         plt = pyplot()

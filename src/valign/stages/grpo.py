@@ -243,7 +243,8 @@ def _train(ctx: StageContext, cfg: GRPOStageConfig, prompts: list[Row]) -> dict[
     return {
         "model": model_record(base_spec, cfg),
         "counts": {"train_rows": len(prompts), "samples_logged": watch.count()},
-        "rewards": [{"name": r.label, "kind": r.kind, "weight": r.weight} for r in cfg.rewards],
+        "rewards": [{"name": r.label, "kind": r.kind, "weight": r.weight, **({"against": r.against} if r.kind == "pairwise" else {})}
+                    for r in cfg.rewards],
         "sampler": sampler.describe(),
         "train": {**train, **series, "continued_from": str(adapter.parent) if adapter is not None else None},
     }
