@@ -35,6 +35,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from valign import distributed
+from valign.errors import ValignError
 from valign.rewards.base import Reward, RewardConfig, RewardContext, group_key
 from valign.types import Conversation
 
@@ -111,7 +112,7 @@ class PairwiseReward(Reward):
         from valign.stages.judge import ANSWER_PREFIX, OPTIONS, combine_orders
 
         if self.cfg.against == "reference" and not with_reference:
-            raise ValueError("pairwise reward with against: reference needs a 'reference' column (the grpo stage adds it).")
+            raise ValignError("the pairwise reward with against: reference needs a 'reference' column of the starting model's answers (the grpo stage adds it).")
         convs: list[Conversation] = []
         jobs: list[tuple[list[int], tuple[int, int] | None]] = []  # (group members, pair) per comparison
         groups: dict[str, list[int]] = {}
