@@ -14,11 +14,10 @@ import sys
 import time
 
 import httpx
-import playwright.sync_api as playwright_api  # `make install` installs it: a missing one must fail, not skip
 import pytest
 
 from tests.survey_helpers import SRC, free_port
-from tests.test_survey_browser import CHROMIUM_ARGS, check_accessibility
+from tests.test_survey_browser import browser, check_accessibility  # noqa: F401  (browser: the shared Chromium fixture)
 from valign.review.store import ReviewStore
 
 pytestmark = pytest.mark.browser
@@ -58,14 +57,6 @@ def review_server(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def new_page(browser):
